@@ -53,4 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, so its CliError is the one subcommands raise.
+    from tools.cli import main as _main
+
+    sys.exit(_main())

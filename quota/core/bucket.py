@@ -7,6 +7,8 @@ Invariants (checked by the property tests):
 - `used` equals the sum of `passed` over every meter that ever attached.
 - Waiters are served first-in first-out; while any meter waits, no other meter
   gets fresh bytes, so a grant cannot be eaten by one stream while others starve.
+- Bytes handed to a waiter (`owed`) belong to its held chunk: taking back idle
+  headroom never touches them, even if another stream reads before it flushes.
 
 The hot path never calls in here: a pump subtracts from `Meter.allowance` and
 adds to `Meter.passed` itself, and calls `Bucket.take` only when a chunk does not
@@ -35,19 +37,30 @@ class Meter:
     """One direction of one stream, drawing on a bucket.
 
     `allowance` is headroom already charged to the bucket that the pump may pass
-    without asking; `passed` counts bytes forwarded; `need` is what a waiting meter
-    still lacks. `owner` is the relay's object for the stream side, opaque here.
+    without asking (and that the bucket may take back while it is unused);
+    `owed` is bytes handed to this meter for the chunk it holds, which only
+    `flush` spends and nothing takes back; `passed` counts bytes forwarded;
+    `need` is what a waiting meter still lacks. `owner` is the relay's object for
+    the stream side, opaque here.
     """
 
-    __slots__ = ("allowance", "bucket", "need", "owner", "passed", "waiting")
+    __slots__ = ("allowance", "bucket", "need", "owed", "owner", "passed", "waiting")
 
     def __init__(self, bucket: Bucket, owner: object) -> None:
         self.bucket = bucket
         self.owner = owner
         self.allowance = 0
+        self.owed = 0
         self.passed = 0
         self.need = 0
         self.waiting = False
+
+    def flush(self, held: int) -> int:
+        """How many of `held` bytes may be forwarded now, after a wake; counted as passed."""
+        k = min(held, self.owed)
+        self.owed -= k
+        self.passed += k
+        return k
 
 
 class Take(NamedTuple):
@@ -77,7 +90,7 @@ class Bucket:
 
     @property
     def used(self) -> int:
-        return self.charged - sum(m.allowance for m in self._meters)
+        return self.charged - sum(m.allowance + m.owed for m in self._meters)
 
     @property
     def remaining(self) -> int:
@@ -126,8 +139,8 @@ class Bucket:
             return ()
         self._meters.discard(meter)
         self._detached_passed += meter.passed
-        self.charged -= meter.allowance
-        meter.allowance = 0
+        self.charged -= meter.allowance + meter.owed
+        meter.allowance = meter.owed = 0
         if meter.waiting:
             self._waiters.remove(meter)
             meter.waiting = False
@@ -220,7 +233,7 @@ class Bucket:
             meter = self._waiters[0]
             give = min(meter.need, self.free)
             self.charged += give
-            meter.allowance += give
+            meter.owed += give
             meter.need -= give
             woken.append(meter)
             if meter.need == 0:

@@ -39,10 +39,7 @@ class Pump:
         return take.wakes
 
     def flush(self) -> None:
-        m = self.meter
-        k = min(self.held, m.allowance)
-        m.allowance -= k
-        m.passed += k
+        k = self.meter.flush(self.held)
         self.forwarded += k
         self.held -= k
 
@@ -229,3 +226,18 @@ class BucketMachine(RuleBasedStateMachine):
 
 TestBucketMachine = BucketMachine.TestCase
 TestBucketMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_bytes_handed_to_a_waiter_survive_a_reclaim_before_it_flushes() -> None:
+    """A stream that reads right after its wake cannot take back another waiter's bytes."""
+    bucket = Bucket("a", slice_bytes=1)
+    a, b = Pump(bucket), Pump(bucket)
+    a.send(100)
+    b.send(100)
+    woken = bucket.grant(200)
+    assert [m.owner for m in woken] == [a, b]
+    a.flush()
+    a.send(50)  # a resumes and reads before b has flushed: this reclaims idle headroom
+    b.flush()
+    assert (a.forwarded, b.forwarded, b.held, a.held) == (100, 100, 0, 50)
+    assert bucket.used == 200

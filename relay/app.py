@@ -1,0 +1,124 @@
+"""Run a relay: SSH front, admin API, stream log, until SIGTERM or SIGINT.
+
+Invariants: SIGTERM stops accepting, closes live streams with reason
+`relay_shutdown`, flushes the stream log and returns 0. The host key is made on
+first start (ed25519, mode 0600) and kept. A line `{"event": "relay_ready", ...}`
+on stdout says the relay listens, with the ports it got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import structlog
+
+from relay.admin import AdminServer
+from relay.config import RelayConfig
+from relay.errors import ConfigError
+from relay.hub import Hub
+from relay.logs import configure
+from relay.registry import Registry
+from relay.ssh_front import AgentServer
+from relay.streamlog import StreamLog
+
+log = structlog.get_logger("relay")
+
+# Prefer AES-GCM: fast with AES-NI, and both asyncssh and OpenSSH offer it.
+ENCRYPTION_ALGS = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+]
+
+
+def load_host_key(path: Path) -> Any:
+    """Read the relay's host key, making a new one on first start."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.export_private_key())
+        log.info("host_key_created", path=str(path))
+    try:
+        return asyncssh.read_private_key(str(path))
+    except (asyncssh.KeyImportError, OSError) as exc:
+        raise ConfigError(f"relay.host_key: cannot read {path}: {exc}") from None
+
+
+async def _interim(hub: Hub, every_ms: int) -> None:
+    while True:
+        await asyncio.sleep(every_ms / 1000)
+        hub.interim()
+
+
+async def serve(config: RelayConfig, ready: Any = None) -> int:
+    """Run until SIGTERM/SIGINT (or `ready`'s stop event); return the exit code."""
+    configure()
+    registry = Registry(config.agents_file)
+    host_key = load_host_key(config.host_key)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    config.stream_log_path.parent.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        streamlog = await stack.enter_async_context(
+            StreamLog(
+                config.stream_log_path,
+                relay_id=config.relay_id,
+                flush_ms=config.flush_ms,
+                json_lines=config.json_lines,
+            )
+        )
+        hub = Hub(config, registry, streamlog)
+        server = await asyncssh.create_server(
+            lambda: AgentServer(hub),
+            config.ssh_listen.host,
+            config.ssh_listen.port,
+            server_host_keys=[host_key],
+            keepalive_interval=config.keepalive_ms / 1000,
+            encryption_algs=ENCRYPTION_ALGS,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            reuse_address=True,
+        )
+        admin = await stack.enter_async_context(
+            AdminServer(hub, config.admin_listen, config.admin_token)
+        )
+        ssh_port = server.sockets[0].getsockname()[1]
+        ready_line = {
+            "event": "relay_ready",
+            "relay_id": config.relay_id,
+            "ssh_port": ssh_port,
+            "admin": str(config.admin_listen)
+            if isinstance(config.admin_listen, Path)
+            else admin.port,
+        }
+        print(json.dumps(ready_line), flush=True)
+        log.info("relay_ready", **{k: v for k, v in ready_line.items() if k != "event"})
+        interim = asyncio.create_task(_interim(hub, config.interim_ms), name="stream-interim")
+        try:
+            await stop.wait()
+        finally:
+            log.info("relay_stopping")
+            interim.cancel()
+            server.close()
+            hub.close_all("relay_shutdown")
+            await hub.drain_tasks()
+            await asyncio.gather(interim, return_exceptions=True)
+            await server.wait_closed()
+    log.info("relay_stopped")
+    sys.stdout.flush()
+    return 0

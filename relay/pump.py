@@ -1,0 +1,273 @@
+"""Stream pumps: two legs (a TCP socket or an SSH channel each) joined by a meter.
+
+Invariants:
+- A leg forwards only bytes its meter allows: out of `meter.allowance` on the hot
+  path (two integer operations), else through `Bucket.take`, which splits a chunk
+  at the grant. The remainder is held (at most one chunk) and the stream pauses.
+- A leg reads only while its pause set is empty. Flow control (the peer's write
+  buffer is full) and quota pauses are separate reasons: neither undoes the other.
+- Held bytes are written before reading resumes, because resuming may deliver
+  buffered data inside the call and newer bytes must not overtake held ones.
+- Bytes that arrive before the other leg is connected wait in `pending`
+  (uvloop may deliver data even after `pause_reading()` in `connection_made`).
+- EOF is forwarded after held bytes; a stream closes once both directions ended
+  or either leg is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import asyncssh
+
+from quota.core.bucket import Meter
+from quota.core.stream import PauseReason, PauseSet
+
+if TYPE_CHECKING:
+    from relay.streams import Stream
+
+
+class Leg:
+    """What both kinds of leg share: metering, holding, pausing, EOF."""
+
+    stream: Stream
+    peer: Leg | None
+    meter: Meter | None
+    name: str
+
+    def _init_leg(self, stream: Stream, name: str) -> None:
+        self.stream = stream
+        self.name = name
+        self.peer = None
+        self.meter = None
+        self.reasons = PauseSet()
+        self.held = b""
+        self.pending: list[bytes] = []
+        self.eof_in = False  # EOF read from this leg
+        self.eof_sent = False  # EOF forwarded to the peer
+        self.connected = False
+        self.lost = False
+
+    # -- transport operations, per kind -------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def write_eof(self) -> None:
+        raise NotImplementedError
+
+    def _pause_transport(self) -> None:
+        raise NotImplementedError
+
+    def _resume_transport(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- pausing ----------------------------------------------------------------
+
+    def pause(self, reason: PauseReason) -> None:
+        if self.reasons.add(reason) and self.connected and not self.lost:
+            self._pause_transport()
+
+    def unpause(self, reason: PauseReason) -> None:
+        if self.reasons.discard(reason) and self.connected and not self.lost:
+            self._resume_transport()
+
+    # -- the byte path ------------------------------------------------------------
+
+    def on_data(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is None:
+            self.pending.append(data)
+            return
+        meter = self.meter
+        if meter is None:  # metering off
+            peer.write(data)
+            return
+        n = len(data)
+        if not self.held and n <= meter.allowance:
+            meter.allowance -= n
+            meter.passed += n
+            peer.write(data)
+            return
+        self._slow(meter, peer, data)
+
+    def _slow(self, meter: Meter, peer: Leg, data: bytes) -> None:
+        take = meter.bucket.take(meter, len(data))
+        if take.passed:
+            peer.write(data if take.passed == len(data) else data[: take.passed])
+        if take.passed < len(data):
+            self.held += data[take.passed :]
+            self.stream.quota_wait()
+        self.stream.after_take(take.wakes)
+
+    def on_wake(self) -> None:
+        """The bucket handed this leg bytes for its held chunk: flush what fits."""
+        meter, peer = self.meter, self.peer
+        if meter is None or peer is None or not self.held:
+            return
+        k = meter.flush(len(self.held))
+        if k:
+            chunk, self.held = self.held[:k], self.held[k:]
+            peer.write(chunk)
+        if not self.held:
+            if self.eof_in:
+                self._forward_eof()
+            self.stream.quota_check()
+
+    def on_eof(self) -> None:
+        self.eof_in = True
+        if not self.held and self.peer is not None and not self.pending:
+            self._forward_eof()
+
+    def _forward_eof(self) -> None:
+        peer = self.peer
+        if peer is None or self.eof_sent:
+            return
+        self.eof_sent = True
+        if not peer.lost:
+            peer.write_eof()
+        self.stream.maybe_finish()
+
+    def attach_peer(self, peer: Leg) -> None:
+        """The other leg is connected: drain what arrived early, then read."""
+        self.peer = peer
+        pending, self.pending = self.pending, []
+        for data in pending:
+            self.on_data(data)
+        if self.eof_in and not self.held:
+            self._forward_eof()
+        self.unpause(PauseReason.CONNECTING)
+
+    # -- flow control from the transport ------------------------------------------
+
+    def on_pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.pause(PauseReason.FLOW)
+
+    def on_resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.unpause(PauseReason.FLOW)
+
+
+class TcpLeg(Leg, asyncio.Protocol):
+    """A TCP socket: a public-port client, or a plain target."""
+
+    transport: asyncio.Transport | None
+
+    def __init__(self, stream: Stream, name: str) -> None:
+        self._init_leg(stream, name)
+        self.transport = None
+        self.peername = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.connected = True
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peername = f"{peer[0]}:{peer[1]}"
+        if self.reasons:
+            self.transport.pause_reading()
+        self.stream.leg_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.on_data(data)
+
+    def eof_received(self) -> bool:
+        self.on_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.stream.leg_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.on_pause_writing()
+
+    def resume_writing(self) -> None:
+        self.on_resume_writing()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+    def write_eof(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing() and t.can_write_eof():
+            t.write_eof()
+
+    def _pause_transport(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def _resume_transport(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
+    """An SSH channel: a support agent's direct-tcpip, or a client's forwarded-tcpip."""
+
+    def __init__(self, stream: Stream, name: str) -> None:
+        self._init_leg(stream, name)
+        self.chan: Any = None
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+        self.connected = True
+        if self.reasons:
+            chan.pause_reading()
+        self.stream.leg_connected(self)
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        self.on_data(data)
+
+    def eof_received(self) -> bool:
+        self.on_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.stream.leg_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.on_pause_writing()
+
+    def resume_writing(self) -> None:
+        self.on_resume_writing()
+
+    def write(self, data: bytes) -> None:
+        if self.chan is not None and not self.lost:
+            self.chan.write(data)
+
+    def write_eof(self) -> None:
+        if self.chan is not None and not self.chan.is_closing():
+            self.chan.write_eof()
+
+    def _pause_transport(self) -> None:
+        if self.chan is not None:
+            self.chan.pause_reading()
+
+    def _resume_transport(self) -> None:
+        if self.chan is not None:
+            self.chan.resume_reading()
+
+    def close(self) -> None:
+        if self.chan is not None:
+            self.chan.close()
+
+
+LegFactory = Callable[[], Leg]

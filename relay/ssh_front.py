@@ -1,0 +1,129 @@
+"""The SSH front: agents log in with a public key and ask for forwards.
+
+Invariants:
+- Only public-key authentication; the user name is the agent id and the key must
+  be one of that agent's keys.
+- `-R name:port:...` registers an endpoint `name` in the agent's account; a
+  bind address of "", "localhost", "0.0.0.0", "*", "::" or an IP asks for a
+  public port. `-L`/`-J` (direct-tcpip) reach only endpoints of the agent's own
+  account; no host:port outside the tunnel table is ever dialled.
+- Every refusal opens nothing; the agent sees the reason (channel open failure
+  text, or a debug message for a refused `-R`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncssh
+import structlog
+
+from relay.errors import Refused
+from relay.hub import Hub, is_address
+from relay.registry import Agent
+from relay.tunnels import Tunnel
+
+log = structlog.get_logger("relay.ssh")
+
+
+def is_public_bind(host: str) -> bool:
+    """A bind address (not a name) in `-R` asks for a public port."""
+    return is_address(host) or host == "0.0.0.0"
+
+
+class TunnelListener(asyncssh.SSHListener):
+    """What asyncssh keeps for a `-R` forward; closing it removes the tunnel."""
+
+    def __init__(self, hub: Hub, tunnel: Tunnel) -> None:
+        super().__init__()
+        self.hub = hub
+        self.tunnel = tunnel
+
+    def get_port(self) -> int:
+        return self.tunnel.port
+
+    def close(self) -> None:
+        self.hub.remove_tunnel(self.tunnel)
+
+    async def wait_closed(self) -> None:
+        if self.tunnel.server is not None:
+            await self.tunnel.server.wait_closed()
+
+
+class AgentServer(asyncssh.SSHServer):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.conn: Any = None
+        self.agent: Agent | None = None
+        self.peer = ""
+
+    def connection_made(self, conn: Any) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.agent is not None:
+            log.info("agent_disconnected", agent_id=self.agent.agent_id, peer=self.peer)
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: Any) -> bool:
+        agent = self.hub.registry.authenticate(username, bytes(key.public_data))
+        if agent is None:
+            log.warning("auth_refused", username=username, peer=self.peer)
+            return False
+        self.agent = agent
+        return True
+
+    def auth_completed(self) -> None:
+        assert self.agent is not None
+        log.info("agent_connected", agent_id=self.agent.agent_id, peer=self.peer)
+
+    async def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        agent = self.agent
+        assert agent is not None
+        what = f"-R {listen_host}:{listen_port}"
+        try:
+            if is_public_bind(listen_host):
+                tunnel = await self.hub.add_public(agent, listen_host, listen_port, self.conn)
+            else:
+                if listen_port == 0:
+                    raise Refused(
+                        f"endpoint {listen_host} needs a port, as in -R {listen_host}:22:..."
+                    )
+                tunnel = self.hub.add_endpoint(agent, listen_host, listen_port, self.conn)
+        except Refused as exc:
+            self.hub.refuse(self.conn, agent, what, str(exc))
+            return False
+        return TunnelListener(self.hub, tunnel)
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Any:
+        agent = self.agent
+        assert agent is not None
+        try:
+            tunnel = self.hub.resolve(agent, dest_host, dest_port)
+        except Refused as exc:
+            self.hub.refuse(None, agent, f"open {dest_host}:{dest_port}", str(exc))
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"quotarelay: {exc}"
+            ) from None
+        return self.hub.bridge(agent, tunnel, (orig_host, orig_port))
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        self.hub.refuse(
+            self.conn, self.agent, f"-R {listen_path}", "unix socket forwarding is not offered"
+        )
+        return False

@@ -1,0 +1,396 @@
+"""The stream log writer: every stream's life, batched into SQLite and JSON lines.
+
+Invariants:
+- `StreamLog.record` only appends to an in-memory queue: it never awaits, never
+  does I/O and never raises, so pumps may call it on the hot path.
+- One flush writes everything queued in one transaction: one `stream_events`
+  row per record (append-only, autoincrement id, so readers can follow it) and
+  an upsert of the stream's `streams` row. Records of one stream carry
+  cumulative figures, so the latest record wins; byte and pause counters never
+  go down (`max`), and a closed row is final.
+- A failed flush keeps its records queued (in order) for the next one; past
+  `max_pending` queued records the oldest are dropped and counted in `lost`.
+- JSON lines are rendered with a private structlog pipeline (never the global
+  `configure()`) after the rows are committed; the timestamp is the record's
+  own `at_ms`. The database is the record of truth, the lines are a copy.
+- On entry every stream of this relay still open or paused (left by a crash)
+  is closed with reason "relay_restart", keeping the last figures it had.
+- On exit the flush task is stopped, everything queued is written and the
+  database is closed, even when the exit is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from operator import attrgetter
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, TypeVar
+
+import aiosqlite
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from relay.errors import RelayError
+
+T = TypeVar("T")
+
+MAX_PENDING = 200_000
+
+
+class StreamLogError(RelayError):
+    """The stream log cannot be opened, read or written; the message says which file."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamRecord:
+    """One event in a stream's life; byte and pause figures are cumulative.
+
+    Not validated (building one must never raise on the hot path): any state
+    other than "closed" counts as still alive, and is closed on restart.
+    """
+
+    event: str  # "open" | "interim" | "pause" | "resume" | "close"
+    at_ms: int  # unix epoch milliseconds of the event
+    stream_id: str
+    tunnel_id: str
+    agent_id: str
+    account: str
+    relay_id: str
+    kind: str  # "tcp_endpoint" | "tcp_public" | "udp_endpoint" | "udp_public"
+    peer: str
+    target: str
+    opened_at_ms: int
+    bytes_up: int
+    bytes_down: int
+    bytes_dropped: int
+    pauses: int
+    paused_ms: int
+    state: str  # "open" | "paused" | "closed"
+    close_reason: str | None = None
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(StreamRecord))
+_values = attrgetter(*FIELDS)
+
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE streams (
+        stream_id TEXT PRIMARY KEY,
+        tunnel_id TEXT NOT NULL, agent_id TEXT NOT NULL, account TEXT NOT NULL,
+        relay_id TEXT NOT NULL, kind TEXT NOT NULL, peer TEXT NOT NULL, target TEXT NOT NULL,
+        opened_at_ms INTEGER NOT NULL, closed_at_ms INTEGER, updated_at_ms INTEGER NOT NULL,
+        last_event TEXT NOT NULL,
+        bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL, bytes_dropped INTEGER NOT NULL,
+        pauses INTEGER NOT NULL, paused_ms INTEGER NOT NULL,
+        state TEXT NOT NULL, close_reason TEXT
+    );
+    CREATE INDEX streams_agent ON streams (agent_id, opened_at_ms);
+    CREATE INDEX streams_account ON streams (account, opened_at_ms);
+    CREATE INDEX streams_tunnel ON streams (tunnel_id, opened_at_ms);
+    CREATE INDEX streams_opened ON streams (opened_at_ms);
+    CREATE INDEX streams_relay_state ON streams (relay_id, state);
+    CREATE TABLE stream_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event TEXT NOT NULL, at_ms INTEGER NOT NULL,
+        stream_id TEXT NOT NULL, tunnel_id TEXT NOT NULL, agent_id TEXT NOT NULL,
+        account TEXT NOT NULL, relay_id TEXT NOT NULL, kind TEXT NOT NULL,
+        peer TEXT NOT NULL, target TEXT NOT NULL, opened_at_ms INTEGER NOT NULL,
+        bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL, bytes_dropped INTEGER NOT NULL,
+        pauses INTEGER NOT NULL, paused_ms INTEGER NOT NULL,
+        state TEXT NOT NULL, close_reason TEXT
+    );
+    CREATE INDEX stream_events_stream ON stream_events (stream_id);
+    CREATE INDEX stream_events_at ON stream_events (at_ms);
+    """,
+)
+
+_INSERT_EVENT = (
+    f"INSERT INTO stream_events ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
+)
+_STREAM_COLUMNS = ("last_event", "updated_at_ms", *FIELDS[2:], "closed_at_ms")
+_COUNTERS = ("bytes_up", "bytes_down", "bytes_dropped", "pauses", "paused_ms")
+_UPSERT_STREAM = (
+    f"INSERT INTO streams ({', '.join(_STREAM_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(_STREAM_COLUMNS))})"
+    " ON CONFLICT (stream_id) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = max(streams.{c}, excluded.{c})" if c in _COUNTERS else f"{c} = excluded.{c}"
+        for c in _STREAM_COLUMNS
+        if c != "stream_id"
+    )
+    + " WHERE streams.state <> 'closed'"
+)
+
+
+def wall_clock_ms() -> int:
+    """Unix epoch milliseconds from the wall clock."""
+    return time.time_ns() // 1_000_000
+
+
+def iso_ms(ms: int) -> str:
+    """Render epoch milliseconds as ISO-8601 UTC with milliseconds ("...T16:46:03.120Z")."""
+    seconds, millis = divmod(ms, 1000)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{millis:03d}Z"
+
+
+async def finish_shielded(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to its end even if the caller is cancelled meanwhile, then re-cancel."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+        except Exception:
+            if not cancelled:
+                raise
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure during a cancelled exit is not reported twice
+        raise asyncio.CancelledError
+    return task.result()
+
+
+class _LineBuffer:
+    """The structlog "logger" at the end of the JSON pipeline: collects rendered lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def msg(self, message: str) -> None:
+        self.lines.append(message)
+
+    info = msg
+
+
+def _timestamp_from_at_ms(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Stamp the line with the event's own time, and put time and event name first."""
+    head: EventDict = {"timestamp": iso_ms(event_dict["at_ms"]), "event": event_dict.pop("event")}
+    head.update(event_dict)
+    return head
+
+
+class StreamLog:
+    """Long-lived writer of the stream log (an async context manager)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        relay_id: str,
+        flush_ms: int = 1000,
+        json_lines: Path | None = None,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.path = path
+        self.relay_id = relay_id
+        self._flush_s = max(1, flush_ms) / 1000
+        self._json_path = json_lines
+        self._clock_ms = clock_ms
+        self._max_pending = max(1, max_pending)
+        self._pending: deque[StreamRecord] = deque()
+        self._db: aiosqlite.Connection | None = None
+        self._json_file: IO[str] | None = None
+        self._lines = _LineBuffer()
+        self._json_logger = structlog.BoundLogger(
+            self._lines,
+            processors=[_timestamp_from_at_ms, structlog.processors.JSONRenderer()],
+            context={},
+        )
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._written = 0
+        self._lost = 0
+
+    @property
+    def written(self) -> int:
+        """Records written to the database so far."""
+        return self._written
+
+    @property
+    def lost(self) -> int:
+        """Records dropped because more than `max_pending` were queued."""
+        return self._lost
+
+    @property
+    def pending(self) -> int:
+        """Records queued and not yet written."""
+        return len(self._pending)
+
+    def record(self, rec: StreamRecord) -> None:
+        """Queue `rec` for the next flush (no I/O, no await, no exception)."""
+        if len(self._pending) >= self._max_pending:
+            self._pending.popleft()
+            self._lost += 1
+        self._pending.append(rec)
+
+    async def __aenter__(self) -> StreamLog:
+        try:
+            await self._open()
+            await self._close_leftovers()
+        except BaseException:
+            await finish_shielded(self._close_files())
+            raise
+        self._task = asyncio.create_task(self._run(), name=f"streamlog-flush-{self.relay_id}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await finish_shielded(self._shutdown())
+
+    async def flush(self) -> None:
+        """Write everything queued in one transaction; raise StreamLogError if it fails."""
+        async with self._lock:
+            if not self._pending or self._db is None:
+                return
+            batch = list(self._pending)
+            self._pending.clear()
+            try:
+                await self._write(self._db, batch)
+            except sqlite3.Error as exc:
+                self._requeue(batch)
+                raise StreamLogError(f"stream log {self.path}: write failed: {exc}") from exc
+            self._written += len(batch)
+            if self._json_file is not None or self._json_path == Path("-"):
+                await asyncio.to_thread(self._emit_json, batch)
+
+    async def _write(self, db: aiosqlite.Connection, batch: list[StreamRecord]) -> None:
+        events = [_values(rec) for rec in batch]
+        streams = [
+            (
+                rec.event,
+                rec.at_ms,
+                *row[2:],
+                rec.at_ms if rec.state == "closed" else None,
+            )
+            for rec, row in zip(batch, events, strict=True)
+        ]
+        try:
+            await db.executemany(_INSERT_EVENT, events)
+            await db.executemany(_UPSERT_STREAM, streams)
+            await db.commit()
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await db.rollback()
+            raise
+
+    def _requeue(self, batch: list[StreamRecord]) -> None:
+        self._pending.extendleft(reversed(batch))
+        while len(self._pending) > self._max_pending:
+            self._pending.popleft()
+            self._lost += 1
+
+    def _emit_json(self, batch: Iterable[StreamRecord]) -> None:
+        """Render and append one JSON line per record (runs in a worker thread)."""
+        for rec in batch:
+            values = {name: getattr(rec, name) for name in FIELDS[1:]}
+            self._json_logger.info(f"stream_{rec.event}", **values)
+        text = "".join(line + "\n" for line in self._lines.lines)
+        self._lines.lines.clear()
+        out = self._json_file if self._json_file is not None else sys.stderr
+        try:
+            out.write(text)
+            out.flush()
+        except (OSError, ValueError) as exc:
+            structlog.get_logger().warning("stream_log_json_failed", error=str(exc))
+
+    async def _open(self) -> None:
+        try:
+            self._json_file = await asyncio.to_thread(self._prepare_files)
+            self._db = await aiosqlite.connect(self.path)
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            await self._db.execute("PRAGMA synchronous=NORMAL")
+            await self._db.execute("PRAGMA busy_timeout=5000")
+            await self._migrate(self._db)
+        except (sqlite3.Error, OSError) as exc:
+            raise StreamLogError(f"stream log {self.path}: cannot open: {exc}") from exc
+
+    def _prepare_files(self) -> IO[str] | None:
+        """Create the folders; open the JSON lines file for appending (None: none or stderr)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._json_path is None or self._json_path == Path("-"):
+            return None
+        self._json_path.parent.mkdir(parents=True, exist_ok=True)
+        return open(self._json_path, "a", encoding="utf-8")
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        async with db.execute("SELECT max(version) FROM schema_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row is not None and row[0] is not None else 0
+        if current > len(_MIGRATIONS):
+            raise StreamLogError(
+                f"stream log {self.path}: schema version {current} is newer than this"
+                f" program knows ({len(_MIGRATIONS)})"
+            )
+        for version in range(current + 1, len(_MIGRATIONS) + 1):
+            await db.executescript(
+                f"BEGIN; {_MIGRATIONS[version - 1]}"
+                f" INSERT INTO schema_version (version) VALUES ({version}); COMMIT;"
+            )
+
+    async def _close_leftovers(self) -> None:
+        """Close the streams a crashed run of this relay left open or paused."""
+        assert self._db is not None
+        columns = ", ".join(FIELDS[2:])
+        query = f"SELECT {columns} FROM streams WHERE relay_id = ? AND state <> 'closed'"
+        try:
+            async with self._db.execute(query, (self.relay_id,)) as cur:
+                rows = await cur.fetchall()
+        except sqlite3.Error as exc:
+            raise StreamLogError(f"stream log {self.path}: cannot read: {exc}") from exc
+        now = self._clock_ms()
+        for row in rows:
+            values = dict(zip(FIELDS[2:], row, strict=True))
+            values.update(state="closed", close_reason="relay_restart")
+            self.record(StreamRecord(event="close", at_ms=now, **values))
+        await self.flush()
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._flush_s):
+                    await self._stop.wait()
+            try:
+                await self.flush()
+            except StreamLogError as exc:
+                structlog.get_logger().warning("stream_log_flush_failed", error=str(exc))
+
+    async def _shutdown(self) -> None:
+        self._stop.set()
+        task, self._task = self._task, None
+        try:
+            if task is not None:
+                await task
+            await self.flush()
+        finally:
+            await self._close_files()
+
+    async def _close_files(self) -> None:
+        db, self._db = self._db, None
+        json_file, self._json_file = self._json_file, None
+        try:
+            if db is not None:
+                await db.close()
+        finally:
+            if json_file is not None:
+                json_file.close()

@@ -1,0 +1,123 @@
+"""The tunnel table: endpoints by (account, name, port) and public ports.
+
+Invariants:
+- A tunnel id is stable across reconnects: account/agent/kind/name:port.
+- An endpoint name lives in its account's namespace; one live owner at a time
+  (the same agent reconnecting takes its endpoint over; another agent is refused).
+- A public port is in the configured range and held by one tunnel at a time; an
+  agent asking for port 0 gets its previous port back when it is still free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.errors import Refused
+from relay.registry import Agent
+
+ENDPOINT = "tcp_endpoint"
+PUBLIC = "tcp_public"
+
+
+@dataclass(eq=False, kw_only=True)
+class Tunnel:
+    tunnel_id: str
+    kind: str
+    agent: Agent
+    name: str  # endpoint name, or "public"
+    port: int
+    listen_host: str  # as the client agent asked, echoed in forwarded-tcpip opens
+    conn: Any  # the owner's asyncssh connection
+    server: asyncio.AbstractServer | None = None
+    streams: set[Any] = field(default_factory=set)
+
+    @property
+    def target(self) -> str:
+        return f"{self.name}:{self.port}"
+
+
+def tunnel_id(agent: Agent, kind: str, name: str, port: int) -> str:
+    return f"{agent.account}/{agent.agent_id}/{kind}/{name}:{port}"
+
+
+class TunnelTable:
+    def __init__(self, public_ports: range) -> None:
+        self.public_ports = public_ports
+        self.endpoints: dict[tuple[str, str, int], Tunnel] = {}
+        self.public: dict[int, Tunnel] = {}
+        self._last_port: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.endpoints) + len(self.public)
+
+    def all(self) -> list[Tunnel]:
+        return [*self.endpoints.values(), *self.public.values()]
+
+    def add_endpoint(self, agent: Agent, name: str, port: int, conn: Any) -> Tunnel:
+        key = (agent.account, name, port)
+        old = self.endpoints.get(key)
+        if old is not None and old.agent.agent_id != agent.agent_id:
+            raise Refused(
+                f"endpoint {name}:{port} is already registered by agent {old.agent.agent_id}"
+            )
+        tunnel = Tunnel(
+            tunnel_id=tunnel_id(agent, ENDPOINT, name, port),
+            kind=ENDPOINT,
+            agent=agent,
+            name=name,
+            port=port,
+            listen_host=name,
+            conn=conn,
+        )
+        self.endpoints[key] = tunnel
+        return tunnel
+
+    def find_endpoint(self, account: str, name: str, port: int) -> Tunnel | None:
+        return self.endpoints.get((account, name, port))
+
+    def pick_port(self, agent: Agent, requested: int) -> int:
+        """The public port to open for `agent`: `requested`, or a free one for 0."""
+        if requested:
+            if requested not in self.public_ports:
+                first, last = self.public_ports[0], self.public_ports[-1]
+                raise Refused(f"port {requested} is outside this relay's range {first}-{last}")
+            if requested in self.public:
+                raise Refused(f"port {requested} is already in use")
+            return requested
+        previous = self._last_port.get(agent.agent_id)
+        if previous is not None and previous not in self.public:
+            return previous
+        for port in self.public_ports:
+            if port not in self.public and port not in self._last_port.values():
+                return port
+        for port in self.public_ports:
+            if port not in self.public:
+                return port
+        raise Refused("no free public port left on this relay")
+
+    def add_public(self, agent: Agent, port: int, listen_host: str, conn: Any) -> Tunnel:
+        tunnel = Tunnel(
+            tunnel_id=tunnel_id(agent, PUBLIC, "public", port),
+            kind=PUBLIC,
+            agent=agent,
+            name="public",
+            port=port,
+            listen_host=listen_host,
+            conn=conn,
+        )
+        self.public[port] = tunnel
+        self._last_port[agent.agent_id] = port
+        return tunnel
+
+    def remove(self, tunnel: Tunnel) -> bool:
+        if tunnel.kind == ENDPOINT:
+            key = (tunnel.agent.account, tunnel.name, tunnel.port)
+            if self.endpoints.get(key) is tunnel:
+                del self.endpoints[key]
+                return True
+        elif self.public.get(tunnel.port) is tunnel:
+            del self.public[tunnel.port]
+            return True
+        return False
