@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ from relay.admin import AdminServer
 from relay.config import RelayConfig
 from relay.errors import ConfigError
 from relay.hub import Hub
-from relay.logs import configure
 from relay.registry import Registry
 from relay.ssh_front import AgentServer
 from relay.streamlog import StreamLog
@@ -62,9 +62,10 @@ async def _interim(hub: Hub, every_ms: int) -> None:
         hub.interim()
 
 
-async def serve(config: RelayConfig, ready: Any = None) -> int:
-    """Run until SIGTERM/SIGINT (or `ready`'s stop event); return the exit code."""
-    configure()
+async def serve(
+    config: RelayConfig, on_ready: Callable[[Hub], Awaitable[None]] | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT; `on_ready` runs once the relay listens. Returns the exit code."""
     registry = Registry(config.agents_file)
     host_key = load_host_key(config.host_key)
     stop = asyncio.Event()
@@ -82,18 +83,23 @@ async def serve(config: RelayConfig, ready: Any = None) -> int:
             )
         )
         hub = Hub(config, registry, streamlog)
-        server = await asyncssh.create_server(
-            lambda: AgentServer(hub),
-            config.ssh_listen.host,
-            config.ssh_listen.port,
-            server_host_keys=[host_key],
-            keepalive_interval=config.keepalive_ms / 1000,
-            encryption_algs=ENCRYPTION_ALGS,
-            agent_forwarding=False,
-            x11_forwarding=False,
-            allow_scp=False,
-            reuse_address=True,
-        )
+        try:
+            server = await asyncssh.create_server(
+                lambda: AgentServer(hub),
+                config.ssh_listen.host,
+                config.ssh_listen.port,
+                server_host_keys=[host_key],
+                keepalive_interval=config.keepalive_ms / 1000,
+                encryption_algs=ENCRYPTION_ALGS,
+                agent_forwarding=False,
+                x11_forwarding=False,
+                allow_scp=False,
+                reuse_address=True,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"relay.ssh_listen: cannot listen on {config.ssh_listen}: {exc.strerror}"
+            ) from None
         admin = await stack.enter_async_context(
             AdminServer(hub, config.admin_listen, config.admin_token)
         )
@@ -110,6 +116,8 @@ async def serve(config: RelayConfig, ready: Any = None) -> int:
         log.info("relay_ready", **{k: v for k, v in ready_line.items() if k != "event"})
         interim = asyncio.create_task(_interim(hub, config.interim_ms), name="stream-interim")
         try:
+            if on_ready is not None:
+                await on_ready(hub)
             await stop.wait()
         finally:
             log.info("relay_stopping")

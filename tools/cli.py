@@ -2,7 +2,8 @@
 
 Each module in `_COMMANDS` exposes `register(subparsers)`, which adds its parser
 and sets `func` (an `async` callable taking the parsed namespace and returning an
-exit code). Errors a user can fix are raised as `CliError` and printed as one line.
+exit code) and, for commands that run a service, `serves=True` (logs configured).
+Errors a user can fix are raised as `CliError` and printed as one line.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def run_async(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "serves", False):  # services log JSON lines; client commands print
+        from relay.logs import configure
+
+        configure()
     try:
         code = run_async(args.func, args)
     except CliError as exc:

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     run = commands.add_parser("run", help="run the relay in the foreground")
     run.add_argument("--config", default="relay.toml", help="relay config (default relay.toml)")
-    run.set_defaults(func=_run)
+    run.set_defaults(func=_run, serves=True)
 
     admin = argparse.ArgumentParser(add_help=False)
     admin.add_argument("--config", default="relay.toml", help="relay config (default relay.toml)")
@@ -67,7 +67,10 @@ async def _run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     from relay.app import serve
 
-    return int(await serve(config))
+    try:
+        return int(await serve(config))
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
 
 
 # -- talking to the admin API --------------------------------------------------------
