@@ -310,10 +310,14 @@ class Hub:
         if handle is not None:
             handle.cancel()
         self.dispatch(bucket.set_inactive(not active))
+        for stream in list(self.live.values()):
+            if stream.tunnel.agent.agent_id != agent_id or stream.bucket is None:
+                continue
+            if active:
+                stream.quota_check()  # resumes streams that hold nothing
+            else:
+                stream.quota_wait()  # pauses even idle streams
         if not active:
-            for stream in list(self.live.values()):
-                if stream.tunnel.agent.agent_id == agent_id:
-                    stream.quota_wait()
             delay = self.config.inactive_grace_ms / 1000
             self._grace[agent_id] = asyncio.get_running_loop().call_later(
                 delay, self._grace_expired, agent_id

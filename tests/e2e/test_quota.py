@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import socket
 import struct
+from pathlib import Path
 
 from relay.streamquery import list_streams
 from tests.e2e.conftest import expose, local_forward
@@ -133,3 +134,42 @@ async def test_200_streams_share_one_bucket_exactly(
         for w in writers:
             w.close()
     assert (await relay.call("agent", "nas-agent"))["used"] == count * each
+
+
+async def test_inactive_pauses_then_activation_resumes_and_grace_closes(
+    tmp_path: Path, agents: dict[str, AgentSpec], clients: list[Ssh]
+) -> None:
+    """Deactivate pauses a live stream; activate resumes it; past the grace it closes."""
+    relay = Relay(tmp_path, list(agents.values()), extra={"quota": {"inactive_grace": "2s"}})
+    await relay.start()
+    try:
+        await relay.call("grant", "nas-agent", 10 * MiB)
+        async with DigestService(half_close=False) as service:
+            await expose(relay, agents["nas"], f"nas:22:127.0.0.1:{service.port}", clients)
+            port = free_port()
+            await local_forward(relay, agents["tech"], port, "nas:22", clients)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"a" * 100)
+            await poll(lambda: bool(service.conns) and service.conns[0].received == 100, "100")
+            await relay.call("set_active", "nas-agent", False)
+            writer.write(b"b" * 100)
+            await poll(lambda: _states(relay, "paused"), "the stream to pause")
+            assert service.conns[0].received == 100
+            await relay.call("set_active", "nas-agent", True)
+            await poll(lambda: service.conns[0].received == 200, "the held bytes after activation")
+            await relay.call("set_active", "nas-agent", False)
+            await poll(lambda: service.conns[0].closed.is_set(), "the close after the grace")
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+
+        async def closed() -> bool:
+            rows = await list_streams(relay.db_path)
+            return [(r["close_reason"], r["bytes_up"]) for r in rows] == [("inactive", 200)]
+
+        await poll(closed, "the close record with reason inactive")
+    finally:
+        await relay.stop()
+
+
+async def _states(relay: Relay, state: str) -> bool:
+    return [s["state"] for s in await relay.call("streams")] == [state]

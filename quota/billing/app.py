@@ -1,0 +1,127 @@
+"""The HTTP shell: aiohttp routes, bearer-token auth and JSON errors.
+
+Invariants:
+- Every answer is JSON; every error is `{"error": message}` with a 4xx status
+  for the client's mistakes (a 500 only for a bug or a failed disk), and a
+  refused request writes nothing (its transaction never committed).
+- A route accepts only the token kinds it lists: a valid token of another kind
+  is 403; an unknown token 401.
+- Request bodies are parsed strictly into the route's wire message before any
+  service code runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from quota.billing.agents import BillingService
+from quota.billing.errors import BadRequest, BillingError, Forbidden, Unauthorized
+from quota.billing.openapi import document
+from quota.billing.routes import ROUTES, Route
+from quota.core import wire
+
+log = structlog.get_logger("quota.billing")
+
+SERVICE: web.AppKey[BillingService] = web.AppKey("service", BillingService)
+MAX_BODY = 256 * 1024
+MAX_KEY = 200
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response(wire.dump(wire.ErrorBody(error=message)), status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON error answer."""
+    try:
+        return await handler(request)
+    except wire.WireError as exc:
+        return _error(400, str(exc))
+    except BillingError as exc:
+        if exc.status >= 500:
+            log.error("billing_error", path=request.path, error=str(exc))
+        return _error(exc.status, str(exc))
+    except web.HTTPException as exc:
+        return _error(exc.status, exc.reason)
+    except Exception as exc:  # a bug: answer 500 and log it, never a bare traceback
+        log.exception("billing_internal_error", path=request.path)
+        return _error(500, f"internal error ({type(exc).__name__})")
+
+
+async def _body(request: web.Request, route: Route) -> Any:
+    raw = await request.read()
+    if route.request is None:
+        if raw.strip() not in (b"", b"{}"):
+            raise BadRequest("this endpoint takes no request body")
+        return None
+    if request.content_type != "application/json":
+        raise BadRequest("body: send JSON with Content-Type: application/json")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of 5000 digits
+        raise BadRequest(f"body: malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("body: JSON nested too deeply") from None
+    return wire.parse(route.request, data)
+
+
+def _token(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send Authorization: Bearer <token>")
+    return token.strip()
+
+
+def _key(request: web.Request, route: Route) -> str:
+    if not route.keyed:
+        return ""
+    key = request.headers.get("Idempotency-Key", "")
+    if not key or len(key) > MAX_KEY or not key.isprintable():
+        raise BadRequest(f"Idempotency-Key header: required, 1..{MAX_KEY} printable characters")
+    return key
+
+
+def _handler(route: Route) -> _Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        service = request.app[SERVICE]
+        who = await service.principal_for(_token(request))
+        if who is None:
+            raise Unauthorized("unknown token")
+        if who.kind not in route.auth:
+            raise Forbidden(
+                f"a {who.kind} token cannot {route.summary[0].lower()}"
+                f"{route.summary[1:]}; needs {' or '.join(sorted(route.auth))}"
+            )
+        if not route.query and request.query:
+            raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(request.query))}")
+        key = _key(request, route)
+        body = await _body(request, route)
+        params = dict(request.match_info)
+        arg = dict(request.query) if route.query else body
+        result = await route.handler(service, who, params, arg, key)
+        return web.json_response(result, status=route.status)
+
+    return handle
+
+
+async def _openapi(request: web.Request) -> web.StreamResponse:
+    return web.json_response(document())
+
+
+def make_app(service: BillingService) -> web.Application:
+    """The aiohttp application over `service`."""
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app[SERVICE] = service
+    app.router.add_get("/openapi.json", _openapi)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _handler(route), name=route.name)
+    return app

@@ -1,0 +1,69 @@
+"""One exception root for quota.billing, each error carrying its HTTP status.
+
+Invariants: aiosqlite and aiohttp errors never leave their adapter module; they
+are translated (`raise ... from`) into `StoreError` or `NotifyError`. Errors a
+client caused are `ClientError`s with a 4xx status and a message that names
+the problem; "not enough coin" is a 409/402 outcome answer, not a crash.
+"""
+
+from __future__ import annotations
+
+
+class BillingError(Exception):
+    """Root of every error raised by quota.billing."""
+
+    status = 500
+
+
+class ConfigError(BillingError, ValueError):
+    """The billing config is invalid; the message names the key."""
+
+
+class StoreError(BillingError, OSError):
+    """The database failed (disk, locking, corruption)."""
+
+
+class VersionConflict(BillingError):
+    """A balance changed between read and write; the operation is retried."""
+
+    status = 409
+
+
+class NotifyError(BillingError, OSError):
+    """A webhook delivery failed."""
+
+
+class ClientError(BillingError):
+    """The request is wrong; answered with `status` and the message."""
+
+    status = 400
+
+
+class BadRequest(ClientError):
+    status = 400
+
+
+class Unauthorized(ClientError):
+    status = 401
+
+
+class Forbidden(ClientError):
+    status = 403
+
+
+class NotFound(ClientError):
+    status = 404
+
+
+class Conflict(ClientError):
+    status = 409
+
+
+class PaymentRequired(ClientError):
+    """The balance cannot cover the charge; nothing changed."""
+
+    status = 402
+
+
+class ListenError(BillingError, OSError):
+    """The HTTP server could not listen on its address."""

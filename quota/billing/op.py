@@ -1,0 +1,151 @@
+"""One billing operation's context, and the rules every charge shares.
+
+Invariants:
+- `Op.post` is the only way a balance or an agent's traffic changes: one ledger
+  entry for each change, in the operation's transaction.
+- Notices are only collected here; the service hands them to the notifier after
+  the commit, so a slow webhook never holds a transaction.
+- A low-balance notice goes out at most once per configured interval, when an
+  automatic charge leaves the balance below twice the monthly plan total.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from quota.billing import repo
+from quota.billing.config import BillingConfig
+from quota.billing.errors import BadRequest, Forbidden
+from quota.billing.repo import AccountRow, AgentRow, Posting
+from quota.billing.store import Tx
+from quota.core import wire
+from quota.core.billing import (
+    AgentRole,
+    EntryKind,
+    Plan,
+    PlanKind,
+    low_balance_due,
+)
+from quota.core.errors import InvalidValue
+from quota.core.money import (
+    format_coin,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notice:
+    account_id: str
+    kind: str  # low_balance, account_frozen, account_unfrozen, deposit_review
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True, kw_only=True)
+class Op:
+    """One operation's transaction, time, idempotency key and what it produced."""
+
+    tx: Tx
+    now: int
+    key: str
+    config: BillingConfig
+    entries: list[wire.LedgerEntry] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+
+    async def post(self, account: AccountRow, posting: Posting) -> AccountRow:
+        account, entry = await repo.post(self.tx, account, posting, key=self.key, at=self.now)
+        self.entries.append(entry)
+        return account
+
+    def plan(self, name: str) -> Plan:
+        try:
+            return self.config.catalogue.plan(name)
+        except InvalidValue as exc:
+            raise BadRequest(str(exc)) from None
+
+    async def notice(self, account: AccountRow, kind: str, **payload: Any) -> None:
+        body = {"account_id": account.id, "kind": kind, "at": self.now, **payload}
+        await self.tx.insert(
+            "INSERT INTO notices (account_id, kind, payload, at) VALUES (?, ?, ?, ?)",
+            (account.id, kind, json.dumps(body, sort_keys=True), self.now),
+        )
+        self.notices.append(Notice(account_id=account.id, kind=kind, payload=body))
+
+
+def require_unfrozen(account: AccountRow) -> None:
+    if account.frozen:
+        raise Forbidden(
+            f"account is frozen ({account.frozen_reason}); only reads and deposits are allowed"
+            " until a deposit covers what is due"
+        )
+
+
+def require_paying(agent: AgentRow) -> None:
+    if not AgentRole(agent.role).pays:
+        raise BadRequest(f"agent {agent.name!r} is a support agent: it needs no plan or traffic")
+
+
+async def save_agent(op: Op, agent: AgentRow, **changes: Any) -> AgentRow:
+    agent = dataclasses.replace(agent, **changes)
+    await repo.save_agent(op.tx, agent)
+    return agent
+
+
+async def start_period(
+    op: Op, account: AccountRow, agent: AgentRow, plan: Plan, kind: EntryKind, start: int
+) -> tuple[AccountRow, AgentRow]:
+    """Charge one period of `plan` and refill the bucket (prepaid plans), from `start`."""
+    prepaid = plan.kind is PlanKind.PERIODIC
+    account = await op.post(
+        account,
+        Posting(
+            kind=kind,
+            amount=-plan.price if prepaid else 0,
+            agent_id=agent.id,
+            traffic_bytes=(plan.traffic if prepaid else 0) - agent.bucket_bytes,
+            reason=f"{kind.value} of {agent.name} to plan {plan.name}"
+            + (f" ({format_coin(plan.price)})" if prepaid else " (pay-as-you-go)")
+            + f", period from {start}",
+        ),
+    )
+    agent = await save_agent(
+        op,
+        agent,
+        plan=plan.name,
+        active=True,
+        lapsed=False,
+        topup_spent=0,
+        topup_since=start,
+        time_carry=0,
+        bucket_bytes=plan.traffic if prepaid else 0,
+        active_until=start + plan.period_ms if prepaid else None,
+    )
+    return account, agent
+
+
+async def monthly_total(op: Op, account_id: str) -> int:
+    """The monthly price of the plans of the account's active agents."""
+    total = 0
+    for agent in await repo.agents_of(op.tx, account_id):
+        plan = op.config.catalogue.plans.get(agent.plan or "")
+        if plan is not None and (agent.active or agent.lapsed):
+            total += plan.monthly
+    return total
+
+
+async def check_low_balance(op: Op, account: AccountRow) -> AccountRow:
+    """Send a low-balance notice when due (below twice the plans' monthly total)."""
+    total = await monthly_total(op, account.id)
+    if not low_balance_due(
+        balance=account.balance,
+        monthly_total=total,
+        last_notice_at=account.low_notice_at,
+        now=op.now,
+        interval_ms=op.config.low_balance_interval_ms,
+    ):
+        return account
+    await op.notice(account, "low_balance", balance=account.balance, threshold=2 * total)
+    return await repo.save_account(
+        op.tx, account, dataclasses.replace(account, low_notice_at=op.now)
+    )

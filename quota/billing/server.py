@@ -1,0 +1,84 @@
+"""The running billing service: store, notifier, HTTP site and maintenance loop.
+
+Invariant: everything it starts it owns and stops on exit, in reverse order:
+the maintenance task (in the server's TaskGroup) is cancelled, the HTTP site
+closed, queued notices abandoned with the notifier, and the database closed
+last. A failed start undoes whatever had started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import TracebackType
+
+from aiohttp import web
+
+from quota.billing.agents import BillingService
+from quota.billing.app import make_app
+from quota.billing.clock import Clock, SystemClock
+from quota.billing.config import BillingConfig
+from quota.billing.errors import ListenError
+from quota.billing.maintenance import maintenance_loop
+from quota.billing.notifier import Notifier
+from quota.billing.store import Store
+
+
+class BillingServer:
+    """`async with BillingServer(config) as server:` serves at `server.url`."""
+
+    def __init__(
+        self, config: BillingConfig, *, clock: Clock | None = None, maintenance: bool = True
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.maintenance = maintenance
+        self.store = Store(config.database)
+        self.notifier = Notifier(
+            config.webhook_url, retries=config.notify_retries, timeout_ms=config.notify_timeout_ms
+        )
+        self.service = BillingService(self.store, config, self.clock, self.notifier.submit)
+        self._stack = contextlib.AsyncExitStack()
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    async def __aenter__(self) -> BillingServer:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.store)
+            await stack.enter_async_context(self.notifier)
+            runner = web.AppRunner(make_app(self.service), access_log=None)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await self._listen(runner)
+            tasks = await stack.enter_async_context(asyncio.TaskGroup())
+            stack.callback(self._stop_maintenance)
+            if self.maintenance:
+                self._task = tasks.create_task(
+                    maintenance_loop(self.service, self.config.maintenance_interval_ms),
+                    name="billing-maintenance",
+                )
+            self._stack = stack.pop_all()
+        return self
+
+    async def _listen(self, runner: web.AppRunner) -> None:
+        site = web.TCPSite(runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}"
+            ) from exc
+        self.port = runner.addresses[0][1] if runner.addresses else self.config.port
+
+    def _stop_maintenance(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()
