@@ -23,6 +23,7 @@ from quota.billing.errors import BadRequest, Conflict, NotFound
 from quota.billing.op import Op, require_unfrozen
 from quota.billing.repo import AgentRow
 from quota.billing.service import Principal, Service
+from quota.billing.sync import apply_sync, relay_agents
 from quota.core import wire
 from quota.core.billing import AgentRole
 
@@ -71,6 +72,7 @@ class BillingService(Service):
                 created_at=op.now,
             )
             await repo.insert_agent(op.tx, agent)
+            op.changed([agent.id], "register")
             for pub in req.public_keys:
                 await op.tx.run(
                     "INSERT INTO agent_keys (id, agent_id, public_key) VALUES (?, ?, ?)",
@@ -105,6 +107,7 @@ class BillingService(Service):
             )
             if not changed:
                 raise NotFound(f"no key {key_id!r} on agent {agent_id!r}")
+            op.changed([agent_id], "revoke")
             return await repo.agent_wire(op.tx, agent)
 
         return await self.mutate(who, key, ["revoke", agent_id, key_id], run)
@@ -126,6 +129,7 @@ class BillingService(Service):
             require_unfrozen(account)
             agent = dataclasses.replace(agent, **changes)
             await repo.save_agent(op.tx, agent)
+            op.changed([agent.id], "settings")
             return await repo.agent_wire(op.tx, agent)
 
         return await self.mutate(who, key, [agent_id, wire.dump(req)], run)
@@ -166,6 +170,7 @@ class BillingService(Service):
             account, agent = await charging.buy_packages(
                 op, account, agent, req.package, 1, "bought"
             )
+            op.changed([agent.id], "package")
             return await self._charge_result(op, account, agent)
 
         return await self.mutate(who, key, [agent_id, wire.dump(req)], run)
@@ -180,9 +185,12 @@ class BillingService(Service):
 
         async def run(op: Op) -> Any:
             row = await op.tx.one(
-                "SELECT body FROM usage_reports WHERE relay_id = ? AND seq = ?", (who.id, req.seq)
+                "SELECT body, kind FROM usage_reports WHERE relay_id = ? AND seq = ?",
+                (who.id, req.seq),
             )
             if row is not None:
+                if row[1] != "usage":
+                    raise Conflict(f"seq: {req.seq} of relay {who.id} was a /v1/sync report")
                 return {**json.loads(row[0]), "duplicate": True}
             grants = []
             for agent_id, (nbytes, seconds) in merged.items():
@@ -205,6 +213,14 @@ class BillingService(Service):
             return body
 
         return await self._run(f"usage:{who.id}:{req.seq}", run)
+
+    async def sync(self, who: Principal, req: wire.SyncRequest) -> Any:
+        """Apply one relay sync once (usage, returns, lease requests); answer its leases."""
+        return await self._run(f"sync:{who.id}:{req.seq}", lambda op: apply_sync(op, who.id, req))
+
+    async def relay_agents(self) -> Any:
+        """Every agent as relays need it: state and keys not revoked."""
+        return await self.read(relay_agents)
 
     async def catalogue(self) -> Any:
         cat = self.config.catalogue

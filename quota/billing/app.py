@@ -22,6 +22,7 @@ from aiohttp import web
 from quota.billing.agents import BillingService
 from quota.billing.errors import BadRequest, BillingError, Forbidden, Unauthorized
 from quota.billing.openapi import document
+from quota.billing.push import serve_events
 from quota.billing.routes import ROUTES, Route
 from quota.core import wire
 
@@ -103,6 +104,8 @@ def _handler(route: Route) -> _Handler:
             )
         if not route.query and request.query:
             raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(request.query))}")
+        if route.websocket and web.WebSocketResponse().can_prepare(request).ok:
+            return await serve_events(request, service.push, who.id)
         key = _key(request, route)
         body = await _body(request, route)
         params = dict(request.match_info)
@@ -121,6 +124,11 @@ def make_app(service: BillingService) -> web.Application:
     """The aiohttp application over `service`."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[SERVICE] = service
+
+    async def close_push(_: web.Application) -> None:
+        service.push.close_all()  # lets each WebSocket handler end before cleanup waits
+
+    app.on_shutdown.append(close_push)
     app.router.add_get("/openapi.json", _openapi)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _handler(route), name=route.name)

@@ -54,6 +54,7 @@ async def subscribe(
     if plan.kind is PlanKind.TUNNEL_TIME and account.balance <= 0:
         raise BadRequest("a pay-as-you-go plan needs a balance above zero")
     agent = await save_agent(op, agent, auto_renew=auto_renew)
+    op.changed([agent.id], "subscription")
     # A purchase the holder makes is not a drain: low balance is checked on charges.
     return await start_period(op, account, agent, plan, EntryKind.SUBSCRIPTION, op.now)
 
@@ -84,6 +85,7 @@ async def change_plan(
         ),
     )
     agent = await save_agent(op, agent, bucket_bytes=0)
+    op.changed([agent.id], "plan")
     return await start_period(op, account, agent, new, EntryKind.SUBSCRIPTION, op.now)
 
 
@@ -109,9 +111,10 @@ async def buy_packages(
     return account, agent
 
 
-async def _auto_topup(
-    op: Op, account: AccountRow, agent: AgentRow, need: int
+async def auto_topup(
+    op: Op, account: AccountRow, agent: AgentRow, need: int, low_water: int | None = None
 ) -> tuple[AccountRow, AgentRow]:
+    """Buy the fewest packages so `need` bytes leave `low_water` (default: the agent's)."""
     if account.frozen or not agent.active or not agent.topup_package:
         return account, agent
     try:
@@ -124,7 +127,7 @@ async def _auto_topup(
     decision = decide_topup(
         remaining=agent.traffic,
         need=need,
-        low_water=agent.topup_below,
+        low_water=agent.topup_below if low_water is None else low_water,
         package=package,
         limit=agent.topup_limit,
         spent=agent.topup_spent,
@@ -139,13 +142,22 @@ async def _auto_topup(
         op, account, agent, package.name, decision.count, "auto top-up"
     )
     spent = agent.topup_spent + package.price * decision.count
+    op.topups.append(
+        wire.TopupNote(
+            agent_id=agent.id,
+            package=package.name,
+            count=decision.count,
+            amount=package.price * decision.count,
+        )
+    )
+    op.changed([agent.id], "topup")
     return account, await save_agent(op, agent, topup_spent=spent)
 
 
 async def _charge_traffic(
     op: Op, account: AccountRow, agent: AgentRow, need: int
 ) -> tuple[AccountRow, AgentRow, int]:
-    account, agent = await _auto_topup(op, account, agent, need)
+    account, agent = await auto_topup(op, account, agent, need)
     draw = draw_traffic(
         need=need,
         bucket=agent.bucket_bytes,
@@ -210,6 +222,7 @@ async def _charge_time(
             ),
         )
     if short:
+        op.changed([agent.id], "lapse")
         return account, await save_agent(op, agent, active=False, lapsed=True, time_carry=0)
     return account, await save_agent(op, agent, time_carry=charge.carry)
 

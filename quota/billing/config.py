@@ -25,7 +25,7 @@ ADMIN_TOKEN_ENV = "QUOTARELAY_BILLING_ADMIN_TOKEN"
 MIN_TOKEN = 16
 
 _SECTIONS = {
-    "server": {"host", "port", "database", "admin_token", "maintenance_interval"},
+    "server": {"host", "port", "database", "admin_token", "maintenance_interval", "lease_ttl"},
     "pricing": {"metered_price_per_gb"},
     "notifications": {"webhook_url", "low_balance_interval", "retries", "timeout"},
 }
@@ -44,6 +44,7 @@ class BillingConfig:
     database: Path = Path("var/billing.sqlite3")
     admin_token: str
     maintenance_interval_ms: int = 300_000
+    lease_ttl_ms: int = 600_000  # how long a relay's traffic lease outlives its last sync
     metered_price_per_gb: int = 100
     webhook_url: str | None = None
     low_balance_interval_ms: int = 7 * 86_400_000
@@ -126,12 +127,16 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
     )
     if interval <= 0:
         raise ConfigError("server.maintenance_interval: must be longer than zero")
+    lease_ttl = _parsed("server", "lease_ttl", parse_duration_ms, server.get("lease_ttl", "10m"))
+    if lease_ttl <= 0:
+        raise ConfigError("server.lease_ttl: must be longer than zero")
     return BillingConfig(
         host=_get(server, "server", "host", str, "127.0.0.1"),
         port=port,
         database=Path(_get(server, "server", "database", str, "var/billing.sqlite3")),
         admin_token=admin,
         maintenance_interval_ms=interval,
+        lease_ttl_ms=lease_ttl,
         metered_price_per_gb=_parsed(
             "pricing",
             "metered_price_per_gb",

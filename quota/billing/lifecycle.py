@@ -48,6 +48,7 @@ async def renew_due(op: Op, account: AccountRow, agent: AgentRow) -> tuple[Accou
                 op, account, agent, plan, EntryKind.RENEWAL, agent.active_until
             )
             account = await check_low_balance(op, account)
+            op.changed([agent.id], "renewal")
             outcome = "renewed"
             continue
         account = await op.post(
@@ -62,6 +63,7 @@ async def renew_due(op: Op, account: AccountRow, agent: AgentRow) -> tuple[Accou
         )
         lapsed = action is RenewalAction.LAPSE
         agent = await save_agent(op, agent, active=False, lapsed=lapsed, bucket_bytes=0)
+        op.changed([agent.id], "lapse" if lapsed else "expiry")
         if lapsed:
             account = await freeze(op, account, agent, plan)
         outcome = "lapsed" if lapsed else "expired"
@@ -76,6 +78,7 @@ async def freeze(op: Op, account: AccountRow, agent: AgentRow, plan: Plan | None
             op.tx, account, dataclasses.replace(account, frozen=True, frozen_reason=reason)
         )
         await op.notice(account, "account_frozen", reason=reason, balance=account.balance)
+        await op.changed_account(account.id, "freeze")
     return account
 
 
@@ -100,10 +103,12 @@ async def after_deposit(op: Op, account: AccountRow) -> tuple[AccountRow, list[s
             op.tx, account, dataclasses.replace(account, frozen=False, frozen_reason=None)
         )
         await op.notice(account, "account_unfrozen", balance=account.balance)
+        await op.changed_account(account.id, "unfreeze")
     renewed = []
     for agent in lapsed:
         fresh = dataclasses.replace(agent, topup_blocked=False)
         plan = op.plan(agent.plan or "")
         account, _ = await start_period(op, account, fresh, plan, EntryKind.RENEWAL, op.now)
         renewed.append(agent.id)
+        op.changed([agent.id], "renewal")
     return account, renewed

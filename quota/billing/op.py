@@ -3,8 +3,9 @@
 Invariants:
 - `Op.post` is the only way a balance or an agent's traffic changes: one ledger
   entry for each change, in the operation's transaction.
-- Notices are only collected here; the service hands them to the notifier after
-  the commit, so a slow webhook never holds a transaction.
+- Notices and push events (`changed`) are only collected here; the service hands
+  them to the notifier and the push hub after the commit, so a slow webhook or
+  relay never holds a transaction and a rolled-back operation announces nothing.
 - A low-balance notice goes out at most once per configured interval, when an
   automatic charge leaves the balance below twice the monthly plan total.
 """
@@ -52,11 +53,30 @@ class Op:
     config: BillingConfig
     entries: list[wire.LedgerEntry] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
+    changes: dict[str, list[str]] = field(default_factory=dict)  # reason -> agent ids
+    topups: list[wire.TopupNote] = field(default_factory=list)  # bought automatically
 
     async def post(self, account: AccountRow, posting: Posting) -> AccountRow:
         account, entry = await repo.post(self.tx, account, posting, key=self.key, at=self.now)
         self.entries.append(entry)
         return account
+
+    def changed(self, agent_ids: list[str], reason: str) -> None:
+        """Announce to relays, after the commit, that these agents changed."""
+        ids = self.changes.setdefault(reason, [])
+        ids.extend(a for a in agent_ids if a not in ids)
+
+    async def changed_account(self, account_id: str, reason: str) -> None:
+        """Announce a change of every agent of an account (balance, freeze)."""
+        rows = await self.tx.all("SELECT id FROM agents WHERE account_id = ?", (account_id,))
+        self.changed([str(r[0]) for r in rows], reason)
+
+    def events(self) -> list[wire.PushEvent]:
+        return [
+            wire.PushEvent(type="changed", agent_ids=ids, reason=reason)
+            for reason, ids in self.changes.items()
+            if ids
+        ]
 
     def plan(self, name: str) -> Plan:
         try:

@@ -76,6 +76,7 @@ def _operation(route: Any, components: dict[str, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": route.name,
         "summary": route.summary,
+        **({"description": route.description} if route.description else {}),
         "security": [{"bearer": []}],
         "x-token-kinds": sorted(route.auth),
         "parameters": [
@@ -88,7 +89,9 @@ def _operation(route: Any, components: dict[str, Any]) -> dict[str, Any]:
         ],
         "responses": {
             str(route.status): {
-                "description": "success",
+                "description": "switching to WebSocket; each message is this schema"
+                if route.websocket
+                else "success",
                 "content": {
                     "application/json": {"schema": _schema(route.response, {}, components)}
                 },

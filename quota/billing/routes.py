@@ -38,6 +38,8 @@ class Route:
     handler: Handler
     keyed: bool = True  # mutations need an Idempotency-Key header
     query: tuple[str, ...] = ()
+    websocket: bool = False  # upgrades; `response` is the message each frame carries
+    description: str = ""
 
 
 def _int_query(query: dict[str, str], name: str, default: int, high: int) -> int:
@@ -70,6 +72,10 @@ async def _ledger(s: BillingService, who: Principal, m: dict[str, str], q: Any, 
         limit=max(1, _int_query(q, "limit", 100, 1000)),
         filters=filters,
     )
+
+
+async def _upgrade_only(s: BillingService, w: Principal, m: dict[str, str], b: Any, k: str) -> Any:
+    raise BadRequest("this endpoint upgrades to a WebSocket; send Upgrade: websocket")
 
 
 def _r(
@@ -270,6 +276,54 @@ ROUTES: tuple[Route, ...] = (
         wire.UsageResult,
         lambda s, w, m, b, k: s.report_usage(w, b),
         keyed=False,
+    ),
+    _r(
+        "POST",
+        "/v1/sync",
+        "sync",
+        "Relay sync: usage, lease returns and requests, applied once per (relay, seq)",
+        RELAY,
+        wire.SyncRequest,
+        wire.SyncAnswer,
+        lambda s, w, m, b, k: s.sync(w, b),
+        keyed=False,
+        description="One transaction: a seq applied before answers its first answer with "
+        "duplicate=true and changes nothing. Usage is charged (bucket, packages, metered, "
+        "auto top-up, tunnel time); each agent's lease on this relay grows by at most what "
+        "the agent can pay for beyond every relay's outstanding leases; every lease of the "
+        "relay is extended to now + lease_ttl. granted_total is cumulative.",
+    ),
+    _r(
+        "GET",
+        "/v1/relay/agents",
+        "listRelayAgents",
+        "Every agent with its state and its SSH keys not revoked",
+        RELAY,
+        None,
+        wire.RelayAgentList,
+        lambda s, w, m, b, k: s.relay_agents(),
+        keyed=False,
+    ),
+    _r(
+        "GET",
+        "/v1/relay/events",
+        "relayEvents",
+        "Push channel: a WebSocket of PushEvent messages",
+        RELAY,
+        None,
+        wire.PushEvent,
+        _upgrade_only,
+        101,
+        keyed=False,
+        websocket=True,
+        description="Upgrades to a WebSocket (Connection: Upgrade, Upgrade: websocket, "
+        "with the relay token as Authorization: Bearer). The server sends JSON text "
+        "messages, each a PushEvent: first {type: hello}, then {type: changed, agent_ids, "
+        "reason} after every committed change a relay acts on (deposit, unfreeze, package, "
+        "subscription, plan, renewal, expiry, lapse, topup, freeze, register, revoke, "
+        "settings, correction). Pings every 10 s. The relay sends nothing. A relay that "
+        "falls behind is disconnected and should resync (GET /v1/relay/agents, POST "
+        "/v1/sync) after reconnecting. A plain GET without the upgrade answers 400.",
     ),
     _r(
         "POST",

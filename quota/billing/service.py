@@ -8,7 +8,8 @@ Invariants:
 - A `VersionConflict` (a balance changed under us, or another replica held the
   database) rolls the whole operation back and runs it again, up to `RETRIES`.
 - An account token only ever reaches its own account: other ids are 404.
-- Notices leave through the notifier only after their transaction committed.
+- Notices leave through the notifier, and push events through the push hub,
+  only after their transaction committed (never from inside one).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from quota.billing.clock import Clock
 from quota.billing.config import BillingConfig
 from quota.billing.errors import BadRequest, Conflict, NotFound, VersionConflict
 from quota.billing.op import Notice, Op
+from quota.billing.push import PushHub
 from quota.billing.repo import AccountRow, AgentRow
 from quota.billing.store import Store
 from quota.core import wire
@@ -66,6 +68,7 @@ class Service:
         self.config = config
         self.clock = clock
         self._notify = notify
+        self.push = PushHub()
 
     async def _run(self, key: str, func: Callable[[Op], Awaitable[Any]]) -> Any:
         for attempt in range(RETRIES):
@@ -78,6 +81,8 @@ class Service:
                 continue
             for notice in op.notices:
                 self._notify(notice)
+            for event in op.events():
+                self.push.publish(event)
             return result
         raise VersionConflict(f"gave up after {RETRIES} conflicting attempts")
 
@@ -255,6 +260,7 @@ class Service:
             ),
         )
         entry = op.entries[-1]
+        await op.changed_account(account.id, "deposit")
         account, renewed = await lifecycle.after_deposit(op, account)
         return wire.DepositResult(
             status="credited",
@@ -285,6 +291,7 @@ class Service:
                 )
             elif req.traffic_bytes:
                 raise BadRequest("traffic_bytes: needs agent_id")
+            await op.changed_account(account_id, "correction")
             await op.post(
                 account,
                 repo.Posting(

@@ -124,6 +124,23 @@ _MIGRATIONS: tuple[str, ...] = (
         at INTEGER NOT NULL
     );
     """,
+    # 2: relay sync. A report number (relay_id, seq) is shared by /v1/usage and
+    # /v1/sync (kind), so one number is never applied by both; leases are one
+    # relay's cumulative share of one agent's traffic.
+    """
+    ALTER TABLE usage_reports ADD COLUMN kind TEXT NOT NULL DEFAULT 'usage';
+    ALTER TABLE usage_reports ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
+    CREATE TABLE leases (
+        relay_id TEXT NOT NULL,
+        agent_id TEXT NOT NULL REFERENCES agents(id),
+        granted_total INTEGER NOT NULL DEFAULT 0 CHECK (granted_total >= 0),
+        used_total INTEGER NOT NULL DEFAULT 0 CHECK (used_total >= 0),
+        returned_total INTEGER NOT NULL DEFAULT 0 CHECK (returned_total >= 0),
+        valid_until INTEGER NOT NULL,
+        PRIMARY KEY (relay_id, agent_id)
+    );
+    CREATE INDEX leases_agent ON leases (agent_id, valid_until);
+    """,
 )
 
 Row = tuple[Any, ...]

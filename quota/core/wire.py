@@ -354,3 +354,87 @@ class MaintenanceResult:
     expired: int
     lapsed: int
     frozen_accounts: list[str]
+
+
+# -- the relay sync contract (relay <-> billing API) ------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncItem:
+    """Usage of one tunnel since the relay's previous report (deltas, applied once)."""
+
+    agent_id: str
+    tunnel_id: str = ""
+    bytes: int = 0
+    tunnel_seconds: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseRequest:
+    """What a relay asks of one agent's lease: more bytes, and bytes it gives back."""
+
+    agent_id: str
+    want: int = 0  # bytes the relay would like added to its lease now
+    returned: int = 0  # bytes of its lease it gives back (a delta, applied once)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncRequest:
+    seq: int  # per relay, from 1, applied exactly once whatever the retries
+    items: list[SyncItem] = field(default_factory=list)
+    leases: list[LeaseRequest] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """One agent's lease on the asking relay after this report."""
+
+    agent_id: str
+    status: str = choice("active", "inactive", "unknown")
+    granted_total: int  # cumulative bytes ever granted to this relay for this agent
+    valid_until: int  # ms since the epoch
+    traffic_remaining: int  # the agent's bucket and packages after this report
+    unbilled_bytes: int  # bytes of this report nobody could pay for
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopupNote:
+    agent_id: str
+    package: str
+    count: int
+    amount: int  # millicoins drawn
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncAnswer:
+    relay_id: str
+    seq: int
+    duplicate: bool  # this seq was applied before: this is the first answer again
+    leases: list[Lease]
+    topups: list[TopupNote]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RelayAgent:
+    """An agent as relays see it: enough to authenticate and route, nothing about money."""
+
+    id: str
+    account_id: str
+    name: str
+    role: str = choice(*ROLES)
+    status: str = choice("active", "inactive")
+    public_keys: list[str]  # keys not revoked, OpenSSH format
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RelayAgentList:
+    agents: list[RelayAgent]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushEvent:
+    """Sent to relays on the push channel the moment something changed for these agents."""
+
+    type: str = choice("hello", "changed")
+    agent_ids: list[str] = field(default_factory=list)
+    reason: str = ""  # deposit, package, renewal, topup, freeze, unfreeze, revoke, settings, ...

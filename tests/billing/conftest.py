@@ -27,6 +27,7 @@ from quota.core import wire
 
 ADMIN = "admin-token-0123456789"
 RELAY = "relay-token-0123456789"
+RELAY2 = "relay-token-2-0123456789"
 DAY = 86_400_000
 
 CATALOGUE: dict[str, Any] = {
@@ -52,7 +53,7 @@ def make_config(tmp_path: Path, webhook: str | None = None, **server: Any) -> Bi
         },
         "pricing": {"metered_price_per_gb": "0.1"},
         "notifications": {"retries": 3, "timeout": "2s"},
-        "relays": [{"id": "relay-1", "token": RELAY}],
+        "relays": [{"id": "relay-1", "token": RELAY}, {"id": "relay-2", "token": RELAY2}],
         **CATALOGUE,
     }
     if webhook:
