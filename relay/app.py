@@ -21,8 +21,12 @@ from typing import Any
 import asyncssh
 import structlog
 
+from quota.agent.client import BillingClient
+from quota.agent.journal import Journal
+from quota.agent.sync import QuotaAgent, SyncSettings
 from relay.admin import AdminServer
-from relay.config import RelayConfig
+from relay.billing_link import BillingLink
+from relay.config import BillingLinkConfig, RelayConfig
 from relay.errors import ConfigError
 from relay.hub import Hub
 from relay.registry import Registry
@@ -62,11 +66,32 @@ async def _interim(hub: Hub, every_ms: int) -> None:
         hub.interim()
 
 
+async def _quota_agent(stack: AsyncExitStack, link: BillingLinkConfig, hub: Hub) -> QuotaAgent:
+    """Open the journal and the billing client, restore leases and the agent cache."""
+    journal = await stack.enter_async_context(Journal(link.journal))
+    client = await stack.enter_async_context(
+        BillingClient(link.url, link.token, timeout_s=link.timeout_ms / 1000)
+    )
+    settings = SyncSettings(
+        interval_ms=link.interval_ms,
+        min_want=link.min_want,
+        offline_policy=link.offline,
+        offline_allowance=link.offline_allowance,
+        idle_return_ms=link.idle_return_ms,
+        registry_refresh_ms=link.registry_refresh_ms,
+    )
+    quota = QuotaAgent(BillingLink(hub), journal, client, settings)
+    hub.on_want = lambda _agent_id: quota.nudge()
+    hub.quota_counters = quota.counters
+    await quota.restore()
+    return quota
+
+
 async def serve(
     config: RelayConfig, on_ready: Callable[[Hub], Awaitable[None]] | None = None
 ) -> int:
     """Run until SIGTERM/SIGINT; `on_ready` runs once the relay listens. Returns the exit code."""
-    registry = Registry(config.agents_file)
+    registry = Registry(None if config.billing else config.agents_file)
     host_key = load_host_key(config.host_key)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -83,6 +108,9 @@ async def serve(
             )
         )
         hub = Hub(config, registry, streamlog)
+        quota = None
+        if config.billing is not None:
+            quota = await _quota_agent(stack, config.billing, hub)
         try:
             server = await asyncssh.create_server(
                 lambda: AgentServer(hub),
@@ -115,6 +143,7 @@ async def serve(
         print(json.dumps(ready_line), flush=True)
         log.info("relay_ready", **{k: v for k, v in ready_line.items() if k != "event"})
         interim = asyncio.create_task(_interim(hub, config.interim_ms), name="stream-interim")
+        syncing = None if quota is None else asyncio.create_task(quota.run(), name="quota-agent")
         try:
             if on_ready is not None:
                 await on_ready(hub)
@@ -126,6 +155,10 @@ async def serve(
             hub.close_all("relay_shutdown")
             await hub.drain_tasks()
             await asyncio.gather(interim, return_exceptions=True)
+            if syncing is not None and quota is not None:
+                syncing.cancel()
+                await asyncio.gather(syncing, return_exceptions=True)
+                await quota.final_round(timeout_ms=2000)
             await server.wait_closed()
     log.info("relay_stopped")
     sys.stdout.flush()

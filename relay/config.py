@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,37 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "flush": "1s",
         "json_lines": "var/streams.jsonl",
     },
+    "udp": {"idle_timeout": "60s", "max_datagram": "65507"},
+    "billing": {
+        "url": "",
+        "token": "",
+        "token_file": "",
+        "journal": "var/journal.db",
+        "interval": "1s",
+        "timeout": "5s",
+        "min_want": "10M",
+        "offline": "pause",
+        "offline_allowance": "0",
+        "idle_return": "5m",
+        "registry_refresh": "30s",
+    },
 }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BillingLinkConfig:
+    """How the relay syncs with the billing API; absent when `billing.url` is empty."""
+
+    url: str
+    token: str
+    journal: Path
+    interval_ms: int
+    timeout_ms: int
+    min_want: int
+    offline: str
+    offline_allowance: int
+    idle_return_ms: int
+    registry_refresh_ms: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +103,9 @@ class RelayConfig:
     flush_ms: int
     json_lines: Path | None  # None: off; Path("-"): stderr
     source: Path | None = field(default=None)
+    billing: BillingLinkConfig | None = None
+    udp_idle_timeout_ms: int = 60_000  # a UDP flow idle this long ends
+    udp_max_datagram: int = 65_507  # bigger datagrams are dropped and counted
 
 
 def parse_host_port(text: str, key: str) -> HostPort:
@@ -192,4 +226,43 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         flush_ms=max(1, _duration(s, "stream_log", "flush")),
         json_lines=None if not json_lines else Path("-") if json_lines == "-" else rel(json_lines),
         source=path,
+        billing=_billing(v["billing"], rel),
+        udp_idle_timeout_ms=max(1, _duration(v["udp"], "udp", "idle_timeout")),
+        udp_max_datagram=_udp_max_datagram(v["udp"]),
+    )
+
+
+def _udp_max_datagram(values: dict[str, Any]) -> int:
+    size = _size(values, "udp", "max_datagram")
+    if not 1 <= size <= 65_535:
+        raise ConfigError(f"udp.max_datagram: 1..65535 bytes (a frame's limit), got {size}")
+    return size
+
+
+def _billing(b: dict[str, Any], rel: Callable[[str], Path]) -> BillingLinkConfig | None:
+    if not b["url"]:
+        return None
+    if not b["url"].startswith(("http://", "https://")):
+        raise ConfigError(f"billing.url: expected http:// or https://, got {b['url']!r}")
+    token = b["token"]
+    if not token and b["token_file"]:
+        try:
+            token = rel(b["token_file"]).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"billing.token_file: cannot read: {exc}") from None
+    if not token:
+        raise ConfigError("billing.token: the relay token is required when billing.url is set")
+    if b["offline"] not in ("pause", "continue"):
+        raise ConfigError(f"billing.offline: pause or continue, got {b['offline']!r}")
+    return BillingLinkConfig(
+        url=b["url"],
+        token=token,
+        journal=rel(b["journal"]),
+        interval_ms=max(10, _duration(b, "billing", "interval")),
+        timeout_ms=max(10, _duration(b, "billing", "timeout")),
+        min_want=_size(b, "billing", "min_want"),
+        offline=b["offline"],
+        offline_allowance=_size(b, "billing", "offline_allowance"),
+        idle_return_ms=_duration(b, "billing", "idle_return"),
+        registry_refresh_ms=max(100, _duration(b, "billing", "registry_refresh")),
     )

@@ -16,6 +16,8 @@ import asyncio
 import ipaddress
 import itertools
 import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import asyncssh
@@ -50,6 +52,11 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._wanting: set[str] = set()
+        self.on_want: Callable[[str], None] | None = None  # the quota agent's nudge
+        self.closed_usage: Counter[tuple[str, str]] = Counter()  # (agent, tunnel) -> bytes
+        self.closed_time: Counter[tuple[str, str]] = Counter()  # (agent, tunnel) -> ms open
+        self.connections: set[Any] = set()  # logged-in agents' SSH front objects
+        self.quota_counters: dict[str, int] = {}  # the quota agent's, for the status view
 
     @staticmethod
     def now_ms() -> int:
@@ -80,6 +87,8 @@ class Hub:
         if wants and bucket.agent_id not in self._wanting:
             self._wanting.add(bucket.agent_id)
             log.info("grant_wanted", agent_id=bucket.agent_id, remaining=bucket.remaining)
+            if self.on_want is not None:
+                self.on_want(bucket.agent_id)
         elif not wants:
             self._wanting.discard(bucket.agent_id)
 
@@ -124,6 +133,8 @@ class Hub:
 
     def remove_tunnel(self, tunnel: Tunnel) -> None:
         if self.tunnels.remove(tunnel):
+            key = (tunnel.agent.agent_id, tunnel.tunnel_id)
+            self.closed_time[key] += self.now_ms() - tunnel.opened_ms
             log.info("tunnel_closed", tunnel_id=tunnel.tunnel_id)
         if tunnel.server is not None:
             tunnel.server.close()
@@ -210,6 +221,8 @@ class Hub:
     def stream_closed(self, stream: Stream) -> None:
         opened = self.live.pop(stream.stream_id, None) is not None
         stream.tunnel.streams.discard(stream)
+        key = (stream.tunnel.agent.agent_id, stream.tunnel.tunnel_id)
+        self.closed_usage[key] += stream.bytes_up + stream.bytes_down
         if opened:
             self._record(stream, "close")
 
@@ -246,7 +259,7 @@ class Hub:
                 opened_at_ms=stream.opened_at_ms,
                 bytes_up=stream.bytes_up,
                 bytes_down=stream.bytes_down,
-                bytes_dropped=0,
+                bytes_dropped=stream.bytes_dropped,
                 pauses=stream.clock.count,
                 paused_ms=stream.clock.total_ms(now),
                 state=state,
@@ -346,6 +359,7 @@ class Hub:
                 "state": s.state.value,
                 "bytes_up": s.bytes_up,
                 "bytes_down": s.bytes_down,
+                "bytes_dropped": s.bytes_dropped,
                 "pauses": s.clock.count,
             }
             for s in self.live.values()
@@ -358,6 +372,7 @@ class Hub:
             "tunnels": len(self.tunnels),
             "streams": len(self.live),
             "depleted": sum(1 for b in self.buckets.values() if b.state is BucketState.DEPLETED),
+            "sync": dict(self.quota_counters),
         }
 
 

@@ -52,6 +52,14 @@ class Agent:
     active: bool = True
 
 
+def key_blob(text: str) -> bytes | None:
+    """The public key blob of an OpenSSH public key line, or None if it is not one."""
+    try:
+        return bytes(asyncssh.import_public_key(text).public_data)
+    except (asyncssh.KeyImportError, ValueError):
+        return None
+
+
 def _parse_key(text: object, where: str) -> bytes:
     if not isinstance(text, str):
         raise ConfigError(f"{where}: a key must be a string in OpenSSH format")
@@ -91,12 +99,20 @@ def _parse_agent(entry: object, index: int) -> Agent:
 class Registry:
     """The agents of one registry file, looked up by id and key."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
+        """Read `path`; with None the agents come from `replace` (the billing API's registry)."""
         self.path = path
         self._agents: dict[str, Agent] = {}
-        self.reload()
+        if path is not None:
+            self.reload()
+
+    def replace(self, agents: list[Agent]) -> None:
+        """Take a new set of agents at once (a refresh from the billing API)."""
+        self._agents = {a.agent_id: a for a in agents}
 
     def reload(self) -> None:
+        if self.path is None:
+            return
         try:
             raw = tomllib.loads(self.path.read_text())
         except FileNotFoundError:

@@ -7,6 +7,7 @@ Invariants:
   bind address of "", "localhost", "0.0.0.0", "*", "::" or an IP asks for a
   public port. `-L`/`-J` (direct-tcpip) reach only endpoints of the agent's own
   account; no host:port outside the tunnel table is ever dialled.
+- A host "udp/..." in either asks for a UDP tunnel (relay.udp), same rules.
 - Every refusal opens nothing; the agent sees the reason (channel open failure
   text, or a debug message for a refused `-R`).
 """
@@ -22,6 +23,7 @@ from relay.errors import Refused
 from relay.hub import Hub, is_address
 from relay.registry import Agent
 from relay.tunnels import Tunnel
+from relay.udp import UDP_PREFIX, udp_for
 
 log = structlog.get_logger("relay.ssh")
 
@@ -55,6 +57,7 @@ class AgentServer(asyncssh.SSHServer):
         self.hub = hub
         self.conn: Any = None
         self.agent: Agent | None = None
+        self.key_blob: bytes | None = None
         self.peer = ""
 
     def connection_made(self, conn: Any) -> None:
@@ -63,6 +66,7 @@ class AgentServer(asyncssh.SSHServer):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.hub.connections.discard(self)
         if self.agent is not None:
             log.info("agent_disconnected", agent_id=self.agent.agent_id, peer=self.peer)
 
@@ -84,10 +88,12 @@ class AgentServer(asyncssh.SSHServer):
             log.warning("auth_refused", username=username, peer=self.peer)
             return False
         self.agent = agent
+        self.key_blob = bytes(key.public_data)
         return True
 
     def auth_completed(self) -> None:
         assert self.agent is not None
+        self.hub.connections.add(self)
         log.info("agent_connected", agent_id=self.agent.agent_id, peer=self.peer)
 
     async def server_requested(self, listen_host: str, listen_port: int) -> Any:
@@ -95,7 +101,10 @@ class AgentServer(asyncssh.SSHServer):
         assert agent is not None
         what = f"-R {listen_host}:{listen_port}"
         try:
-            if is_public_bind(listen_host):
+            if listen_host.startswith(UDP_PREFIX):
+                udp = udp_for(self.hub)
+                tunnel = await udp.register(agent, listen_host, listen_port, self.conn)
+            elif is_public_bind(listen_host):
                 tunnel = await self.hub.add_public(agent, listen_host, listen_port, self.conn)
             else:
                 if listen_port == 0:
@@ -114,6 +123,9 @@ class AgentServer(asyncssh.SSHServer):
         agent = self.agent
         assert agent is not None
         try:
+            if dest_host.startswith(UDP_PREFIX):
+                orig = (orig_host, orig_port)
+                return udp_for(self.hub).support_session(agent, dest_host, dest_port, orig)
             tunnel = self.hub.resolve(agent, dest_host, dest_port)
         except Refused as exc:
             self.hub.refuse(None, agent, f"open {dest_host}:{dest_port}", str(exc))

@@ -66,6 +66,11 @@ class Stream:
         m = self.down.meter
         return m.passed if m is not None else 0
 
+    @property
+    def bytes_dropped(self) -> int:
+        """Bytes dropped: always 0 for TCP, which holds bytes instead (UDP flows override)."""
+        return 0
+
     # -- lifecycle ----------------------------------------------------------------
 
     def leg_connected(self, leg: Leg) -> None:

@@ -6,11 +6,15 @@ Invariants:
   (the same agent reconnecting takes its endpoint over; another agent is refused).
 - A public port is in the configured range and held by one tunnel at a time; an
   agent asking for port 0 gets its previous port back when it is still free.
+  UDP tunnels (kinds udp_endpoint, udp_public) live in the same tables: a UDP
+  endpoint's key and listen host are "udp/<name>", and a public port number is
+  held by one tunnel whatever its protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +23,13 @@ from relay.registry import Agent
 
 ENDPOINT = "tcp_endpoint"
 PUBLIC = "tcp_public"
+UDP_ENDPOINT = "udp_endpoint"
+UDP_PUBLIC = "udp_public"
+
+
+def _key_name(kind: str, name: str) -> str:
+    """UDP endpoints share the account namespace with TCP ones but not their names."""
+    return f"udp/{name}" if kind == UDP_ENDPOINT else name
 
 
 @dataclass(eq=False, kw_only=True)
@@ -32,6 +43,7 @@ class Tunnel:
     conn: Any  # the owner's asyncssh connection
     server: asyncio.AbstractServer | None = None
     streams: set[Any] = field(default_factory=set)
+    opened_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
 
     @property
     def target(self) -> str:
@@ -55,27 +67,31 @@ class TunnelTable:
     def all(self) -> list[Tunnel]:
         return [*self.endpoints.values(), *self.public.values()]
 
-    def add_endpoint(self, agent: Agent, name: str, port: int, conn: Any) -> Tunnel:
-        key = (agent.account, name, port)
+    def add_endpoint(
+        self, agent: Agent, name: str, port: int, conn: Any, kind: str = ENDPOINT
+    ) -> Tunnel:
+        key = (agent.account, _key_name(kind, name), port)
         old = self.endpoints.get(key)
         if old is not None and old.agent.agent_id != agent.agent_id:
             raise Refused(
                 f"endpoint {name}:{port} is already registered by agent {old.agent.agent_id}"
             )
         tunnel = Tunnel(
-            tunnel_id=tunnel_id(agent, ENDPOINT, name, port),
-            kind=ENDPOINT,
+            tunnel_id=tunnel_id(agent, kind, name, port),
+            kind=kind,
             agent=agent,
             name=name,
             port=port,
-            listen_host=name,
+            listen_host=_key_name(kind, name),
             conn=conn,
         )
         self.endpoints[key] = tunnel
         return tunnel
 
-    def find_endpoint(self, account: str, name: str, port: int) -> Tunnel | None:
-        return self.endpoints.get((account, name, port))
+    def find_endpoint(
+        self, account: str, name: str, port: int, kind: str = ENDPOINT
+    ) -> Tunnel | None:
+        return self.endpoints.get((account, _key_name(kind, name), port))
 
     def pick_port(self, agent: Agent, requested: int) -> int:
         """The public port to open for `agent`: `requested`, or a free one for 0."""
@@ -97,10 +113,12 @@ class TunnelTable:
                 return port
         raise Refused("no free public port left on this relay")
 
-    def add_public(self, agent: Agent, port: int, listen_host: str, conn: Any) -> Tunnel:
+    def add_public(
+        self, agent: Agent, port: int, listen_host: str, conn: Any, kind: str = PUBLIC
+    ) -> Tunnel:
         tunnel = Tunnel(
-            tunnel_id=tunnel_id(agent, PUBLIC, "public", port),
-            kind=PUBLIC,
+            tunnel_id=tunnel_id(agent, kind, "public", port),
+            kind=kind,
             agent=agent,
             name="public",
             port=port,
@@ -112,8 +130,8 @@ class TunnelTable:
         return tunnel
 
     def remove(self, tunnel: Tunnel) -> bool:
-        if tunnel.kind == ENDPOINT:
-            key = (tunnel.agent.account, tunnel.name, tunnel.port)
+        if tunnel.kind in (ENDPOINT, UDP_ENDPOINT):
+            key = (tunnel.agent.account, _key_name(tunnel.kind, tunnel.name), tunnel.port)
             if self.endpoints.get(key) is tunnel:
                 del self.endpoints[key]
                 return True

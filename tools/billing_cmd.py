@@ -335,7 +335,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     sub = billing.add_subparsers(dest="billing_command", required=True, metavar="COMMAND")
     p = sub.add_parser("serve", help="run the billing API")
     p.add_argument("--config", required=True, help="billing TOML file")
-    p.set_defaults(func=serve)
+    p.set_defaults(func=serve, serves=True)
     common = _client_options()
     _register_account(sub, common)
     _register_agent(sub, common)

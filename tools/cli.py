@@ -13,7 +13,13 @@ import importlib
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
-_COMMANDS = ("tools.relay_cmd", "tools.streams_cmd", "tools.billing_cmd", "tools.up_cmd")
+_COMMANDS = (
+    "tools.relay_cmd",
+    "tools.streams_cmd",
+    "tools.billing_cmd",
+    "tools.up_cmd",
+    "tools.agent_cmd",
+)
 
 
 class CliError(Exception):

@@ -1,41 +1,96 @@
-"""`quotarelay up`: a ready-to-try relay with a demo client and support agent.
+"""`quotarelay up`: the billing API and a relay synced with it, with a demo account.
 
-It writes everything under one folder (default ./var/demo): agent keys, the
-agent registry, the relay config with a fresh admin token, a known_hosts file
-for the relay's host key. It then runs the relay in this process, grants the
-demo client agent its first bytes and prints the ssh commands to paste.
-Ctrl-C stops it cleanly. Running it again reuses what the folder holds.
+Everything lives under one folder (default ./var/demo): the billing API's config
+and SQLite file, tokens, agent keys, the relay's config, journal and stream log,
+a known_hosts file. On first start it creates an account with a balance, a
+client agent subscribed to a plan and a support agent; later starts reuse them.
+Both services run in this process; Ctrl-C stops both cleanly.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import secrets
 import shlex
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncssh
 
 from quota.core.errors import InvalidValue
-from quota.core.units import parse_size
 from relay.config import load_config
 from relay.errors import ConfigError
 from relay.hub import Hub
 from tools.cli import CliError
 
-CLIENT, SUPPORT, ACCOUNT = "demo-client", "demo-support", "demo"
+BILLING_TOML = """\
+[server]
+host = "127.0.0.1"
+port = {port}
+database = "{database}"
+admin_token = "{admin}"
+maintenance_interval = "1m"
+
+[pricing]
+metered_price_per_gb = "0.1"
+
+[[relays]]
+id = "demo-relay"
+token = "{relay}"
+
+[[plans]]
+name = "demo"
+price = "5"
+period = "30d"
+traffic = "1G"
+
+[[packages]]
+name = "1G"
+price = "0.5"
+traffic = "1G"
+"""
+
+RELAY_TOML = """\
+[relay]
+id = "demo-relay"
+ssh_listen = "127.0.0.1:{ssh}"
+host_key = "relay_host_key"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+token_file = "admin.token"
+
+[billing]
+url = "http://127.0.0.1:{billing}"
+token_file = "relay.token"
+journal = "journal.db"
+
+[stream_log]
+path = "streams.db"
+json_lines = "streams.jsonl"
+interim = "10s"
+"""
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    p = subparsers.add_parser("up", help="start a demo relay and print the ssh commands")
-    p.add_argument("--dir", default="var/demo", help="where keys, config and logs go")
+    p = subparsers.add_parser("up", help="start the billing API and a relay with a demo account")
+    p.add_argument("--dir", default="var/demo", help="where config, keys and data go")
     p.add_argument("--ssh-port", type=int, default=2222, help="the relay's SSH port")
-    p.add_argument("--admin-port", type=int, default=8022, help="the admin API port")
-    p.add_argument("--grant", default="1G", help="bytes granted to the demo client at start")
+    p.add_argument("--admin-port", type=int, default=8022, help="the relay's admin API port")
+    p.add_argument("--billing-port", type=int, default=8480, help="the billing API's port")
     p.add_argument("--service-port", type=int, default=8080, help="the demo service's local port")
     p.add_argument("--local-port", type=int, default=9090, help="the support agent's local port")
     p.set_defaults(func=_up, serves=True)
+
+
+def _secret(path: Path) -> str:
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def _key(path: Path) -> str:
@@ -46,92 +101,132 @@ def _key(path: Path) -> str:
     return str(asyncssh.read_private_key(str(path)).export_public_key().decode().strip())
 
 
-def prepare(folder: Path, ssh_port: int, admin_port: int) -> Path:
-    """Write keys, agents.toml, relay.toml and known_hosts into `folder`; return the config."""
+def prepare(folder: Path, args: argparse.Namespace) -> tuple[Path, Path]:
+    """Write configs, tokens, keys and known_hosts; return (billing.toml, relay.toml)."""
     folder.mkdir(parents=True, exist_ok=True)
-    client, support = _key(folder / f"{CLIENT}.key"), _key(folder / f"{SUPPORT}.key")
-    (folder / "agents.toml").write_text(
-        f'[[agent]]\nid = "{CLIENT}"\naccount = "{ACCOUNT}"\nrole = "client"\n'
-        f'keys = ["{client}"]\n\n'
-        f'[[agent]]\nid = "{SUPPORT}"\naccount = "{ACCOUNT}"\nrole = "support"\n'
-        f'keys = ["{support}"]\n'
+    admin, relay_token = _secret(folder / "billing-admin.token"), _secret(folder / "relay.token")
+    _secret(folder / "admin.token")
+    billing = folder / "billing.toml"
+    billing.write_text(
+        BILLING_TOML.format(
+            port=args.billing_port,
+            admin=admin,
+            relay=relay_token,
+            database=folder / "billing.sqlite3",
+        )
     )
-    token_file = folder / "admin.token"
-    if not token_file.exists():
-        token_file.write_text(secrets.token_urlsafe(24) + "\n")
-        token_file.chmod(0o600)
-    config = folder / "relay.toml"
-    config.write_text(
-        "[relay]\n"
-        'id = "demo-relay"\n'
-        f'ssh_listen = "127.0.0.1:{ssh_port}"\n'
-        'host_key = "relay_host_key"\n'
-        'agents_file = "agents.toml"\n'
-        "[admin]\n"
-        f'listen = "127.0.0.1:{admin_port}"\n'
-        'token_file = "admin.token"\n'
-        "[stream_log]\n"
-        'path = "streams.db"\n'
-        'json_lines = "streams.jsonl"\n'
-        'interim = "10s"\n'
+    relay = folder / "relay.toml"
+    relay.write_text(
+        RELAY_TOML.format(ssh=args.ssh_port, admin=args.admin_port, billing=args.billing_port)
     )
     from relay.app import load_host_key
 
-    host_key = load_host_key(folder / "relay_host_key")
-    public = host_key.export_public_key().decode().strip()
-    (folder / "known_hosts").write_text(f"[127.0.0.1]:{ssh_port} {public}\n")
-    return config
+    public = load_host_key(folder / "relay_host_key").export_public_key().decode().strip()
+    (folder / "known_hosts").write_text(f"[127.0.0.1]:{args.ssh_port} {public}\n")
+    return billing, relay
 
 
-def instructions(folder: Path, args: argparse.Namespace, config: Path) -> str:
-    ssh_port, svc, local = args.ssh_port, args.service_port, args.local_port
+async def demo_account(folder: Path, url: str, admin: str) -> dict[str, str]:
+    """Create the demo account and agents once; their ids are kept in state.json."""
+    state_file = folder / "state.json"
+    if state_file.exists():
+        return dict(json.loads(state_file.read_text()))
+    headers = {"Authorization": f"Bearer {admin}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
 
-    def ssh(agent: str, forward: str) -> str:
+        async def call(method: str, path: str, body: Any, key: str) -> Any:
+            async with http.request(
+                method, url + path, json=body, headers={"Idempotency-Key": key}
+            ) as resp:
+                data = await resp.json()
+                if resp.status >= 300:
+                    raise CliError(f"setting up the demo account: {path}: {data.get('error')}")
+                return data
+
+        account = (await call("POST", "/v1/accounts", {"name": "demo"}, "up-account"))["account"]
+        await call(
+            "POST",
+            "/v1/deposits",
+            {"account_id": account["id"], "payment_id": "up-demo-deposit", "amount": 20_000},
+            "up-deposit",
+        )
+        state = {"account": account["id"]}
+        for role in ("client", "support"):
+            body = {"name": role, "role": role, "public_keys": [_key(folder / f"{role}.key")]}
+            agent = await call("POST", f"/v1/accounts/{account['id']}/agents", body, f"up-{role}")
+            state[role] = agent["id"]
+        await call("POST", f"/v1/agents/{state['client']}/subscription", {"plan": "demo"}, "up-sub")
+    state_file.write_text(json.dumps(state))
+    return state
+
+
+def instructions(folder: Path, args: argparse.Namespace, state: dict[str, str]) -> str:
+    svc, local, billing_url = (
+        args.service_port,
+        args.local_port,
+        f"http://127.0.0.1:{args.billing_port}",
+    )
+
+    def ssh(role: str, forward: str) -> str:
         return shlex.join(
             [
-                "ssh", "-i", str(folder / f"{agent}.key"), "-p", str(ssh_port),
+                "ssh", "-i", str(folder / f"{role}.key"), "-p", str(args.ssh_port),
                 "-o", f"UserKnownHostsFile={folder / 'known_hosts'}", "-o", "IdentitiesOnly=yes",
-                "-N", *forward.split(), f"{agent}@127.0.0.1",
+                "-N", *forward.split(), f"{state[role]}@127.0.0.1",
             ]
         )  # fmt: skip
 
-    cfg = shlex.quote(str(config))
+    env = (
+        f"QUOTARELAY_BILLING_URL={billing_url} "
+        f"QUOTARELAY_BILLING_TOKEN=$(cat {shlex.quote(str(folder / 'billing-admin.token'))})"
+    )
     return "\n".join(
         [
-            f"quotarelay is up: relay SSH on 127.0.0.1:{ssh_port}. Paste these in other terminals.",
+            f"quotarelay is up: billing API on {billing_url},"
+            f" relay SSH on 127.0.0.1:{args.ssh_port}.",
+            f"Demo account {state['account']}: 20 coin, client agent {state['client']} on plan",
+            "'demo' (5 coin / 30 days, 1 GB included). Paste these in other terminals:",
             "",
-            f"1. The client agent exposes localhost:{svc} as endpoint 'web' (account {ACCOUNT}):",
-            f"   {ssh(CLIENT, f'-R web:80:localhost:{svc}')}",
+            f"1. The client agent exposes localhost:{svc} as endpoint 'web':",
+            f"   {ssh('client', f'-R web:80:localhost:{svc}')}",
             f"2. The support agent reaches it on its own localhost:{local}:",
-            f"   {ssh(SUPPORT, f'-L {local}:web:80')}",
+            f"   {ssh('support', f'-L {local}:web:80')}",
             "3. Or the client agent opens a public port (the relay prints which):",
-            f"   {ssh(CLIENT, f'-R 0:localhost:{svc}')}",
+            f"   {ssh('client', f'-R 0:localhost:{svc}')}",
             "",
-            "Traffic is metered against the client agent's bucket. Grant more, watch streams:",
-            f"   .venv/bin/quotarelay relay grant {CLIENT} 1G --config {cfg}",
-            f"   .venv/bin/quotarelay relay agents --config {cfg}",
-            f"   .venv/bin/quotarelay streams --config {cfg}",
+            "Watch and pay:",
+            f"   .venv/bin/quotarelay streams --config {shlex.quote(str(folder / 'relay.toml'))}",
+            f"   {env} .venv/bin/quotarelay billing ledger {state['account']}",
             "",
-            "Ctrl-C stops the relay.",
+            "Ctrl-C stops both.",
         ]
     )
 
 
 async def _up(args: argparse.Namespace) -> int:
-    folder = Path(args.dir).resolve()
-    try:
-        grant = parse_size(args.grant)
-        config_path = prepare(folder, args.ssh_port, args.admin_port)
-        config = load_config(config_path)
-    except (ConfigError, InvalidValue) as exc:
-        raise CliError(str(exc)) from None
+    from quota.billing.config import load_config as load_billing
+    from quota.billing.errors import BillingError
+    from quota.billing.server import BillingServer
     from relay.app import serve
 
-    async def ready(hub: Hub) -> None:
-        hub.grant(CLIENT, grant)
-        print(instructions(folder, args, config_path), flush=True)
-
+    folder = Path(args.dir).resolve()
     try:
-        return await serve(config, on_ready=ready)
-    except ConfigError as exc:
+        billing_path, relay_path = prepare(folder, args)
+        billing_config = load_billing(billing_path, env={})
+        relay_config = load_config(relay_path)
+    except (ConfigError, InvalidValue, BillingError) as exc:
+        raise CliError(str(exc)) from None
+    try:
+        async with BillingServer(billing_config) as billing:
+            state = await demo_account(folder, billing.url, billing_config.admin_token)
+
+            async def ready(hub: Hub) -> None:
+                for _ in range(100):  # the agents arrive with the relay's first registry fetch
+                    if hub.registry.get(state["client"]) is not None:
+                        break
+                    await asyncio.sleep(0.05)
+                print(instructions(folder, args, state), flush=True)
+
+            return await serve(relay_config, on_ready=ready)
+    except (ConfigError, BillingError) as exc:
         raise CliError(str(exc)) from None

@@ -119,6 +119,11 @@ class Bucket:
         return len(self._waiters)
 
     @property
+    def short(self) -> int:
+        """Bytes the waiting meters still lack."""
+        return sum(m.need for m in self._waiters)
+
+    @property
     def meters(self) -> int:
         return len(self._meters)
 
@@ -180,6 +185,34 @@ class Bucket:
             self._give_slice(meter)
         meter.passed += passed
         return Take(passed, wakes)
+
+    def take_whole(self, meter: Meter, n: int) -> bool:
+        """All or nothing, for a datagram: pass `n` bytes now (counted), or none.
+
+        Never waits and never splits: UDP cannot be held back, so a datagram that
+        does not fit is dropped by the caller and nothing is counted. It draws on
+        the meter's allowance and on free bytes; while other meters wait it draws
+        on its allowance only, so it never takes a grant from a waiting stream.
+        """
+        if n < 0:
+            raise InvalidValue(f"take_whole needs a byte count >= 0, got {n}")
+        if self.inactive or meter.waiting:
+            return False
+        if n > meter.allowance:
+            if self._waiters:
+                return False
+            if n > meter.allowance + self.free:
+                self._reclaim_quietly()  # no waiters, so nobody is owed a wake
+            if n > meter.allowance + self.free:
+                return False
+            fresh = n - meter.allowance
+            self.charged += fresh
+            meter.allowance += fresh
+        meter.allowance -= n
+        meter.passed += n
+        if meter.allowance == 0:
+            self._give_slice(meter)
+        return True
 
     def grant(self, nbytes: int) -> tuple[Meter, ...]:
         """Add granted bytes; returns the meters that now hold bytes to flush."""

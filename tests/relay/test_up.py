@@ -1,4 +1,4 @@
-"""`quotarelay up`: the printed ssh commands work as pasted, and Ctrl-C stops cleanly."""
+"""`quotarelay up`: billing API and relay; the printed ssh commands work; Ctrl-C stops both."""
 
 from __future__ import annotations
 
@@ -30,11 +30,12 @@ async def _read_until(stream: asyncio.StreamReader, needle: str, seen: list[str]
 
 async def test_up_prints_commands_that_work_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     """The demo relay's printed client and support commands carry data byte-exact."""
-    ssh_port, admin_port, local = free_port(), free_port(), free_port()
+    ssh_port, admin_port, local, billing = free_port(), free_port(), free_port(), free_port()
     async with DigestService(send=b"hello from the demo service") as service:
         up = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tools.cli", "up", "--dir", str(tmp_path / "demo"),
             "--ssh-port", str(ssh_port), "--admin-port", str(admin_port),
+            "--billing-port", str(billing),
             "--service-port", str(service.port), "--local-port", str(local),
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip

@@ -1,0 +1,91 @@
+"""The billing API client of a relay: sync reports, the agent registry, the push channel.
+
+Invariants:
+- Every call has an explicit, short timeout; aiohttp's 300 s default would
+  stall a sync for minutes.
+- Nothing aiohttp raises leaves this module: a refused connection, a timeout, a
+  5xx, a 4xx or an answer that does not parse as its wire message all become
+  `BillingUnavailable` with a message saying which.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+
+from quota.agent.errors import BillingUnavailable
+from quota.core import wire
+
+T = TypeVar("T")
+
+
+class BillingClient:
+    def __init__(self, url: str, token: str, *, timeout_s: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(2.0, timeout_s))
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> BillingClient:
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "use BillingClient as an async context manager"
+        return self._session
+
+    async def _call(self, method: str, path: str, cls: type[T], body: Any = None) -> T:
+        url = self.url + path
+        try:
+            async with self.session.request(method, url, json=body) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    raise BillingUnavailable(f"{method} {path}: HTTP {resp.status}: {text[:200]}")
+                data = json.loads(text)
+        except BillingUnavailable:
+            raise
+        except TimeoutError:
+            raise BillingUnavailable(f"{method} {path}: no answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise BillingUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        except ValueError as exc:
+            raise BillingUnavailable(f"{method} {path}: answer is not JSON: {exc}") from None
+        try:
+            return wire.parse(cls, data)
+        except wire.WireError as exc:
+            raise BillingUnavailable(f"{method} {path}: malformed answer: {exc}") from None
+
+    async def sync(self, body: dict[str, Any]) -> wire.SyncAnswer:
+        return await self._call("POST", "/v1/sync", wire.SyncAnswer, body)
+
+    async def relay_agents(self) -> wire.RelayAgentList:
+        return await self._call("GET", "/v1/relay/agents", wire.RelayAgentList)
+
+    async def events(self) -> AsyncIterator[wire.PushEvent]:
+        """Push events until the channel closes; raises BillingUnavailable if it cannot open."""
+        try:
+            async with self.session.ws_connect(
+                self.url + "/v1/relay/events",
+                heartbeat=10,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5),
+            ) as ws:
+                async for msg in ws:
+                    if msg.type is not aiohttp.WSMsgType.TEXT:
+                        break
+                    try:
+                        yield wire.parse(wire.PushEvent, json.loads(msg.data))
+                    except (ValueError, wire.WireError):
+                        continue  # a garbled event is skipped; the next sync corrects all
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise BillingUnavailable(f"push channel: {type(exc).__name__}: {exc}") from None

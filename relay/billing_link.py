@@ -1,0 +1,122 @@
+"""The relay's side of the billing sync: the hub seen as a `QuotaHost`.
+
+Invariants:
+- Usage is cumulative per (agent, tunnel) for this process: bytes of closed
+  streams plus the meters of live ones, so the quota agent's deltas add up to
+  each bucket's `used` exactly.
+- Leases only ever add to a bucket through `Bucket.grant`; statuses go through
+  `Hub.set_active`, so paused streams wake and inactive ones pause the usual way.
+- A refreshed registry closes the connections of agents whose key was revoked
+  (their streams close with reason "revoked") and keeps everyone else's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import structlog
+
+from quota.core import wire
+from relay.hub import Hub
+from relay.registry import Agent, Role, key_blob
+
+log = structlog.get_logger("relay.billing")
+
+
+def to_agent(remote: wire.RelayAgent) -> Agent:
+    blobs = frozenset(b for b in (key_blob(k) for k in remote.public_keys) if b is not None)
+    return Agent(
+        agent_id=remote.id,
+        account=remote.account_id,
+        role=Role(remote.role),
+        keys=blobs,
+        active=remote.status == "active",
+    )
+
+
+class BillingLink:
+    """Implements quota.agent.sync.QuotaHost over a hub."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._last_used: dict[str, tuple[int, int]] = {}  # agent -> (used, at_ms)
+
+    def usage(self) -> dict[tuple[str, str], int]:
+        totals: Counter[tuple[str, str]] = Counter(self.hub.closed_usage)
+        for stream in self.hub.live.values():
+            key = (stream.tunnel.agent.agent_id, stream.tunnel.tunnel_id)
+            totals[key] += stream.bytes_up + stream.bytes_down
+        return dict(totals)
+
+    def tunnel_time(self) -> dict[tuple[str, str], int]:
+        now = self.hub.now_ms()
+        totals: Counter[tuple[str, str]] = Counter(self.hub.closed_time)
+        for tunnel in self.hub.tunnels.all():
+            totals[(tunnel.agent.agent_id, tunnel.tunnel_id)] += now - tunnel.opened_ms
+        return dict(totals)
+
+    def needs(self) -> dict[str, int]:
+        return {
+            agent_id: bucket.short
+            for agent_id, bucket in self.hub.buckets.items()
+            if bucket.wants_grant()
+        }
+
+    def add_lease(self, agent_id: str, nbytes: int) -> None:
+        if nbytes > 0 and self.hub.registry.get(agent_id) is not None:
+            self.hub.grant(agent_id, nbytes)
+
+    def set_status(self, agent_id: str, active: bool) -> None:
+        agent = self.hub.registry.get(agent_id)
+        if agent is None:
+            return
+        bucket = self.hub.bucket_for(agent)
+        if bucket.inactive == active:  # a change
+            self.hub.set_active(agent_id, active)
+
+    def take_back_idle(self, idle_ms: int) -> dict[str, int]:
+        """Give back the unused lease of agents with no stream and no use for `idle_ms`."""
+        now, back = self.hub.now_ms(), {}
+        busy = {s.tunnel.agent.agent_id for s in self.hub.live.values()}
+        for agent_id, bucket in self.hub.buckets.items():
+            used = bucket.used
+            last = self._last_used.get(agent_id)
+            if last is None or last[0] != used or agent_id in busy:
+                self._last_used[agent_id] = (used, now)
+                continue
+            if now - last[1] >= idle_ms and bucket.remaining > 0:
+                back[agent_id] = bucket.revoke(bucket.remaining)
+        return {a: n for a, n in back.items() if n}
+
+    def drop_lease(self, agent_id: str) -> int:
+        bucket = self.hub.buckets.get(agent_id)
+        return 0 if bucket is None else bucket.revoke(bucket.remaining)
+
+    def set_agents(self, agents: list[wire.RelayAgent]) -> None:
+        fresh = [to_agent(a) for a in agents]
+        self.hub.registry.replace(fresh)
+        for agent in fresh:
+            bucket = self.hub.buckets.get(agent.agent_id)
+            if bucket is not None and bucket.inactive == agent.active:
+                self.hub.set_active(agent.agent_id, agent.active)
+        self._close_revoked()
+
+    def _close_revoked(self) -> None:
+        for server in list(self.hub.connections):
+            agent: Agent | None = server.agent
+            blob: bytes | None = server.key_blob
+            if agent is None or blob is None:
+                continue
+            if self.hub.registry.authenticate(agent.agent_id, blob) is not None:
+                continue
+            log.warning("agent_key_revoked", agent_id=agent.agent_id)
+            self._close_connection(server, agent)
+
+    def _close_connection(self, server: Any, agent: Agent) -> None:
+        for stream in list(self.hub.live.values()):
+            if stream.tunnel.conn is server.conn or stream.peer_desc.startswith(
+                f"support:{agent.agent_id}@"
+            ):
+                stream.close("revoked")
+        server.conn.close()

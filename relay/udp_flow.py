@@ -1,0 +1,184 @@
+"""A UDP flow: one peer of a UDP tunnel, metered per datagram, a stream in the log.
+
+Invariants:
+- A datagram passes whole or not at all (`Bucket.take_whole`); one that does not
+  fit is dropped and added to `bytes_dropped`, never to `bytes_up`/`bytes_down`,
+  so the bucket's `used` is exactly the payload bytes delivered.
+- A flow never holds bytes and never pauses a socket: UDP cannot be held back.
+  While its datagrams are dropped for lack of quota it shows as "paused" in the
+  stream log; the first datagram that passes again makes it "open". The flow,
+  its id and the tunnel's port stay either way.
+- A flow is closed exactly once (idle expiry, its channel or tunnel gone,
+  shutdown, grace expired): meters detached, one close record, `on_close` run.
+- Refusals of bad input are logged once per cause and then at most once per
+  `RefusalLog.every_ms`, with the number suppressed meanwhile; counts are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from quota.core.bucket import Bucket, Meter
+from quota.core.stream import PauseReason, StreamState, transition
+from relay.streams import Stream
+
+if TYPE_CHECKING:
+    from relay.hub import Hub
+    from relay.tunnels import Tunnel
+
+log = structlog.get_logger("relay.udp")
+
+SOCKET_BUFFER = 2 * 1024 * 1024  # receive and send buffers asked for UDP sockets
+
+
+def widen_buffers(transport: asyncio.BaseTransport, size: int = SOCKET_BUFFER) -> None:
+    """Ask for big socket buffers (the kernel caps them): bursts are not lost in the kernel."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+
+
+class RefusalLog:
+    """Counts refused input by cause; logs a cause at most once per `every_ms`."""
+
+    def __init__(self, clock_ms: Callable[[], int], every_ms: int = 10_000) -> None:
+        self.clock_ms = clock_ms
+        self.every_ms = every_ms
+        self.counts: Counter[str] = Counter()
+        self._last: dict[str, int] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def refuse(self, cause: str, **context: Any) -> None:
+        self.counts[cause] += 1
+        now = self.clock_ms()
+        last = self._last.get(cause)
+        if last is not None and now - last < self.every_ms:
+            self._suppressed[cause] += 1
+            return
+        self._last[cause] = now
+        suppressed = self._suppressed.pop(cause, 0)
+        log.warning("udp_refused", cause=cause, suppressed=suppressed, **context)
+
+
+class UdpFlow(Stream):
+    """One UDP flow; `bytes_up` is payload from the connecting side to the owner."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        stream_id: str,
+        tunnel: Tunnel,
+        peer_desc: str,
+        bucket: Bucket | None,
+        flow_id: int,
+        on_close: Callable[[UdpFlow], None],
+    ) -> None:
+        super().__init__(
+            hub, stream_id=stream_id, tunnel=tunnel, peer_desc=peer_desc, bucket=bucket
+        )
+        self.flow_id = flow_id
+        self.on_close = on_close
+        self.up_meter: Meter | None = bucket.attach(self) if bucket else None
+        self.down_meter: Meter | None = bucket.attach(self) if bucket else None
+        self._unmetered = [0, 0]  # up, down: counted here when metering is off
+        self.dropped = 0
+        self.last_ms = hub.now_ms()
+        self.reply: Callable[[UdpFlow, bytes], None] | None = None  # where replies go
+        self.state = transition(self.state, StreamState.OPEN)
+
+    # -- figures ------------------------------------------------------------------
+
+    @property
+    def bytes_up(self) -> int:
+        m = self.up_meter
+        return m.passed if m is not None else self._unmetered[0]
+
+    @property
+    def bytes_down(self) -> int:
+        m = self.down_meter
+        return m.passed if m is not None else self._unmetered[1]
+
+    @property
+    def bytes_dropped(self) -> int:
+        return self.dropped
+
+    # -- the datagram path ------------------------------------------------------------
+
+    def admit(self, meter: Meter | None, n: int, index: int) -> bool:
+        """May a datagram of `n` payload bytes pass? Counted as passed, or as dropped."""
+        if meter is None:
+            self._unmetered[index] += n
+            return True
+        if n <= meter.allowance:  # the hot path: two integer operations
+            meter.allowance -= n
+            meter.passed += n
+            ok = True
+        else:
+            ok = meter.bucket.take_whole(meter, n)
+            self.hub.check_low_water(meter.bucket)
+        if ok:
+            if self.state is StreamState.PAUSED:
+                self._set_paused(False)
+        else:
+            self.dropped += n
+            if self.state is StreamState.OPEN:
+                self._set_paused(True)
+        return ok
+
+    def admit_up(self, n: int) -> bool:
+        return self.admit(self.up_meter, n, 0)
+
+    def admit_down(self, n: int) -> bool:
+        return self.admit(self.down_meter, n, 1)
+
+    def drop(self, n: int) -> None:
+        """A datagram dropped before metering (oversized, congested): counted, never used."""
+        self.dropped += n
+
+    def _set_paused(self, paused: bool) -> None:
+        now = self.hub.now_ms()
+        if paused:
+            self.state = transition(self.state, StreamState.PAUSED)
+            self.clock.pause(now)
+            reason = PauseReason.INACTIVE if self.bucket and self.bucket.inactive else None
+            self.hub.stream_paused(self, reason or PauseReason.QUOTA)
+        else:
+            self.state = transition(self.state, StreamState.OPEN)
+            self.clock.resume(now)
+            self.hub.stream_resumed(self)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def quota_wait(self) -> None:
+        """Nothing to pause: datagrams that do not fit are dropped as they come."""
+
+    def quota_check(self) -> None:
+        """Nothing is held, so nothing resumes."""
+
+    def close(self, reason: str) -> None:
+        self.finish(reason)
+
+    def finish(self, reason: str) -> None:
+        if self.state is StreamState.CLOSED:
+            return
+        self.clock.resume(self.hub.now_ms())
+        self.state = StreamState.CLOSED
+        self.close_reason = reason
+        if self.bucket is not None:
+            for meter in (self.up_meter, self.down_meter):
+                if meter is not None:
+                    # UDP meters never wait, so detaching wakes only TCP legs
+                    self.hub.dispatch(self.bucket.detach(meter))
+        self.hub.stream_closed(self)
+        self.on_close(self)

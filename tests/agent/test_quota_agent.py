@@ -1,0 +1,308 @@
+"""The embedded quota agent against a real billing API, and against one that fails."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from quota.agent.client import BillingClient
+from quota.agent.journal import Journal
+from quota.agent.sync import QuotaAgent, SyncSettings, wall_ms
+from quota.billing.server import BillingServer
+from quota.core import wire
+from tests.billing.conftest import RELAY, Api, make_config
+from tests.harness import poll
+from tests.sync_harness import SyncProxy
+
+
+class Host:
+    """The relay side as the quota agent sees it, driven by the test: counters in, leases out."""
+
+    def __init__(self) -> None:
+        self.used: Counter[tuple[str, str]] = Counter()
+        self.leased: Counter[str] = Counter()
+        self.status: dict[str, bool] = {}
+        self.short: dict[str, int] = {}
+        self.agents: list[wire.RelayAgent] = []
+
+    def usage(self) -> dict[tuple[str, str], int]:
+        return dict(self.used)
+
+    def tunnel_time(self) -> dict[tuple[str, str], int]:
+        return {}
+
+    def needs(self) -> dict[str, int]:
+        return dict(self.short)
+
+    def add_lease(self, agent_id: str, nbytes: int) -> None:
+        self.leased[agent_id] += nbytes
+
+    def set_status(self, agent_id: str, active: bool) -> None:
+        self.status[agent_id] = active
+
+    def take_back_idle(self, idle_ms: int) -> dict[str, int]:
+        return {}
+
+    def drop_lease(self, agent_id: str) -> int:
+        dropped, self.leased[agent_id] = self.leased[agent_id], 0
+        return dropped
+
+    def set_agents(self, agents: list[wire.RelayAgent]) -> None:
+        self.agents = agents
+
+
+@pytest.fixture
+async def billing(tmp_path: Path) -> AsyncIterator[tuple[BillingServer, Api]]:
+    async with (
+        BillingServer(make_config(tmp_path / "b"), maintenance=False) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        yield server, Api(session, server.url)
+
+
+@asynccontextmanager
+async def quota_agent(
+    path: Path, url: str, host: Host, timeout_s: float = 1, **settings: Any
+) -> AsyncIterator[QuotaAgent]:
+    async with Journal(path) as journal, BillingClient(url, RELAY, timeout_s=timeout_s) as client:
+        yield QuotaAgent(host, journal, client, SyncSettings(**settings))
+
+
+async def subscribed_agents(api: Api, count: int) -> list[str]:
+    """An account with coin and `count` client agents on plan "pro"; their ids."""
+    account_id, token = await api.account()
+    await api.deposit(account_id, 10**9, "p1")
+    ids = []
+    for i in range(count):
+        agent = await api.agent(account_id, token, name=f"a{i}")
+        await api.ok("POST", f"/v1/agents/{agent['id']}/subscription", body={"plan": "pro"})
+        ids.append(agent["id"])
+    return ids
+
+
+async def agent_usage(api: Api, agent_id: str) -> int:
+    got = await api.ok("GET", f"/v1/agents/{agent_id}")
+    return 10 * 10**9 - int(got["traffic_remaining"])  # plan "pro" holds 10 GB
+
+
+async def test_usage_reported_once_and_leases_applied(
+    tmp_path: Path, billing: tuple[BillingServer, Api]
+) -> None:
+    """A round reports deltas under a number, gets a lease, and a repeat reports nothing twice."""
+    server, api = billing
+    (agent_id,) = await subscribed_agents(api, 1)
+    host = Host()
+    async with quota_agent(tmp_path / "j.db", server.url, host) as quota:
+        host.used[(agent_id, "t1")] = 1234
+        host.short[agent_id] = 500
+        await quota.round()
+        assert host.leased[agent_id] >= 500 and host.status[agent_id] is True
+        leased = host.leased[agent_id]
+        host.short.clear()
+        await quota.round()
+        host.used[(agent_id, "t1")] = 2000
+        await quota.round()
+        assert host.leased[agent_id] == leased  # nothing asked, nothing granted twice
+        assert await quota.journal.pending_count() == 0
+    assert await agent_usage(api, agent_id) == 2000
+
+
+class Failing:
+    """A billing API stand-in on 127.0.0.1 that fails in the chosen way, or forwards."""
+
+    def __init__(self, target: str) -> None:
+        self.mode = "forward"
+        self.target = target
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> Failing:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.mode == "slow":
+            await asyncio.sleep(3)  # slower than the client's 1 s timeout: the case under test
+        if self.mode in ("slow", "error"):
+            return web.json_response({"error": "overloaded"}, status=503)
+        if self.mode == "garbage":
+            return web.Response(text="<html>not json</html>", content_type="text/html")
+        if self.mode == "wrong":
+            return web.json_response({"seq": "seven", "unexpected": True})
+        body = await request.read()
+        headers = {"Authorization": request.headers["Authorization"]}
+        if request.content_type:
+            headers["Content-Type"] = request.content_type
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method, self.target + request.path_qs, data=body, headers=headers
+            ) as resp,
+        ):
+            return web.Response(
+                status=resp.status, body=await resp.read(), content_type="application/json"
+            )
+
+
+@pytest.mark.parametrize("mode", ["slow", "error", "garbage", "wrong"])
+async def test_billing_failures_keep_counts_then_catch_up_exactly(
+    tmp_path: Path, billing: tuple[BillingServer, Api], mode: str
+) -> None:
+    """Slow, failing or garbled answers leave the report queued; it is applied once later."""
+    server, api = billing
+    (agent_id,) = await subscribed_agents(api, 1)
+    host = Host()
+    async with (
+        Failing(server.url) as failing,
+        quota_agent(tmp_path / "j.db", failing.url, host) as quota,
+    ):
+        failing.mode = mode
+        host.used[(agent_id, "t1")] = 5000
+        host.short[agent_id] = 100
+        await quota.round()
+        assert quota.counters["sync_failures"] == 1 and not quota.online
+        assert await quota.journal.pending_count() == 1 and host.leased[agent_id] == 0
+        host.used[(agent_id, "t1")] = 7000
+        await quota.flush()  # counting goes on while the API is away
+        failing.mode = "forward"
+        quota._next_try_ms = 0  # skip the backoff wait rather than sleep through it
+        await quota.send()
+        assert await quota.journal.pending_count() == 0 and quota.online
+        assert host.leased[agent_id] > 0
+    assert await agent_usage(api, agent_id) == 7000
+
+
+async def test_billing_down_is_a_counter_and_a_log_line_not_a_crash(tmp_path: Path) -> None:
+    """Nothing listening: the round fails softly and the report waits in the journal."""
+    host = Host()
+    async with quota_agent(tmp_path / "j.db", "http://127.0.0.1:9", host) as quota:
+        host.used[("agt_x", "t")] = 10
+        await quota.round()
+        host.used[("agt_x", "t")] = 20
+        await quota.round()
+        assert quota.counters["sync_failures"] == 1  # the second round waited for its backoff
+        assert await quota.journal.pending_count() == 2
+
+
+async def test_restart_restores_unused_lease_and_resends_unacked(
+    tmp_path: Path, billing: tuple[BillingServer, Api]
+) -> None:
+    """A new process puts back the lease left unused and sends queued reports once."""
+    server, api = billing
+    (agent_id,) = await subscribed_agents(api, 1)
+    host = Host()
+    async with quota_agent(tmp_path / "j.db", server.url, host) as quota:
+        host.short[agent_id] = 1_000_000
+        await quota.round()
+        granted = host.leased[agent_id]
+        host.used[(agent_id, "t")] = 300_000
+        await quota.flush()  # written, never sent: the process dies here
+    fresh = Host()
+    async with quota_agent(tmp_path / "j.db", server.url, fresh) as quota:
+        await quota.restore()
+        assert fresh.leased[agent_id] == granted - 300_000
+        await quota.send()
+        assert await quota.journal.pending_count() == 0
+    assert await agent_usage(api, agent_id) == 300_000
+
+
+async def test_a_thousand_agents_make_one_request_per_interval(
+    tmp_path: Path, billing: tuple[BillingServer, Api]
+) -> None:
+    """1,000 active agents are reported in one request per round, each agent once."""
+    server, api = billing
+    ids = await subscribed_agents(api, 1000)
+    host = Host()
+    async with (
+        SyncProxy(server.url) as proxy,
+        quota_agent(tmp_path / "j.db", proxy.url, host, timeout_s=30) as quota,
+    ):
+        for round_no in range(1, 4):
+            for agent_id in ids:
+                host.used[(agent_id, "t")] = 1000 * round_no
+            await quota.round()
+        assert quota.counters["sync_failures"] == 0
+        assert len(proxy.syncs) == 3
+        assert [len(body["items"]) for _, body in proxy.syncs] == [1000, 1000, 1000]
+        assert sorted({item["agent_id"] for item in proxy.syncs[0][1]["items"]}) == sorted(ids)
+    assert await agent_usage(api, ids[0]) == 3000
+
+
+@pytest.mark.parametrize(("policy", "expect"), [("pause", 0), ("continue", 50_000)])
+async def test_offline_policy_pause_or_continue_up_to_the_allowance(
+    tmp_path: Path, policy: str, expect: int
+) -> None:
+    """Billing unreachable and a bucket dry: pause grants nothing, continue up to the allowance."""
+    host = Host()
+    async with quota_agent(
+        tmp_path / "j.db",
+        "http://127.0.0.1:9",
+        host,
+        offline_policy=policy,
+        offline_allowance=50_000,
+    ) as quota:
+        host.short["agt_a"] = 30_000
+        await quota.round()  # learns the billing API is away
+        for _ in range(3):
+            await quota.round()
+        assert host.leased["agt_a"] == expect
+        assert quota.counters["offline_bytes"] == expect
+
+
+async def test_agent_registry_is_cached_so_an_outage_locks_no_one_out(
+    tmp_path: Path, billing: tuple[BillingServer, Api]
+) -> None:
+    """Agents fetched once are restored from the journal when the billing API is away."""
+    server, api = billing
+    await subscribed_agents(api, 2)
+    host = Host()
+    async with quota_agent(tmp_path / "j.db", server.url, host, registry_refresh_ms=60_000) as q:
+        task = asyncio.create_task(q._registry_loop())
+        try:
+            await poll(lambda: len(host.agents) == 2, "the first registry fetch")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    offline = Host()
+    async with quota_agent(tmp_path / "j.db", "http://127.0.0.1:9", offline) as quota:
+        await quota.restore()
+    assert sorted(a.id for a in offline.agents) == sorted(a.id for a in host.agents)
+
+
+async def test_a_lease_not_renewed_in_time_is_dropped_not_returned(
+    tmp_path: Path, billing: tuple[BillingServer, Api]
+) -> None:
+    """Past its valid_until a lease is dropped locally, and a restart does not restore it."""
+    server, api = billing
+    (agent_id,) = await subscribed_agents(api, 1)
+    host = Host()
+    async with quota_agent(tmp_path / "j.db", server.url, host) as quota:
+        host.short[agent_id] = 1000
+        await quota.round()
+        assert host.leased[agent_id] > 0
+        later = wall_ms() + 86_400_000  # a day later, long after the lease's end
+        quota.clock_ms = lambda: later
+        quota.client.url = "http://127.0.0.1:9"
+        await quota.expire()
+        assert host.leased[agent_id] == 0 and quota.counters["lease_bytes_expired"] > 0
+    fresh = Host()
+    async with quota_agent(tmp_path / "j.db", server.url, fresh) as quota:
+        await quota.restore()
+    assert fresh.leased[agent_id] == 0

@@ -1,0 +1,75 @@
+"""The hub seen by the quota agent: leases in, usage out, idle leases given back."""
+
+from __future__ import annotations
+
+import asyncssh
+
+from quota.core import wire
+from quota.core.bucket import Bucket
+from relay.billing_link import BillingLink, to_agent
+from relay.config import load_config
+from relay.hub import Hub
+from relay.registry import Registry, Role
+
+
+def _remote(agent_id: str, role: str = "client", status: str = "active") -> wire.RelayAgent:
+    key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    return wire.RelayAgent(
+        id=agent_id, account_id="acc_1", name=agent_id, role=role, status=status,
+        public_keys=[key, "not a key"],
+    )  # fmt: skip
+
+
+def _bucket(hub: Hub) -> Bucket:
+    agent = hub.registry.get("agt_a")
+    assert agent is not None
+    return hub.bucket_for(agent)
+
+
+def _link() -> tuple[Hub, BillingLink]:
+    hub = Hub(load_config(None), Registry(None), None)
+    link = BillingLink(hub)
+    link.set_agents([_remote("agt_a"), _remote("agt_s", role="support")])
+    return hub, link
+
+
+def test_remote_agents_become_registry_entries() -> None:
+    """Billing agents map to relay agents; unparsable keys are skipped, not fatal."""
+    agent = to_agent(_remote("agt_x", role="dual", status="inactive"))
+    assert (agent.account, agent.role, agent.active, len(agent.keys)) == (
+        "acc_1",
+        Role.DUAL,
+        False,
+        1,
+    )
+
+
+def test_leases_fill_buckets_and_needs_follow_the_low_water_mark() -> None:
+    """A lease grows the bucket; a bucket below its low-water mark asks for more."""
+    hub, link = _link()
+    _bucket(hub)
+    assert link.needs() == {"agt_a": 0}
+    link.add_lease("agt_a", 5_000_000)
+    link.add_lease("agt_unknown", 10)  # not in the registry: ignored
+    assert hub.buckets["agt_a"].granted == 5_000_000 and "agt_unknown" not in hub.buckets
+    assert link.needs() == {}
+
+
+def test_idle_agent_gives_its_unused_lease_back() -> None:
+    """An agent with no stream and no use since the last look returns what it holds."""
+    hub, link = _link()
+    _bucket(hub)
+    link.add_lease("agt_a", 7_000)
+    assert link.take_back_idle(0) == {}  # first look: remembered
+    assert link.take_back_idle(0) == {"agt_a": 7_000}
+    assert hub.buckets["agt_a"].remaining == 0
+
+
+async def test_status_from_billing_pauses_and_refuses() -> None:
+    """An agent the billing API calls inactive has an inactive bucket; active again undoes it."""
+    hub, link = _link()
+    bucket = _bucket(hub)
+    link.set_status("agt_a", False)
+    assert bucket.inactive
+    link.set_agents([_remote("agt_a")])
+    assert not bucket.inactive

@@ -1,0 +1,99 @@
+"""Who may do what with UDP tunnels, idle expiry, and the agent's spec parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.streamquery import list_streams
+from tests.harness import AgentSpec, Relay, poll
+from tests.udp.conftest import start
+from tests.udp.helpers import AgentProc, UdpService, datagram, echo_round_trips, peer
+from tools.agent.config import AgentConfigError, load_agent_config, parse_connect, parse_expose
+
+
+async def refused(relay: Relay, agent: AgentSpec, role: str, *specs: str) -> str:
+    proc = AgentProc(relay, agent, role, *specs)
+    await proc.start()
+    assert await proc.finish() == 1
+    return proc.log.read_text()
+
+
+async def test_role_account_and_address_rules(
+    relay: Relay, agents: dict[str, AgentSpec], procs: list[AgentProc]
+) -> None:
+    """Support cannot expose, clients cannot connect, accounts stay apart, no address is dialled."""
+    await start(procs, AgentProc(relay, agents["nas"], "expose", "--udp", "dns:53:127.0.0.1:53"))
+    err = await refused(relay, agents["tech"], "expose", "--udp", "dns2:53:127.0.0.1:53")
+    assert "agent tech is a support agent and cannot register tunnels" in err
+    err = await refused(relay, agents["nas"], "connect", "--udp", "0:dns:53")
+    assert "agent nas-agent is a client agent and cannot reach endpoints" in err
+    err = await refused(relay, agents["gxtech"], "connect", "--udp", "0:dns:53")
+    assert "no UDP endpoint dns:53 in your account" in err
+    err = await refused(relay, agents["tech"], "connect", "--udp", "0:127.0.0.1:53")
+    assert "the relay does not dial 127.0.0.1:53" in err
+    err = await refused(relay, agents["idle"], "expose", "--udp", "cam:53:127.0.0.1:53")
+    assert "agent idle-agent is inactive" in err
+    err = await refused(relay, agents["gx"], "expose", "--udp", f"{relay.ports[1] + 1}:h:53")
+    assert "is outside this relay's range" in err
+    assert (await relay.call("status"))["tunnels"] == 1
+
+
+async def test_an_idle_flow_expires_and_a_new_one_starts(
+    tmp_path: Path, agents: dict[str, AgentSpec], procs: list[AgentProc]
+) -> None:
+    """A flow idle for udp.idle_timeout closes as "idle"; the next datagram opens a new one."""
+    relay = Relay(tmp_path, list(agents.values()), extra={"udp": {"idle_timeout": "300ms"}})
+    await relay.start()
+    try:
+        await relay.call("grant", "nas-agent", 10**6)
+        async with UdpService() as echo:
+            agent = AgentProc(relay, agents["nas"], "expose", "--udp", f"0:127.0.0.1:{echo.port}")
+            await start(procs, agent)
+            p = await peer((await agent.wait_for("tunnel_ready"))["port"])
+            await echo_round_trips(p, [datagram(1, 100)])
+            (first,) = await relay.call("streams")
+
+            async def expired() -> bool:
+                rows = await list_streams(relay.db_path)
+                return [r["close_reason"] for r in rows] == ["idle"]
+
+            await poll(expired, "the idle flow closed")
+            await echo_round_trips(p, [datagram(2, 100)])
+            (second,) = await relay.call("streams")
+            assert second["stream_id"] != first["stream_id"]
+            p.close()
+    finally:
+        await relay.stop()
+
+
+def test_specs_parse_or_name_the_mistake(tmp_path: Path) -> None:
+    """Specs and settings are checked before connecting; errors say which flag or key."""
+    e = parse_expose("udp", "DNS:53:127.0.0.1:5353")
+    assert (e.name, e.port, e.host, e.host_port, e.listen_host) == (
+        "dns",
+        53,
+        "127.0.0.1",
+        5353,
+        "udp/dns",
+    )
+    assert parse_expose("udp", "0:127.0.0.1:27015").listen_host == "udp/"
+    c = parse_connect("udp", "5353:dns:53")
+    assert (c.bind, c.local_port, c.name, c.port) == ("127.0.0.1", 5353, "dns", 53)
+    for bad in ("dns:0:h:1", "dns:53:h", "a b:53:h:1", "1:h:99999"):
+        with pytest.raises(AgentConfigError, match="--udp"):
+            parse_expose("udp", bad)
+    config = tmp_path / "agent.toml"
+    config.write_text('[agent]\nrelay = "relay.example:2222"\nuser = "nas"\nkey = "k"\n')
+    cfg = load_agent_config(config, {"user": "nas-agent", "known_hosts": "ignore"})
+    assert (cfg.host, cfg.port, cfg.user, cfg.key, cfg.known_hosts) == (
+        "relay.example",
+        2222,
+        "nas-agent",
+        tmp_path / "k",
+        None,
+    )
+    config.write_text('[agent]\nrelay = "x:1"\nusr = "a"\n')
+    with pytest.raises(AgentConfigError, match=r"agent\.usr"):
+        load_agent_config(config, {})

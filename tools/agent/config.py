@@ -1,0 +1,179 @@
+"""The agent's settings (TOML file, then flags) and its tunnel specs, parsed once.
+
+    [agent]
+    relay = "relay.example.com:2222"   # HOST:PORT of the relay's SSH front
+    user = "nas-agent"                 # the agent id the relay knows
+    key = "~/.ssh/nas-agent"           # private key file (OpenSSH format)
+    known_hosts = "~/.ssh/known_hosts" # "ignore" accepts any relay host key (tests only)
+    backoff_max = "30s"                # longest wait between reconnect attempts
+    idle_timeout = "120s"              # a local UDP flow idle this long is forgotten
+
+Invariants: a flag beats the file, the file beats the default; errors name the
+key or flag. Specs are validated before the agent connects, so a typo never
+reaches the relay. Relative paths are taken from the config file's folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quota.core.errors import InvalidValue
+from quota.core.units import parse_duration_ms
+
+
+class AgentConfigError(ValueError):
+    """The agent's config or a spec is wrong; the message names which."""
+
+
+_DEFAULTS: dict[str, str] = {
+    "relay": "",
+    "user": "",
+    "key": "",
+    "known_hosts": "~/.ssh/known_hosts",
+    "backoff_max": "30s",
+    "idle_timeout": "120s",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    host: str
+    port: int
+    user: str
+    key: Path
+    known_hosts: Path | None  # None: accept any host key
+    backoff_max_ms: int
+    idle_timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Expose:
+    """`--udp/--tcp [NAME:]PORT:HOST:HPORT`: an endpoint NAME, or a public PORT (0: any)."""
+
+    proto: str  # "udp" | "tcp"
+    name: str  # "" for a public port
+    port: int
+    host: str
+    host_port: int
+    text: str
+
+    @property
+    def listen_host(self) -> str:
+        """What the relay is asked to forward (UDP names ride on a "udp/" prefix)."""
+        return f"udp/{self.name}" if self.proto == "udp" else self.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Connect:
+    """`--udp/--tcp [BIND:]LPORT:NAME:PORT`: a local listener carried to an endpoint."""
+
+    proto: str
+    bind: str
+    local_port: int
+    name: str
+    port: int
+    text: str
+
+
+def _port(text: str, what: str, spec: str, allow_zero: bool = False) -> int:
+    if not text.isdigit() or not (0 if allow_zero else 1) <= int(text) <= 65535:
+        raise AgentConfigError(f"{spec}: {what} must be a port number, got {text!r}")
+    return int(text)
+
+
+def parse_expose(proto: str, text: str) -> Expose:
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1]:
+        raise AgentConfigError(f"--{proto} {text}: expected [NAME:]PORT:HOST:HPORT")
+    head, host, hport = parts
+    name, sep, port = head.rpartition(":")
+    if not sep:
+        name, port = "", head
+    if name and (not name.replace("-", "").replace("_", "").replace(".", "").isalnum()):
+        raise AgentConfigError(f"--{proto} {text}: endpoint names are letters, digits, . - _")
+    return Expose(
+        proto=proto,
+        name=name.lower(),
+        port=_port(port, "the port", f"--{proto} {text}", allow_zero=not name),
+        host=host.strip("[]"),
+        host_port=_port(hport, "the target port", f"--{proto} {text}"),
+        text=text,
+    )
+
+
+def parse_connect(proto: str, text: str) -> Connect:
+    parts = text.split(":")
+    if len(parts) == 3:
+        parts.insert(0, "127.0.0.1")
+    if len(parts) != 4 or not parts[2]:
+        raise AgentConfigError(f"--{proto} {text}: expected [BIND:]LPORT:NAME:PORT")
+    bind, lport, name, port = parts
+    spec = f"--{proto} {text}"
+    return Connect(
+        proto=proto,
+        bind=bind,
+        local_port=_port(lport, "the local port", spec, allow_zero=True),
+        name=name.lower(),
+        port=_port(port, "the port", spec),
+        text=text,
+    )
+
+
+def _read_file(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise AgentConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise AgentConfigError(f"{path}: not valid TOML: {exc}") from None
+    section = raw.get("agent", {})
+    if not isinstance(section, dict):
+        raise AgentConfigError(f"{path}: [agent] must be a table")
+    unknown = set(section) - set(_DEFAULTS)
+    if unknown:
+        raise AgentConfigError(f"{path}: unknown key agent.{sorted(unknown)[0]}")
+    for key, value in section.items():
+        if not isinstance(value, str):
+            raise AgentConfigError(f"agent.{key}: expected a string, got {value!r}")
+    return section
+
+
+def load_agent_config(path: Path | None, flags: dict[str, str | None]) -> AgentConfig:
+    """Merge defaults, the file at `path` and the flags given; validate."""
+    values = dict(_DEFAULTS) | _read_file(path)
+    values |= {k: v for k, v in flags.items() if v is not None}
+    base = path.resolve().parent if path is not None else Path.cwd()
+
+    def rel(text: str) -> Path:
+        p = Path(text).expanduser()
+        return p if p.is_absolute() else base / p
+
+    host, sep, port = values["relay"].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise AgentConfigError(
+            f"agent.relay (--relay): expected HOST:PORT, got {values['relay']!r}"
+        )
+    if not values["user"]:
+        raise AgentConfigError("agent.user (--user): the agent id is required")
+    if not values["key"]:
+        raise AgentConfigError("agent.key (--key): a private key file is required")
+    try:
+        backoff = parse_duration_ms(values["backoff_max"])
+        idle = parse_duration_ms(values["idle_timeout"])
+    except InvalidValue as exc:
+        raise AgentConfigError(f"agent.backoff_max/idle_timeout: {exc}") from None
+    known = values["known_hosts"]
+    return AgentConfig(
+        host=host.strip("[]"),
+        port=int(port),
+        user=values["user"],
+        key=rel(values["key"]),
+        known_hosts=None if known == "ignore" else rel(known),
+        backoff_max_ms=max(100, backoff),
+        idle_timeout_ms=max(1, idle),
+    )
