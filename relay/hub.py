@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import itertools
 import time
@@ -115,19 +116,23 @@ class Hub:
 
     async def add_public(self, agent: Agent, listen_host: str, port: int, conn: Any) -> Tunnel:
         self.check_may_expose(agent)
-        chosen = self.tunnels.pick_port(agent, port)
-        tunnel = self.tunnels.add_public(agent, chosen, listen_host, conn)
-        loop = asyncio.get_running_loop()
-        try:
-            tunnel.server = await loop.create_server(
-                lambda: self._public_leg(tunnel),
-                self.config.public_bind,
-                chosen,
-                reuse_address=True,
-            )
-        except OSError as exc:
-            self.tunnels.remove(tunnel)
-            raise Refused(f"port {chosen} cannot be opened on this relay: {exc.strerror}") from None
+        busy: set[int] = set()  # ports of the range something else holds on this host
+        while True:
+            chosen = self.tunnels.pick_port(agent, port, avoid=busy)
+            tunnel = self.tunnels.add_public(agent, chosen, listen_host, conn)
+            try:
+                tunnel.server = await asyncio.get_running_loop().create_server(
+                    functools.partial(self._public_leg, tunnel),
+                    self.config.public_bind,
+                    chosen,
+                    reuse_address=True,
+                )
+                break
+            except OSError as exc:
+                self.tunnels.remove(tunnel)
+                if port:  # a port asked for by number: no other will do
+                    raise Refused(f"port {chosen} cannot be opened on this relay: {exc}") from None
+                busy.add(chosen)
         log.info("tunnel_opened", tunnel_id=tunnel.tunnel_id, agent_id=agent.agent_id, port=chosen)
         return tunnel
 

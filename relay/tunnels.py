@@ -93,8 +93,11 @@ class TunnelTable:
     ) -> Tunnel | None:
         return self.endpoints.get((account, _key_name(kind, name), port))
 
-    def pick_port(self, agent: Agent, requested: int) -> int:
-        """The public port to open for `agent`: `requested`, or a free one for 0."""
+    def pick_port(self, agent: Agent, requested: int, avoid: set[int] | None = None) -> int:
+        """The public port to open for `agent`: `requested`, or a free one for 0.
+
+        `avoid` lists ports of the range that failed to bind (held outside the relay).
+        """
         if requested:
             if requested not in self.public_ports:
                 first, last = self.public_ports[0], self.public_ports[-1]
@@ -102,14 +105,16 @@ class TunnelTable:
             if requested in self.public:
                 raise Refused(f"port {requested} is already in use")
             return requested
+        taken = self.public.keys() | (avoid or set())
         previous = self._last_port.get(agent.agent_id)
-        if previous is not None and previous not in self.public:
+        if previous is not None and previous not in taken:
             return previous
+        remembered = set(self._last_port.values())
         for port in self.public_ports:
-            if port not in self.public and port not in self._last_port.values():
+            if port not in taken and port not in remembered:
                 return port
         for port in self.public_ports:
-            if port not in self.public:
+            if port not in taken:
                 return port
         raise Refused("no free public port left on this relay")
 

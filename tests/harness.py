@@ -72,7 +72,8 @@ def agents_toml(agents: list[AgentSpec]) -> str:
 
 
 def free_port_range(count: int) -> tuple[int, int]:
-    base = random.randrange(30000, 60000 - count)
+    """A port range below the kernel's ephemeral ports (32768 and up), so none is in use."""
+    base = random.randrange(20000, 32000 - count)
     return base, base + count - 1
 
 
