@@ -15,7 +15,6 @@ so operators can add agents without a restart.
 
 from __future__ import annotations
 
-import enum
 import re
 import tomllib
 from collections.abc import Iterator
@@ -24,27 +23,18 @@ from pathlib import Path
 
 import asyncssh
 
+from quota.core.billing import AgentRole as Role  # re-exported: relay code says Role
 from relay.errors import ConfigError
+
+__all__ = ["Agent", "Registry", "Role", "key_blob"]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class Role(enum.Enum):
-    CLIENT = "client"
-    SUPPORT = "support"
-    DUAL = "dual"
-
-    @property
-    def may_expose(self) -> bool:
-        return self is not Role.SUPPORT
-
-    @property
-    def may_connect(self) -> bool:
-        return self is not Role.CLIENT
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Agent:
+    """An agent as the relay knows it; `Role` is the domain's `AgentRole`."""
+
     agent_id: str
     account: str
     role: Role

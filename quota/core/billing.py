@@ -51,6 +51,16 @@ class AgentRole(enum.Enum):
         """Only agents that open tunnels need a plan."""
         return self is not AgentRole.SUPPORT
 
+    @property
+    def may_expose(self) -> bool:
+        """May register endpoints and public ports (and pays for their traffic)."""
+        return self is not AgentRole.SUPPORT
+
+    @property
+    def may_connect(self) -> bool:
+        """May reach endpoints of its account."""
+        return self is not AgentRole.CLIENT
+
 
 class EntryKind(enum.Enum):
     DEPOSIT = "deposit"
