@@ -25,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import weakref
 from collections import deque
@@ -98,18 +99,24 @@ class UdpRelay:
 
     async def _add_public(self, agent: Agent, listen_host: str, port: int, conn: Any) -> Tunnel:
         hub = self.hub
-        chosen = hub.tunnels.pick_port(agent, port)
-        tunnel = hub.tunnels.add_public(agent, chosen, listen_host, conn, kind=UDP_PUBLIC)
-        server = UdpTunnel(self, tunnel)
-        try:
-            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: PublicUdp(server), local_addr=(hub.config.public_bind, chosen)
-            )
-        except OSError as exc:
-            hub.tunnels.remove(tunnel)
-            raise Refused(
-                f"UDP port {chosen} cannot be opened on this relay: {exc.strerror}"
-            ) from None
+        busy: set[int] = set()  # ports of the range something else holds on this host
+        while True:
+            chosen = hub.tunnels.pick_port(agent, port, avoid=busy)
+            tunnel = hub.tunnels.add_public(agent, chosen, listen_host, conn, kind=UDP_PUBLIC)
+            server = UdpTunnel(self, tunnel)
+            try:
+                transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                    functools.partial(PublicUdp, server),
+                    local_addr=(hub.config.public_bind, chosen),
+                )
+                break
+            except OSError as exc:
+                hub.tunnels.remove(tunnel)
+                if port:  # a port asked for by number: no other will do
+                    raise Refused(
+                        f"UDP port {chosen} cannot be opened on this relay: {exc.strerror}"
+                    ) from None
+                busy.add(chosen)
         widen_buffers(transport)
         server.transport = transport
         tunnel.server = server

@@ -2,8 +2,10 @@
 
 Invariants:
 - One SSH connection at a time carries every tunnel of the agent (TCP and UDP,
-  either role). A lost connection is retried with exponential backoff and full
-  jitter, capped at `backoff_max`; a session that registered resets the backoff.
+  either role). A lost connection is retried with exponential backoff, each
+  wait drawn between half and all of it (jitter), capped at `backoff_max`; a
+  session that registered resets the backoff. A support channel the relay
+  closes (its endpoint went away) ends the session, so it is reopened too.
 - Every session registers the same tunnels, so the relay gives them the same
   tunnel ids; a public port the relay chose is asked for again by number (and
   any port if that one is gone).
@@ -12,7 +14,7 @@ Invariants:
 - A refusal or failed login before any session registered ends the agent
   (exit 1): it is a mistake to fix, not a blip. Later it is retried like any
   disconnect. A relay that cannot be reached is always retried.
-- Progress is printed on stdout as JSON lines: `tunnel_ready`, `listening`,
+- Progress is printed on stdout as JSON lines: `tunnel_ready`, `listening`, `connected`,
   `agent_ready` (with the session number), `agent_disconnected`.
 """
 
