@@ -1,0 +1,105 @@
+"""Relay config and agent registry: defaults, environment overrides, errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from relay.config import load_config
+from relay.errors import ConfigError
+from relay.registry import Registry
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    """An empty file gives the documented defaults, paths taken from the file's folder."""
+    config = load_config(_write(tmp_path, ""))
+    assert (config.relay_id, config.public_ports, config.low_water) == (
+        "relay-1",
+        range(20000, 20100),
+        1_000_000,
+    )
+    assert config.stream_log_path == tmp_path / "var" / "streams.db"
+    assert config.billing is None
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QUOTARELAY_<SECTION>_<KEY> wins over the file, typed like the key."""
+    monkeypatch.setenv("QUOTARELAY_QUOTA_METERING", "false")
+    monkeypatch.setenv("QUOTARELAY_ADMIN_TOKEN", "from-env")
+    config = load_config(_write(tmp_path, '[admin]\ntoken = "from-file"\n'))
+    assert (config.metering, config.admin_token) == (False, "from-env")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[relay]\nport = 1\n", "unknown key relay.port"),
+        ("[nope]\n", "unknown section [nope]"),
+        ('[relay]\npublic_ports = "20-10"\n', "relay.public_ports"),
+        ('[relay]\nssh_listen = "nohost"\n', "relay.ssh_listen: expected HOST:PORT"),
+        ('[quota]\nlow_water = "lots"\n', "quota.low_water: not a size"),
+        ('[quota]\ninactive_grace = "soon"\n', "quota.inactive_grace: not a duration"),
+        ("[quota]\nmetering = 1\n", "quota.metering: expected bool"),
+        ('[relay]\nid = "a b"\n', "relay.id"),
+        ('[billing]\nurl = "http://127.0.0.1:1"\n', "billing.token: the relay token is required"),
+        ('[billing]\nurl = "ftp://x"\ntoken = "t"\n', "billing.url"),
+        ('[billing]\nurl = "http://x:1"\ntoken = "t"\noffline = "maybe"\n', "billing.offline"),
+        ("[relay\n", "not valid TOML"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    """Every mistake stops the relay with a message naming the key."""
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(_write(tmp_path, text))
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    """A config path that does not exist is an error naming it."""
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def _key() -> str:
+    return asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        (
+            'id = "a"\naccount = "x"\nkeys = ["ssh-rsa nonsense"]',
+            r"agent\[0\].keys\[0\]: not a valid",
+        ),
+        ('id = "a b"\naccount = "x"\nkeys = ["{k}"]', r"agent\[0\].id"),
+        ('id = "a"\naccount = "x"\nrole = "boss"\nkeys = ["{k}"]', r"agent\[0\].role"),
+        ('id = "a"\naccount = "x"\nkeys = []', r"agent\[0\].keys: a non-empty list"),
+        ('id = "a"\naccount = "x"\nkeys = ["{k}"]\ncolour = 1', "unknown key 'colour'"),
+    ],
+)
+def test_registry_errors_name_the_entry(tmp_path: Path, entries: str, message: str) -> None:
+    """A bad registry entry is refused with its index and key."""
+    path = tmp_path / "agents.toml"
+    path.write_text("[[agent]]\n" + entries.replace("{k}", _key()) + "\n")
+    with pytest.raises(ConfigError, match=message):
+        Registry(path)
+
+
+def test_registry_refuses_duplicates(tmp_path: Path) -> None:
+    """Two agents may not share an id, nor a key."""
+    key = _key()
+    path = tmp_path / "agents.toml"
+    one = f'[[agent]]\nid = "a"\naccount = "x"\nkeys = ["{key}"]\n'
+    path.write_text(one + one)
+    with pytest.raises(ConfigError, match="duplicate agent id 'a'"):
+        Registry(path)
+    path.write_text(one + one.replace('id = "a"', 'id = "b"'))
+    with pytest.raises(ConfigError, match="key already belongs to agent 'a'"):
+        Registry(path)
