@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from quota.agent.client import BillingClient
+from quota.agent.errors import JournalError
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings, wall_ms
 from quota.billing.server import BillingServer
@@ -306,3 +307,11 @@ async def test_a_lease_not_renewed_in_time_is_dropped_not_returned(
     async with quota_agent(tmp_path / "j.db", server.url, fresh) as quota:
         await quota.restore()
     assert fresh.leased[agent_id] == 0
+
+
+async def test_a_journal_that_cannot_open_is_named(tmp_path: Path) -> None:
+    """A journal path that is a folder fails with the file named, not a sqlite traceback."""
+    (tmp_path / "j.db").mkdir()
+    with pytest.raises(JournalError, match=r"cannot open the journal .*j\.db"):
+        async with Journal(tmp_path / "j.db"):
+            pass

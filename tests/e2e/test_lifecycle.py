@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import sys
+from pathlib import Path
 
 from relay.streamquery import list_streams
 from tests.e2e.conftest import expose, local_forward
-from tests.harness import AgentSpec, DigestService, Relay, Ssh, poll
+from tests.harness import ROOT, AgentSpec, DigestService, Relay, Ssh, poll
 
 
 def free_port() -> int:
@@ -72,3 +74,23 @@ async def test_sigkill_then_restart_closes_orphans_as_relay_restart(
         ("closed", "relay_restart", 4321)
     ]
     assert (await relay.call("status"))["streams"] == 0
+
+
+async def test_ssh_port_in_use_is_a_clear_error_and_exit_2(
+    tmp_path: Path, agents: dict[str, AgentSpec]
+) -> None:
+    """A relay that cannot listen says which key and why, in one line, exit code 2."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        relay = Relay(tmp_path, list(agents.values()))
+        relay.extra = {"relay": {"ssh_listen": f"127.0.0.1:{port}"}}
+        relay.write_config()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tools.cli", "relay", "run", "--config", str(relay.config_path),
+            cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert f"quotarelay: relay.ssh_listen: cannot listen on 127.0.0.1:{port}" in err.decode()
