@@ -309,3 +309,23 @@ async def test_revoked_key_is_refused_and_its_live_tunnels_close(
         assert code == 255 and "Permission denied (publickey)" in err
     finally:
         await relay.stop()
+
+
+async def test_sigterm_reports_the_last_counts_before_exit(
+    tmp_path: Path, billing: Billing, clients: list[Ssh]
+) -> None:
+    """A relay stopped with SIGTERM reports what it relayed since its last sync: nothing lost."""
+    account, client, support = await _setup(tmp_path, billing)
+    # no periodic sync and no low-water nudge before the stop: only the final round reports
+    relay = synced_relay(tmp_path, billing, interval="30s", min_want="100M")
+    await _start(relay, client, support)
+    payload = pattern(MB, 24)
+    async with DigestService() as service:
+        port = await _tunnel(relay, client, support, service, clients)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(payload)
+        writer.write_eof()
+        await poll(lambda: bool(service.conns) and service.conns[0].eof.is_set(), "1 MB relayed")
+        writer.close()
+        assert await relay.signal(signal.SIGTERM) == 0
+    assert await billing.usage_total(account, client.agent_id) == MB
