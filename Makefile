@@ -23,8 +23,12 @@ test: lint
 up: $(STAMP)
 	$(BIN)/quotarelay up
 
+# Under 15 minutes on 2 cores; writes bench/results.json and bench/RESULTS.md.
+# BENCH_ARGS="--quick" for a ~1 minute run, "--only throughput" for one section.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m tools.bench
+	sh tools/bench/install_tools.sh
+	$(BIN)/python -m tools.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
