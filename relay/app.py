@@ -35,15 +35,6 @@ from relay.streamlog import StreamLog
 
 log = structlog.get_logger("relay")
 
-# Prefer AES-GCM: fast with AES-NI, and both asyncssh and OpenSSH offer it.
-ENCRYPTION_ALGS = [
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes128-ctr",
-    "aes256-ctr",
-]
-
 
 def load_host_key(path: Path) -> Any:
     """Read the relay's host key, making a new one on first start."""
@@ -118,7 +109,7 @@ async def serve(
                 config.ssh_listen.port,
                 server_host_keys=[host_key],
                 keepalive_interval=config.keepalive_ms / 1000,
-                encryption_algs=ENCRYPTION_ALGS,
+                encryption_algs=list(config.ciphers),
                 agent_forwarding=False,
                 x11_forwarding=False,
                 allow_scp=False,

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncssh
+
 from quota.core.errors import InvalidValue
 from quota.core.units import parse_duration_ms, parse_size
 from relay.errors import ConfigError
@@ -27,6 +29,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "public_bind": "127.0.0.1",
         "public_ports": "20000-20099",
         "keepalive": "30s",
+        "ciphers": "aes128-gcm@openssh.com,aes256-gcm@openssh.com",
     },
     "admin": {"listen": "127.0.0.1:8022", "token": "", "token_file": ""},
     "quota": {
@@ -92,6 +95,7 @@ class RelayConfig:
     public_bind: str
     public_ports: range
     keepalive_ms: int
+    ciphers: tuple[str, ...]
     admin_listen: HostPort | Path  # a Path is a unix socket
     admin_token: str
     metering: bool
@@ -215,6 +219,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         public_bind=r["public_bind"],
         public_ports=parse_port_range(r["public_ports"], "relay.public_ports"),
         keepalive_ms=_duration(r, "relay", "keepalive"),
+        ciphers=_ciphers(r["ciphers"]),
         admin_listen=admin_listen,
         admin_token=token,
         metering=q["metering"],
@@ -266,3 +271,15 @@ def _billing(b: dict[str, Any], rel: Callable[[str], Path]) -> BillingLinkConfig
         idle_return_ms=_duration(b, "billing", "idle_return"),
         registry_refresh_ms=max(100, _duration(b, "billing", "registry_refresh")),
     )
+
+
+def _ciphers(text: str) -> tuple[str, ...]:
+    names = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not names:
+        raise ConfigError("relay.ciphers: name at least one cipher, e.g. aes128-gcm@openssh.com")
+    known = {alg.decode() for alg in asyncssh.encryption.get_encryption_algs()}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        offered = ", ".join(sorted(known))
+        raise ConfigError(f"relay.ciphers: unknown cipher {unknown[0]!r} (known: {offered})")
+    return names

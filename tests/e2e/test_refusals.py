@@ -105,3 +105,17 @@ async def test_password_and_unknown_keys_are_refused(
     assert code == 255
     assert "Permission denied (publickey)" in err
     await assert_nothing_opened(relay)
+
+
+async def test_stock_ssh_negotiates_aes_gcm_and_a_client_without_it_is_refused(
+    relay: Relay, agents: dict[str, AgentSpec]
+) -> None:
+    """Only AES-GCM is offered: stock OpenSSH picks it; a chacha20-only client cannot log in."""
+    ssh = await Ssh(relay, agents["tech"], "-v", "-W", "nas:22", "relay").start()
+    _, err = await ssh.finish()
+    assert "cipher: aes128-gcm@openssh.com" in err
+    chacha = await Ssh(relay, agents["tech"], "-W", "nas:22", "relay").start(
+        "-o", "Ciphers=chacha20-poly1305@openssh.com"
+    )
+    code, err = await chacha.finish()
+    assert code == 255 and "no matching cipher found" in err

@@ -103,3 +103,13 @@ def test_registry_refuses_duplicates(tmp_path: Path) -> None:
     path.write_text(one + one.replace('id = "a"', 'id = "b"'))
     with pytest.raises(ConfigError, match="key already belongs to agent 'a'"):
         Registry(path)
+
+
+def test_ciphers_are_checked_against_what_the_ssh_stack_offers(tmp_path: Path) -> None:
+    """relay.ciphers defaults to AES-GCM; an unknown name is refused and named."""
+    assert load_config(_write(tmp_path, "")).ciphers == (
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+    )
+    with pytest.raises(ConfigError, match=r"relay\.ciphers: unknown cipher 'rot13'"):
+        load_config(_write(tmp_path, '[relay]\nciphers = "rot13"\n'))
