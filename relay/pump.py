@@ -149,6 +149,22 @@ class Leg:
             self._forward_eof()
         self.unpause(PauseReason.CONNECTING)
 
+    # -- callbacks both transports make (Leg comes first in each subclass's MRO) ----
+
+    def eof_received(self) -> bool:
+        self.on_eof()
+        return True  # keep the other direction open (half-close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.stream.leg_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.on_pause_writing()
+
+    def resume_writing(self) -> None:
+        self.on_resume_writing()
+
     # -- flow control from the transport ------------------------------------------
 
     def on_pause_writing(self) -> None:
@@ -186,20 +202,6 @@ class TcpLeg(Leg, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.on_data(data)
-
-    def eof_received(self) -> bool:
-        self.on_eof()
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.stream.leg_lost(self, exc)
-
-    def pause_writing(self) -> None:
-        self.on_pause_writing()
-
-    def resume_writing(self) -> None:
-        self.on_resume_writing()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.lost:
@@ -240,20 +242,6 @@ class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         self.on_data(data)
-
-    def eof_received(self) -> bool:
-        self.on_eof()
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.stream.leg_lost(self, exc)
-
-    def pause_writing(self) -> None:
-        self.on_pause_writing()
-
-    def resume_writing(self) -> None:
-        self.on_resume_writing()
 
     def write(self, data: bytes) -> None:
         if self.chan is not None and not self.lost:
