@@ -19,20 +19,22 @@ from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 
-from quota.core.frames import Frame, FrameDecoder, Malformed, Oversized, encode
+from quota.core.frames import MAX_PAYLOAD, Frame, FrameDecoder, Malformed, Oversized, encode
 from relay.udp_flow import UdpFlow
 
 if TYPE_CHECKING:
     from relay.udp import UdpTunnel
 
 
-class _FramedSession(asyncssh.SSHTCPSession[bytes]):
-    """A channel carrying frames: decoding, flow control, refusals."""
+class FramedChannel(asyncssh.SSHTCPSession[bytes]):
+    """An SSH channel carrying frames, on either side: decoding and a congestion flag.
 
-    def __init__(self, server: UdpTunnel) -> None:
-        self.server = server
-        self.udp = server.udp
-        self.decoder = FrameDecoder(server.udp.max_datagram)
+    Subclasses say what a frame means (`on_frame`) and what to do with an
+    oversized or malformed one; the relay and the agent share this much.
+    """
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+        self.decoder = FrameDecoder(max_payload)
         self.chan: Any = None
         self.congested = False
 
@@ -52,7 +54,28 @@ class _FramedSession(asyncssh.SSHTCPSession[bytes]):
             elif isinstance(event, Oversized):
                 self.on_oversized(event.flow_id, event.length)
             else:
-                self.refuse("malformed", reason=event.reason)
+                self.on_malformed(event.reason)
+
+    def on_frame(self, flow_id: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def on_oversized(self, flow_id: int, length: int) -> None:
+        """An oversized frame was skipped; by default nothing more is done."""
+
+    def on_malformed(self, reason: str) -> None:
+        """A malformed frame was skipped; by default nothing more is done."""
+
+
+class _FramedSession(FramedChannel):
+    """The relay's side of a framed channel: refusals are counted and logged."""
+
+    def __init__(self, server: UdpTunnel) -> None:
+        super().__init__(server.udp.max_datagram)
+        self.server = server
+        self.udp = server.udp
+
+    def on_malformed(self, reason: str) -> None:
+        self.refuse("malformed", reason=reason)
 
     def eof_received(self) -> bool:
         if isinstance(self.decoder.close(), Malformed):
@@ -69,12 +92,6 @@ class _FramedSession(asyncssh.SSHTCPSession[bytes]):
 
     def refuse(self, cause: str, **context: Any) -> None:
         self.udp.refusals.refuse(cause, tunnel_id=self.server.tunnel.tunnel_id, **context)
-
-    def on_frame(self, flow_id: int, payload: bytes) -> None:
-        raise NotImplementedError
-
-    def on_oversized(self, flow_id: int, length: int) -> None:
-        raise NotImplementedError
 
 
 class OwnerSession(_FramedSession):

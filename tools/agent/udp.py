@@ -20,9 +20,8 @@ import itertools
 from collections.abc import Callable
 from typing import Any, cast
 
-import asyncssh
-
-from quota.core.frames import MAX_FLOW_ID, MAX_PAYLOAD, Frame, FrameDecoder, encode
+from quota.core.frames import MAX_FLOW_ID, MAX_PAYLOAD, encode
+from relay.udp_channels import FramedChannel
 from relay.udp_flow import widen_buffers
 
 
@@ -30,31 +29,15 @@ def _now_ms() -> int:
     return int(asyncio.get_running_loop().time() * 1000)
 
 
-class _Framed(asyncssh.SSHTCPSession[bytes]):
-    """One channel carrying frames."""
+class _Framed(FramedChannel):
+    """One channel carrying frames, on the agent's side."""
 
     def __init__(self) -> None:
-        self.chan: Any = None
-        self.decoder = FrameDecoder()
-        self.congested = False
+        super().__init__()
         self.closed = asyncio.Event()
-
-    def connection_made(self, chan: Any) -> None:
-        self.chan = chan
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed.set()
-
-    def pause_writing(self) -> None:
-        self.congested = True
-
-    def resume_writing(self) -> None:
-        self.congested = False
-
-    def data_received(self, data: bytes, datatype: Any) -> None:
-        for event in self.decoder.feed(data):
-            if isinstance(event, Frame):
-                self.on_frame(event.flow_id, event.payload)
 
     def send(self, flow_id: int, payload: bytes) -> bool:
         chan = self.chan
@@ -62,9 +45,6 @@ class _Framed(asyncssh.SSHTCPSession[bytes]):
             return False
         chan.write(encode(flow_id, payload))
         return True
-
-    def on_frame(self, flow_id: int, payload: bytes) -> None:
-        raise NotImplementedError
 
 
 # -- client role ---------------------------------------------------------------------
