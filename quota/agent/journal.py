@@ -22,6 +22,7 @@ from typing import Any
 import aiosqlite
 
 from quota.agent.errors import JournalError
+from quota.sqlite_open import join_worker
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -57,13 +58,20 @@ class Journal:
 
     async def __aenter__(self) -> Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        pending = aiosqlite.connect(self.path)
         try:
-            self._db = await aiosqlite.connect(self.path)
+            self._db = await pending
+        except Exception as exc:  # sqlite3 errors never leave this module
+            await join_worker(pending)
+            raise JournalError(f"cannot open the journal {self.path}: {exc}") from None
+        try:
             await self._db.execute("PRAGMA journal_mode=WAL")
             await self._db.execute("PRAGMA synchronous=NORMAL")
             await self._db.executescript(_SCHEMA)
             await self._db.commit()
         except Exception as exc:  # sqlite3 errors never leave this module
+            db, self._db = self._db, None
+            await asyncio.shield(db.close())
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from None
         return self
 

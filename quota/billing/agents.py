@@ -201,7 +201,7 @@ class BillingService(Service):
                 account = await repo.get_account(op.tx, found.account_id)
                 assert account is not None
                 item = wire.UsageItem(agent_id=agent_id, bytes=nbytes, tunnel_seconds=seconds)
-                account, grant = await charging.apply_usage(op, account, found, item)
+                account, _, grant = await charging.apply_usage(op, account, found, item)
                 grants.append(grant)
             body = wire.dump(
                 wire.UsageResult(relay_id=who.id, seq=req.seq, duplicate=False, agents=grants)

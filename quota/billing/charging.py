@@ -229,8 +229,8 @@ async def _charge_time(
 
 async def apply_usage(
     op: Op, account: AccountRow, agent: AgentRow, item: wire.UsageItem
-) -> tuple[AccountRow, wire.AgentGrant]:
-    """Bill one agent's reported bytes and tunnel seconds; answer its new grant."""
+) -> tuple[AccountRow, AgentRow, wire.AgentGrant]:
+    """Bill one agent's reported bytes and tunnel seconds; answer its rows and its new grant."""
     unbilled, before = 0, account.balance
     if AgentRole(agent.role).pays:
         account, agent = await _charge_time(op, account, agent, item.tunnel_seconds)
@@ -245,4 +245,4 @@ async def apply_usage(
         metered=agent.allow_metered and not account.frozen and account.balance > 0,
         unbilled_bytes=unbilled,
     )
-    return account, grant
+    return account, agent, grant

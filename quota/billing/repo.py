@@ -119,9 +119,14 @@ def _account(row: Row) -> AccountRow:
     )
 
 
+_AGENT_FIELDS = tuple(f.name for f in dataclasses.fields(AgentRow))
+_AGENT_SAVED = tuple(n for n in _AGENT_FIELDS if n not in ("id", "account_id"))
+_AGENT_UPDATE = f"UPDATE agents SET {', '.join(f'{n} = ?' for n in _AGENT_SAVED)} WHERE id = ?"
+IN_CHUNK = 500  # ids per `IN (...)` list, well under SQLite's limit on bound parameters
+
+
 def _agent(row: Row) -> AgentRow:
-    names = [f.name for f in dataclasses.fields(AgentRow)]
-    values = dict(zip(names, row, strict=True))
+    values = dict(zip(_AGENT_FIELDS, row, strict=True))
     for flag in ("active", "lapsed", "auto_renew", "allow_metered", "topup_blocked"):
         values[flag] = bool(values[flag])
     return AgentRow(**values)
@@ -135,6 +140,17 @@ def _entry(row: Row) -> wire.LedgerEntry:
 async def get_account(tx: Tx, account_id: str) -> AccountRow | None:
     row = await tx.one(f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ?", (account_id,))
     return _account(row) if row else None
+
+
+async def accounts_by_id(tx: Tx, account_ids: list[str]) -> dict[str, AccountRow]:
+    """The accounts with these ids that exist, read in a few statements, not one each."""
+    found: dict[str, AccountRow] = {}
+    for at in range(0, len(account_ids), IN_CHUNK):
+        chunk = account_ids[at : at + IN_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        rows = await tx.all(f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id IN ({marks})", chunk)
+        found.update((a.id, a) for a in map(_account, rows))
+    return found
 
 
 async def account_id_by_token(tx: Tx, token_hash: str) -> str | None:
@@ -171,6 +187,18 @@ async def get_agent(tx: Tx, agent_id: str) -> AgentRow | None:
     return _agent(row) if row else None
 
 
+async def agents_by_id(tx: Tx, agent_ids: list[str]) -> dict[str, AgentRow]:
+    """The agents with these ids that exist, read in a few statements, not one each."""
+    found: dict[str, AgentRow] = {}
+    for at in range(0, len(agent_ids), IN_CHUNK):
+        chunk = agent_ids[at : at + IN_CHUNK]
+        rows = await tx.all(
+            f"SELECT {_AGENT_COLS} FROM agents WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+        )
+        found.update((a.id, a) for a in map(_agent, rows))
+    return found
+
+
 async def agents_of(tx: Tx, account_id: str) -> list[AgentRow]:
     rows = await tx.all(
         f"SELECT {_AGENT_COLS} FROM agents WHERE account_id = ? ORDER BY created_at, id",
@@ -197,11 +225,7 @@ async def insert_agent(tx: Tx, agent: AgentRow) -> None:
 
 
 async def save_agent(tx: Tx, agent: AgentRow) -> None:
-    names = [f.name for f in dataclasses.fields(AgentRow) if f.name not in ("id", "account_id")]
-    await tx.run(
-        f"UPDATE agents SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
-        [*(getattr(agent, n) for n in names), agent.id],
-    )
+    await tx.run(_AGENT_UPDATE, [*(getattr(agent, n) for n in _AGENT_SAVED), agent.id])
 
 
 async def keys_of(tx: Tx, agent_id: str) -> list[wire.AgentKey]:

@@ -25,6 +25,7 @@ from typing import Any
 import aiosqlite
 
 from quota.billing.errors import StoreError, VersionConflict
+from quota.sqlite_open import join_worker
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -152,17 +153,6 @@ def _translate(exc: Exception) -> Exception:
     return StoreError(f"database error: {exc}")
 
 
-async def _join_worker(conn: aiosqlite.Connection) -> None:
-    """Wait for a failed connection's worker thread to stop before the loop may close.
-
-    aiosqlite posts its stop to the thread without awaiting it; if the loop closed
-    first, the thread would fail to report back (an unhandled thread exception).
-    """
-    thread = getattr(conn, "_thread", None)
-    if thread is not None and thread.is_alive():
-        await asyncio.to_thread(thread.join, 5)
-
-
 class Tx:
     """Statements of one open transaction."""
 
@@ -177,6 +167,13 @@ class Tx:
             raise _translate(exc) from exc
         return cursor.rowcount
 
+    async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Execute one write for each row of parameters, in one trip to the connection."""
+        try:
+            await self._conn.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
     async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Execute an INSERT; return the new row id."""
         try:
@@ -186,9 +183,8 @@ class Tx:
         return int(cursor.lastrowid or 0)
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        try:
-            async with self._conn.execute(sql, params) as cursor:
-                return [tuple(r) for r in await cursor.fetchall()]
+        try:  # one trip to the connection's thread: execute and fetch together
+            return [tuple(r) for r in await self._conn.execute_fetchall(sql, params)]
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
 
@@ -214,7 +210,7 @@ class Store:
         try:
             self._conn = await pending
         except sqlite3.Error as exc:
-            await _join_worker(pending)
+            await join_worker(pending)
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         try:
             for pragma in (

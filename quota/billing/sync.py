@@ -15,13 +15,17 @@ Invariants (everything below runs inside the caller's one transaction):
 - Every report extends all of the relay's leases to `now + lease_ttl`.
 - Unknown agents are answered with status "unknown", never refused: one bad id
   must not stall a relay.
+- The agents, accounts and leases a report names are read in a few statements
+  up front (`_Rows`), not per agent; what each agent's part reads is the same as
+  if it had read them itself (see `_Rows`). Lease writes are sent in one batch,
+  always before any statement reads leases, so no read sees a stale lease.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -65,33 +69,28 @@ def fingerprint(req: wire.SyncRequest) -> str:
     return hashlib.sha256(json.dumps(wire.dump(req), sort_keys=True).encode()).hexdigest()
 
 
-async def _lease(op: Op, relay_id: str, agent_id: str) -> LeaseTotals:
-    row = await op.tx.one(
-        "SELECT granted_total, used_total, returned_total, valid_until FROM leases"
-        " WHERE relay_id = ? AND agent_id = ?",
-        (relay_id, agent_id),
-    )
-    if row is None:
-        return LeaseTotals(valid_until=op.now)
-    g, u, r, v = row
-    return LeaseTotals(granted_total=g, used_total=u, returned_total=r, valid_until=v)
+async def _leases(op: Op, relay_id: str, agent_ids: list[str]) -> dict[str, LeaseTotals]:
+    """This relay's stored leases of these agents, read in a few statements, not one each."""
+    found: dict[str, LeaseTotals] = {}
+    for at in range(0, len(agent_ids), repo.IN_CHUNK):
+        chunk = agent_ids[at : at + repo.IN_CHUNK]
+        for agent_id, g, u, r, v in await op.tx.all(
+            "SELECT agent_id, granted_total, used_total, returned_total, valid_until FROM leases"
+            f" WHERE relay_id = ? AND agent_id IN ({', '.join('?' * len(chunk))})",
+            (relay_id, *chunk),
+        ):
+            found[agent_id] = LeaseTotals(
+                granted_total=g, used_total=u, returned_total=r, valid_until=v
+            )
+    return found
 
 
-async def _save_lease(op: Op, relay_id: str, agent_id: str, lease: LeaseTotals) -> None:
-    await op.tx.run(
-        "INSERT INTO leases (relay_id, agent_id, granted_total, used_total, returned_total,"
-        " valid_until) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (relay_id, agent_id) DO UPDATE SET"
-        " granted_total = excluded.granted_total, used_total = excluded.used_total,"
-        " returned_total = excluded.returned_total, valid_until = excluded.valid_until",
-        (
-            relay_id,
-            agent_id,
-            lease.granted_total,
-            lease.used_total,
-            lease.returned_total,
-            lease.valid_until,
-        ),
-    )
+_SAVE_LEASE = (
+    "INSERT INTO leases (relay_id, agent_id, granted_total, used_total, returned_total,"
+    " valid_until) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (relay_id, agent_id) DO UPDATE SET"
+    " granted_total = excluded.granted_total, used_total = excluded.used_total,"
+    " returned_total = excluded.returned_total, valid_until = excluded.valid_until"
+)
 
 
 async def _outstanding(op: Op, agent_id: str) -> int:
@@ -107,10 +106,19 @@ async def _outstanding(op: Op, agent_id: str) -> int:
 async def _reserved(op: Op, agent: AgentRow) -> int:
     """Millicoins other agents of the account may draw for leases beyond their traffic."""
     rate = metered_rate(op.config.metered_price_per_gb)
+    held = {  # what `_outstanding` answers for each agent of the account, in one statement
+        str(a): int(n)
+        for a, n in await op.tx.all(
+            "SELECT agent_id, COALESCE(SUM(MAX(0, granted_total - used_total - returned_total)), 0)"
+            " FROM leases WHERE agent_id IN (SELECT id FROM agents WHERE account_id = ?)"
+            " AND valid_until > ? GROUP BY agent_id",
+            (agent.account_id, op.now),
+        )
+    }
     total = 0
     for other in await repo.agents_of(op.tx, agent.account_id):
         if other.id != agent.id:
-            total += metered_reserve(await _outstanding(op, other.id) - other.traffic, rate)
+            total += metered_reserve(held.get(other.id, 0) - other.traffic, rate)
     return total
 
 
@@ -125,7 +133,9 @@ async def _capacity(op: Op, account: AccountRow, agent: AgentRow) -> int:
     )
 
 
-async def _grant(op: Op, account: AccountRow, agent: AgentRow, want: int) -> int:
+async def _grant(
+    op: Op, account: AccountRow, agent: AgentRow, want: int
+) -> tuple[int, AccountRow, AgentRow]:
     """Bytes to add to this relay's lease, after an auto top-up for a shortfall if set."""
     cap, held = await _capacity(op, account, agent), await _outstanding(op, agent.id)
     short = shortfall(want=want, capacity=cap, outstanding=held)
@@ -135,12 +145,50 @@ async def _grant(op: Op, account: AccountRow, agent: AgentRow, want: int) -> int
             op, account, agent, need=agent.traffic + short, low_water=0
         )
         cap = await _capacity(op, account, agent)
-    return grant_size(want=want, capacity=cap, outstanding=held)
+    return grant_size(want=want, capacity=cap, outstanding=held), account, agent
 
 
-async def _one_agent(op: Op, relay_id: str, agent_id: str, ask: _Ask) -> wire.Lease:
+@dataclass(slots=True)
+class _Rows:
+    """The rows a report touches, read once for the whole report and kept up to date.
+
+    An agent's row and its lease on this relay change only in that agent's part
+    of the report; an account's row changes only through the rows charging
+    returns, which are put back here. So each part finds what it would have read.
+    """
+
+    agents: dict[str, AgentRow]
+    accounts: dict[str, AccountRow]
+    leases: dict[str, LeaseTotals]
+    unsaved: dict[str, LeaseTotals] = field(default_factory=dict)  # lease writes not sent yet
+
+    def save_lease(self, agent_id: str, lease: LeaseTotals) -> None:
+        """Write a lease, at the latest by the next `flush` (always before leases are read)."""
+        self.leases[agent_id] = self.unsaved[agent_id] = lease
+
+    async def flush(self, op: Op, relay_id: str) -> None:
+        """Send the lease writes held back, in one statement."""
+        if self.unsaved:
+            await op.tx.run_many(
+                _SAVE_LEASE,
+                [
+                    (relay_id, a, x.granted_total, x.used_total, x.returned_total, x.valid_until)
+                    for a, x in self.unsaved.items()
+                ],
+            )
+            self.unsaved.clear()
+
+    @classmethod
+    async def read(cls, op: Op, relay_id: str, agent_ids: list[str]) -> _Rows:
+        agents = await repo.agents_by_id(op.tx, agent_ids)
+        accounts = await repo.accounts_by_id(op.tx, sorted({a.account_id for a in agents.values()}))
+        return cls(agents, accounts, await _leases(op, relay_id, agent_ids))
+
+
+async def _one_agent(op: Op, relay_id: str, agent_id: str, ask: _Ask, rows: _Rows) -> wire.Lease:
+    """One agent's part of a report."""
+    agent = rows.agents.get(agent_id)
     valid_until = op.now + op.config.lease_ttl_ms
-    agent = await repo.get_agent(op.tx, agent_id)
     if agent is None:
         return wire.Lease(
             agent_id=agent_id,
@@ -150,10 +198,10 @@ async def _one_agent(op: Op, relay_id: str, agent_id: str, ask: _Ask) -> wire.Le
             traffic_remaining=0,
             unbilled_bytes=ask.nbytes,
         )
-    account = await repo.get_account(op.tx, agent.account_id)
-    assert account is not None  # a foreign key guarantees it
+    account = rows.accounts[agent.account_id]  # a foreign key guarantees it
     item = wire.UsageItem(agent_id=agent_id, bytes=ask.nbytes, tunnel_seconds=ask.seconds)
-    account, grant = await charging.apply_usage(op, account, agent, item)
+    account, agent, grant = await charging.apply_usage(op, account, agent, item)
+    rows.accounts[account.id] = account
     if not AgentRole(agent.role).pays:  # support agents pay nothing and need no lease
         return wire.Lease(
             agent_id=agent_id,
@@ -163,16 +211,18 @@ async def _one_agent(op: Op, relay_id: str, agent_id: str, ask: _Ask) -> wire.Le
             traffic_remaining=0,
             unbilled_bytes=0,
         )
-    lease = (await _lease(op, relay_id, agent_id)).report(used=ask.nbytes, returned=ask.returned)
+    stored = rows.leases.get(agent_id)
+    if stored is None:
+        stored = LeaseTotals(valid_until=op.now)
+    lease = stored.report(used=ask.nbytes, returned=ask.returned)
     lease = lease.expire(op.now).extend(valid_until)
-    await _save_lease(op, relay_id, agent_id, lease)
-    agent = await repo.get_agent(op.tx, agent_id)  # apply_usage changed it
-    assert agent is not None
+    rows.save_lease(agent_id, lease)
     if ask.want and agent.active:
-        lease = lease.grant(await _grant(op, account, agent, ask.want))
-        await _save_lease(op, relay_id, agent_id, lease)
-        agent = await repo.get_agent(op.tx, agent_id)  # a top-up changed it
-        assert agent is not None
+        await rows.flush(op, relay_id)  # `_grant` reads leases, this agent's and others'
+        more, account, agent = await _grant(op, account, agent, ask.want)  # maybe a top-up
+        rows.accounts[account.id] = account
+        lease = lease.grant(more)
+        rows.save_lease(agent_id, lease)
     return wire.Lease(
         agent_id=agent_id,
         status="active" if agent.active else "inactive",
@@ -196,9 +246,10 @@ async def apply_sync(op: Op, relay_id: str, req: wire.SyncRequest) -> Any:
         if first != fingerprint(req):  # answered as the brief says, but worth an alarm
             log.warning("billing_sync_seq_reused", relay_id=relay_id, seq=req.seq)
         return {**json.loads(body), "duplicate": True}
-    leases = [
-        await _one_agent(op, relay_id, agent_id, ask) for agent_id, ask in _merge(req).items()
-    ]
+    asks = _merge(req)
+    rows = await _Rows.read(op, relay_id, list(asks))
+    leases = [await _one_agent(op, relay_id, a, ask, rows) for a, ask in asks.items()]
+    await rows.flush(op, relay_id)
     await _expire_relay(op, relay_id)  # the leases this report did not name
     await op.tx.run(
         "UPDATE leases SET valid_until = ? WHERE relay_id = ?",

@@ -1,0 +1,37 @@
+"""Smoke test of the billing sync figures: tiny sizes, real processes, no speed asserted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tools.bench import sync, sync_load
+from tools.bench.procs import Procs
+from tools.bench.report import Results
+
+TINY_LOAD = sync_load.LoadPlan(agents=20, per_account=10, interval_ms=200, reports=2, intervals=2)
+
+
+def test_sync_section_records_every_figure(tmp_path: Path) -> None:
+    """Purchases resume a paused stream and 20 agents sync: every figure has samples, procs stop."""
+    res = Results(quick=True, argv=["bench"])
+    with Procs(tmp_path) as procs:
+        sync.run_plans(res, procs, sync.PurchasePlan(reps=1, purchases=2), TINY_LOAD)
+        started = [c.popen for c in procs.children]
+    assert all(p.poll() is not None for p in started)
+    assert res.notes == []
+    for key, *_ in sync.FIGURES:
+        assert res.figures[key].samples, key
+    assert [t.name for t in res.targets] == ["resume after a package purchase, p99"]
+    assert res.targets[0].met is not None
+
+
+def test_fleet_never_uses_more_than_its_lease() -> None:
+    """The simulated agents stay within their leases and ask below the low-water mark."""
+    fleet = sync_load.Fleet(["a", "b"])
+    nudged: list[int] = []
+    fleet.nudge = lambda: nudged.append(1)
+    fleet.add_lease("a", 1_500_000)
+    for _ in range(20):
+        fleet.traffic()
+    assert fleet.used["b"] == 0 and fleet.used["a"] <= 1_500_000
+    assert set(fleet.needs()) == {"a", "b"} and nudged
