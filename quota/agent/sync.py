@@ -132,8 +132,15 @@ class QuotaAgent:
     # -- the sync round ------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
+        """Rounds on a fixed cadence (a slow round does not stretch it), and on nudges."""
+        loop = asyncio.get_running_loop()
+        every = self.settings.interval_ms / 1000
+        due = loop.time() + every
         while True:
-            await wait_event(self._nudge, self.settings.interval_ms)
+            await wait_event(self._nudge, max(0, int((due - loop.time()) * 1000)))
+            now = loop.time()
+            while due <= now:
+                due += every
             await self.round()
 
     async def round(self) -> None:

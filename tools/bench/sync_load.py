@@ -339,8 +339,8 @@ def describe(fig: LoadFigures, plan: LoadPlan) -> dict[str, str]:
     return {
         "requests": f"{relay}; /v1/sync requests counted at a proxy per interval over {window}:"
         f" {sum(fig.requests):.0f} in all ({fig.nudges} low-water nudges, {fig.other_requests}"
-        " other requests; the push channel is not proxied, so it is off). The quota agent"
-        " waits a full interval after each round, so a round's own time stretches the cadence",
+        " other requests; the push channel is not proxied, so it is off). Rounds keep a fixed"
+        " cadence; one that takes longer than its interval skips the next slot",
         "bytes": f"request bodies of the window's /v1/sync requests (answers: median"
         f" {answer:,.0f} bytes); {relay}",
         "cpu": f"billing process CPU (all threads, /proc schedstat) per interval over {window}",
