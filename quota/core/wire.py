@@ -85,12 +85,24 @@ def _convert(tp: Any, value: Any, path: str, meta: Any) -> Any:
     raise TypeError(f"unsupported wire type {tp!r}")  # a bug in a message definition
 
 
+_Schema = tuple[dict[str, Any], dict[str, "dataclasses.Field[Any]"]]
+_SCHEMAS: dict[type[Any], _Schema] = {}
+
+
+def _schema(cls: type[Any]) -> _Schema:
+    """A message class's field types and fields, worked out once per class."""
+    found = _SCHEMAS.get(cls)
+    if found is None:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        found = _SCHEMAS[cls] = (typing.get_type_hints(cls), fields)
+    return found
+
+
 def _parse_at(cls: type[T], data: Any, path: str) -> T:
     where = path or "body"
     if not isinstance(data, dict):
         raise WireError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints, fields = _schema(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise WireError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}")
