@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
@@ -174,7 +175,7 @@ async def last_event_id(path: Path) -> int:
         return await _max_id(db)
 
 
-async def follow(
+def follow(
     path: Path,
     *,
     after_id: int | None = None,
@@ -187,8 +188,13 @@ async def follow(
     """Yield matching events as they are written, in order, forever.
 
     Starts after event `after_id`; when it is None, starts at the end of the log
-    (only new events), or, when `since_ms` is given, at the first event from then.
+    as it is when `follow` is called (only newer events), or, when `since_ms` is
+    given, at the first event from then. The start is fixed here, not at the
+    first iteration: events committed between the call and the first `anext`
+    are yielded, never skipped.
     """
+    if after_id is None:
+        after_id = 0 if since_ms is not None else _newest_id_now(path)
     where, params = _where(
         agent=agent,
         account=account,
@@ -198,9 +204,13 @@ async def follow(
     )
     where = (where + " AND" if where else " WHERE") + " id > ?"
     query = f"SELECT {', '.join(EVENT_COLUMNS)} FROM stream_events{where} ORDER BY id LIMIT ?"
+    return _poll(path, query, params, after_id, poll_ms)
+
+
+async def _poll(
+    path: Path, query: str, params: list[Any], after_id: int, poll_ms: int
+) -> AsyncGenerator[dict[str, Any], None]:
     async with _reader(path) as db:
-        if after_id is None:
-            after_id = 0 if since_ms is not None else await _max_id(db)
         while True:
             async with db.execute(query, [*params, after_id, _FOLLOW_BATCH]) as cur:
                 rows = list(await cur.fetchall())
@@ -209,6 +219,18 @@ async def follow(
                 yield dict(row)
             if len(rows) < _FOLLOW_BATCH:
                 await asyncio.sleep(max(1, poll_ms) / 1000)
+
+
+def _newest_id_now(path: Path) -> int:
+    """The newest event id, read at once (one short read-only query)."""
+    try:
+        with contextlib.closing(sqlite3.connect(_read_only_uri(path), uri=True)) as db:
+            row = db.execute("SELECT coalesce(max(id), 0) FROM stream_events").fetchone()
+    except sqlite3.Error as exc:
+        if "no such table" in str(exc) or "not a database" in str(exc):
+            raise StreamLogError(f"not a stream log: {path}") from exc
+        raise StreamLogError(f"stream log {path}: cannot read: {exc}") from exc
+    return int(row[0]) if row is not None else 0
 
 
 async def _max_id(db: aiosqlite.Connection) -> int:

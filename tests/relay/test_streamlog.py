@@ -393,6 +393,20 @@ async def test_follow_yields_new_events(tmp_path: Path) -> None:
     assert got == [("new", "open"), ("other", "open"), ("new", "close")]
 
 
+async def test_follow_starts_where_the_log_was_when_called(tmp_path: Path) -> None:
+    """Events flushed after follow() is called but before the first anext are yielded."""
+    db = tmp_path / "s.db"
+    async with StreamLog(db, relay_id="r1", flush_ms=10) as log:
+        log.record(rec("old"))
+        await log.flush()
+        async with aclosing(follow(db, poll_ms=10)) as events:
+            log.record(rec("new", "open", T0 + 1))
+            await log.flush()
+            async with asyncio.timeout(5):
+                first = await anext(events)
+    assert (first["stream_id"], first["event"]) == ("new", "open")
+
+
 async def test_follow_filters_and_replays_since(tmp_path: Path) -> None:
     """With since_ms follow replays from then; agent narrows it; after_id resumes."""
     db = tmp_path / "s.db"
