@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint bench clean
+.PHONY: up test lint bench stress clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The suite on 4 parallel workers on any number of cores: load that flushes out races.
+stress: $(STAMP)
+	$(BIN)/python -m pytest -q -n 4 -p no:cacheprovider
 
 up: $(STAMP)
 	$(BIN)/quotarelay up
