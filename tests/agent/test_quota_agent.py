@@ -19,7 +19,7 @@ from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings, wall_ms
 from quota.billing.server import BillingServer
 from quota.core import wire
-from tests.billing.conftest import RELAY, Api, make_config
+from tests.billing.api import RELAY, Api, make_config
 from tests.harness import poll
 from tests.sync_harness import SyncProxy
 
