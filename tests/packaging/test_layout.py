@@ -99,3 +99,16 @@ def test_conftest_files_hold_fixtures_only() -> None:
                 if not any(m.startswith("pytest.fixture") for m in marks):
                     extra.append(f"{path.relative_to(ROOT)}: {node.name}")
     assert extra == []
+
+
+def test_rigs_reach_the_product_through_two_modules() -> None:
+    """tests/rigs imports nothing of quota, relay or tools but the admin client and HostPort."""
+    reached: set[str] = set()
+    for path in sorted((ROOT / "tests" / "rigs").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                reached.add(node.module)
+            elif isinstance(node, ast.Import):
+                reached.update(alias.name for alias in node.names)
+    product = {m for m in reached if m.split(".")[0] in ("quota", "relay", "tools")}
+    assert product == {"relay.admin_client", "relay.config"}
