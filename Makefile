@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy quota relay tools
+	$(BIN)/mypy quota relay tools bench tests/rigs
 
 test: lint
 	$(BIN)/python -m pytest -q
@@ -31,8 +31,8 @@ up: $(STAMP)
 # BENCH_ARGS="--quick" for a ~1 minute run, "--only throughput" for one section.
 BENCH_ARGS ?=
 bench: $(STAMP)
-	sh tools/bench/install_tools.sh
-	$(BIN)/python -m tools.bench $(BENCH_ARGS)
+	sh bench/install_tools.sh
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,7 @@ from typing import Any
 
 from tools.agent.client import Plan, run_agent
 from tools.agent.config import AgentConfigError, load_agent_config, parse_connect, parse_expose
-from tools.cli import CliError
+from tools.errors import CliError
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

@@ -24,7 +24,7 @@ import aiohttp
 from quota.core.errors import InvalidValue
 from quota.core.money import format_coin, parse_coin
 from quota.core.units import parse_size
-from tools.cli import CliError
+from tools.errors import CliError
 
 URL_ENV = "QUOTARELAY_BILLING_URL"
 TOKEN_ENV = "QUOTARELAY_BILLING_TOKEN"

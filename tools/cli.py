@@ -1,36 +1,33 @@
 """The `quotarelay` command line: one console script, one subcommand module each.
 
-Each module in `_COMMANDS` exposes `register(subparsers)`, which adds its parser
+Each module in `COMMANDS` exposes `register(subparsers)`, which adds its parser
 and sets `func` (an `async` callable taking the parsed namespace and returning an
 exit code) and, for commands that run a service, `serves=True` (logs configured).
-Errors a user can fix are raised as `CliError` and printed as one line.
+Errors a user can fix are raised as `CliError` (from `tools.errors`) and printed
+as one line. Imports point one way: this module imports the subcommand modules,
+and none of them imports this one.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from types import ModuleType
 
-_COMMANDS = (
-    "tools.relay_cmd",
-    "tools.streams_cmd",
-    "tools.billing_cmd",
-    "tools.up_cmd",
-    "tools.agent_cmd",
-)
+from tools import agent_cmd, billing_cmd, relay_cmd, streams_cmd, up_cmd
+from tools.errors import CliError
 
+__all__ = ["COMMANDS", "CliError", "build_parser", "main"]
 
-class CliError(Exception):
-    """A mistake the user can fix: printed as `quotarelay: <message>`, exit code 2."""
+COMMANDS: tuple[ModuleType, ...] = (relay_cmd, streams_cmd, billing_cmd, up_cmd, agent_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quotarelay", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _COMMANDS:
-        importlib.import_module(name).register(subparsers)
+    for command in COMMANDS:
+        command.register(subparsers)
     return parser
 
 
@@ -64,7 +61,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module's main, so its CliError is the one subcommands raise.
-    from tools.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

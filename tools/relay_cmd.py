@@ -24,7 +24,7 @@ from quota.core.units import format_size, parse_size
 from relay.admin_client import AdminClient, AdminError, parse_admin_target
 from relay.config import HostPort, load_config
 from relay.errors import ConfigError
-from tools.cli import CliError
+from tools.errors import CliError
 
 TOKEN_ENV = "QUOTARELAY_ADMIN_TOKEN"
 

@@ -27,7 +27,7 @@ from relay.config import load_config
 from relay.errors import ConfigError
 from relay.streamlog import StreamLogError, iso_ms, wall_clock_ms
 from relay.streamquery import follow, list_streams, totals
-from tools.cli import CliError
+from tools.errors import CliError
 
 DEFAULT_LIMIT = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -24,7 +24,7 @@ from quota.core.errors import InvalidValue
 from relay.config import load_config
 from relay.errors import ConfigError
 from relay.hub import Hub
-from tools.cli import CliError
+from tools.errors import CliError
 
 BILLING_TOML = """\
 [server]

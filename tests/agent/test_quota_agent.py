@@ -19,9 +19,9 @@ from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings, wall_ms
 from quota.billing.server import BillingServer
 from quota.core import wire
-from tests.billing.conftest import RELAY, Api, make_config
-from tests.harness import poll
-from tests.sync_harness import SyncProxy
+from tests.billing.api import RELAY, Api, make_config
+from tests.rigs.sync_proxy import SyncProxy
+from tests.rigs.waits import poll
 
 
 class Host:

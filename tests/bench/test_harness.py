@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from bench import precision, sync
+from bench.__main__ import SECTIONS, main
+from bench.load import Sink, bulk
+from bench.report import Results, markdown
 from tests.bench.test_sync_bench import TINY_LOAD
-from tools.bench import precision, sync
-from tools.bench.__main__ import SECTIONS, main
-from tools.bench.load import Sink, bulk
-from tools.bench.procs import Procs
-from tools.bench.report import Results, markdown
+from tests.rigs.procs import Procs
 
 
 def test_bulk_over_loopback_counts_every_byte() -> None:
@@ -49,7 +49,7 @@ def test_report_lists_every_figure_with_stats() -> None:
 
 
 def test_main_writes_both_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`python -m tools.bench --only sync` writes results.json and RESULTS.md."""
+    """`python -m bench --only sync` writes results.json and RESULTS.md."""
 
     def tiny(res: Results, procs: Procs, quick: bool) -> None:  # seconds, not the quick ~30 s
         sync.run_plans(res, procs, sync.PurchasePlan(reps=1, purchases=2), TINY_LOAD)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.bench import sync, sync_load
-from tools.bench.procs import Procs
-from tools.bench.report import Results
+from bench import sync, sync_load
+from bench.report import Results
+from tests.rigs.procs import Procs
 
 TINY_LOAD = sync_load.LoadPlan(agents=20, per_account=10, interval_ms=200, reports=2, intervals=2)
 

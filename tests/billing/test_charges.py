@@ -7,7 +7,7 @@ from typing import Any
 
 from quota.billing.clock import ManualClock
 from quota.billing.server import BillingServer
-from tests.billing.conftest import DAY, Api, Webhook
+from tests.billing.api import DAY, Api, Webhook
 
 GB = 10**9
 
@@ -199,7 +199,7 @@ async def test_the_maintenance_loop_renews_on_its_own(tmp_path: Any, clock: Manu
     """With a 20 ms interval the server's own loop renews a subscription once its period ends."""
     import aiohttp
 
-    from tests.billing.conftest import make_config
+    from tests.billing.api import make_config
 
     config = make_config(tmp_path, maintenance_interval="20ms")
     async with BillingServer(config, clock=clock) as srv, aiohttp.ClientSession() as session:

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from quota.billing.server import BillingServer
-from tests.billing.conftest import ADMIN
+from tests.billing.api import ADMIN
 from tools.cli import CliError, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]

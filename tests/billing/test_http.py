@@ -11,7 +11,7 @@ from quota.billing.openapi import document
 from quota.billing.routes import ROUTES
 from quota.billing.server import BillingServer
 from quota.core import wire
-from tests.billing.conftest import ADMIN, DAY, RELAY, Api, check_schema
+from tests.billing.api import ADMIN, DAY, RELAY, Api, check_schema
 
 
 async def _ledger_len(api: Api, acc: str) -> int:

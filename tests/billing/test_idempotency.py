@@ -9,7 +9,7 @@ import aiohttp
 
 from quota.billing.clock import ManualClock
 from quota.billing.server import BillingServer
-from tests.billing.conftest import DAY, RELAY, Api, make_config
+from tests.billing.api import DAY, RELAY, Api, make_config
 
 
 async def _snapshot(api: Api, acc: str) -> Any:

@@ -6,7 +6,7 @@ from typing import Any
 
 from quota.billing.clock import ManualClock
 from quota.billing.server import BillingServer
-from tests.billing.conftest import DAY, Api, Webhook
+from tests.billing.api import DAY, Api, Webhook
 
 
 async def _kinds(api: Api, account_id: str) -> list[tuple[str, int, int]]:

@@ -18,7 +18,7 @@ from quota.billing.errors import ClientError
 from quota.billing.service import Principal
 from quota.billing.store import Store
 from quota.core import wire
-from tests.billing.conftest import DAY, make_config
+from tests.billing.api import DAY, make_config
 
 ADMIN = Principal(kind="admin")
 RELAY = Principal(kind="relay", id="relay-1")

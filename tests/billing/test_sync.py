@@ -18,7 +18,7 @@ from quota.billing.errors import ConfigError
 from quota.billing.openapi import document
 from quota.billing.server import BillingServer
 from quota.core import wire
-from tests.billing.conftest import ADMIN, DAY, RELAY, RELAY2, Api, make_config
+from tests.billing.api import ADMIN, DAY, RELAY, RELAY2, Api, make_config
 
 G = 10**9
 M = 10**6

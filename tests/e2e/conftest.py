@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import AgentSpec, Relay, Ssh, make_agent
+from tests.rigs.keys import AgentSpec, make_agent
+from tests.rigs.relay import Relay
+from tests.rigs.ssh import Ssh
 
 
 @pytest.fixture
@@ -37,24 +39,3 @@ async def clients() -> AsyncIterator[list[Ssh]]:
     yield started
     for c in started:
         await c.stop()
-
-
-async def expose(relay: Relay, agent: AgentSpec, spec: str, clients: list[Ssh]) -> Ssh:
-    """`ssh -N -R spec relay` as a client agent; returns once the relay confirmed it."""
-    ssh = Ssh(relay, agent, "-N", "-R", spec, "relay")
-    clients.append(ssh)
-    await ssh.start("-v")
-    await ssh.wait_for_line("remote forward success")
-    return ssh
-
-
-async def local_forward(
-    relay: Relay, agent: AgentSpec, port: int, target: str, clients: list[Ssh]
-) -> Ssh:
-    """`ssh -N -L port:target relay` as a support agent; returns once it listens."""
-    ssh = Ssh(relay, agent, "-N", "-L", f"127.0.0.1:{port}:{target}", "relay")
-    clients.append(ssh)
-    await ssh.start("-v")
-    await ssh.wait_for_line(f"Local forwarding listening on 127.0.0.1 port {port}")
-    await ssh.wait_for_line("Entering interactive session")
-    return ssh

@@ -6,8 +6,11 @@ import asyncio
 import socket
 
 from relay.streamquery import list_streams
-from tests.e2e.conftest import expose, local_forward
-from tests.harness import AgentSpec, DigestService, Relay, Ssh, exchange, pattern, poll, sha
+from tests.rigs.keys import AgentSpec
+from tests.rigs.relay import Relay
+from tests.rigs.services import DigestService, exchange, pattern, sha
+from tests.rigs.ssh import Ssh, expose, local_forward
+from tests.rigs.waits import poll
 
 MiB = 1024 * 1024
 

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 from relay.streamquery import list_streams
-from tests.e2e.conftest import expose, local_forward
-from tests.harness import ROOT, AgentSpec, DigestService, Relay, Ssh, poll
+from tests.rigs.keys import AgentSpec
+from tests.rigs.relay import ROOT, Relay
+from tests.rigs.services import DigestService
+from tests.rigs.ssh import Ssh, expose, local_forward
+from tests.rigs.waits import poll
 
 
 def free_port() -> int:

@@ -9,8 +9,11 @@ from collections.abc import AsyncIterator
 import asyncssh
 import pytest
 
-from tests.e2e.conftest import expose
-from tests.harness import AgentSpec, DigestService, Relay, Ssh, exchange, pattern, poll, sha
+from tests.rigs.keys import AgentSpec
+from tests.rigs.relay import Relay
+from tests.rigs.services import DigestService, exchange, pattern, sha
+from tests.rigs.ssh import Ssh, expose
+from tests.rigs.waits import poll
 
 MiB = 1024 * 1024
 

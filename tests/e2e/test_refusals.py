@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 from relay.streamquery import list_streams
-from tests.e2e.conftest import expose
-from tests.harness import AgentSpec, DigestService, Relay, Ssh
+from tests.rigs.keys import AgentSpec
+from tests.rigs.relay import Relay
+from tests.rigs.services import DigestService
+from tests.rigs.ssh import Ssh, expose
 
 
 def refusal_lines(relay: Relay) -> list[dict[str, object]]:

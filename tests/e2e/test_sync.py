@@ -12,9 +12,13 @@ from pathlib import Path
 import pytest
 
 from relay.streamquery import list_streams, totals
-from tests.e2e.conftest import expose, local_forward
-from tests.harness import AgentSpec, DigestService, Relay, Ssh, pattern, poll, sha
-from tests.sync_harness import Billing, SyncProxy, synced_relay
+from tests.rigs.billing import Billing, synced_relay
+from tests.rigs.keys import AgentSpec
+from tests.rigs.relay import Relay
+from tests.rigs.services import DigestService, pattern, sha
+from tests.rigs.ssh import Ssh, expose, local_forward
+from tests.rigs.sync_proxy import SyncProxy
+from tests.rigs.waits import poll
 
 MB = 1_000_000
 

@@ -9,7 +9,8 @@ import socket
 import sys
 from pathlib import Path
 
-from tests.harness import ROOT, DigestService, exchange, pattern, sha
+from tests.rigs.relay import ROOT
+from tests.rigs.services import DigestService, exchange, pattern, sha
 
 
 def free_port() -> int:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import AgentSpec, Relay, make_agent
-from tests.udp.helpers import AgentProc
+from tests.rigs.agent import AgentProc
+from tests.rigs.keys import AgentSpec, make_agent
+from tests.rigs.relay import Relay
 
 
 @pytest.fixture
@@ -37,9 +38,3 @@ async def procs() -> AsyncIterator[list[AgentProc]]:
     yield started
     for p in started:
         await p.stop()
-
-
-async def start(procs: list[AgentProc], proc: AgentProc, *extra: str) -> AgentProc:
-    procs.append(proc)
-    await proc.start(*extra)
-    return await proc.ready()

@@ -7,9 +7,10 @@ import asyncio
 from structlog.testing import capture_logs
 
 from relay.udp_flow import RefusalLog
-from tests.harness import AgentSpec, Relay
-from tests.udp.conftest import start
-from tests.udp.helpers import AgentProc, UdpService, datagram, echo_round_trips, peer
+from tests.rigs.agent import AgentProc, start
+from tests.rigs.keys import AgentSpec
+from tests.rigs.relay import Relay
+from tests.udp.helpers import UdpService, datagram, echo_round_trips, peer
 
 
 async def tcp_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

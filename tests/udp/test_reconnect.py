@@ -6,9 +6,11 @@ import socket
 from pathlib import Path
 
 from relay.streamquery import list_streams
-from tests.harness import AgentSpec, Relay, poll
-from tests.udp.conftest import start
-from tests.udp.helpers import AgentProc, UdpService, datagram, echo_round_trips, peer
+from tests.rigs.agent import AgentProc, start
+from tests.rigs.keys import AgentSpec
+from tests.rigs.relay import Relay
+from tests.rigs.waits import poll
+from tests.udp.helpers import UdpService, datagram, echo_round_trips, peer
 
 
 def free_tcp_port() -> int:

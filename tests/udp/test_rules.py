@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from relay.streamquery import list_streams
-from tests.harness import AgentSpec, Relay, poll
-from tests.udp.conftest import start
-from tests.udp.helpers import AgentProc, UdpService, datagram, echo_round_trips, peer
+from tests.rigs.agent import AgentProc, start
+from tests.rigs.keys import AgentSpec
+from tests.rigs.relay import Relay
+from tests.rigs.waits import poll
+from tests.udp.helpers import UdpService, datagram, echo_round_trips, peer
 from tools.agent.config import AgentConfigError, load_agent_config, parse_connect, parse_expose
 
 

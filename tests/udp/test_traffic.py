@@ -6,9 +6,11 @@ import asyncio
 import random
 
 from relay.streamquery import list_streams
-from tests.harness import AgentSpec, Relay, poll
-from tests.udp.conftest import start
-from tests.udp.helpers import AgentProc, Peer, UdpService, datagram, echo_round_trips, peer
+from tests.rigs.agent import AgentProc, start
+from tests.rigs.keys import AgentSpec
+from tests.rigs.relay import Relay
+from tests.rigs.waits import poll
+from tests.udp.helpers import Peer, UdpService, datagram, echo_round_trips, peer
 
 COUNT = 10_000
 

@@ -22,12 +22,13 @@ import threading
 import time
 from typing import Any, cast
 
+from bench.load import Sink, SinkConn, connect
+from bench.report import Results, Target
 from quota.core.bucket import Bucket
 from relay.pump import Leg
-from tools.bench.load import Sink, SinkConn, connect
-from tools.bench.procs import Procs, wait_for
-from tools.bench.report import Results, Target
-from tools.bench.rigs import RelayRig
+from tests.rigs.procs import Procs
+from tests.rigs.relay import RelayRig
+from tests.rigs.waits import wait_for
 
 _BUF = memoryview(bytes(range(256)) * 4096)  # 1 MiB
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tools.bench.load import Sink, bulk
-from tools.bench.procs import Procs, cpu_seconds
-from tools.bench.report import Results, Target
-from tools.bench.rigs import BIG_GRANT, RelayRig, SshdRig, cipher_of, socat
+from bench.load import Sink, bulk
+from bench.report import Results, Target
+from bench.stats import cpu_seconds
+from tests.rigs.contenders import SshdRig, socat
+from tests.rigs.procs import Procs
+from tests.rigs.relay import BIG_GRANT, RelayRig
+from tests.rigs.ssh import cipher_of
 
 
 @dataclass(slots=True, kw_only=True)

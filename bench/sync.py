@@ -7,7 +7,7 @@ Invariants:
   new byte at the sink. The relay's sync interval is 30 s, so only the push
   channel can explain a resume within a second; each purchase's count of relay
   reports is recorded to show it.
-- Point 7 is measured by `tools.bench.sync_load` (its docstring says how).
+- Point 7 is measured by `bench.sync_load` (its docstring says how).
 - A part that fails records its figures as not measured, with the reason; the
   other part still runs. Every process either part started is stopped with the
   section's `Procs`.
@@ -23,12 +23,14 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tools.bench import sync_load
-from tools.bench.load import Sink, SinkConn, connect
-from tools.bench.precision import _sender
-from tools.bench.procs import Procs, wait_for
-from tools.bench.report import Results, Target
-from tools.bench.sync_rigs import BillingRig, SyncedRelay, agent_key
+from bench import sync_load
+from bench.load import Sink, SinkConn, connect
+from bench.precision import _sender
+from bench.report import Results, Target
+from tests.rigs.billing import BillingRig, synced_rig
+from tests.rigs.procs import Procs
+from tests.rigs.relay import RelayRig
+from tests.rigs.waits import wait_for
 
 PURCHASE = (
     ("resume.purchase.p50", "5", "package purchase to first byte delivered, p50", "ms"),
@@ -53,7 +55,7 @@ class PurchasePlan:
     purchases: int = 30
 
 
-def _paused_at(relay: SyncedRelay, conn: SinkConn, total: int) -> None:
+def _paused_at(relay: RelayRig, conn: SinkConn, total: int) -> None:
     """Wait until exactly `total` bytes arrived and the relay holds the stream paused."""
     wait_for(lambda: conn.received >= total, f"{total} bytes at the sink", timeout=30)
     wait_for(lambda: relay.states() == ["paused"], "the stream to pause", timeout=30)
@@ -63,7 +65,7 @@ def _paused_at(relay: SyncedRelay, conn: SinkConn, total: int) -> None:
 
 
 def _purchases(
-    billing: BillingRig, relay: SyncedRelay, client_id: str, conn: SinkConn, n: int
+    billing: BillingRig, relay: RelayRig, client_id: str, conn: SinkConn, n: int
 ) -> tuple[list[float], list[float], list[int]]:
     """`n` purchases: latency to the first new byte, the API call alone, relay reports each."""
     lat: list[float] = []
@@ -96,21 +98,18 @@ def measure_purchase(res: Results, procs: Procs, plan: PurchasePlan) -> None:
     res.command("billing API for purchase to first byte", billing.command())
     folder = procs.folder / "purchase_keys"
     folder.mkdir(parents=True, exist_ok=True)
-    (owner_key, owner_pub), (tech_key, tech_pub) = (
-        agent_key(folder, "owner"),
-        agent_key(folder, "tech"),
-    )
     account = billing.account("bench", 10**7)  # 10,000 coin: far more packages than bought
-    client_id = billing.agent(account, "owner", "client", owner_pub)
-    tech_id = billing.agent(account, "tech", "support", tech_pub)
+    owner = billing.agent(folder, account, "owner", "client")
+    tech = billing.agent(folder, account, "tech", "support")
+    client_id = owner.agent_id
     billing.api("POST", f"/v1/agents/{client_id}/subscription", {"plan": "small"})
-    relay = SyncedRelay(procs, "relay_synced", billing, interval=INTERVAL).start()
+    relay = synced_rig(procs, "relay_synced", billing, interval=INTERVAL).start()
     res.command("relay synced to the billing API", relay.command())
-    wait_for(lambda: relay.knows(client_id, tech_id), "the relay to learn the agents", 30)
+    wait_for(lambda: relay.knows(client_id, tech.agent_id), "the relay to learn the agents", 30)
     sink = Sink(trace=True)
     try:
-        relay.expose_endpoint(owner_key, client_id, sink.port)
-        _support, port = relay.support_forward(tech_key, tech_id)
+        relay.expose_endpoint(sink.port, agent=owner)
+        _support, port = relay.support_forward(agent=tech)
         sock = connect(port, timeout=300)
         sender = threading.Thread(target=_sender, args=(sock, 1 << 40, random.Random(8)))
         sender.start()
@@ -131,7 +130,7 @@ def measure_purchase(res: Results, procs: Procs, plan: PurchasePlan) -> None:
 def _record_purchases(
     res: Results,
     billing: BillingRig,
-    relay: SyncedRelay,
+    relay: RelayRig,
     client_id: str,
     conn: SinkConn,
     plan: PurchasePlan,
@@ -169,7 +168,7 @@ def measure_load(res: Results, procs: Procs, plan: sync_load.LoadPlan) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     res.command(
         "relay side for 1,000 agents (in-process)",
-        f"tools.bench.sync_load: QuotaAgent + Fleet host, {plan}",
+        f"bench.sync_load: QuotaAgent + Fleet host, {plan}",
     )
     got = sync_load.run(billing.url, billing.pid, folder, plan)
     notes = sync_load.describe(got, plan)

@@ -17,10 +17,12 @@ import socket
 import sys
 import time
 
-from tools.bench.load import _PAYLOAD, connect
-from tools.bench.procs import Procs, rss_bytes, wait_for
-from tools.bench.report import Results, Target
-from tools.bench.rigs import BIG_GRANT, ROOT, RelayRig
+from bench.load import _PAYLOAD, connect
+from bench.report import Results, Target
+from bench.stats import rss_bytes
+from tests.rigs.procs import Procs
+from tests.rigs.relay import BIG_GRANT, ROOT, RelayRig
+from tests.rigs.waits import wait_for
 
 BATCH = 250
 MB = 1e6
@@ -29,7 +31,7 @@ MB = 1e6
 def _holder(procs: Procs) -> int:
     port_file = procs.folder / "holder.port"
     port_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "tools.bench.load", "hold", str(port_file)]
+    cmd = [sys.executable, "-m", "bench.load", "hold", str(port_file)]
     procs.start("holder", cmd, cwd=ROOT)
     wait_for(lambda: port_file.exists() and port_file.read_text() != "", "the holder")
     return int(port_file.read_text())

@@ -1,4 +1,4 @@
-"""`python -m tools.bench [--quick] [--only NAME ...] [--out DIR]`: run the suite, write the report.
+"""`python -m bench [--quick] [--only NAME ...] [--out DIR]`: run the suite, write the report.
 
 Sections: throughput (points 1, 2, 3, 8), precision (4), resume (5), memory (6),
 sync (5 and 7, waiting for the billing sync). Each section runs in its own
@@ -16,10 +16,10 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from tools.bench import memory, precision, sync, throughput
-from tools.bench.procs import Procs, raise_nofile
-from tools.bench.report import Results
-from tools.bench.setup_tools import missing_tools
+from bench import memory, precision, sync, throughput
+from bench.report import Results
+from bench.setup_tools import missing_tools
+from tests.rigs.procs import Procs, raise_nofile
 
 Section = Callable[[Results, Procs, bool], None]
 
@@ -39,7 +39,7 @@ SECTIONS: dict[str, Section] = {
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, few repetitions (~1 min)")
     p.add_argument(
         "--only",
@@ -55,7 +55,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     raise_nofile()
-    res = Results(quick=args.quick, argv=["python -m tools.bench", *(argv or sys.argv[1:])])
+    res = Results(quick=args.quick, argv=["python -m bench", *(argv or sys.argv[1:])])
     missing = missing_tools()
     if missing:
         res.notes.append(f"missing tools (figures that need them fail): {', '.join(missing)}")

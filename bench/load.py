@@ -8,7 +8,7 @@ Invariants:
   other than the one sent fails the run (a figure is never made of a broken run).
 - Blocking sockets in threads: the kernel does the copying with the GIL released,
   so the load generator costs the same for every contender.
-- `python -m tools.bench.load hold PORTFILE` runs a sink that only accepts and holds
+- `python -m bench.load hold PORTFILE` runs a sink that only accepts and holds
   connections (for thousands of idle streams in a process of its own).
 """
 
@@ -164,8 +164,8 @@ async def _hold(port_file: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "hold":
-        sys.exit("usage: python -m tools.bench.load hold PORTFILE")
-    from tools.bench.procs import raise_nofile
+        sys.exit("usage: python -m bench.load hold PORTFILE")
+    from tests.rigs.procs import raise_nofile
 
     raise_nofile()
     try:

@@ -35,12 +35,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.stats import cpu_seconds
 from quota.agent.client import BillingClient
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings
 from quota.core import wire
-from tools.bench.procs import cpu_seconds
-from tools.bench.sync_rigs import ADMIN, RELAY_TOKEN
+from tests.rigs.billing import ADMIN, RELAY_TOKEN
 
 LOW_WATER = 1_000_000
 MEAN_USE = 100_000  # bytes per agent per interval: 1,000 agents, ~100 MB/s through the relay

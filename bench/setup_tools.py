@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-NEEDED = {"ssh": "openssh-client", "ssh-keygen": "openssh-client", "socat": "socat"}
+NEEDED = {"ssh": "openssh-client", "socat": "socat"}
 SSHD = Path("/usr/sbin/sshd")
 
 

@@ -1,4 +1,4 @@
-"""Child processes of a bench run: start them, wait for them, read them, stop them all.
+"""Child processes of a bench section: start them, wait for them, read them, stop them all.
 
 Invariants:
 - Every child starts in its own session, so `Procs.close` can stop it and any
@@ -7,7 +7,6 @@ Invariants:
   its own at start (`raise_nofile`), before any thread or child exists.
 - Children write their output to files in the run's folder, never to pipes we
   could forget to drain.
-- Memory and CPU are read from /proc/<pid>, nothing else (CPU in ns from schedstat).
 """
 
 from __future__ import annotations
@@ -18,9 +17,10 @@ import resource
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
+
+from tests.rigs.waits import wait_for
 
 
 def raise_nofile() -> None:
@@ -33,41 +33,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size from /proc/<pid>/status (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process, all its threads, in ns resolution from /proc/<pid>/task/*/schedstat.
-
-    Falls back to user plus system time from /proc/<pid>/stat (10 ms ticks).
-    """
-    try:
-        total = 0
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-                total += int((task / "schedstat").read_text().split()[0])
-        return total / 1e9
-    except (OSError, ValueError, IndexError):
-        text = Path(f"/proc/{pid}/stat").read_text()
-        fields = text[text.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for(check: object, what: str, timeout: float = 30.0, every: float = 0.02) -> None:
-    """Poll `check()` until true; raise naming `what` after `timeout` seconds."""
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 class Child:

@@ -1,4 +1,4 @@
-"""The benchmark suite behind `make bench` (`python -m tools.bench`).
+"""The benchmark suite behind `make bench` (`python -m bench`).
 
 Invariants:
 - Benchmarks record figures; they never assert a time.

@@ -1,0 +1,47 @@
+"""Agent keys and the relay's agents file.
+
+Keys are fresh ed25519 pairs written with mode 0600 (OpenSSH refuses looser
+ones); the public line sits beside the private key, in `<key>.pub`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+
+@dataclass
+class AgentSpec:
+    agent_id: str
+    account: str
+    role: str
+    key_path: Path
+    public: str
+    active: bool = True
+
+
+def keypair(path: Path) -> str:
+    """Write a new ed25519 key pair at `path` (and `path`.pub); return the public key line."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path.write_bytes(key.export_private_key())
+    path.chmod(0o600)
+    public = key.export_public_key().decode().strip()
+    path.with_name(path.name + ".pub").write_text(public + "\n")
+    return public
+
+
+def make_agent(tmp: Path, agent_id: str, account: str, role: str, active: bool = True) -> AgentSpec:
+    path = tmp / f"{agent_id}.key"
+    return AgentSpec(agent_id, account, role, path, keypair(path), active)
+
+
+def agents_toml(agents: list[AgentSpec]) -> str:
+    parts = []
+    for a in agents:
+        parts.append(
+            f'[[agent]]\nid = "{a.agent_id}"\naccount = "{a.account}"\nrole = "{a.role}"\n'
+            f'keys = ["{a.public}"]\nactive = {"true" if a.active else "false"}\n'
+        )
+    return "\n".join(parts)
