@@ -54,7 +54,10 @@ class SyncSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HeldLease:
-    """What the journal holds of one agent's lease on this relay, as cumulative totals."""
+    """The relay's record of one agent's lease, as its journal holds it (cumulative totals).
+
+    The billing API's record of the same lease is `quota.core.lease.LeaseTotals`.
+    """
 
     agent_id: str
     applied_total: int  # granted by the billing API and put in buckets
