@@ -3,6 +3,8 @@
 Invariants:
 - Every call has an explicit, short timeout; aiohttp's 300 s default would
   stall a sync for minutes.
+- A report is encoded once (`encode_report`), stored, and sent as stored: a
+  resend is byte-identical to the first send.
 - Nothing aiohttp raises leaves this module: a refused connection, a timeout, a
   5xx, a 4xx or an answer that does not parse as its wire message all become
   `BillingUnavailable` with a message saying which.
@@ -13,14 +15,37 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aiohttp
 
 from quota.agent.errors import BillingUnavailable
 from quota.core import wire
+from quota.core.sync import Report
 
 T = TypeVar("T")
+_JSON = {"Content-Type": "application/json"}
+
+
+def encode_report(report: Report) -> bytes:
+    """The numbered report as the `/v1/sync` body it will be sent as, every time."""
+    message = wire.SyncRequest(
+        seq=report.seq,
+        items=[
+            wire.SyncItem(
+                agent_id=i.agent_id,
+                tunnel_id=i.tunnel_id,
+                bytes=i.bytes,
+                tunnel_seconds=i.tunnel_seconds,
+            )
+            for i in report.items
+        ],
+        leases=[
+            wire.LeaseRequest(agent_id=a.agent_id, want=a.want, returned=a.returned)
+            for a in report.leases
+        ],
+    )
+    return json.dumps(wire.dump(message)).encode()
 
 
 class BillingClient:
@@ -45,10 +70,11 @@ class BillingClient:
         assert self._session is not None, "use BillingClient as an async context manager"
         return self._session
 
-    async def _call(self, method: str, path: str, cls: type[T], body: Any = None) -> T:
+    async def _call(self, method: str, path: str, cls: type[T], body: bytes | None = None) -> T:
         url = self.url + path
+        headers = None if body is None else _JSON
         try:
-            async with self.session.request(method, url, json=body) as resp:
+            async with self.session.request(method, url, data=body, headers=headers) as resp:
                 text = await resp.text()
                 if resp.status >= 400:
                     raise BillingUnavailable(f"{method} {path}: HTTP {resp.status}: {text[:200]}")
@@ -66,7 +92,8 @@ class BillingClient:
         except wire.WireError as exc:
             raise BillingUnavailable(f"{method} {path}: malformed answer: {exc}") from None
 
-    async def sync(self, body: dict[str, Any]) -> wire.SyncAnswer:
+    async def sync(self, body: bytes) -> wire.SyncAnswer:
+        """Post one encoded report (see `encode_report`), exactly as stored."""
         return await self._call("POST", "/v1/sync", wire.SyncAnswer, body)
 
     async def relay_agents(self) -> wire.RelayAgentList:

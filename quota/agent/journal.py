@@ -7,14 +7,22 @@ Invariants:
 - A report leaves the outbox only when the billing API acknowledged it.
 - `applied_total` only grows: it is the cumulative lease the billing API
   granted this relay for an agent, as far as this relay has put it in buckets.
-- One long-lived aiosqlite connection in WAL mode; closed on exit even when cancelled.
+- A report is stored under the number it was given before it was encoded,
+  and only if that is the next number: the body stored is the body sent.
+- Every storage error (sqlite3, aiosqlite, OSError) leaves this module as a
+  `JournalError` naming the step; a failed write is rolled back whole.
+- One long-lived aiosqlite connection in WAL mode, used by one step at a time
+  (a transaction never takes in another task's statements); closed on exit
+  even when cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from dataclasses import dataclass
+import sqlite3
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,7 +30,11 @@ from typing import Any
 import aiosqlite
 
 from quota.agent.errors import JournalError
+from quota.core.sync import HeldLease
 from quota.sqlite_open import join_worker
+
+# What sqlite3 and aiosqlite raise: ValueError is aiosqlite's "no active connection".
+_STORAGE_ERRORS = (sqlite3.Error, OSError, ValueError)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -39,22 +51,13 @@ CREATE TABLE IF NOT EXISTS agents_cache (id INTEGER PRIMARY KEY CHECK (id = 1), 
 """
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeaseTotals:
-    agent_id: str
-    applied_total: int
-    used_total: int
-    returned_total: int
-
-    @property
-    def remaining(self) -> int:
-        return max(0, self.applied_total - self.used_total - self.returned_total)
-
-
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        # One statement sequence at a time on the one connection: the sync and the
+        # registry loops share it, and a transaction must not take in another's statements.
+        self._turn = asyncio.Lock()
 
     async def __aenter__(self) -> Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +83,10 @@ class Journal:
     ) -> None:
         if self._db is not None:
             db, self._db = self._db, None
-            await asyncio.shield(db.close())
+            try:
+                await asyncio.shield(db.close())
+            except _STORAGE_ERRORS as exc:
+                raise JournalError(f"cannot close the journal {self.path}: {exc}") from None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -88,24 +94,61 @@ class Journal:
             raise JournalError("the journal is not open")
         return self._db
 
-    async def append(
-        self,
-        body: dict[str, Any],
-        used: dict[str, int],
-        returned: dict[str, int],
-        now_ms: int,
-    ) -> int:
-        """Store one report under the next sequence number, with its lease totals."""
-        db = self.db
-        try:
-            await db.execute("BEGIN IMMEDIATE")
+    @contextlib.asynccontextmanager
+    async def _reading(self, step: str) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._turn:
+            try:
+                yield self.db
+            except _STORAGE_ERRORS as exc:
+                raise JournalError(f"cannot {step}: {exc}") from None
+
+    @contextlib.asynccontextmanager
+    async def _writing(self, step: str) -> AsyncIterator[aiosqlite.Connection]:
+        """One transaction: committed whole, or rolled back and raised as a JournalError."""
+        async with self._turn:
+            db = self.db
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except _STORAGE_ERRORS as exc:  # nothing began: nothing to roll back
+                raise JournalError(f"cannot {step}: {exc}") from None
+            try:
+                yield db
+                await db.commit()
+            except BaseException as exc:  # a cancelled write is rolled back too
+                with contextlib.suppress(*_STORAGE_ERRORS):
+                    await asyncio.shield(db.rollback())
+                if isinstance(exc, _STORAGE_ERRORS):
+                    raise JournalError(f"cannot {step}: {exc}") from None
+                raise
+
+    async def next_seq(self) -> int:
+        """The number the next report must carry (1 for a new journal)."""
+        async with self._reading("read the next report number") as db:
             row = await (
                 await db.execute("SELECT value FROM meta WHERE key = 'next_seq'")
             ).fetchone()
-            seq = int(row[0]) if row else 1
+        return int(row[0]) if row else 1
+
+    async def append(
+        self,
+        seq: int,
+        body: bytes,
+        used: Mapping[str, int],
+        returned: Mapping[str, int],
+        now_ms: int,
+    ) -> None:
+        """Store one encoded report under `seq`, the next number, with its lease totals."""
+        async with self._writing("write a report to the journal") as db:
+            row = await (
+                await db.execute("SELECT value FROM meta WHERE key = 'next_seq'")
+            ).fetchone()
+            expected = int(row[0]) if row else 1
+            if seq != expected:
+                raise JournalError(
+                    f"report numbered {seq}, the journal's next number is {expected}"
+                )
             await db.execute(
-                "INSERT INTO outbox (seq, body, created_ms) VALUES (?, ?, ?)",
-                (seq, json.dumps({**body, "seq": seq}), now_ms),
+                "INSERT INTO outbox (seq, body, created_ms) VALUES (?, ?, ?)", (seq, body, now_ms)
             )
             await db.execute(
                 "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
@@ -120,28 +163,25 @@ class Journal:
                     "returned_total = returned_total + excluded.returned_total",
                     (agent_id, used.get(agent_id, 0), returned.get(agent_id, 0)),
                 )
-            await db.commit()
-        except Exception as exc:
-            await db.rollback()
-            raise JournalError(f"cannot write to the journal: {exc}") from None
-        return seq
 
-    async def pending(self, limit: int = 100) -> list[tuple[int, dict[str, Any]]]:
-        """Reports not acknowledged yet, oldest first."""
-        cursor = await self.db.execute(
-            "SELECT seq, body FROM outbox ORDER BY seq LIMIT ?", (limit,)
-        )
-        return [(int(seq), json.loads(body)) for seq, body in await cursor.fetchall()]
+    async def pending(self, limit: int = 100) -> list[tuple[int, bytes]]:
+        """Reports not acknowledged yet, oldest first, each body as it is sent."""
+        async with self._reading("read the outbox") as db:
+            cursor = await db.execute("SELECT seq, body FROM outbox ORDER BY seq LIMIT ?", (limit,))
+            rows = await cursor.fetchall()
+        # bodies written before reports were stored encoded are TEXT
+        return [
+            (int(seq), body if isinstance(body, bytes) else body.encode()) for seq, body in rows
+        ]
 
     async def pending_count(self) -> int:
-        row = await (await self.db.execute("SELECT COUNT(*) FROM outbox")).fetchone()
+        async with self._reading("count the outbox") as db:
+            row = await (await db.execute("SELECT COUNT(*) FROM outbox")).fetchone()
         return int(row[0]) if row else 0
 
-    async def ack(self, seq: int, applied: dict[str, int]) -> None:
+    async def ack(self, seq: int, applied: Mapping[str, int]) -> None:
         """Drop an acknowledged report and raise the applied lease totals, in one transaction."""
-        db = self.db
-        try:
-            await db.execute("BEGIN IMMEDIATE")
+        async with self._writing("acknowledge a report in the journal") as db:
             await db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
             for agent_id, total in applied.items():
                 await db.execute(
@@ -150,39 +190,40 @@ class Journal:
                     "applied_total = MAX(applied_total, excluded.applied_total)",
                     (agent_id, total),
                 )
-            await db.commit()
-        except Exception as exc:
-            await db.rollback()
-            raise JournalError(f"cannot write to the journal: {exc}") from None
 
-    async def drop(self, agent_id: str, nbytes: int) -> None:
-        """Count an expired lease's unused bytes as given back, without reporting them."""
-        await self.db.execute(
-            "INSERT INTO leases (agent_id, returned_total) VALUES (?, ?) "
-            "ON CONFLICT(agent_id) DO UPDATE SET returned_total = returned_total + ?",
-            (agent_id, nbytes, nbytes),
-        )
-        await self.db.commit()
+    async def drop(self, dropped: Mapping[str, int]) -> None:
+        """Count expired leases' unused bytes as given back, without reporting them."""
+        async with self._writing("record expired leases in the journal") as db:
+            for agent_id, nbytes in dropped.items():
+                await db.execute(
+                    "INSERT INTO leases (agent_id, returned_total) VALUES (?, ?) "
+                    "ON CONFLICT(agent_id) DO UPDATE SET returned_total = returned_total + ?",
+                    (agent_id, nbytes, nbytes),
+                )
 
-    async def leases(self) -> dict[str, LeaseTotals]:
-        cursor = await self.db.execute(
-            "SELECT agent_id, applied_total, used_total, returned_total FROM leases"
-        )
+    async def leases(self) -> dict[str, HeldLease]:
+        async with self._reading("read the lease totals") as db:
+            cursor = await db.execute(
+                "SELECT agent_id, applied_total, used_total, returned_total FROM leases"
+            )
+            rows = await cursor.fetchall()
         return {
-            row[0]: LeaseTotals(
+            row[0]: HeldLease(
                 agent_id=row[0], applied_total=row[1], used_total=row[2], returned_total=row[3]
             )
-            for row in await cursor.fetchall()
+            for row in rows
         }
 
     async def save_agents(self, agents: list[dict[str, Any]]) -> None:
-        await self.db.execute(
-            "INSERT INTO agents_cache (id, body) VALUES (1, ?) "
-            "ON CONFLICT(id) DO UPDATE SET body = excluded.body",
-            (json.dumps(agents),),
-        )
-        await self.db.commit()
+        async with self._writing("cache the agent registry in the journal") as db:
+            await db.execute(
+                "INSERT INTO agents_cache (id, body) VALUES (1, ?) "
+                "ON CONFLICT(id) DO UPDATE SET body = excluded.body",
+                (json.dumps(agents),),
+            )
 
     async def load_agents(self) -> list[dict[str, Any]] | None:
-        row = await (await self.db.execute("SELECT body FROM agents_cache WHERE id = 1")).fetchone()
+        async with self._reading("read the agent cache") as db:
+            cursor = await db.execute("SELECT body FROM agents_cache WHERE id = 1")
+            row = await cursor.fetchone()
         return None if row is None else list(json.loads(row[0]))

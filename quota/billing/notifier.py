@@ -20,6 +20,7 @@ import structlog
 
 from quota.billing.errors import NotifyError
 from quota.billing.op import Notice
+from quota.core.backoff import backoff_ms
 
 log = structlog.get_logger("quota.billing")
 
@@ -79,7 +80,10 @@ class Notifier:
                 log.warning(
                     "billing_notice_retry", notice=notice.kind, attempt=attempt, error=str(exc)
                 )
-                await asyncio.sleep(self.backoff_s * 2**attempt)
+                wait_ms = backoff_ms(
+                    attempt, first_ms=round(self.backoff_s * 1000), jitter=0, draw=0
+                )
+                await asyncio.sleep(wait_ms / 1000)
         log.error("billing_notice_failed", account_id=notice.account_id, notice=notice.kind)
 
     async def _post(self, notice: Notice) -> None:

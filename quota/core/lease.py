@@ -30,7 +30,10 @@ from quota.core.money import Rate, units_affordable
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LeaseTotals:
-    """One relay's lease for one agent, as cumulative byte totals."""
+    """One relay's lease for one agent as the billing API keeps it, in cumulative byte totals.
+
+    The relay's own record of the same lease is `quota.core.sync.HeldLease`.
+    """
 
     granted_total: int = 0
     used_total: int = 0

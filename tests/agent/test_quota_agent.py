@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -183,7 +185,7 @@ async def test_billing_failures_keep_counts_then_catch_up_exactly(
         host.used[(agent_id, "t1")] = 7000
         await quota.flush()  # counting goes on while the API is away
         failing.mode = "forward"
-        quota._next_try_ms = 0  # skip the backoff wait rather than sleep through it
+        quota.retry_now()  # skip the backoff wait rather than sleep through it
         await quota.send()
         assert await quota.journal.pending_count() == 0 and quota.online
         assert host.leased[agent_id] > 0
@@ -315,3 +317,78 @@ async def test_a_journal_that_cannot_open_is_named(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match=r"cannot open the journal .*j\.db"):
         async with Journal(tmp_path / "j.db"):
             pass
+
+
+class Recording(Failing):
+    """The failing stand-in that also keeps every /v1/sync body exactly as it arrived."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.bodies: list[bytes] = []
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/sync":
+            self.bodies.append(await request.read())
+        return await super()._handle(request)
+
+
+async def test_a_report_is_resent_byte_for_byte_under_its_number(
+    tmp_path: Path, billing: tuple[BillingServer, Api]
+) -> None:
+    """A report that failed goes out again as the same bytes, numbered before it was stored."""
+    server, api = billing
+    (agent_id,) = await subscribed_agents(api, 1)
+    host = Host()
+    async with (
+        Recording(server.url) as proxy,
+        quota_agent(tmp_path / "j.db", proxy.url, host) as quota,
+    ):
+        proxy.mode = "error"
+        host.used[(agent_id, "t1")] = 5000
+        await quota.round()
+        (stored,) = await quota.journal.pending()
+        proxy.mode = "forward"
+        quota.retry_now()
+        await quota.send()
+        assert proxy.bodies == [stored[1], stored[1]]
+        assert json.loads(stored[1])["seq"] == stored[0] == 1
+    assert await agent_usage(api, agent_id) == 5000
+
+
+async def test_a_storage_error_does_not_end_the_sync_loop(
+    tmp_path: Path, billing: tuple[BillingServer, Api]
+) -> None:
+    """A locked journal is a counted error the loop outlives; freed, the usage arrives once."""
+    server, api = billing
+    (agent_id,) = await subscribed_agents(api, 1)
+    host, path = Host(), tmp_path / "j.db"
+    async with quota_agent(path, server.url, host, interval_ms=50) as quota:
+        await quota.journal.db.execute("PRAGMA busy_timeout = 20")  # fail fast while locked
+        host.short[agent_id] = 1000
+        running = asyncio.create_task(quota.run())
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            await poll(lambda: host.leased[agent_id] > 0, "a first lease")
+            host.short.clear()
+            other.execute("BEGIN IMMEDIATE")  # another writer holds the journal
+            host.used[(agent_id, "t1")] = 5000
+            day = 86_400_000  # a day on: the lease expires, and dropping it is a journal write
+            quota.clock_ms = lambda: wall_ms() + day
+            await poll(
+                lambda: quota.counters["journal_errors"] >= 2 or running.done(), "journal errors"
+            )
+            assert not running.done()
+            other.execute("ROLLBACK")
+
+            async def delivered() -> bool:
+                return await quota.journal.pending_count() == 0 and (
+                    await agent_usage(api, agent_id) >= 5000
+                )
+
+            await poll(delivered, "the report held back by the lock")
+            assert not running.done()
+        finally:
+            other.close()
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+    assert await agent_usage(api, agent_id) == 5000

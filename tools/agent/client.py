@@ -30,6 +30,7 @@ from typing import Any
 
 import asyncssh
 
+from quota.core.backoff import backoff_ms
 from tools.agent.config import AgentConfig, Connect, Expose
 from tools.agent.udp import LocalListener, SupportChannel, exposed_factory
 
@@ -158,11 +159,11 @@ async def session(cfg: AgentConfig, plan: Plan) -> None:
 async def run_agent(cfg: AgentConfig, plan: Plan) -> int:
     """Run sessions until cancelled; return 1 if the first one was refused."""
     await bind_udp_listeners(plan, cfg.idle_timeout_ms)
-    backoff_ms = INITIAL_BACKOFF_MS
+    attempt = 0
     while True:
         try:
             await session(cfg, plan)
-            backoff_ms = INITIAL_BACKOFF_MS
+            attempt = 0
             reason = "connection closed"
         except (asyncssh.PermissionDenied, asyncssh.HostKeyNotVerifiable, AgentRefused) as exc:
             if plan.sessions == 0:
@@ -171,10 +172,12 @@ async def run_agent(cfg: AgentConfig, plan: Plan) -> int:
             reason = _describe(exc)
         except (OSError, asyncssh.Error) as exc:
             reason = _describe(exc)
-        delay_ms = random.randint(backoff_ms // 2, backoff_ms)  # jitter: agents do not stampede
+        delay_ms = backoff_ms(  # jitter: agents do not stampede
+            attempt, first_ms=INITIAL_BACKOFF_MS, cap_ms=cfg.backoff_max_ms, draw=random.random()
+        )
         emit("agent_disconnected", reason=reason, retry_in_ms=delay_ms)
         await asyncio.sleep(delay_ms / 1000)
-        backoff_ms = min(backoff_ms * 2, cfg.backoff_max_ms)
+        attempt += 1
 
 
 def _describe(exc: BaseException) -> str:

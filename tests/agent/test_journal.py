@@ -1,0 +1,83 @@
+"""The journal: reports stored as sent, numbers never reused, every storage error its own."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from quota.agent.errors import JournalError
+from quota.agent.journal import Journal
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Another connection holds a write transaction on the file (an operator's sqlite3 shell)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+async def test_a_report_is_stored_as_sent_under_the_next_number_only(tmp_path: Path) -> None:
+    """The body comes back byte for byte; a number other than the next one is refused."""
+    async with Journal(tmp_path / "j.db") as journal:
+        assert await journal.next_seq() == 1
+        await journal.append(1, b'{"seq": 1}', {"a": 5}, {}, 0)
+        for wrong in (1, 3):
+            with pytest.raises(JournalError, match="next number is 2"):
+                await journal.append(wrong, b"{}", {"a": 7}, {}, 0)
+        assert await journal.pending() == [(1, b'{"seq": 1}')]
+        assert (await journal.leases())["a"].used_total == 5  # the refused writes left nothing
+        await journal.ack(1, {"a": 100})
+    async with Journal(tmp_path / "j.db") as journal:
+        assert await journal.next_seq() == 2 and await journal.pending() == []
+        assert (await journal.leases())["a"].remaining == 95
+
+
+async def test_a_locked_journal_fails_every_write_with_a_journal_error(tmp_path: Path) -> None:
+    """Another writer holding the file: each write is a JournalError naming its step, undone."""
+    async with Journal(tmp_path / "j.db") as journal:
+        await journal.db.execute("PRAGMA busy_timeout = 20")  # fail fast rather than wait 5 s
+        with locked(tmp_path / "j.db"):
+            with pytest.raises(JournalError, match="cannot write a report"):
+                await journal.append(1, b"{}", {"a": 1}, {}, 0)
+            with pytest.raises(JournalError, match="cannot acknowledge"):
+                await journal.ack(1, {"a": 1})
+            with pytest.raises(JournalError, match="cannot record expired leases"):
+                await journal.drop({"a": 1})
+            with pytest.raises(JournalError, match="cannot cache the agent registry"):
+                await journal.save_agents([])
+        await journal.append(1, b"{}", {"a": 1}, {}, 0)  # the lock gone, writes work again
+        assert await journal.pending_count() == 1
+
+
+async def test_a_closed_connection_fails_every_read_with_a_journal_error(tmp_path: Path) -> None:
+    """Reads on a connection that went away are JournalErrors, not aiosqlite's ValueError."""
+    async with Journal(tmp_path / "j.db") as journal:
+        await journal.db.close()
+        for read in (journal.pending, journal.pending_count, journal.leases, journal.load_agents):
+            with pytest.raises(JournalError, match="cannot"):
+                await read()
+        with pytest.raises(JournalError, match="cannot"):
+            await journal.next_seq()
+
+
+async def test_writes_from_two_loops_at_once_each_stay_whole(tmp_path: Path) -> None:
+    """A registry save racing a report write neither fails it nor rolls it back."""
+    async with Journal(tmp_path / "j.db") as journal:
+        await asyncio.gather(
+            journal.append(1, b"{}", {"a": 1}, {}, 0),
+            journal.save_agents([{"id": "a"}]),
+            journal.append(2, b"{}", {"a": 2}, {}, 0),
+        )
+        assert await journal.next_seq() == 3 and await journal.pending_count() == 2
+        assert await journal.load_agents() == [{"id": "a"}]
+        assert (await journal.leases())["a"].used_total == 3
