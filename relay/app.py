@@ -24,14 +24,14 @@ import structlog
 from quota.agent.client import BillingClient
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings
-from relay.admin import AdminServer
-from relay.billing_link import BillingLink
+from relay.admin.server import AdminServer
 from relay.config import BillingLinkConfig, RelayConfig
 from relay.errors import ConfigError
-from relay.hub import Hub
+from relay.hub.billing import BillingLink
+from relay.hub.hub import Hub
 from relay.registry import Registry
-from relay.ssh_front import AgentServer
-from relay.streamlog import StreamLog
+from relay.ssh.front import AgentServer
+from relay.streamlog.writer import StreamLog
 
 log = structlog.get_logger("relay")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncssh
 
-from relay.admin_client import AdminClient
+from relay.admin.client import AdminClient
 from relay.config import HostPort
 
 ROOT = Path(__file__).resolve().parents[1]

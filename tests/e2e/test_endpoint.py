@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from relay.streamquery import list_streams
+from relay.streamlog.query import list_streams
 from tests.e2e.conftest import expose, local_forward
 from tests.harness import AgentSpec, DigestService, Relay, Ssh, exchange, pattern, poll, sha
 

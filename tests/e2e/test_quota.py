@@ -8,7 +8,7 @@ import socket
 import struct
 from pathlib import Path
 
-from relay.streamquery import list_streams
+from relay.streamlog.query import list_streams
 from tests.e2e.conftest import expose, local_forward
 from tests.harness import AgentSpec, DigestService, Relay, Ssh, pattern, poll, sha
 

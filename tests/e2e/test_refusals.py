@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from relay.streamquery import list_streams
+from relay.streamlog.query import list_streams
 from tests.e2e.conftest import expose
 from tests.harness import AgentSpec, DigestService, Relay, Ssh
 

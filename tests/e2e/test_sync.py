@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.streamquery import list_streams, totals
+from relay.streamlog.query import list_streams, totals
 from tests.e2e.conftest import expose, local_forward
 from tests.harness import AgentSpec, DigestService, Relay, Ssh, pattern, poll, sha
 from tests.sync_harness import Billing, SyncProxy, synced_relay

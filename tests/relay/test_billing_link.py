@@ -6,9 +6,9 @@ import asyncssh
 
 from quota.core import wire
 from quota.core.bucket import Bucket
-from relay.billing_link import BillingLink, to_agent
 from relay.config import load_config
-from relay.hub import Hub
+from relay.hub.billing import BillingLink, to_agent
+from relay.hub.hub import Hub
 from relay.registry import Registry, Role
 
 

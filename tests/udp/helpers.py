@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import asyncssh
 
-from relay.udp_flow import widen_buffers
+from relay.udp.flow import widen_buffers
 from tests.harness import ROOT, AgentSpec, Relay, env_without_agent
 
 

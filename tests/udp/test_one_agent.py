@@ -6,7 +6,7 @@ import asyncio
 
 from structlog.testing import capture_logs
 
-from relay.udp_flow import RefusalLog
+from relay.udp.flow import RefusalLog
 from tests.harness import AgentSpec, Relay
 from tests.udp.conftest import start
 from tests.udp.helpers import AgentProc, UdpService, datagram, echo_round_trips, peer

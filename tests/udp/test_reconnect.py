@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from relay.streamquery import list_streams
+from relay.streamlog.query import list_streams
 from tests.harness import AgentSpec, Relay, poll
 from tests.udp.conftest import start
 from tests.udp.helpers import AgentProc, UdpService, datagram, echo_round_trips, peer

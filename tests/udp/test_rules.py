@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.streamquery import list_streams
+from relay.streamlog.query import list_streams
 from tests.harness import AgentSpec, Relay, poll
 from tests.udp.conftest import start
 from tests.udp.helpers import AgentProc, UdpService, datagram, echo_round_trips, peer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from relay.streamquery import list_streams
+from relay.streamlog.query import list_streams
 from tests.harness import AgentSpec, Relay, poll
 from tests.udp.conftest import start
 from tests.udp.helpers import AgentProc, Peer, UdpService, datagram, echo_round_trips, peer

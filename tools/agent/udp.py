@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from quota.core.frames import MAX_FLOW_ID, MAX_PAYLOAD, encode
-from relay.udp_channels import FramedChannel
-from relay.udp_flow import widen_buffers
+from relay.udp.channels import FramedChannel
+from relay.udp.flow import widen_buffers
 
 
 def _now_ms() -> int:

@@ -1,7 +1,7 @@
 """Points 4 and 5: enforcement precision and resume latency.
 
 Invariants:
-- Precision is measured twice: in-process, the real pump (`relay.pump.Leg`) and
+- Precision is measured twice: in-process, the real pump (`relay.tcp.pump.Leg`) and
   the real bucket with fake transports, over 1,000 random grants, chunk sizes,
   slice sizes and 1-4 streams sharing a bucket; and a sample over real loopback
   sockets through a relay process's public port, with grants via its admin API.
@@ -23,7 +23,7 @@ import time
 from typing import Any, cast
 
 from quota.core.bucket import Bucket
-from relay.pump import Leg
+from relay.tcp.pump import Leg
 from tools.bench.load import Sink, SinkConn, connect
 from tools.bench.procs import Procs, wait_for
 from tools.bench.report import Results, Target
@@ -33,7 +33,7 @@ _BUF = memoryview(bytes(range(256)) * 4096)  # 1 MiB
 
 
 class _SimStream:
-    """The parts of relay.streams.Stream a leg calls, for one leg."""
+    """The parts of relay.tcp.stream.Stream a leg calls, for one leg."""
 
     def __init__(self) -> None:
         self.leg: _SimLeg | None = None

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 from quota.core.bucket import Bucket, Meter
 from quota.core.stream import PauseClock, PauseReason, StreamState, transition
-from relay.pump import Leg
+from relay.tcp.pump import Leg
 
 if TYPE_CHECKING:
-    from relay.hub import Hub
-    from relay.tunnels import Tunnel
+    from relay.hub.hub import Hub
+    from relay.hub.tunnels import Tunnel
 
 
 class Stream:

@@ -36,11 +36,11 @@ import structlog
 
 from quota.core.frames import MAX_FLOW_ID
 from relay.errors import Refused
-from relay.hub import Hub, is_address
+from relay.hub.hub import Hub, is_address
+from relay.hub.tunnels import UDP_ENDPOINT, UDP_PUBLIC, Tunnel
 from relay.registry import Agent
-from relay.tunnels import UDP_ENDPOINT, UDP_PUBLIC, Tunnel
-from relay.udp_channels import OwnerSession, PublicUdp, SupportSession
-from relay.udp_flow import RefusalLog, UdpFlow, widen_buffers
+from relay.udp.channels import OwnerSession, PublicUdp, SupportSession
+from relay.udp.flow import RefusalLog, UdpFlow, widen_buffers
 
 log = structlog.get_logger("relay.udp")
 

@@ -20,10 +20,10 @@ import asyncssh
 import structlog
 
 from relay.errors import Refused
-from relay.hub import Hub, is_address
+from relay.hub.hub import Hub, is_address
+from relay.hub.tunnels import Tunnel
 from relay.registry import Agent
-from relay.tunnels import Tunnel
-from relay.udp import UDP_PREFIX, udp_for
+from relay.udp.relay import UDP_PREFIX, udp_for
 
 log = structlog.get_logger("relay.ssh")
 

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncssh
 
 from quota.core.frames import MAX_PAYLOAD, Frame, FrameDecoder, Malformed, Oversized, encode
-from relay.udp_flow import UdpFlow
+from relay.udp.flow import UdpFlow
 
 if TYPE_CHECKING:
-    from relay.udp import UdpTunnel
+    from relay.udp.relay import UdpTunnel
 
 
 class FramedChannel(asyncssh.SSHTCPSession[bytes]):

@@ -26,14 +26,14 @@ import structlog
 
 from quota.core.bucket import Bucket, BucketState, Meter
 from quota.core.stream import PauseReason
-from relay.admin import UnknownAgent
+from relay.admin.server import UnknownAgent
 from relay.config import RelayConfig
 from relay.errors import Refused
-from relay.pump import ChannelLeg, Leg, TcpLeg
+from relay.hub.tunnels import PUBLIC, Tunnel, TunnelTable
 from relay.registry import Agent, Registry
-from relay.streamlog import StreamLog, StreamRecord
-from relay.streams import Stream
-from relay.tunnels import PUBLIC, Tunnel, TunnelTable
+from relay.streamlog.writer import StreamLog, StreamRecord
+from relay.tcp.pump import ChannelLeg, Leg, TcpLeg
+from relay.tcp.stream import Stream
 
 log = structlog.get_logger("relay")
 

@@ -28,7 +28,7 @@ from quota.core.bucket import Meter
 from quota.core.stream import PauseReason, PauseSet
 
 if TYPE_CHECKING:
-    from relay.streams import Stream
+    from relay.tcp.stream import Stream
 
 
 class Leg:

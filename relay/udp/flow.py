@@ -27,11 +27,11 @@ import structlog
 
 from quota.core.bucket import Bucket, Meter
 from quota.core.stream import PauseReason, StreamState, transition
-from relay.streams import Stream
+from relay.tcp.stream import Stream
 
 if TYPE_CHECKING:
-    from relay.hub import Hub
-    from relay.tunnels import Tunnel
+    from relay.hub.hub import Hub
+    from relay.hub.tunnels import Tunnel
 
 log = structlog.get_logger("relay.udp")
 

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from quota.core import wire
-from relay.hub import Hub
+from relay.hub.hub import Hub
 from relay.registry import Agent, Role, key_blob
 
 log = structlog.get_logger("relay.billing")
