@@ -1,7 +1,7 @@
 """The framed channels of UDP tunnels, and the public UDP port's socket.
 
 Invariants:
-- A frame is decoded, checked and acted on at once; bad input (flow 0, a frame
+- A frame is decoded (quota.core.frames), checked and acted on at once; bad input (flow 0, a frame
   above `udp.max_datagram`, a cut frame, a flow id the relay never gave this
   channel's tunnel) is refused through the relay's `RefusalLog` and skipped:
   the channel and every other flow go on.
@@ -19,54 +19,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 
-from quota.core.frames import MAX_PAYLOAD, Frame, FrameDecoder, Malformed, Oversized, encode
+from quota.core.frames import FramedProtocol, Malformed, encode
 from relay.udp.flow import UdpFlow
 
 if TYPE_CHECKING:
     from relay.udp.relay import UdpTunnel
 
 
-class FramedChannel(asyncssh.SSHTCPSession[bytes]):
-    """An SSH channel carrying frames, on either side: decoding and a congestion flag.
-
-    Subclasses say what a frame means (`on_frame`) and what to do with an
-    oversized or malformed one; the relay and the agent share this much.
-    """
-
-    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
-        self.decoder = FrameDecoder(max_payload)
-        self.chan: Any = None
-        self.congested = False
-
-    def connection_made(self, chan: Any) -> None:
-        self.chan = chan
-
-    def pause_writing(self) -> None:
-        self.congested = True
-
-    def resume_writing(self) -> None:
-        self.congested = False
-
-    def data_received(self, data: bytes, datatype: Any) -> None:
-        for event in self.decoder.feed(data):
-            if isinstance(event, Frame):
-                self.on_frame(event.flow_id, event.payload)
-            elif isinstance(event, Oversized):
-                self.on_oversized(event.flow_id, event.length)
-            else:
-                self.on_malformed(event.reason)
-
-    def on_frame(self, flow_id: int, payload: bytes) -> None:
-        raise NotImplementedError
-
-    def on_oversized(self, flow_id: int, length: int) -> None:
-        """An oversized frame was skipped; by default nothing more is done."""
-
-    def on_malformed(self, reason: str) -> None:
-        """A malformed frame was skipped; by default nothing more is done."""
-
-
-class _FramedSession(FramedChannel):
+class _FramedSession(FramedProtocol, asyncssh.SSHTCPSession[bytes]):
     """The relay's side of a framed channel: refusals are counted and logged."""
 
     def __init__(self, server: UdpTunnel) -> None:
