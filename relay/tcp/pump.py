@@ -351,7 +351,8 @@ def quicken(chan: Any) -> None:
     reads in slices (`_FeedInSlices`) and, while asyncssh's packet logging is off
     (debug level below 3), skips the log calls that format a message for every
     packet only to drop it. All are per-object overrides of asyncssh internals,
-    skipped if those names change; measured by `make bench` (docs/bench.md).
+    skipped if those names change; measured by `make bench` (bench/RESULTS.md,
+    summed up in the README's Benchmarks section).
     """
     quiet = getattr(asyncssh.logger, "_debug_level", 3) < 3
     conn = chan.get_connection()
