@@ -19,7 +19,8 @@ Invariants:
   handed on. A channel whose write buffer is full drops datagrams (counted).
 - Bad input (malformed or oversized frame, unknown or foreign flow) is refused
   through one `RefusalLog`; the channel, the tunnel and every other flow go on.
-- A flow idle for `udp.idle_timeout` ends; a tunnel that ends ends its flows.
+- A flow idle for `udp.idle_timeout` ends; a tunnel that ends ends its flows
+  (relay.udp.tunnel).
 """
 
 from __future__ import annotations
@@ -28,26 +29,22 @@ import asyncio
 import functools
 import itertools
 import weakref
-from collections import deque
 from typing import Any
 
-import asyncssh
 import structlog
 
 from quota.core.frames import MAX_FLOW_ID
 from relay.errors import Refused
-from relay.hub.hub import Hub, is_address
-from relay.hub.tunnels import UDP_ENDPOINT, UDP_PUBLIC, Tunnel
+from relay.hub.hub import Hub
+from relay.hub.tunnels import UDP_ENDPOINT, UDP_PUBLIC, Tunnel, is_address
 from relay.registry import Agent
-from relay.udp.channels import OwnerSession, PublicUdp, SupportSession
+from relay.udp.channels import PublicUdp, SupportSession
 from relay.udp.flow import RefusalLog, UdpFlow, widen_buffers
+from relay.udp.tunnel import UdpTunnel
 
 log = structlog.get_logger("relay.udp")
 
 UDP_PREFIX = "udp/"
-MAX_FLOWS_PER_TUNNEL = 4096
-MAX_QUEUED = 256  # datagrams waiting for the owner's channel to open
-RETRY_OPEN_MS = 1000  # after a failed open, drop datagrams this long before retrying
 
 _RELAYS: weakref.WeakKeyDictionary[Hub, UdpRelay] = weakref.WeakKeyDictionary()
 
@@ -80,6 +77,9 @@ class UdpRelay:
             if self._next_flow not in self.flows:
                 return self._next_flow
 
+    def new_stream_id(self) -> str:
+        return self.hub.stream_id(f"u{next(self._ids)}")
+
     # -- registration (tcpip-forward "udp/...") --------------------------------------
 
     async def register(self, agent: Agent, listen_host: str, port: int, conn: Any) -> Tunnel:
@@ -93,7 +93,7 @@ class UdpRelay:
         if is_address(name) or name == "0.0.0.0":
             raise Refused(f"{name} is an address, not an endpoint name")
         tunnel = hub.tunnels.add_endpoint(agent, name, port, conn, kind=UDP_ENDPOINT)
-        tunnel.server = UdpTunnel(self, tunnel)
+        tunnel.server = UdpTunnel(self.hub, self, tunnel)
         log.info("tunnel_opened", tunnel_id=tunnel.tunnel_id, agent_id=agent.agent_id)
         return tunnel
 
@@ -103,7 +103,7 @@ class UdpRelay:
         while True:
             chosen = hub.tunnels.pick_port(agent, port, avoid=busy)
             tunnel = hub.tunnels.add_public(agent, chosen, listen_host, conn, kind=UDP_PUBLIC)
-            server = UdpTunnel(self, tunnel)
+            server = UdpTunnel(hub, self, tunnel)
             try:
                 transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
                     functools.partial(PublicUdp, server),
@@ -148,142 +148,3 @@ class UdpRelay:
         server = tunnel.server
         assert isinstance(server, UdpTunnel)
         return SupportSession(server, f"support:{agent.agent_id}@{orig[0]}:{orig[1]}")
-
-
-class UdpTunnel(asyncio.AbstractServer):
-    """One UDP tunnel's flows and its owner channel; kept as `Tunnel.server`."""
-
-    def __init__(self, udp: UdpRelay, tunnel: Tunnel) -> None:
-        self.udp = udp
-        self.hub = udp.hub
-        self.tunnel = tunnel
-        self.flows: dict[int, UdpFlow] = {}
-        self.transport: asyncio.DatagramTransport | None = None  # a public port
-        self.owner: OwnerSession | None = None
-        self.opening = False
-        self.retry_at_ms = 0
-        self.queued: deque[tuple[UdpFlow, bytes]] = deque()
-        self.supports: set[SupportSession] = set()  # support channels bound to this tunnel
-        self.closed = asyncio.Event()
-        self._sweeper: asyncio.TimerHandle | None = None
-
-    # -- flows ------------------------------------------------------------------
-
-    def new_flow(self, peer_desc: str, on_close: Any) -> UdpFlow | None:
-        if self.closed.is_set():
-            return None
-        if len(self.flows) >= MAX_FLOWS_PER_TUNNEL:
-            self.udp.refusals.refuse("too_many_flows", tunnel_id=self.tunnel.tunnel_id)
-            return None
-        hub, flow_id = self.hub, self.udp.new_flow_id()
-        started = f"{hub.started_ms:x}"
-        flow = UdpFlow(
-            hub,
-            stream_id=f"{hub.config.relay_id}-{started}-u{next(self.udp._ids)}",
-            tunnel=self.tunnel,
-            peer_desc=peer_desc,
-            bucket=hub.bucket_for(self.tunnel.agent) if hub.config.metering else None,
-            flow_id=flow_id,
-            on_close=lambda f: self._forget(f, on_close),
-        )
-        self.flows[flow_id] = self.udp.flows[flow_id] = flow
-        hub.stream_opened(flow)
-        self._arm_sweeper()
-        return flow
-
-    def _forget(self, flow: UdpFlow, on_close: Any) -> None:
-        self.flows.pop(flow.flow_id, None)
-        if self.udp.flows.get(flow.flow_id) is flow:
-            del self.udp.flows[flow.flow_id]
-        on_close(flow)
-
-    def _arm_sweeper(self) -> None:
-        if self._sweeper is None and self.flows:
-            every = min(max(self.hub.config.udp_idle_timeout_ms // 4, 10), 1000)
-            loop = asyncio.get_running_loop()
-            self._sweeper = loop.call_later(every / 1000, self._sweep)
-
-    def _sweep(self) -> None:
-        self._sweeper = None
-        deadline = self.hub.now_ms() - self.hub.config.udp_idle_timeout_ms
-        for flow in [f for f in self.flows.values() if f.last_ms <= deadline]:
-            flow.close("idle")
-        self._arm_sweeper()
-
-    # -- toward the owner ----------------------------------------------------------
-
-    def to_owner(self, flow: UdpFlow, payload: bytes) -> None:
-        """A datagram from the connecting side: meter it and frame it to the owner."""
-        flow.last_ms = self.hub.now_ms()
-        owner = self.owner
-        if owner is not None and not self.queued:
-            owner.send(flow, payload)
-        elif len(self.queued) < MAX_QUEUED and flow.last_ms >= self.retry_at_ms:
-            self.queued.append((flow, payload))
-            if not self.opening:
-                self.opening = True
-                self.hub.spawn(self._open_owner(), f"udp-open-{self.tunnel.tunnel_id}")
-        else:
-            flow.drop(len(payload))
-            self.udp.refusals.refuse("owner_unavailable", tunnel_id=self.tunnel.tunnel_id)
-
-    async def _open_owner(self) -> None:
-        tunnel = self.tunnel
-        session = OwnerSession(self)
-        try:
-            await tunnel.conn.create_connection(
-                lambda: session, tunnel.listen_host, tunnel.port, "", 0
-            )
-        except (asyncssh.Error, OSError) as exc:
-            self.retry_at_ms = self.hub.now_ms() + RETRY_OPEN_MS
-            reason = getattr(exc, "reason", str(exc))
-            self.udp.refusals.refuse("agent_refused", tunnel_id=tunnel.tunnel_id, error=reason)
-            while self.queued:
-                flow, payload = self.queued.popleft()
-                flow.drop(len(payload))
-        finally:
-            self.opening = False
-
-    def owner_ready(self, session: OwnerSession) -> None:
-        self.owner = session
-        while self.queued and self.owner is session:
-            flow, payload = self.queued.popleft()
-            if flow.state.value != "closed":
-                session.send(flow, payload)
-
-    def owner_lost(self, session: OwnerSession) -> None:
-        if self.owner is session:
-            self.owner = None
-
-    # -- AbstractServer: what the hub and the SSH listener call ------------------------
-
-    def close(self) -> None:
-        if self.closed.is_set():
-            return
-        self.closed.set()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        for flow in list(self.flows.values()):
-            flow.close("tunnel_closed")
-        if self.transport is not None:
-            self.transport.close()
-        if self.owner is not None:
-            self.owner.close()
-        for support in list(self.supports):
-            support.close()  # the support agent reopens toward the tunnel that replaces this one
-
-    async def wait_closed(self) -> None:
-        await self.closed.wait()
-
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        return asyncio.get_running_loop()
-
-    def is_serving(self) -> bool:
-        return not self.closed.is_set()
-
-    async def start_serving(self) -> None:
-        """Serving starts with the tunnel; nothing to do."""
-
-    async def serve_forever(self) -> None:
-        await self.closed.wait()

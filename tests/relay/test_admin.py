@@ -19,9 +19,9 @@ from structlog.testing import capture_logs
 
 from quota.core.bucket import Bucket
 from relay.admin.client import AdminClient, AdminError, parse_admin_target
-from relay.admin.server import AdminServer, RelayControl, UnknownAgent
+from relay.admin.server import AdminServer, RelayControl
 from relay.config import HostPort
-from relay.errors import ConfigError
+from relay.errors import ConfigError, UnknownAgent
 from tools.cli import main
 
 TOKEN = "s3cret-token"

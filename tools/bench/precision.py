@@ -33,7 +33,7 @@ _BUF = memoryview(bytes(range(256)) * 4096)  # 1 MiB
 
 
 class _SimStream:
-    """The parts of relay.tcp.stream.Stream a leg calls, for one leg."""
+    """The parts of relay.tcp.stream.TcpPair a leg calls, for one leg."""
 
     def __init__(self) -> None:
         self.leg: _SimLeg | None = None
