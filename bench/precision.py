@@ -1,7 +1,7 @@
 """Points 4 and 5: enforcement precision and resume latency.
 
 Invariants:
-- Precision is measured twice: in-process, the real pump (`relay.pump.Leg`) and
+- Precision is measured twice: in-process, the real pump (`relay.tcp.pump.Leg`) and
   the real bucket with fake transports, over 1,000 random grants, chunk sizes,
   slice sizes and 1-4 streams sharing a bucket; and a sample over real loopback
   sockets through a relay process's public port, with grants via its admin API.
@@ -25,7 +25,7 @@ from typing import Any, cast
 from bench.load import Sink, SinkConn, connect
 from bench.report import Results, Target
 from quota.core.bucket import Bucket
-from relay.pump import Leg
+from relay.tcp.pump import Leg
 from tests.rigs.procs import Procs
 from tests.rigs.relay import RelayRig
 from tests.rigs.waits import wait_for

@@ -24,14 +24,15 @@ import structlog
 from quota.agent.client import BillingClient
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings
-from relay.admin import AdminServer
-from relay.billing_link import BillingLink
+from relay.admin.server import AdminServer
 from relay.config import BillingLinkConfig, RelayConfig
 from relay.errors import ConfigError
-from relay.hub import Hub
+from relay.hub.billing import BillingLink
+from relay.hub.control import Control
+from relay.hub.hub import Hub
 from relay.registry import Registry
-from relay.ssh_front import AgentServer
-from relay.streamlog import StreamLog
+from relay.ssh.front import AgentServer
+from relay.streamlog.writer import StreamLog
 
 log = structlog.get_logger("relay")
 
@@ -72,7 +73,7 @@ async def _quota_agent(stack: AsyncExitStack, link: BillingLinkConfig, hub: Hub)
         registry_refresh_ms=link.registry_refresh_ms,
     )
     quota = QuotaAgent(BillingLink(hub), journal, client, settings)
-    hub.on_want = lambda _agent_id: quota.nudge()
+    hub.buckets.on_want = lambda _agent_id: quota.nudge()
     hub.quota_counters = quota.counters
     await quota.restore()
     return quota
@@ -120,7 +121,7 @@ async def serve(
                 f"relay.ssh_listen: cannot listen on {config.ssh_listen}: {exc.strerror}"
             ) from None
         admin = await stack.enter_async_context(
-            AdminServer(hub, config.admin_listen, config.admin_token)
+            AdminServer(Control(hub), config.admin_listen, config.admin_token)
         )
         ssh_port = server.sockets[0].getsockname()[1]
         ready_line = {

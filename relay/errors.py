@@ -11,3 +11,14 @@ class ConfigError(RelayError, ValueError):
 
 class Refused(RelayError):
     """An agent asked for something it may not have; the message is shown to it."""
+
+
+class UnknownAgent(RelayError, KeyError):
+    """No agent with this id is known to the relay."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(agent_id)
+        self.agent_id = agent_id
+
+    def __str__(self) -> str:
+        return f"unknown agent {self.agent_id!r}"

@@ -21,7 +21,7 @@ from typing import Any
 
 from quota.core.errors import InvalidValue
 from quota.core.units import format_size, parse_size
-from relay.admin_client import AdminClient, AdminError, parse_admin_target
+from relay.admin.client import AdminClient, AdminError, parse_admin_target
 from relay.config import HostPort, load_config
 from relay.errors import ConfigError
 from tools.errors import CliError

@@ -25,8 +25,8 @@ from quota.core.errors import InvalidValue
 from quota.core.units import parse_duration_ms
 from relay.config import load_config
 from relay.errors import ConfigError
-from relay.streamlog import StreamLogError, iso_ms, wall_clock_ms
-from relay.streamquery import follow, list_streams, totals
+from relay.streamlog.query import follow, list_streams, totals
+from relay.streamlog.writer import StreamLogError, iso_ms, wall_clock_ms
 from tools.errors import CliError
 
 DEFAULT_LIMIT = 1000

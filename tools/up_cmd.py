@@ -23,7 +23,7 @@ import asyncssh
 from quota.core.errors import InvalidValue
 from relay.config import load_config
 from relay.errors import ConfigError
-from relay.hub import Hub
+from relay.hub.hub import Hub
 from tools.errors import CliError
 
 BILLING_TOML = """\

@@ -14,12 +14,16 @@ Invariants (checked by the property tests):
   when the channel ends are `Malformed` ("truncated").
 - A decoder buffers at most one header plus `max_payload` bytes of a frame.
 - Empty payloads are legal: UDP allows empty datagrams.
+- `FramedProtocol` is the half of a framed channel both ends share (the relay's
+  UDP sessions and the remote agent's): it decodes and says what each frame
+  means, and knows nothing of the transport beyond the object it was handed.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from quota.core.errors import InvalidValue
 
@@ -118,3 +122,45 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+
+class FramedProtocol:
+    """The callbacks of a channel carrying frames, on either side of a UDP tunnel.
+
+    Put it first among the bases of a channel session class, so these callbacks
+    win: `data_received` decodes at once and calls `on_frame`, `on_oversized` or
+    `on_malformed`; `pause_writing`/`resume_writing` keep a congestion flag
+    that senders read to drop datagrams rather than buffer them.
+    """
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+        self.decoder = FrameDecoder(max_payload)
+        self.chan: Any = None
+        self.congested = False
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+
+    def pause_writing(self) -> None:
+        self.congested = True
+
+    def resume_writing(self) -> None:
+        self.congested = False
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        for event in self.decoder.feed(data):
+            if isinstance(event, Frame):
+                self.on_frame(event.flow_id, event.payload)
+            elif isinstance(event, Oversized):
+                self.on_oversized(event.flow_id, event.length)
+            else:
+                self.on_malformed(event.reason)
+
+    def on_frame(self, flow_id: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def on_oversized(self, flow_id: int, length: int) -> None:
+        """An oversized frame was skipped; by default nothing more is done."""
+
+    def on_malformed(self, reason: str) -> None:
+        """A malformed frame was skipped; by default nothing more is done."""

@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 
 from quota.core.stream import PauseReason
-from relay.pump import TcpLeg
+from relay.tcp.pump import TcpLeg
 
 uvloop = pytest.importorskip("uvloop")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from relay.streamquery import list_streams
+from relay.streamlog.query import list_streams
 from tests.rigs.keys import AgentSpec
 from tests.rigs.relay import Relay
 from tests.rigs.services import DigestService, exchange, pattern, sha

@@ -8,7 +8,7 @@ import socket
 import struct
 from pathlib import Path
 
-from relay.streamquery import list_streams
+from relay.streamlog.query import list_streams
 from tests.rigs.keys import AgentSpec
 from tests.rigs.relay import Relay
 from tests.rigs.services import DigestService, pattern, sha

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from relay.streamquery import list_streams
+from relay.streamlog.query import list_streams
 from tests.rigs.keys import AgentSpec
 from tests.rigs.relay import Relay
 from tests.rigs.services import DigestService

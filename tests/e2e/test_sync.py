@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.streamquery import list_streams, totals
+from relay.streamlog.query import list_streams, totals
 from tests.rigs.billing import Billing, synced_relay
 from tests.rigs.keys import AgentSpec
 from tests.rigs.relay import Relay

@@ -18,10 +18,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from quota.core.bucket import Bucket
-from relay.admin import AdminServer, RelayControl, UnknownAgent
-from relay.admin_client import AdminClient, AdminError, parse_admin_target
+from relay.admin.client import AdminClient, AdminError, parse_admin_target
+from relay.admin.server import AdminServer, RelayControl
 from relay.config import HostPort
-from relay.errors import ConfigError
+from relay.errors import ConfigError, UnknownAgent
 from tools.cli import main
 
 TOKEN = "s3cret-token"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncssh
+import pytest
 
 from quota.core import wire
 from quota.core.bucket import Bucket
-from relay.billing_link import BillingLink, to_agent
 from relay.config import load_config
-from relay.hub import Hub
+from relay.hub.billing import BillingLink, to_agent
+from relay.hub.hub import Hub
 from relay.registry import Registry, Role
 
 
@@ -73,3 +74,16 @@ async def test_status_from_billing_pauses_and_refuses() -> None:
     assert bucket.inactive
     link.set_agents([_remote("agt_a")])
     assert not bucket.inactive
+
+
+def test_a_lease_builds_no_admin_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease from billing grants and wakes without walking the live streams."""
+    hub, link = _link()
+    _bucket(hub)
+
+    def walked() -> None:
+        raise AssertionError("add_lease walked the live streams")
+
+    monkeypatch.setattr(hub.live, "values", walked)
+    link.add_lease("agt_a", 7_000)
+    assert hub.buckets["agt_a"].granted == 7_000

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from relay.streamlog import StreamLog, StreamLogError, StreamRecord
-from relay.streamquery import follow, last_event_id, list_streams, totals
+from relay.streamlog.query import follow, last_event_id, list_streams, totals
+from relay.streamlog.writer import StreamLog, StreamLogError, StreamRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_795_000_000_000  # a fixed epoch ms: 2026-11-18T11:06:40Z
@@ -219,7 +219,7 @@ _CRASHING_WRITER = """
 import asyncio, sys
 from pathlib import Path
 from tests.relay.test_streamlog import T0, rec
-from relay.streamlog import StreamLog
+from relay.streamlog.writer import StreamLog
 
 async def main() -> None:
     log = StreamLog(Path(sys.argv[1]), relay_id="r1", flush_ms=60_000)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.streamlog import StreamLog, iso_ms
+from relay.streamlog.writer import StreamLog, iso_ms
 from tests.relay.test_streamlog import ROOT, T0, rec, seed_mixed
 from tools.cli import main
 from tools.streams_cmd import format_duration, format_event, parse_since

@@ -3,8 +3,8 @@
 import pytest
 
 from relay.errors import Refused
+from relay.hub.tunnels import TunnelTable
 from relay.registry import Agent, Role
-from relay.tunnels import TunnelTable
 
 A = Agent(agent_id="a", account="acme", role=Role.CLIENT, keys=frozenset())
 B = Agent(agent_id="b", account="acme", role=Role.CLIENT, keys=frozenset())

@@ -11,7 +11,7 @@ Invariants:
   started the rig (a fixture, or the `Procs` of a bench section).
 - Conditions are polled with a deadline (`poll`, `wait_for`), never slept on.
 - The product is reached through its command line and a few imports only
-  (`relay.admin_client`, `relay.config.HostPort`), so moving a product module
+  (`relay.admin.client`, `relay.config.HostPort`), so moving a product module
   changes one import line here.
 - Nothing here is installed: the wheel ships `quota`, `relay` and `tools` only.
 """

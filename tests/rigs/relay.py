@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relay.admin_client import AdminClient
+from relay.admin.client import AdminClient
 from relay.config import HostPort
 from tests.rigs.keys import AgentSpec, agents_toml, make_agent
 from tests.rigs.procs import Child, Procs, free_port

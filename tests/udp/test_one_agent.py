@@ -6,7 +6,7 @@ import asyncio
 
 from structlog.testing import capture_logs
 
-from relay.udp_flow import RefusalLog
+from relay.udp.flow import RefusalLog
 from tests.rigs.agent import AgentProc, start
 from tests.rigs.keys import AgentSpec
 from tests.rigs.relay import Relay

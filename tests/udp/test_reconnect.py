@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from relay.streamquery import list_streams
+from relay.streamlog.query import list_streams
 from tests.rigs.agent import AgentProc, start
 from tests.rigs.keys import AgentSpec
 from tests.rigs.relay import Relay

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.streamquery import list_streams
+from relay.streamlog.query import list_streams
 from tests.rigs.agent import AgentProc, start
 from tests.rigs.keys import AgentSpec
 from tests.rigs.relay import Relay

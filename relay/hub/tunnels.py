@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,3 +145,14 @@ class TunnelTable:
             del self.public[tunnel.port]
             return True
         return False
+
+
+def is_address(host: str) -> bool:
+    """True for an IP address or a local host name: never an endpoint name."""
+    if host.lower() in {"", "localhost", "*", "localhost.localdomain"}:
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -7,7 +7,8 @@ Invariants:
   bind address of "", "localhost", "0.0.0.0", "*", "::" or an IP asks for a
   public port. `-L`/`-J` (direct-tcpip) reach only endpoints of the agent's own
   account; no host:port outside the tunnel table is ever dialled.
-- A host "udp/..." in either asks for a UDP tunnel (relay.udp), same rules.
+- A host "udp/..." in either asks for a UDP tunnel (relay.udp), same rules;
+  other hosts are TCP tunnels (relay.tcp).
 - Every refusal opens nothing; the agent sees the reason (channel open failure
   text, or a debug message for a refused `-R`).
 """
@@ -20,10 +21,11 @@ import asyncssh
 import structlog
 
 from relay.errors import Refused
-from relay.hub import Hub, is_address
+from relay.hub.hub import Hub
+from relay.hub.tunnels import Tunnel, is_address
 from relay.registry import Agent
-from relay.tunnels import Tunnel
-from relay.udp import UDP_PREFIX, udp_for
+from relay.tcp.tunnels import TcpTunnels
+from relay.udp.relay import UDP_PREFIX, udp_for
 
 log = structlog.get_logger("relay.ssh")
 
@@ -55,6 +57,7 @@ class TunnelListener(asyncssh.SSHListener):
 class AgentServer(asyncssh.SSHServer):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.tcp = TcpTunnels(hub)
         self.conn: Any = None
         self.agent: Agent | None = None
         self.key_blob: bytes | None = None
@@ -105,13 +108,13 @@ class AgentServer(asyncssh.SSHServer):
                 udp = udp_for(self.hub)
                 tunnel = await udp.register(agent, listen_host, listen_port, self.conn)
             elif is_public_bind(listen_host):
-                tunnel = await self.hub.add_public(agent, listen_host, listen_port, self.conn)
+                tunnel = await self.tcp.add_public(agent, listen_host, listen_port, self.conn)
             else:
                 if listen_port == 0:
                     raise Refused(
                         f"endpoint {listen_host} needs a port, as in -R {listen_host}:22:..."
                     )
-                tunnel = self.hub.add_endpoint(agent, listen_host, listen_port, self.conn)
+                tunnel = self.tcp.add_endpoint(agent, listen_host, listen_port, self.conn)
         except Refused as exc:
             self.hub.refuse(self.conn, agent, what, str(exc))
             return False
@@ -126,13 +129,13 @@ class AgentServer(asyncssh.SSHServer):
             if dest_host.startswith(UDP_PREFIX):
                 orig = (orig_host, orig_port)
                 return udp_for(self.hub).support_session(agent, dest_host, dest_port, orig)
-            tunnel = self.hub.resolve(agent, dest_host, dest_port)
+            tunnel = self.tcp.resolve(agent, dest_host, dest_port)
         except Refused as exc:
             self.hub.refuse(None, agent, f"open {dest_host}:{dest_port}", str(exc))
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"quotarelay: {exc}"
             ) from None
-        return self.hub.bridge(agent, tunnel, (orig_host, orig_port))
+        return self.tcp.bridge(agent, tunnel, (orig_host, orig_port))
 
     def unix_server_requested(self, listen_path: str) -> bool:
         self.hub.refuse(

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from relay.streamlog import FIELDS, StreamLogError
+from relay.streamlog.writer import FIELDS, StreamLogError
 
 STREAM_COLUMNS: tuple[str, ...] = (
     *FIELDS[2:],

@@ -20,26 +20,35 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import asyncssh
 
 from quota.core.bucket import Meter
 from quota.core.stream import PauseReason, PauseSet
 
-if TYPE_CHECKING:
-    from relay.streams import Stream
+
+class LegStream(Protocol):
+    """What a leg tells its stream (relay.tcp.stream.TcpPair); each becomes a core event."""
+
+    def leg_connected(self, leg: Leg) -> None: ...
+    def leg_lost(self, leg: Leg, exc: Exception | None) -> None: ...
+    def quota_wait(self) -> None: ...
+    def quota_check(self) -> None: ...
+    def after_take(self, wakes: tuple[Meter, ...]) -> None: ...
+    def maybe_finish(self) -> None: ...
+    def flow(self, leg: Leg, paused: bool) -> None: ...
 
 
 class Leg:
     """What both kinds of leg share: metering, holding, pausing, EOF."""
 
-    stream: Stream
+    stream: LegStream
     peer: Leg | None
     meter: Meter | None
     name: str
 
-    def _init_leg(self, stream: Stream, name: str) -> None:
+    def _init_leg(self, stream: LegStream, name: str) -> None:
         self.stream = stream
         self.name = name
         self.peer = None
@@ -168,12 +177,10 @@ class Leg:
     # -- flow control from the transport ------------------------------------------
 
     def on_pause_writing(self) -> None:
-        if self.peer is not None:
-            self.peer.pause(PauseReason.FLOW)
+        self.stream.flow(self, paused=True)
 
     def on_resume_writing(self) -> None:
-        if self.peer is not None:
-            self.peer.unpause(PauseReason.FLOW)
+        self.stream.flow(self, paused=False)
 
 
 class TcpLeg(Leg, asyncio.Protocol):
@@ -181,7 +188,7 @@ class TcpLeg(Leg, asyncio.Protocol):
 
     transport: asyncio.Transport | None
 
-    def __init__(self, stream: Stream, name: str) -> None:
+    def __init__(self, stream: LegStream, name: str) -> None:
         self._init_leg(stream, name)
         self.transport = None
         self.peername = ""
@@ -228,7 +235,7 @@ class TcpLeg(Leg, asyncio.Protocol):
 class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
     """An SSH channel: a support agent's direct-tcpip, or a client's forwarded-tcpip."""
 
-    def __init__(self, stream: Stream, name: str) -> None:
+    def __init__(self, stream: LegStream, name: str) -> None:
         self._init_leg(stream, name)
         self.chan: Any = None
 
@@ -351,7 +358,8 @@ def quicken(chan: Any) -> None:
     reads in slices (`_FeedInSlices`) and, while asyncssh's packet logging is off
     (debug level below 3), skips the log calls that format a message for every
     packet only to drop it. All are per-object overrides of asyncssh internals,
-    skipped if those names change; measured by `make bench` (docs/bench.md).
+    skipped if those names change; measured by `make bench` (bench/RESULTS.md,
+    summed up in the README's Benchmarks section).
     """
     quiet = getattr(asyncssh.logger, "_debug_level", 3) < 3
     conn = chan.get_connection()

@@ -35,7 +35,7 @@ from aiohttp import web
 from quota.core.errors import InvalidValue
 from quota.core.units import MAX_BYTES, parse_size
 from relay.config import HostPort
-from relay.errors import ConfigError, RelayError
+from relay.errors import ConfigError, UnknownAgent
 
 MAX_BODY = 64 * 1024
 SHUTDOWN_TIMEOUT_S = 2.0
@@ -57,17 +57,6 @@ class RelayControl(Protocol):
     def streams(self) -> list[dict[str, object]]: ...
 
     def status(self) -> dict[str, object]: ...
-
-
-class UnknownAgent(RelayError, KeyError):
-    """No agent with this id is known to the relay."""
-
-    def __init__(self, agent_id: str) -> None:
-        super().__init__(agent_id)
-        self.agent_id = agent_id
-
-    def __str__(self) -> str:
-        return f"unknown agent {self.agent_id!r}"
 
 
 class _Problem(Exception):

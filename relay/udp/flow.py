@@ -9,7 +9,11 @@ Invariants:
   stream log; the first datagram that passes again makes it "open". The flow,
   its id and the tunnel's port stay either way.
 - A flow is closed exactly once (idle expiry, its channel or tunnel gone,
-  shutdown, grace expired): meters detached, one close record, `on_close` run.
+  shutdown, grace expired), through its `Stream` and so the state table:
+  meters detached, one close record, `on_close` run.
+- A flow is the carrier of a `Stream` (relay.hub.stream), the record it
+  shares with TCP streams; the pause/open marks are quota.core.streams'
+  decisions (`Datagram` events), taken only when a datagram changes them.
 - Refusals of bad input are logged once per cause and then at most once per
   `RefusalLog.every_ms`, with the number suppressed meanwhile; counts are kept.
 """
@@ -21,17 +25,15 @@ import contextlib
 import socket
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-from quota.core.bucket import Bucket, Meter
-from quota.core.stream import PauseReason, StreamState, transition
-from relay.streams import Stream
-
-if TYPE_CHECKING:
-    from relay.hub import Hub
-    from relay.tunnels import Tunnel
+from quota.core.bucket import Meter
+from quota.core.stream import PauseReason, StreamState
+from quota.core.streams import Datagram, Side
+from relay.hub.stream import Stream, detach_meters
+from relay.hub.tunnels import Tunnel
 
 log = structlog.get_logger("relay.udp")
 
@@ -70,32 +72,34 @@ class RefusalLog:
         log.warning("udp_refused", cause=cause, suppressed=suppressed, **context)
 
 
-class UdpFlow(Stream):
+class UdpFlow:
     """One UDP flow; `bytes_up` is payload from the connecting side to the owner."""
 
     def __init__(
-        self,
-        hub: Hub,
-        *,
-        stream_id: str,
-        tunnel: Tunnel,
-        peer_desc: str,
-        bucket: Bucket | None,
-        flow_id: int,
-        on_close: Callable[[UdpFlow], None],
+        self, stream: Stream, *, flow_id: int, on_close: Callable[[UdpFlow], None]
     ) -> None:
-        super().__init__(
-            hub, stream_id=stream_id, tunnel=tunnel, peer_desc=peer_desc, bucket=bucket
-        )
+        self.stream = stream
         self.flow_id = flow_id
         self.on_close = on_close
+        bucket = stream.bucket
         self.up_meter: Meter | None = bucket.attach(self) if bucket else None
         self.down_meter: Meter | None = bucket.attach(self) if bucket else None
         self._unmetered = [0, 0]  # up, down: counted here when metering is off
         self.dropped = 0
-        self.last_ms = hub.now_ms()
+        self.last_ms = stream.host.now_ms()
         self.reply: Callable[[UdpFlow, bytes], None] | None = None  # where replies go
-        self.state = transition(self.state, StreamState.OPEN)
+        stream.carrier = self
+
+    @property
+    def tunnel(self) -> Tunnel:
+        return self.stream.tunnel
+
+    @property
+    def state(self) -> StreamState:
+        return self.stream.state
+
+    def close(self, reason: str) -> None:
+        self.stream.close(reason)
 
     # -- figures ------------------------------------------------------------------
 
@@ -126,14 +130,12 @@ class UdpFlow(Stream):
             ok = True
         else:
             ok = meter.bucket.take_whole(meter, n)
-            self.hub.check_low_water(meter.bucket)
-        if ok:
-            if self.state is StreamState.PAUSED:
-                self._set_paused(False)
-        else:
+            self.stream.host.check_low_water(meter.bucket)
+        if not ok:
             self.dropped += n
-            if self.state is StreamState.OPEN:
-                self._set_paused(True)
+        # Only a change of mark is a decision worth the core's time.
+        if (self.stream.state is StreamState.PAUSED) is ok:
+            self.stream.handle(Datagram(passed=ok, now_ms=self.stream.host.now_ms()))
         return ok
 
     def admit_up(self, n: int) -> bool:
@@ -146,39 +148,29 @@ class UdpFlow(Stream):
         """A datagram dropped before metering (oversized, congested): counted, never used."""
         self.dropped += n
 
-    def _set_paused(self, paused: bool) -> None:
-        now = self.hub.now_ms()
-        if paused:
-            self.state = transition(self.state, StreamState.PAUSED)
-            self.clock.pause(now)
-            reason = PauseReason.INACTIVE if self.bucket and self.bucket.inactive else None
-            self.hub.stream_paused(self, reason or PauseReason.QUOTA)
-        else:
-            self.state = transition(self.state, StreamState.OPEN)
-            self.clock.resume(now)
-            self.hub.stream_resumed(self)
+    def on_wake(self) -> None:
+        """Never called: a datagram meter never waits, so no grant wakes it."""
 
-    # -- lifecycle ----------------------------------------------------------------
+    # -- Carrier: a flow holds nothing and pauses no socket ----------------------------
 
-    def quota_wait(self) -> None:
-        """Nothing to pause: datagrams that do not fit are dropped as they come."""
+    def holding(self) -> bool:
+        return False
 
-    def quota_check(self) -> None:
-        """Nothing is held, so nothing resumes."""
+    def pause(self, reason: PauseReason, sides: tuple[Side, ...]) -> None:
+        """UDP cannot be held back: datagrams that do not fit are dropped as they come."""
 
-    def close(self, reason: str) -> None:
-        self.finish(reason)
+    def resume(self, reasons: tuple[PauseReason, ...], sides: tuple[Side, ...]) -> None:
+        """Nothing was paused, so nothing resumes."""
 
-    def finish(self, reason: str) -> None:
-        if self.state is StreamState.CLOSED:
-            return
-        self.clock.resume(self.hub.now_ms())
-        self.state = StreamState.CLOSED
-        self.close_reason = reason
-        if self.bucket is not None:
-            for meter in (self.up_meter, self.down_meter):
-                if meter is not None:
-                    # UDP meters never wait, so detaching wakes only TCP legs
-                    self.hub.dispatch(self.bucket.detach(meter))
-        self.hub.stream_closed(self)
+    def attach_peers(self) -> None:
+        """Replies find their way through `reply`, set by the channel that made the flow."""
+
+    def close_legs(self, sides: tuple[Side, ...]) -> None:
+        """No transport of its own: the tunnel's socket and channels outlive a flow."""
+
+    def detach(self) -> tuple[Meter, ...]:
+        # UDP meters never wait, so what their freed bytes wake are TCP legs
+        return detach_meters(self.stream.bucket, (self.up_meter, self.down_meter))
+
+    def closed(self) -> None:
         self.on_close(self)

@@ -1,7 +1,7 @@
 """The framed channels of UDP tunnels, and the public UDP port's socket.
 
 Invariants:
-- A frame is decoded, checked and acted on at once; bad input (flow 0, a frame
+- A frame is decoded (quota.core.frames), checked and acted on at once; bad input (flow 0, a frame
   above `udp.max_datagram`, a cut frame, a flow id the relay never gave this
   channel's tunnel) is refused through the relay's `RefusalLog` and skipped:
   the channel and every other flow go on.
@@ -15,61 +15,45 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import asyncssh
 
-from quota.core.frames import MAX_PAYLOAD, Frame, FrameDecoder, Malformed, Oversized, encode
-from relay.udp_flow import UdpFlow
-
-if TYPE_CHECKING:
-    from relay.udp import UdpTunnel
+from quota.core.frames import FramedProtocol, Malformed, encode
+from relay.hub.tunnels import Tunnel
+from relay.udp.flow import RefusalLog, UdpFlow
 
 
-class FramedChannel(asyncssh.SSHTCPSession[bytes]):
-    """An SSH channel carrying frames, on either side: decoding and a congestion flag.
+class UdpSide(Protocol):
+    """The relay's UDP side as its channels see it (relay.udp.relay.UdpRelay)."""
 
-    Subclasses say what a frame means (`on_frame`) and what to do with an
-    oversized or malformed one; the relay and the agent share this much.
-    """
+    flows: dict[int, UdpFlow]
+    refusals: RefusalLog
 
-    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
-        self.decoder = FrameDecoder(max_payload)
-        self.chan: Any = None
-        self.congested = False
-
-    def connection_made(self, chan: Any) -> None:
-        self.chan = chan
-
-    def pause_writing(self) -> None:
-        self.congested = True
-
-    def resume_writing(self) -> None:
-        self.congested = False
-
-    def data_received(self, data: bytes, datatype: Any) -> None:
-        for event in self.decoder.feed(data):
-            if isinstance(event, Frame):
-                self.on_frame(event.flow_id, event.payload)
-            elif isinstance(event, Oversized):
-                self.on_oversized(event.flow_id, event.length)
-            else:
-                self.on_malformed(event.reason)
-
-    def on_frame(self, flow_id: int, payload: bytes) -> None:
-        raise NotImplementedError
-
-    def on_oversized(self, flow_id: int, length: int) -> None:
-        """An oversized frame was skipped; by default nothing more is done."""
-
-    def on_malformed(self, reason: str) -> None:
-        """A malformed frame was skipped; by default nothing more is done."""
+    @property
+    def max_datagram(self) -> int: ...
 
 
-class _FramedSession(FramedChannel):
+class FlowServer(Protocol):
+    """One UDP tunnel as its channels see it (relay.udp.tunnel.UdpTunnel)."""
+
+    tunnel: Tunnel
+    supports: set[Any]
+
+    @property
+    def udp(self) -> UdpSide: ...
+
+    def now_ms(self) -> int: ...
+    def new_flow(self, peer_desc: str, on_close: Any) -> UdpFlow | None: ...
+    def to_owner(self, flow: UdpFlow, payload: bytes) -> None: ...
+    def owner_ready(self, session: Any) -> None: ...
+    def owner_lost(self, session: Any) -> None: ...
+
+
+class _FramedSession(FramedProtocol, asyncssh.SSHTCPSession[bytes]):
     """The relay's side of a framed channel: refusals are counted and logged."""
 
-    def __init__(self, server: UdpTunnel) -> None:
+    def __init__(self, server: FlowServer) -> None:
         super().__init__(server.udp.max_datagram)
         self.server = server
         self.udp = server.udp
@@ -125,7 +109,7 @@ class OwnerSession(_FramedSession):
     def on_frame(self, flow_id: int, payload: bytes) -> None:
         flow = self._flow(flow_id)
         if flow is not None:
-            flow.last_ms = self.server.hub.now_ms()
+            flow.last_ms = self.server.now_ms()
             if flow.reply is not None:
                 flow.reply(flow, payload)
 
@@ -139,7 +123,7 @@ class OwnerSession(_FramedSession):
 class SupportSession(_FramedSession):
     """A support agent's channel to a UDP endpoint; its flow ids map to the relay's."""
 
-    def __init__(self, server: UdpTunnel, peer_desc: str) -> None:
+    def __init__(self, server: FlowServer, peer_desc: str) -> None:
         super().__init__(server)
         self.peer_desc = peer_desc
         self.flows: dict[int, UdpFlow] = {}  # by the support agent's own flow id
@@ -194,7 +178,7 @@ class SupportSession(_FramedSession):
 class PublicUdp(asyncio.DatagramProtocol):
     """A public UDP port: each peer address is a flow."""
 
-    def __init__(self, server: UdpTunnel) -> None:
+    def __init__(self, server: FlowServer) -> None:
         self.server = server
         self.transport: asyncio.DatagramTransport | None = None
         self.by_addr: dict[Any, UdpFlow] = {}
@@ -212,7 +196,7 @@ class PublicUdp(asyncio.DatagramProtocol):
             self.by_addr[addr] = flow
             flow.reply = lambda f, payload: self._reply(f, payload, addr)
         if len(data) > server.udp.max_datagram:
-            flow.last_ms = server.hub.now_ms()
+            flow.last_ms = server.now_ms()
             flow.drop(len(data))
             server.udp.refusals.refuse(
                 "oversized", tunnel_id=server.tunnel.tunnel_id, length=len(data)

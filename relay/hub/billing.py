@@ -4,21 +4,21 @@ Invariants:
 - Usage is cumulative per (agent, tunnel) for this process: bytes of closed
   streams plus the meters of live ones, so the quota agent's deltas add up to
   each bucket's `used` exactly.
-- Leases only ever add to a bucket through `Bucket.grant`; statuses go through
-  `Hub.set_active`, so paused streams wake and inactive ones pause the usual way.
+- Leases only ever add to a bucket through `Buckets.grant` (no admin view is
+  built); statuses go through `OwnerActivity.set_active`, so paused streams
+  wake and inactive ones pause the usual way.
 - A refreshed registry closes the connections of agents whose key was revoked
   (their streams close with reason "revoked") and keeps everyone else's.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import structlog
 
 from quota.core import wire
-from relay.hub import Hub
+from relay.hub.hub import Hub
 from relay.registry import Agent, Role, key_blob
 
 log = structlog.get_logger("relay.billing")
@@ -43,18 +43,10 @@ class BillingLink:
         self._last_used: dict[str, tuple[int, int]] = {}  # agent -> (used, at_ms)
 
     def usage(self) -> dict[tuple[str, str], int]:
-        totals: Counter[tuple[str, str]] = Counter(self.hub.closed_usage)
-        for stream in self.hub.live.values():
-            key = (stream.tunnel.agent.agent_id, stream.tunnel.tunnel_id)
-            totals[key] += stream.bytes_up + stream.bytes_down
-        return dict(totals)
+        return self.hub.live.usage()
 
     def tunnel_time(self) -> dict[tuple[str, str], int]:
-        now = self.hub.now_ms()
-        totals: Counter[tuple[str, str]] = Counter(self.hub.closed_time)
-        for tunnel in self.hub.tunnels.all():
-            totals[(tunnel.agent.agent_id, tunnel.tunnel_id)] += now - tunnel.opened_ms
-        return dict(totals)
+        return self.hub.live.tunnel_time(self.hub.tunnels.all(), self.hub.now_ms())
 
     def needs(self) -> dict[str, int]:
         return {
@@ -64,8 +56,9 @@ class BillingLink:
         }
 
     def add_lease(self, agent_id: str, nbytes: int) -> None:
-        if nbytes > 0 and self.hub.registry.get(agent_id) is not None:
-            self.hub.grant(agent_id, nbytes)
+        agent = self.hub.registry.get(agent_id)
+        if nbytes > 0 and agent is not None:
+            self.hub.buckets.grant(agent, nbytes)
 
     def set_status(self, agent_id: str, active: bool) -> None:
         agent = self.hub.registry.get(agent_id)
@@ -73,7 +66,7 @@ class BillingLink:
             return
         bucket = self.hub.bucket_for(agent)
         if bucket.inactive == active:  # a change
-            self.hub.set_active(agent_id, active)
+            self.hub.activity.set_active(agent, active)
 
     def take_back_idle(self, idle_ms: int) -> dict[str, int]:
         """Give back the unused lease of agents with no stream and no use for `idle_ms`."""
@@ -99,7 +92,7 @@ class BillingLink:
         for agent in fresh:
             bucket = self.hub.buckets.get(agent.agent_id)
             if bucket is not None and bucket.inactive == agent.active:
-                self.hub.set_active(agent.agent_id, agent.active)
+                self.hub.activity.set_active(agent, agent.active)
         self._close_revoked()
 
     def _close_revoked(self) -> None:

@@ -1,0 +1,316 @@
+"""Stream decisions: when a stream opens, pauses, resumes, closes and what it logs.
+
+A `StreamMachine` takes events and returns actions, the way h11 and mitmproxy's
+layers do; it performs no I/O and keeps no clock (events carry `now_ms`). The
+relay's dispatcher carries the actions out in order, with no await between a
+decision and its effect. How many bytes of a chunk may pass is the bucket's
+decision (quota.core.bucket); the machine hears of its outcome (`BytesHeld`,
+`HeldCleared`, `Datagram`) and decides what the stream does about it.
+
+Invariants (checked by the playbook and property tests):
+- The state moves only along quota.core.stream's transition table; CLOSED is
+  final and a machine returns `Close` exactly once, whatever events follow.
+- A TCP stream is paused for quota while a side holds bytes the bucket could
+  not pass; it resumes (`LogRecord("resume")` first, then `Resume`) only when
+  no side holds any. Flow-control pauses are their own reason and never undo a
+  quota pause (they are separate members of each leg's pause set).
+- A datagram stream never pauses a socket: a dropped datagram marks it paused
+  in the log, the next one that passes marks it open again.
+- Log records: "open" once, "pause"/"resume" on each edge, "interim" while
+  live, "close" once and only for a stream that was opened.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from quota.core.stream import PauseClock, PauseReason, StreamState, transition
+
+
+class Side(enum.Enum):
+    UP = "up"  # the connecting side: support agent or public client
+    DOWN = "down"  # the owner's side: the client agent
+
+
+BOTH = (Side.UP, Side.DOWN)
+_QUOTA_REASONS = (PauseReason.QUOTA, PauseReason.INACTIVE)
+
+
+def other(side: Side) -> Side:
+    return Side.DOWN if side is Side.UP else Side.UP
+
+
+# -- events ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LegConnected:
+    """A leg connected; `all_connected` when no leg is still connecting."""
+
+    all_connected: bool
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LegLost:
+    """A leg's transport is gone (peer reset, closed, channel closed)."""
+
+    side: Side
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EofBothWays:
+    """Both directions forwarded their EOF: the stream is done."""
+
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseRequested:
+    """Close now (operator, shutdown, revoked key, grace expired, idle, refused).
+
+    `close_legs` is False when the legs are already gone or never opened.
+    """
+
+    reason: str
+    now_ms: int
+    close_legs: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BytesHeld:
+    """A leg holds bytes the bucket could not pass, or the owner became inactive."""
+
+    inactive: bool
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeldCleared:
+    """A leg flushed its held bytes, or the owner became active; `holding` if any still holds."""
+
+    holding: bool
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlowPaused:
+    """The write buffer toward `side` is full: stop reading the other side."""
+
+    side: Side
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlowResumed:
+    """The write buffer toward `side` drained: the other side may read again."""
+
+    side: Side
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Datagram:
+    """A datagram stream's datagram passed the bucket whole, or was dropped."""
+
+    passed: bool
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Interim:
+    """Time for a long-lived stream's interim record."""
+
+    now_ms: int
+
+
+Event = (
+    LegConnected
+    | LegLost
+    | EofBothWays
+    | CloseRequested
+    | BytesHeld
+    | HeldCleared
+    | FlowPaused
+    | FlowResumed
+    | Datagram
+    | Interim
+)
+
+
+# -- actions -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Register:
+    """Enter the live-stream table (the stream is open)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttachPeers:
+    """Join the legs: each drains what arrived early and may read."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pause:
+    """Add `reason` to the pause set of the legs on `sides`."""
+
+    reason: PauseReason
+    sides: tuple[Side, ...] = BOTH
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resume:
+    """Remove `reasons` from the pause sets of the legs on `sides`."""
+
+    reasons: tuple[PauseReason, ...] = _QUOTA_REASONS
+    sides: tuple[Side, ...] = BOTH
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseLegs:
+    """Close the transports of the legs on `sides`."""
+
+    sides: tuple[Side, ...] = BOTH
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogRecord:
+    """Write a stream-log record: open, pause, resume, interim or close."""
+
+    event: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Close:
+    """The stream is closed: detach its meters, leave the live table, wake waiters."""
+
+    reason: str
+
+
+Action = Register | AttachPeers | Pause | Resume | CloseLegs | LogRecord | Close
+
+
+class StreamMachine:
+    """The decisions of one stream (two legs, or one datagram flow)."""
+
+    __slots__ = ("clock", "close_reason", "datagrams", "opened", "opened_at_ms", "state")
+
+    def __init__(self, *, opened_at_ms: int, datagrams: bool = False) -> None:
+        self.state = StreamState.OPENING
+        self.clock = PauseClock()
+        self.opened_at_ms = opened_at_ms
+        self.datagrams = datagrams  # UDP: nothing is held, no socket is paused
+        self.opened = False
+        self.close_reason = ""
+
+    def handle(self, event: Event) -> tuple[Action, ...]:
+        """Apply one event; return what the relay must do, in order."""
+        if self.state is StreamState.CLOSED and not isinstance(event, FlowPaused | FlowResumed):
+            return ()
+        match event:
+            case LegConnected():
+                return self._connected(event)
+            case LegLost():
+                reason = "peer_closed" if event.side is Side.UP else "agent_closed"
+                legs = CloseLegs(sides=(other(event.side),))
+                return (legs, *self._close(reason, event.now_ms))
+            case EofBothWays():
+                return (CloseLegs(), *self._close("done", event.now_ms))
+            case CloseRequested():
+                first: tuple[Action, ...] = (CloseLegs(),) if event.close_legs else ()
+                return (*first, *self._close(event.reason, event.now_ms))
+            case BytesHeld():
+                return self._held(event)
+            case HeldCleared():
+                return self._cleared(event)
+            case FlowPaused():
+                return self._flow(Pause(reason=PauseReason.FLOW, sides=(other(event.side),)))
+            case FlowResumed():
+                flow = Resume(reasons=(PauseReason.FLOW,), sides=(other(event.side),))
+                return self._flow(flow)
+            case Datagram():
+                return self._datagram(event)
+            case Interim():
+                return (LogRecord(event="interim"),)
+
+    # -- one method per kind of event ---------------------------------------------------
+
+    def _connected(self, event: LegConnected) -> tuple[Action, ...]:
+        if self.state is not StreamState.OPENING or not event.all_connected:
+            return ()
+        self.state = transition(self.state, StreamState.OPEN)
+        self.opened = True
+        return (Register(), LogRecord(event="open"), AttachPeers())
+
+    def _close(self, reason: str, now_ms: int) -> tuple[Action, ...]:
+        """The closing steps shared by every way a stream ends; reached once per machine."""
+        self.state = transition(self.state, StreamState.CLOSED)
+        self.clock.resume(now_ms)
+        self.close_reason = reason
+        log: tuple[Action, ...] = (LogRecord(event="close"),) if self.opened else ()
+        return (*log, Close(reason=reason))
+
+    def _held(self, event: BytesHeld) -> tuple[Action, ...]:
+        if self.datagrams:
+            return ()  # nothing to pause: datagrams that do not fit are dropped as they come
+        reason = PauseReason.INACTIVE if event.inactive else PauseReason.QUOTA
+        actions: tuple[Action, ...] = (Pause(reason=reason),)
+        if self.state is StreamState.OPEN:
+            self._mark_paused(event.now_ms)
+            actions += (LogRecord(event="pause"),)
+        return actions
+
+    def _cleared(self, event: HeldCleared) -> tuple[Action, ...]:
+        if self.datagrams or event.holding or self.state is not StreamState.PAUSED:
+            return ()
+        self._mark_open(event.now_ms)
+        return (LogRecord(event="resume"), Resume())
+
+    def _flow(self, action: Action) -> tuple[Action, ...]:
+        # Before the legs are joined neither has a peer whose buffer could fill.
+        return () if self.state is StreamState.OPENING else (action,)
+
+    def _datagram(self, event: Datagram) -> tuple[Action, ...]:
+        if event.passed and self.state is StreamState.PAUSED:
+            self._mark_open(event.now_ms)
+            return (LogRecord(event="resume"),)
+        if not event.passed and self.state is StreamState.OPEN:
+            self._mark_paused(event.now_ms)
+            return (LogRecord(event="pause"),)
+        return ()
+
+    def _mark_paused(self, now_ms: int) -> None:
+        self.state = transition(self.state, StreamState.PAUSED)
+        self.clock.pause(now_ms)
+
+    def _mark_open(self, now_ms: int) -> None:
+        self.state = transition(self.state, StreamState.OPEN)
+        self.clock.resume(now_ms)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WantGrant:
+    """Ask the billing API for more bytes for this agent now (low water crossed)."""
+
+    agent_id: str
+    remaining: int
+
+
+class GrantWatch:
+    """Which buckets asked for a grant: one `True` per crossing of the low-water mark."""
+
+    __slots__ = ("_wanting",)
+
+    def __init__(self) -> None:
+        self._wanting: set[str] = set()
+
+    def check(self, agent_id: str, wants: bool, remaining: int) -> WantGrant | None:
+        """A `WantGrant` when `agent_id` just started wanting a grant (ask billing now)."""
+        if not wants:
+            self._wanting.discard(agent_id)
+            return None
+        if agent_id in self._wanting:
+            return None
+        self._wanting.add(agent_id)
+        return WantGrant(agent_id=agent_id, remaining=remaining)

@@ -1,0 +1,92 @@
+"""The admin API's view of the relay: `RelayControl` over a hub.
+
+Invariants:
+- Every call names a known agent or raises `UnknownAgent`; nothing changes then.
+- Grants go through `Buckets.grant` and statuses through `OwnerActivity`, the
+  same paths the billing sync takes; only the answer (an agent's view) is extra.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from relay.errors import UnknownAgent
+from relay.hub.hub import Hub
+from relay.registry import Agent
+
+log = structlog.get_logger("relay")
+
+
+class Control:
+    """Implements relay.admin.server.RelayControl."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def _agent(self, agent_id: str) -> Agent:
+        agent = self.hub.registry.get(agent_id)
+        if agent is None:
+            raise UnknownAgent(agent_id)
+        return agent
+
+    def _view(self, agent: Agent) -> dict[str, object]:
+        bucket = self.hub.bucket_for(agent)
+        return {
+            "agent_id": agent.agent_id,
+            "account": agent.account,
+            "role": agent.role.value,
+            "state": bucket.state.value,
+            "granted": bucket.granted,
+            "used": bucket.used,
+            "remaining": bucket.remaining,
+            "streams": sum(1 for s in self.hub.live.values() if s.tunnel.agent is agent),
+            "waiting": bucket.waiting,
+        }
+
+    def grant(self, agent_id: str, nbytes: int) -> dict[str, object]:
+        agent = self._agent(agent_id)
+        self.hub.buckets.grant(agent, nbytes)
+        return self._view(agent)
+
+    def revoke(self, agent_id: str, nbytes: int) -> dict[str, object]:
+        agent = self._agent(agent_id)
+        back = self.hub.bucket_for(agent).revoke(nbytes)
+        log.info("revoked", agent_id=agent_id, bytes=back)
+        return self._view(agent)
+
+    def set_active(self, agent_id: str, active: bool) -> dict[str, object]:
+        agent = self._agent(agent_id)
+        self.hub.activity.set_active(agent, active)
+        return self._view(agent)
+
+    def agents(self) -> list[dict[str, object]]:
+        return [self._view(agent) for agent in self.hub.registry]
+
+    def streams(self) -> list[dict[str, object]]:
+        return [
+            {
+                "stream_id": s.stream_id,
+                "tunnel_id": s.tunnel.tunnel_id,
+                "agent_id": s.tunnel.agent.agent_id,
+                "kind": s.tunnel.kind,
+                "peer": s.peer_desc,
+                "target": s.tunnel.target,
+                "state": s.state.value,
+                "bytes_up": s.bytes_up,
+                "bytes_down": s.bytes_down,
+                "bytes_dropped": s.bytes_dropped,
+                "pauses": s.clock.count,
+            }
+            for s in self.hub.live.values()
+        ]
+
+    def status(self) -> dict[str, object]:
+        hub = self.hub
+        return {
+            "relay_id": hub.config.relay_id,
+            "uptime_ms": hub.now_ms() - hub.started_ms,
+            "tunnels": len(hub.tunnels),
+            "streams": len(hub.live),
+            "depleted": hub.buckets.depleted(),
+            "sync": dict(hub.quota_counters),
+        }

@@ -1,0 +1,129 @@
+"""The hub: the parts of one relay's shared state, assembled, and the host of its streams.
+
+It decides nothing itself: quota.core decides (buckets, stream machines), the
+parts keep state (`buckets`, `tunnels`, `live`, `recorder`, `activity`) and the
+TCP, UDP and SSH parts own the sockets. The hub is what they all hold.
+
+Invariants:
+- A refusal opens nothing, is logged once and its message is shown to the agent.
+- Every stream that opens is closed exactly once, and logged open and closed.
+- Every task the relay starts for a stream is owned here and cancelled at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+from quota.core.bucket import Bucket, Meter
+from quota.core.streams import Interim
+from relay.config import RelayConfig
+from relay.errors import Refused
+from relay.hub.activity import OwnerActivity
+from relay.hub.buckets import Buckets
+from relay.hub.live import LiveStreams
+from relay.hub.recorder import StreamRecorder
+from relay.hub.stream import Stream
+from relay.hub.tunnels import Tunnel, TunnelTable
+from relay.registry import Agent, Registry
+from relay.streamlog.writer import StreamLog
+
+log = structlog.get_logger("relay")
+
+
+class Hub:
+    def __init__(
+        self, config: RelayConfig, registry: Registry, streamlog: StreamLog | None
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.buckets = Buckets(config)
+        self.tunnels = TunnelTable(config.public_ports)
+        self.live = LiveStreams()
+        self.recorder = StreamRecorder(config.relay_id, streamlog)
+        self.activity = OwnerActivity(self.buckets, self.live, config.inactive_grace_ms)
+        self.started_ms = self.now_ms()
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connections: set[Any] = set()  # logged-in agents' SSH front objects
+        self.quota_counters: dict[str, int] = {}  # the quota agent's, for the status view
+
+    @staticmethod
+    def now_ms() -> int:
+        return time.time_ns() // 1_000_000
+
+    def bucket_for(self, agent: Agent) -> Bucket:
+        return self.buckets.bucket_for(agent)
+
+    def stream_id(self, serial: str | None = None) -> str:
+        """A relay-unique stream id; UDP flows pass their own serial ("u7")."""
+        serial = serial if serial is not None else str(next(self._ids))
+        return f"{self.config.relay_id}-{self.started_ms:x}-{serial}"
+
+    # -- StreamHost: what every stream calls -------------------------------------------
+
+    def stream_opened(self, stream: Stream) -> None:
+        self.live.opened(stream)
+
+    def stream_closed(self, stream: Stream) -> None:
+        self.live.closed(stream)
+
+    def record(self, stream: Stream, event: str) -> None:
+        self.recorder.record(stream, event, self.now_ms())
+
+    def dispatch(self, wakes: tuple[Meter, ...]) -> None:
+        self.buckets.dispatch(wakes)
+
+    def check_low_water(self, bucket: Bucket) -> None:
+        self.buckets.check_low_water(bucket)
+
+    # -- tunnels ------------------------------------------------------------------------
+
+    def refuse(self, conn: Any, agent: Agent | None, what: str, message: str) -> None:
+        log.warning(
+            "refused", agent_id=agent.agent_id if agent else None, what=what, reason=message
+        )
+        if conn is not None:
+            conn.send_debug(f"quotarelay: {message}", always_display=True)
+
+    def check_may_expose(self, agent: Agent) -> None:
+        if not agent.role.may_expose:
+            raise Refused(f"agent {agent.agent_id} is a support agent and cannot register tunnels")
+        if self.bucket_for(agent).inactive:
+            raise Refused(f"agent {agent.agent_id} is inactive (no active subscription)")
+
+    def remove_tunnel(self, tunnel: Tunnel) -> None:
+        if self.tunnels.remove(tunnel):
+            self.live.tunnel_closed(tunnel, self.now_ms())
+            log.info("tunnel_closed", tunnel_id=tunnel.tunnel_id)
+        if tunnel.server is not None:
+            tunnel.server.close()
+
+    # -- the relay's life -------------------------------------------------------------------
+
+    def interim(self) -> None:
+        now = self.now_ms()
+        for stream in list(self.live.values()):
+            stream.handle(Interim(now_ms=now))
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close_all(self, reason: str) -> None:
+        for stream in list(self.live.values()):
+            stream.close(reason)
+        for tunnel in self.tunnels.all():
+            self.remove_tunnel(tunnel)
+
+    async def drain_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

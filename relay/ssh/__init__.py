@@ -1,0 +1,1 @@
+"""The SSH front: agents log in and ask for forwards."""

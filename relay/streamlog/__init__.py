@@ -1,0 +1,1 @@
+"""The stream log: the batched writer and the queries operators run."""

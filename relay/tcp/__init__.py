@@ -1,0 +1,1 @@
+"""TCP streams: metered pumps (legs) and the tunnels that open streams."""

@@ -1,0 +1,148 @@
+"""TCP tunnels: endpoints and public ports of client agents, and the streams through them.
+
+Invariants:
+- Role and account rules: a support agent cannot register, a client agent
+  cannot reach, names live in the account's namespace, an inactive owner is
+  refused, an address is never dialled.
+- A stream through a tunnel always ends at its owner: a forwarded-tcpip channel
+  on the owner's connection. If the owner refuses it, the stream closes with
+  reason "agent_refused" and the connecting side is told why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+import asyncssh
+import structlog
+
+from relay.errors import Refused
+from relay.hub.hub import Hub
+from relay.hub.stream import Stream
+from relay.hub.tunnels import PUBLIC, Tunnel, is_address
+from relay.registry import Agent
+from relay.tcp.pump import ChannelLeg, TcpLeg
+from relay.tcp.stream import TcpPair
+
+log = structlog.get_logger("relay")
+
+
+class TcpTunnels:
+    """Registers TCP tunnels and opens the streams through them."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def add_endpoint(self, agent: Agent, name: str, port: int, conn: Any) -> Tunnel:
+        self.hub.check_may_expose(agent)
+        tunnel = self.hub.tunnels.add_endpoint(agent, name, port, conn)
+        log.info("tunnel_opened", tunnel_id=tunnel.tunnel_id, agent_id=agent.agent_id)
+        return tunnel
+
+    async def add_public(self, agent: Agent, listen_host: str, port: int, conn: Any) -> Tunnel:
+        hub = self.hub
+        hub.check_may_expose(agent)
+        busy: set[int] = set()  # ports of the range something else holds on this host
+        while True:
+            chosen = hub.tunnels.pick_port(agent, port, avoid=busy)
+            tunnel = hub.tunnels.add_public(agent, chosen, listen_host, conn)
+            try:
+                tunnel.server = await asyncio.get_running_loop().create_server(
+                    functools.partial(self._public_leg, tunnel),
+                    hub.config.public_bind,
+                    chosen,
+                    reuse_address=True,
+                )
+                break
+            except OSError as exc:
+                hub.tunnels.remove(tunnel)
+                if port:  # a port asked for by number: no other will do
+                    raise Refused(f"port {chosen} cannot be opened on this relay: {exc}") from None
+                busy.add(chosen)
+        log.info("tunnel_opened", tunnel_id=tunnel.tunnel_id, agent_id=agent.agent_id, port=chosen)
+        return tunnel
+
+    def resolve(self, agent: Agent, host: str, port: int) -> Tunnel:
+        """The endpoint a support agent asks for, or a refusal that reveals nothing."""
+        if not agent.role.may_connect:
+            raise Refused(f"agent {agent.agent_id} is a client agent and cannot reach endpoints")
+        if is_address(host):
+            raise Refused(
+                f"the relay does not dial {host}:{port}: name an endpoint of your account"
+            )
+        tunnel = self.hub.tunnels.find_endpoint(agent.account, host.lower(), port)
+        if tunnel is None:
+            raise Refused(f"no endpoint {host}:{port} in your account")
+        if self.hub.bucket_for(tunnel.agent).inactive:
+            raise Refused(f"endpoint {host}:{port} belongs to an inactive agent")
+        return tunnel
+
+    # -- streams ------------------------------------------------------------------
+
+    def _new_pair(self, tunnel: Tunnel, peer_desc: str) -> TcpPair:
+        hub = self.hub
+        bucket = hub.bucket_for(tunnel.agent) if hub.config.metering else None
+        stream = Stream(
+            hub, stream_id=hub.stream_id(), tunnel=tunnel, peer_desc=peer_desc, bucket=bucket
+        )
+        return TcpPair(stream)
+
+    async def bridge(self, support: Agent, tunnel: Tunnel, orig: tuple[str, int]) -> ChannelLeg:
+        """Open the owner's forwarded-tcpip channel; return the support side's leg."""
+        pair = self._new_pair(tunnel, f"support:{support.agent_id}@{orig[0]}:{orig[1]}")
+        up, down = ChannelLeg(pair, "up"), ChannelLeg(pair, "down")
+        pair.bind(up, down)
+        await self._open_owner(pair, down, orig)
+        return up
+
+    def _public_leg(self, tunnel: Tunnel) -> TcpLeg:
+        pair = self._new_pair(tunnel, "")
+        up = _PublicLeg(pair, "up", self)
+        pair.bind(up, ChannelLeg(pair, "down"))
+        return up
+
+    def open_owner_later(self, pair: TcpPair, orig: tuple[str, int]) -> None:
+        down = pair.down
+        assert isinstance(down, ChannelLeg)
+        name = f"open-{pair.stream.stream_id}"
+        self.hub.spawn(self._open_owner_or_close(pair, down, orig), name)
+
+    async def _open_owner_or_close(
+        self, pair: TcpPair, down: ChannelLeg, orig: tuple[str, int]
+    ) -> None:
+        try:
+            await self._open_owner(pair, down, orig)
+        except asyncssh.ChannelOpenError:
+            pair.up.close()
+
+    async def _open_owner(self, pair: TcpPair, down: ChannelLeg, orig: tuple[str, int]) -> None:
+        tunnel = pair.stream.tunnel
+        try:
+            await tunnel.conn.create_connection(
+                lambda: down, tunnel.listen_host, tunnel.port, orig[0], orig[1]
+            )
+        except (asyncssh.ChannelOpenError, asyncssh.Error, OSError) as exc:
+            pair.stream.close("agent_refused", close_legs=False)
+            reason = getattr(exc, "reason", str(exc))
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, f"{tunnel.target}: the agent refused: {reason}"
+            ) from None
+
+
+class _PublicLeg(TcpLeg):
+    """A public-port client: once accepted, open the owner's channel for it."""
+
+    def __init__(self, pair: TcpPair, name: str, tunnels: TcpTunnels) -> None:
+        super().__init__(pair, name)
+        self.pair = pair
+        self.tunnels = tunnels
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        orig = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
+        self.pair.stream.peer_desc = f"{orig[0]}:{orig[1]}"
+        assert self.pair.stream.tunnel.kind == PUBLIC
+        self.tunnels.open_owner_later(self.pair, orig)

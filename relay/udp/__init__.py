@@ -1,0 +1,1 @@
+"""UDP tunnels: registration, flows, framed owner and support channels, public ports."""

@@ -1,0 +1,335 @@
+"""Stream decisions: playbooks event by event, and properties over a shared bucket."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from quota.core.bucket import Bucket, Meter
+from quota.core.stream import PauseReason, StreamState
+from quota.core.streams import (
+    Action,
+    AttachPeers,
+    BytesHeld,
+    Close,
+    CloseLegs,
+    CloseRequested,
+    Datagram,
+    EofBothWays,
+    Event,
+    FlowPaused,
+    FlowResumed,
+    GrantWatch,
+    HeldCleared,
+    Interim,
+    LegConnected,
+    LegLost,
+    LogRecord,
+    Pause,
+    Register,
+    Resume,
+    Side,
+    StreamMachine,
+    WantGrant,
+)
+
+QUOTA = (PauseReason.QUOTA, PauseReason.INACTIVE)
+
+
+def opened(datagrams: bool = False) -> StreamMachine:
+    m = StreamMachine(opened_at_ms=0, datagrams=datagrams)
+    m.handle(LegConnected(all_connected=True, now_ms=0))
+    return m
+
+
+# -- playbooks ------------------------------------------------------------------------
+
+
+def test_opens_once_both_legs_connected() -> None:
+    """The first leg changes nothing; the second registers, logs "open", joins the legs."""
+    m = StreamMachine(opened_at_ms=5)
+    assert m.handle(LegConnected(all_connected=False, now_ms=6)) == ()
+    assert m.handle(LegConnected(all_connected=True, now_ms=7)) == (
+        Register(),
+        LogRecord(event="open"),
+        AttachPeers(),
+    )
+    assert m.state is StreamState.OPEN
+    assert m.handle(LegConnected(all_connected=True, now_ms=8)) == ()
+
+
+def test_held_bytes_pause_and_log_once_then_resume_when_nothing_is_held() -> None:
+    """A pause is logged on the edge only; resume waits until no leg holds bytes."""
+    m = opened()
+    assert m.handle(BytesHeld(inactive=False, now_ms=10)) == (
+        Pause(reason=PauseReason.QUOTA),
+        LogRecord(event="pause"),
+    )
+    assert m.handle(BytesHeld(inactive=False, now_ms=11)) == (Pause(reason=PauseReason.QUOTA),)
+    assert m.handle(HeldCleared(holding=True, now_ms=12)) == ()
+    assert m.handle(HeldCleared(holding=False, now_ms=30)) == (
+        LogRecord(event="resume"),
+        Resume(reasons=QUOTA),
+    )
+    assert m.state is StreamState.OPEN
+    assert (m.clock.count, m.clock.paused_ms) == (1, 20)
+
+
+def test_an_inactive_owner_pauses_with_its_own_reason() -> None:
+    """An inactive owner's stream pauses for INACTIVE, even with nothing held."""
+    m = opened()
+    assert m.handle(BytesHeld(inactive=True, now_ms=1))[0] == Pause(reason=PauseReason.INACTIVE)
+    assert m.state is StreamState.PAUSED
+
+
+def test_a_stream_still_connecting_pauses_without_a_record() -> None:
+    """Held bytes before the stream opened pause the legs but log nothing."""
+    m = StreamMachine(opened_at_ms=0)
+    assert m.handle(BytesHeld(inactive=False, now_ms=1)) == (Pause(reason=PauseReason.QUOTA),)
+    assert m.state is StreamState.OPENING
+
+
+def test_flow_control_pauses_the_other_side_only_once_joined() -> None:
+    """A full write buffer toward one side stops reading the other side, for FLOW only."""
+    m = StreamMachine(opened_at_ms=0)
+    assert m.handle(FlowPaused(side=Side.UP)) == ()
+    m.handle(LegConnected(all_connected=True, now_ms=0))
+    assert m.handle(FlowPaused(side=Side.UP)) == (
+        Pause(reason=PauseReason.FLOW, sides=(Side.DOWN,)),
+    )
+    assert m.handle(FlowResumed(side=Side.DOWN)) == (
+        Resume(reasons=(PauseReason.FLOW,), sides=(Side.UP,)),
+    )
+
+
+def test_a_lost_leg_closes_the_other_and_the_stream_once() -> None:
+    """Losing the connecting side closes the owner's leg and the stream; later events do nothing."""
+    m = opened()
+    assert m.handle(LegLost(side=Side.UP, now_ms=3)) == (
+        CloseLegs(sides=(Side.DOWN,)),
+        LogRecord(event="close"),
+        Close(reason="peer_closed"),
+    )
+    assert m.state is StreamState.CLOSED and m.close_reason == "peer_closed"
+    later: list[Event] = [
+        LegLost(side=Side.DOWN, now_ms=4),
+        EofBothWays(now_ms=4),
+        CloseRequested(reason="x", now_ms=4),
+        BytesHeld(inactive=False, now_ms=4),
+        Interim(now_ms=4),
+    ]
+    assert [m.handle(e) for e in later] == [()] * len(later)
+
+
+def test_the_owner_side_lost_is_agent_closed_and_eof_both_ways_is_done() -> None:
+    """Close reasons name who ended the stream."""
+    m = opened()
+    assert m.handle(LegLost(side=Side.DOWN, now_ms=1))[-1] == Close(reason="agent_closed")
+    m = opened()
+    assert m.handle(EofBothWays(now_ms=1)) == (
+        CloseLegs(),
+        LogRecord(event="close"),
+        Close(reason="done"),
+    )
+
+
+def test_a_stream_refused_while_opening_closes_without_a_record() -> None:
+    """A stream never opened (the owner refused) closes, but the log has nothing to close."""
+    m = StreamMachine(opened_at_ms=0)
+    event = CloseRequested(reason="agent_refused", now_ms=1, close_legs=False)
+    assert m.handle(event) == (Close(reason="agent_refused"),)
+
+
+def test_a_close_ends_a_running_pause() -> None:
+    """A stream closed while paused counts the pause up to the close."""
+    m = opened()
+    m.handle(BytesHeld(inactive=False, now_ms=10))
+    m.handle(CloseRequested(reason="relay_shutdown", now_ms=25))
+    assert (m.clock.count, m.clock.total_ms(1000)) == (1, 15)
+
+
+def test_datagrams_mark_pause_and_open_without_pausing_sockets() -> None:
+    """A dropped datagram logs a pause, the next one passed logs a resume; nothing is held."""
+    m = opened(datagrams=True)
+    assert m.handle(Datagram(passed=True, now_ms=1)) == ()
+    assert m.handle(Datagram(passed=False, now_ms=2)) == (LogRecord(event="pause"),)
+    assert m.handle(Datagram(passed=False, now_ms=3)) == ()
+    assert m.handle(BytesHeld(inactive=True, now_ms=4)) == ()
+    assert m.handle(HeldCleared(holding=False, now_ms=4)) == ()
+    assert m.handle(Datagram(passed=True, now_ms=5)) == (LogRecord(event="resume"),)
+
+
+def test_interim_records_only_while_live() -> None:
+    """A live stream gets interim records; a closed one none."""
+    m = opened()
+    assert m.handle(Interim(now_ms=1)) == (LogRecord(event="interim"),)
+    m.handle(CloseRequested(reason="operator", now_ms=2))
+    assert m.handle(Interim(now_ms=3)) == ()
+
+
+def test_a_grant_is_wanted_once_per_crossing_of_low_water() -> None:
+    """GrantWatch asks once when low water is crossed, again only after it recovered."""
+    watch = GrantWatch()
+    assert watch.check("a", True, 5) == WantGrant(agent_id="a", remaining=5)
+    assert watch.check("a", True, 4) is None
+    assert watch.check("b", True, 9) == WantGrant(agent_id="b", remaining=9)
+    assert watch.check("a", False, 50) is None
+    assert watch.check("a", True, 3) == WantGrant(agent_id="a", remaining=3)
+
+
+# -- properties over a shared bucket ------------------------------------------------------
+
+
+class _Leg:
+    """A leg as relay.tcp.pump does it, without sockets: forward, hold, flush."""
+
+    def __init__(self, stream: _Stream, side: Side, bucket: Bucket) -> None:
+        self.stream = stream
+        self.side = side
+        self.meter = bucket.attach(self)
+        self.reasons: set[PauseReason] = set()
+        self.held = 0
+        self.offered = 0
+        self.forwarded = 0
+
+    def offer(self, n: int) -> None:
+        self.offered += n
+        m = self.meter
+        if not self.held and n <= m.allowance:
+            m.allowance -= n
+            m.passed += n
+            self.forwarded += n
+            return
+        take = m.bucket.take(m, n)
+        self.forwarded += take.passed
+        self.held += n - take.passed
+        if self.held:
+            self.stream.handle(BytesHeld(inactive=m.bucket.inactive, now_ms=0))
+        self.stream.sim.wake(take.wakes)
+
+    def on_wake(self) -> None:
+        k = self.meter.flush(self.held)
+        self.held -= k
+        self.forwarded += k
+        if not self.held:
+            self.stream.handle(HeldCleared(holding=self.stream.holding(), now_ms=0))
+
+
+class _Stream:
+    """A dispatcher as relay.hub.stream does it, carrying out the machine's actions."""
+
+    def __init__(self, sim: StreamSim, bucket: Bucket) -> None:
+        self.sim = sim
+        self.bucket = bucket
+        self.machine = StreamMachine(opened_at_ms=0)
+        self.legs = {side: _Leg(self, side, bucket) for side in Side}
+        self.closes: list[str] = []
+        self.close_records = 0
+        self.handle(LegConnected(all_connected=True, now_ms=0))
+
+    def holding(self) -> bool:
+        return any(leg.held for leg in self.legs.values())
+
+    def handle(self, event: Event) -> None:
+        for action in self.machine.handle(event):
+            self.carry_out(action)
+
+    def carry_out(self, action: Action) -> None:
+        match action:
+            case Pause():
+                for side in action.sides:
+                    self.legs[side].reasons.add(action.reason)
+            case Resume():
+                for side in action.sides:
+                    self.legs[side].reasons.difference_update(action.reasons)
+            case LogRecord(event="close"):
+                self.close_records += 1
+            case Close():
+                self.closes.append(action.reason)
+                wakes: tuple[Meter, ...] = ()
+                for leg in self.legs.values():
+                    wakes += self.bucket.detach(leg.meter)
+                self.sim.wake(wakes)
+
+
+class StreamSim(RuleBasedStateMachine):
+    """Streams of one agent sharing a bucket: grants, reads, closes, owner on and off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bucket = Bucket("agt", low_water=0, slice_bytes=4096)
+        self.granted = 0
+        self.streams = [_Stream(self, self.bucket) for _ in range(3)]
+
+    def wake(self, wakes: tuple[Meter, ...]) -> None:
+        for meter in wakes:
+            owner = meter.owner
+            assert isinstance(owner, _Leg)
+            owner.on_wake()
+
+    def _legs(self) -> list[_Leg]:
+        return [leg for s in self.streams for leg in s.legs.values()]
+
+    @rule(n=st.integers(0, 20_000))
+    def grant(self, n: int) -> None:
+        self.granted += n
+        self.wake(self.bucket.grant(n))
+
+    @rule(i=st.integers(0, 2), side=st.sampled_from(Side), n=st.integers(1, 9_000))
+    def read(self, i: int, side: Side, n: int) -> None:
+        stream = self.streams[i]
+        leg = stream.legs[side]
+        if stream.machine.state is not StreamState.CLOSED and not leg.reasons:
+            leg.offer(n)
+
+    @rule(i=st.integers(0, 2), lost=st.booleans(), side=st.sampled_from(Side))
+    def close(self, i: int, lost: bool, side: Side) -> None:
+        event = LegLost(side=side, now_ms=0) if lost else CloseRequested(reason="x", now_ms=0)
+        self.streams[i].handle(event)
+
+    @rule(active=st.booleans())
+    def owner(self, active: bool) -> None:
+        self.wake(self.bucket.set_inactive(not active))
+        for s in self.streams:
+            if active:
+                s.handle(HeldCleared(holding=s.holding(), now_ms=0))
+            else:
+                s.handle(BytesHeld(inactive=True, now_ms=0))
+
+    @invariant()
+    def never_more_forwarded_than_granted(self) -> None:
+        forwarded = sum(leg.forwarded for leg in self._legs())
+        assert forwarded <= self.granted
+
+    @invariant()
+    def bytes_in_equal_bytes_counted_plus_held(self) -> None:
+        for leg in self._legs():
+            assert leg.offered == leg.forwarded + leg.held
+            assert leg.meter.passed == leg.forwarded
+        assert self.bucket.used == sum(leg.forwarded for leg in self._legs())
+
+    @invariant()
+    def closed_at_most_once(self) -> None:
+        for s in self.streams:
+            assert len(s.closes) <= 1 and s.close_records == len(s.closes)
+
+    @invariant()
+    def reads_when_nothing_held_and_owner_active(self) -> None:
+        for s in self.streams:
+            if s.machine.state is StreamState.CLOSED or s.holding() or self.bucket.inactive:
+                continue
+            assert all(not leg.reasons & set(QUOTA) for leg in s.legs.values())
+
+    @rule()
+    def shutdown(self) -> None:
+        """Every stream is closed exactly once, however many closes it was asked."""
+        for s in self.streams:
+            s.handle(CloseRequested(reason="relay_shutdown", now_ms=0))
+            s.handle(CloseRequested(reason="relay_shutdown", now_ms=0))
+        assert all(len(s.closes) == 1 and s.close_records == 1 for s in self.streams)
+        assert self.bucket.meters == 0
+
+
+StreamSim.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestStreamSim = StreamSim.TestCase
