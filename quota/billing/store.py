@@ -125,9 +125,9 @@ _MIGRATIONS: tuple[str, ...] = (
         at INTEGER NOT NULL
     );
     """,
-    # 2: relay sync. A report number (relay_id, seq) is shared by /v1/usage and
-    # /v1/sync (kind), so one number is never applied by both; leases are one
-    # relay's cumulative share of one agent's traffic.
+    # 2: relay sync. A report number (relay_id, seq) was shared by the old
+    # /v1/usage and /v1/sync (kind), so one number is never applied by both;
+    # leases are one relay's cumulative share of one agent's traffic.
     """
     ALTER TABLE usage_reports ADD COLUMN kind TEXT NOT NULL DEFAULT 'usage';
     ALTER TABLE usage_reports ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from quota.billing import repo
 from quota.billing.clock import ManualClock
 from quota.billing.errors import ConfigError
 from quota.billing.openapi import document
@@ -81,14 +82,19 @@ async def test_each_seq_applies_once_under_replay_reorder_and_duplicates(
 async def test_a_seq_number_used_by_usage_is_refused_by_sync(
     api: Api, server: BillingServer
 ) -> None:
-    """One relay's seq is applied by /v1/usage or /v1/sync, never both (409)."""
+    """A seq recorded for the old /v1/usage is refused by /v1/sync (409); /v1/usage is gone."""
     _, _, agt = await _paying(api)
-    await api.usage(7, [{"agent_id": agt, "bytes": M}])
-    status, answer = await api.call("POST", "/v1/sync", RELAY, {"seq": 7, "items": []})
+    async with server.store.transaction() as tx:
+        old = repo.Report(kind="usage", fingerprint="", body="{}")
+        await repo.save_report(tx, "relay-1", 7, old, 0)
+    before = await api.ok("GET", f"/v1/agents/{agt}")
+    body = {"seq": 7, "items": [{"agent_id": agt, "bytes": M}]}
+    status, answer = await api.call("POST", "/v1/sync", RELAY, body)
     assert status == 409 and "seq" in answer["error"]
+    assert await api.ok("GET", f"/v1/agents/{agt}") == before
     await _sync(api, 8)
     status, answer = await api.call("POST", "/v1/usage", RELAY, {"seq": 8, "items": []})
-    assert status == 409 and "seq" in answer["error"]
+    assert status == 404 and "error" in answer
 
 
 async def test_leases_on_two_relays_never_exceed_capacity_and_returns_free_it(
