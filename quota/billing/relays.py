@@ -5,6 +5,7 @@ Invariants:
   (the rules are in `sync`); its changes reach relays only after the commit.
 - Relays learn every agent's state and its keys not revoked, nothing about
   money; a support agent is always active for them.
+- Per-tunnel usage is read back exactly as the reports summed it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from quota.billing import repo
 from quota.billing.auth import Principal
 from quota.billing.op import Op
+from quota.billing.repo import TunnelUsage
 from quota.billing.runner import Runner
 from quota.billing.sync import apply_sync
 from quota.core import wire
@@ -50,5 +52,13 @@ class Relays:
                     for a in await repo.all_agent_briefs(op.tx)
                 ]
             )
+
+        return await self._runner.read(run)
+
+    async def tunnel_usage(self, agent_id: str) -> list[TunnelUsage]:
+        """Everything relays reported for each tunnel of this agent, by tunnel id."""
+
+        async def run(op: Op) -> list[TunnelUsage]:
+            return await repo.tunnel_usage_of(op.tx, agent_id)
 
         return await self._runner.read(run)

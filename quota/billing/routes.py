@@ -212,9 +212,10 @@ ROUTES: tuple[Route, ...] = (
         h.sync,
         description="One transaction: a seq applied before answers its first answer with "
         "duplicate=true and changes nothing. Usage is charged (bucket, packages, metered, "
-        "auto top-up, tunnel time); each agent's lease on this relay grows by at most what "
-        "the agent can pay for beyond every relay's outstanding leases; every lease of the "
-        "relay is extended to now + lease_ttl. granted_total is cumulative.",
+        "auto top-up, tunnel time) and added to each tunnel's totals; each agent's lease on "
+        "this relay grows by at most what the agent can pay for beyond every relay's "
+        "outstanding leases; every lease of the relay is extended to now + lease_ttl. "
+        "granted_total is cumulative.",
     ),
     route(
         "GET",

@@ -142,6 +142,18 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX leases_agent ON leases (agent_id, valid_until);
     """,
+    # 3: per-tunnel usage, cumulative, so per-agent and per-tunnel totals can be read.
+    """
+    CREATE TABLE tunnel_usage (
+        agent_id TEXT NOT NULL REFERENCES agents(id),
+        tunnel_id TEXT NOT NULL,
+        bytes INTEGER NOT NULL DEFAULT 0 CHECK (bytes >= 0),
+        tunnel_seconds INTEGER NOT NULL DEFAULT 0 CHECK (tunnel_seconds >= 0),
+        first_at INTEGER NOT NULL,
+        last_at INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, tunnel_id)
+    );
+    """,
 )
 
 Row = tuple[Any, ...]

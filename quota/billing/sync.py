@@ -7,7 +7,8 @@ Invariants (everything below runs inside the caller's one transaction):
   recorded for the old `/v1/usage` is refused (409), so one number is never
   applied twice.
 - Usage is charged exactly as `charging.apply_usage` charges it; every byte a
-  relay reports is also added to that relay's lease `used_total`.
+  relay reports is also added to that relay's lease `used_total`, and to the
+  per-tunnel totals of the tunnel it names (`tunnel_id`).
 - The sum over relays of an agent's outstanding leases never exceeds what the
   agent can pay for when a grant is made (`quota.core.lease.grant_size`).
   A lease that expired before this report is written off (its remainder counts
@@ -31,7 +32,7 @@ import structlog
 from quota.billing import charging, repo
 from quota.billing.errors import Conflict
 from quota.billing.op import Op
-from quota.billing.repo import AccountRow, AgentRow
+from quota.billing.repo import AccountRow, AgentRow, TunnelUsage
 from quota.billing.runner import body_of, fingerprint, read_body
 from quota.core import wire
 from quota.core.billing import AgentRole
@@ -62,6 +63,20 @@ def _merge(req: wire.SyncRequest) -> dict[str, _Ask]:
         ask.want += lease.want
         ask.returned += lease.returned
     return asks
+
+
+def _per_tunnel(req: wire.SyncRequest, known: dict[str, AgentRow], now: int) -> list[TunnelUsage]:
+    """The report's usage of each tunnel of a known agent, summed per (agent, tunnel)."""
+    totals: dict[tuple[str, str], list[int]] = {}
+    for item in req.items:
+        if item.agent_id in known and (item.bytes or item.tunnel_seconds):
+            total = totals.setdefault((item.agent_id, item.tunnel_id), [0, 0])
+            total[0] += item.bytes
+            total[1] += item.tunnel_seconds
+    return [
+        TunnelUsage(agent_id=a, tunnel_id=t, bytes=b, tunnel_seconds=s, first_at=now, last_at=now)
+        for (a, t), (b, s) in totals.items()
+    ]
 
 
 async def _reserved(op: Op, agent: AgentRow) -> int:
@@ -216,6 +231,7 @@ async def apply_sync(op: Op, relay_id: str, req: wire.SyncRequest) -> wire.SyncA
     await rows.flush(op, relay_id)
     await repo.expire_relay(op.tx, relay_id, op.now)  # the leases this report did not name
     await repo.extend_relay(op.tx, relay_id, op.now + op.config.lease_ttl_ms)
+    await repo.add_tunnel_usage(op.tx, _per_tunnel(req, rows.agents, op.now))
     answer = wire.SyncAnswer(
         relay_id=relay_id, seq=req.seq, duplicate=False, leases=leases, topups=op.topups
     )

@@ -97,6 +97,35 @@ async def test_a_seq_number_used_by_usage_is_refused_by_sync(
     assert status == 404 and "error" in answer
 
 
+async def test_usage_is_kept_per_tunnel_and_charged_per_agent(
+    api: Api, server: BillingServer
+) -> None:
+    """Two tunnels of one agent: each tunnel's totals are kept exactly, the agent pays their sum."""
+    _, _, agt = await _paying(api)
+    _, _, other = await _paying(api)
+    items = [
+        {"agent_id": agt, "tunnel_id": "t-nas", "bytes": 3 * M, "tunnel_seconds": 5},
+        {"agent_id": agt, "tunnel_id": "t-web", "bytes": 7 * M, "tunnel_seconds": 2},
+        {"agent_id": agt, "tunnel_id": "t-nas", "bytes": M},
+        {"agent_id": other, "tunnel_id": "t-nas", "bytes": 4 * M},
+        {"agent_id": "agt_gone", "tunnel_id": "t-x", "bytes": 9},
+    ]
+    await _sync(api, 1, items)
+    assert (await _sync(api, 1, items))["duplicate"] is True
+    await _sync(api, 1, [{"agent_id": agt, "tunnel_id": "t-web", "bytes": 2 * M}], token=RELAY2)
+    tunnels = await server.service.relays.tunnel_usage(agt)
+    assert {u.tunnel_id: (u.bytes, u.tunnel_seconds) for u in tunnels} == {
+        "t-nas": (4 * M, 5),
+        "t-web": (9 * M, 2),
+    }
+    assert [(u.tunnel_id, u.bytes) for u in await server.service.relays.tunnel_usage(other)] == [
+        ("t-nas", 4 * M)
+    ]
+    assert (await api.ok("GET", f"/v1/agents/{agt}"))["traffic_remaining"] == G - 13 * M
+    page = await api.ok("GET", f"/v1/agents/{other}")
+    assert page["traffic_remaining"] == G - 4 * M
+
+
 async def test_leases_on_two_relays_never_exceed_capacity_and_returns_free_it(
     api: Api, server: BillingServer
 ) -> None:

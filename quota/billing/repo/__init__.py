@@ -3,9 +3,9 @@
 One module per aggregate: `accounts` (balances, version checks, notices),
 `agents` (agents and keys), `ledger` (immutable entries, `post`), `records`
 (answers kept for idempotency: keys, payments, relay reports, intents),
-`leases` (each relay's share of an agent's traffic). Each function runs in the
-caller's transaction (`Tx`) and speaks in typed rows, never in SQL rows.
-Callers use the names re-exported here.
+`leases` (each relay's share of an agent's traffic) and `usage` (per-tunnel
+totals). Each function runs in the caller's transaction (`Tx`) and speaks in
+typed rows, never in SQL rows. Callers use the names re-exported here.
 """
 
 from quota.billing.repo.accounts import (
@@ -59,6 +59,7 @@ from quota.billing.repo.records import (
     save_payment,
     save_report,
 )
+from quota.billing.repo.usage import TunnelUsage, add_tunnel_usage, tunnel_usage_of
 
 __all__ = [
     "IN_CHUNK",
@@ -69,11 +70,13 @@ __all__ = [
     "Payment",
     "Posting",
     "Report",
+    "TunnelUsage",
     "account_id_by_token",
     "accounts_by_id",
     "add_intent",
     "add_key",
     "add_notice",
+    "add_tunnel_usage",
     "agent_ids_of",
     "agent_name_taken",
     "agent_wire",
@@ -107,4 +110,5 @@ __all__ = [
     "save_payment",
     "save_report",
     "sums",
+    "tunnel_usage_of",
 ]
