@@ -19,11 +19,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from quota.billing.agents import BillingService
 from quota.billing.errors import BadRequest, BillingError, Forbidden, Unauthorized
 from quota.billing.openapi import document
 from quota.billing.push import serve_events
 from quota.billing.routes import ROUTES, Route
+from quota.billing.service import BillingService
 from quota.core import wire
 
 log = structlog.get_logger("quota.billing")
@@ -91,10 +91,24 @@ def _key(request: web.Request, route: Route) -> str:
     return key
 
 
+async def _arguments(request: web.Request, route: Route) -> dict[str, Any]:
+    """The handler's keyword arguments: path parameters, then key, body and query as it takes."""
+    args: dict[str, Any] = dict(request.match_info)
+    key = _key(request, route)
+    body = await _body(request, route)
+    if route.keyed:
+        args["key"] = key
+    if route.request is not None:
+        args["body"] = body
+    if route.query:
+        args["query"] = dict(request.query)
+    return args
+
+
 def _handler(route: Route) -> _Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         service = request.app[SERVICE]
-        who = await service.principal_for(_token(request))
+        who = await service.tokens.principal_for(_token(request))
         if who is None:
             raise Unauthorized("unknown token")
         if who.kind not in route.auth:
@@ -106,12 +120,9 @@ def _handler(route: Route) -> _Handler:
             raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(request.query))}")
         if route.websocket and web.WebSocketResponse().can_prepare(request).ok:
             return await serve_events(request, service.push, who.id)
-        key = _key(request, route)
-        body = await _body(request, route)
-        params = dict(request.match_info)
-        arg = dict(request.query) if route.query else body
-        result = await route.handler(service, who, params, arg, key)
-        return web.json_response(result, status=route.status)
+        args = await _arguments(request, route)
+        result = await route.handler(service, who, **args)
+        return web.json_response(wire.dump(result), status=route.status)
 
     return handle
 

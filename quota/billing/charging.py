@@ -13,6 +13,8 @@ Invariants (each function runs inside the caller's transaction, so all or nothin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from quota.billing.errors import BadRequest, Conflict
 from quota.billing.op import (
     Op,
@@ -227,22 +229,24 @@ async def _charge_time(
     return account, await save_agent(op, agent, time_carry=charge.carry)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Charged:
+    """One agent's usage billed: its rows after the charge, and the bytes nobody paid for."""
+
+    account: AccountRow
+    agent: AgentRow
+    unbilled: int
+
+
 async def apply_usage(
-    op: Op, account: AccountRow, agent: AgentRow, item: wire.UsageItem
-) -> tuple[AccountRow, AgentRow, wire.AgentGrant]:
-    """Bill one agent's reported bytes and tunnel seconds; answer its rows and its new grant."""
+    op: Op, account: AccountRow, agent: AgentRow, *, nbytes: int, seconds: int
+) -> Charged:
+    """Bill one agent's reported bytes and tunnel seconds."""
     unbilled, before = 0, account.balance
     if AgentRole(agent.role).pays:
-        account, agent = await _charge_time(op, account, agent, item.tunnel_seconds)
-        if item.bytes:
-            account, agent, unbilled = await _charge_traffic(op, account, agent, item.bytes)
+        account, agent = await _charge_time(op, account, agent, seconds)
+        if nbytes:
+            account, agent, unbilled = await _charge_traffic(op, account, agent, nbytes)
     if account.balance < before:  # only an automatic charge can make a notice due
         account = await check_low_balance(op, account)
-    grant = wire.AgentGrant(
-        agent_id=agent.id,
-        status="active" if agent.active else "inactive",
-        traffic_remaining=agent.traffic,
-        metered=agent.allow_metered and not account.frozen and account.balance > 0,
-        unbilled_bytes=unbilled,
-    )
-    return account, agent, grant
+    return Charged(account=account, agent=agent, unbilled=unbilled)

@@ -3,7 +3,7 @@
 Invariants:
 - `Op.post` is the only way a balance or an agent's traffic changes: one ledger
   entry for each change, in the operation's transaction.
-- Notices and push events (`changed`) are only collected here; the service hands
+- Notices and push events (`changed`) are only collected here; the runner hands
   them to the notifier and the push hub after the commit, so a slow webhook or
   relay never holds a transaction and a rolled-back operation announces nothing.
 - A low-balance notice goes out at most once per configured interval, when an
@@ -68,8 +68,7 @@ class Op:
 
     async def changed_account(self, account_id: str, reason: str) -> None:
         """Announce a change of every agent of an account (balance, freeze)."""
-        rows = await self.tx.all("SELECT id FROM agents WHERE account_id = ?", (account_id,))
-        self.changed([str(r[0]) for r in rows], reason)
+        self.changed(await repo.agent_ids_of(self.tx, account_id), reason)
 
     def events(self) -> list[wire.PushEvent]:
         return [
@@ -86,10 +85,7 @@ class Op:
 
     async def notice(self, account: AccountRow, kind: str, **payload: Any) -> None:
         body = {"account_id": account.id, "kind": kind, "at": self.now, **payload}
-        await self.tx.insert(
-            "INSERT INTO notices (account_id, kind, payload, at) VALUES (?, ?, ?, ?)",
-            (account.id, kind, json.dumps(body, sort_keys=True), self.now),
-        )
+        await repo.add_notice(self.tx, account.id, kind, json.dumps(body, sort_keys=True), self.now)
         self.notices.append(Notice(account_id=account.id, kind=kind, payload=body))
 
 

@@ -14,13 +14,13 @@ from types import TracebackType
 
 from aiohttp import web
 
-from quota.billing.agents import BillingService
 from quota.billing.app import make_app
 from quota.billing.clock import Clock, SystemClock
 from quota.billing.config import BillingConfig
 from quota.billing.errors import ListenError
 from quota.billing.maintenance import maintenance_loop
 from quota.billing.notifier import Notifier
+from quota.billing.service import BillingService
 from quota.billing.store import Store
 
 
@@ -58,7 +58,7 @@ class BillingServer:
             stack.callback(self._stop_maintenance)
             if self.maintenance:
                 self._task = tasks.create_task(
-                    maintenance_loop(self.service, self.config.maintenance_interval_ms),
+                    maintenance_loop(self.service.maintenance, self.config.maintenance_interval_ms),
                     name="billing-maintenance",
                 )
             self._stack = stack.pop_all()

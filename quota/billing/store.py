@@ -125,9 +125,9 @@ _MIGRATIONS: tuple[str, ...] = (
         at INTEGER NOT NULL
     );
     """,
-    # 2: relay sync. A report number (relay_id, seq) is shared by /v1/usage and
-    # /v1/sync (kind), so one number is never applied by both; leases are one
-    # relay's cumulative share of one agent's traffic.
+    # 2: relay sync. A report number (relay_id, seq) was shared by the old
+    # /v1/usage and /v1/sync (kind), so one number is never applied by both;
+    # leases are one relay's cumulative share of one agent's traffic.
     """
     ALTER TABLE usage_reports ADD COLUMN kind TEXT NOT NULL DEFAULT 'usage';
     ALTER TABLE usage_reports ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
@@ -141,6 +141,18 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (relay_id, agent_id)
     );
     CREATE INDEX leases_agent ON leases (agent_id, valid_until);
+    """,
+    # 3: per-tunnel usage, cumulative, so per-agent and per-tunnel totals can be read.
+    """
+    CREATE TABLE tunnel_usage (
+        agent_id TEXT NOT NULL REFERENCES agents(id),
+        tunnel_id TEXT NOT NULL,
+        bytes INTEGER NOT NULL DEFAULT 0 CHECK (bytes >= 0),
+        tunnel_seconds INTEGER NOT NULL DEFAULT 0 CHECK (tunnel_seconds >= 0),
+        first_at INTEGER NOT NULL,
+        last_at INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, tunnel_id)
+    );
     """,
 )
 

@@ -180,7 +180,8 @@ class Api:
         return int((await self.ok("GET", f"/v1/accounts/{account_id}"))["balance"])
 
     async def usage(self, seq: int, items: list[dict[str, Any]]) -> Any:
-        return await self.ok("POST", "/v1/usage", RELAY, {"seq": seq, "items": items})
+        """Report usage as relay-1 does: one /v1/sync report."""
+        return await self.ok("POST", "/v1/sync", RELAY, {"seq": seq, "items": items})
 
 
 class Webhook:

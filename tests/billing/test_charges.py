@@ -7,7 +7,7 @@ from typing import Any
 
 from quota.billing.clock import ManualClock
 from quota.billing.server import BillingServer
-from tests.billing.api import DAY, Api, Webhook
+from tests.billing.api import DAY, RELAY, Api, Webhook
 
 GB = 10**9
 
@@ -22,6 +22,13 @@ async def _funded_agent(
     if plan:
         await api.ok("POST", f"/v1/agents/{agent['id']}/subscription", token, {"plan": plan})
     return acc, token, agent["id"]
+
+
+async def _metered(api: Api, agent: str, seq: int) -> bool:
+    """Whether the agent may draw beyond its traffic: a lease beyond it is granted."""
+    ask = {"seq": seq, "leases": [{"agent_id": agent, "want": 10**6}]}
+    lease = (await api.ok("POST", "/v1/sync", RELAY, ask))["leases"][0]
+    return bool(lease["traffic_remaining"] == 0 and lease["granted_total"] > 0)
 
 
 async def test_client_needs_a_plan_and_support_needs_none(api: Api, server: BillingServer) -> None:
@@ -76,11 +83,11 @@ async def test_traffic_draws_bucket_then_packages_then_metered(
     """1G bucket, 1G package, metered beyond: 3.5G costs exactly 0.150 from the balance."""
     acc, token, agent = await _funded_agent(api, 10_000, "basic")
     await api.ok("POST", f"/v1/agents/{agent}/packages", token, {"package": "1G"})
-    grant = (await api.usage(1, [{"agent_id": agent, "bytes": 3_500_000_000}]))["agents"][0]
+    grant = (await api.usage(1, [{"agent_id": agent, "bytes": 3_500_000_000}]))["leases"][0]
     assert grant["unbilled_bytes"] == 1_500_000_000 and grant["traffic_remaining"] == 0
     await api.ok("PATCH", f"/v1/agents/{agent}", token, {"allow_metered": True})
-    grant = (await api.usage(2, [{"agent_id": agent, "bytes": 1_500_000_000}]))["agents"][0]
-    assert grant["unbilled_bytes"] == 0 and grant["metered"] is True
+    grant = (await api.usage(2, [{"agent_id": agent, "bytes": 1_500_000_000}]))["leases"][0]
+    assert grant["unbilled_bytes"] == 0 and await _metered(api, agent, 3)
     assert await api.balance(acc) == 10_000 - 5_000 - 500 - 150
     page = await api.ok("GET", f"/v1/accounts/{acc}/ledger", params={"agent_id": agent})
     used = [(e["kind"], e["traffic_bytes"], e["used_bytes"]) for e in page["entries"][-2:]]
@@ -217,7 +224,7 @@ async def test_payg_agent_stops_when_the_balance_runs_out_and_a_deposit_revives_
 ) -> None:
     """Tunnel time beyond the balance drains it to zero, deactivates; a deposit reactivates."""
     acc, token, agent = await _funded_agent(api, 100, "payg")  # 0.100 coin
-    grant = (await api.usage(1, [{"agent_id": agent, "tunnel_seconds": 2 * 86_400}]))["agents"]
+    grant = (await api.usage(1, [{"agent_id": agent, "tunnel_seconds": 2 * 86_400}]))["leases"]
     assert grant[0]["status"] == "inactive"
     assert await api.balance(acc) == 0
     result = await api.deposit(acc, 1_000, "p1")
@@ -235,7 +242,7 @@ async def test_usage_for_an_unknown_agent_is_answered_not_refused(
     result = await api.usage(
         1, [{"agent_id": "agt_gone", "bytes": 5}, {"agent_id": agent, "bytes": 7}]
     )
-    assert [(g["agent_id"], g["status"], g["unbilled_bytes"]) for g in result["agents"]] == [
+    assert [(g["agent_id"], g["status"], g["unbilled_bytes"]) for g in result["leases"]] == [
         ("agt_gone", "unknown", 5),
         (agent, "active", 0),
     ]

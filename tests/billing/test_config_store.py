@@ -118,20 +118,20 @@ async def test_stale_version_conflicts_and_the_operation_is_retried(tmp_path: Pa
     import dataclasses
 
     from quota.billing import repo
-    from quota.billing.agents import BillingService
+    from quota.billing.auth import Principal
     from quota.billing.clock import ManualClock
     from quota.billing.errors import VersionConflict
     from quota.billing.op import Op
-    from quota.billing.service import Principal
+    from quota.billing.service import BillingService
     from quota.core import wire
     from tests.billing.api import make_config
 
     async with Store(tmp_path / "b.sqlite3") as store:
         svc = BillingService(store, make_config(tmp_path), ManualClock())
-        created = await svc.create_account(
+        created = await svc.accounts.create(
             Principal(kind="admin"), "k", wire.CreateAccountRequest(name="n")
         )
-        acc = created["account"]["id"]
+        acc = created.account.id
         attempts = 0
 
         async def racy(op: Op) -> int:
@@ -144,11 +144,11 @@ async def test_stale_version_conflicts_and_the_operation_is_retried(tmp_path: Pa
             await repo.save_account(op.tx, row, dataclasses.replace(row, balance=5))
             return attempts
 
-        assert await svc._run("k", racy) == 2
+        assert await svc.runner.run("k", racy) == 2
         with pytest.raises(VersionConflict):
             async with store.transaction() as tx:
                 row = await repo.get_account(tx, acc)
                 assert row is not None
                 await repo.save_account(tx, dataclasses.replace(row, version=0), row)
-        balance, _total, _, _ = await svc.audit(acc)
+        balance = (await svc.accounts.audit(acc)).balance
         assert balance == 5 and row.version == 1

@@ -105,7 +105,7 @@ async def test_tokens_of_the_wrong_kind_are_refused(api: Api, server: BillingSer
             "POST", "/v1/deposits", tok, {"account_id": acc, "payment_id": "p", "amount": 5}
         )
         assert status == 403 and "admin" in answer["error"]
-    status, _ = await api.call("POST", "/v1/usage", token, {"seq": 1, "items": []})
+    status, _ = await api.call("POST", "/v1/sync", token, {"seq": 1, "items": []})
     assert status == 403
     status, _ = await api.call("GET", f"/v1/accounts/{acc}", RELAY)
     assert status == 403
@@ -166,7 +166,7 @@ async def test_frozen_account_reads_and_deposits_but_refuses_other_mutations(
     ]:
         status, answer = await api.call(method, path, token, body)
         assert status == 403 and "frozen" in answer["error"], path
-    grant = (await api.usage(1, [{"agent_id": running["id"], "bytes": 10**6}]))["agents"][0]
+    grant = (await api.usage(1, [{"agent_id": running["id"], "bytes": 10**6}]))["leases"][0]
     assert grant["status"] == "active" and grant["traffic_remaining"] == 10**9 - 10**6
     assert (await api.ok("GET", f"/v1/agents/{lapsing['id']}", token))["status"] == "inactive"
     await api.ok("POST", f"/v1/accounts/{acc}/deposit-intents", token, {"amount": 5})

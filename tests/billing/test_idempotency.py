@@ -58,7 +58,7 @@ async def test_every_mutation_twice_with_one_key_changes_state_once(
         ("DELETE", f"/v1/agents/{a}/keys/{agent['keys'][0]['id']}", token, None),
         (
             "POST",
-            "/v1/usage",
+            "/v1/sync",
             RELAY,
             {
                 "seq": 1,
@@ -75,7 +75,7 @@ async def test_every_mutation_twice_with_one_key_changes_state_once(
         before = await _snapshot(api, acc)
         again = await api.ok(method, path, tok, body, key=f"key-{n}")
         assert await _snapshot(api, acc) == before, path
-        if path == "/v1/usage":
+        if path == "/v1/sync":
             assert again == {**first, "duplicate": True}
         else:
             assert again == first, path

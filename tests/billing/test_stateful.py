@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from quota.billing.agents import BillingService
+from quota.billing.auth import Principal
 from quota.billing.clock import ManualClock
 from quota.billing.errors import ClientError
-from quota.billing.service import Principal
+from quota.billing.service import BillingService
 from quota.billing.store import Store
 from quota.core import wire
 from tests.billing.api import DAY, make_config
@@ -43,13 +43,13 @@ class BillingMachine(RuleBasedStateMachine):
         self.accounts: list[str] = []
         self.agents: list[tuple[str, str]] = []  # (account id, agent id)
         for name in ("a", "b"):
-            created = self.call(self.svc.create_account(ADMIN, self.key(), _req("name", name)))
-            acc = created["account"]["id"]
+            created = self.call(self.svc.accounts.create(ADMIN, self.key(), _req("name", name)))
+            acc = created.account.id
             self.accounts.append(acc)
             for role in ("client", "dual"):
                 req = wire.RegisterAgentRequest(name=role, role=role, public_keys=[])
-                agent = self.call(self.svc.register_agent(ADMIN, self.key(), acc, req))
-                self.agents.append((acc, agent["id"]))
+                agent = self.call(self.svc.agents.register(ADMIN, self.key(), acc, req))
+                self.agents.append((acc, agent.id))
 
     def call(self, coro: Any) -> Any:
         return self.runner.run(coro)
@@ -79,7 +79,7 @@ class BillingMachine(RuleBasedStateMachine):
             req = wire.AgentSettingsRequest(
                 topup_package="1G", topup_limit=3_000, topup_below=10**8, allow_metered=True
             )
-            self.attempt(self.svc.update_settings(ADMIN, self.key(), agent_id, req))
+            self.attempt(self.svc.agents.update_settings(ADMIN, self.key(), agent_id, req))
 
     @rule(account=st.integers(0, 1), amount=st.integers(1, 60_000), pid=st.integers(0, 20))
     def deposit(self, account: int, amount: int, pid: int) -> None:
@@ -88,29 +88,29 @@ class BillingMachine(RuleBasedStateMachine):
             account_id=self.accounts[account], payment_id=payment_id, amount=amount
         )
         first = self.payments.get(payment_id)
-        result = self.attempt(self.svc.deposit(ADMIN, req))
+        result = self.attempt(self.svc.accounts.deposit(ADMIN, req))
         if first is None:
-            assert result is not None and result["status"] == "credited"
+            assert result is not None and result.status == "credited"
             self.payments[payment_id] = (req.account_id, amount)
         elif first == (req.account_id, amount):
-            assert result is not None and result["amount"] == amount
+            assert result is not None and result.amount == amount
         else:
             assert result is None  # refused: 409
 
     @rule(agent=st.integers(0, 3), plan=PLANS, auto_renew=st.booleans())
     def subscribe(self, agent: int, plan: str, auto_renew: bool) -> None:
         req = wire.SubscribeRequest(plan=plan, auto_renew=auto_renew)
-        self.attempt(self.svc.subscribe(ADMIN, self.key(), self.agents[agent][1], req))
+        self.attempt(self.svc.plans.subscribe(ADMIN, self.key(), self.agents[agent][1], req))
 
     @rule(agent=st.integers(0, 3), plan=PLANS)
     def change_plan(self, agent: int, plan: str) -> None:
         req = wire.ChangePlanRequest(plan=plan)
-        self.attempt(self.svc.change_plan(ADMIN, self.key(), self.agents[agent][1], req))
+        self.attempt(self.svc.plans.change_plan(ADMIN, self.key(), self.agents[agent][1], req))
 
     @rule(agent=st.integers(0, 3), package=PACKAGES)
     def buy(self, agent: int, package: str) -> None:
         req = wire.BuyPackageRequest(package=package)
-        self.attempt(self.svc.buy_package(ADMIN, self.key(), self.agents[agent][1], req))
+        self.attempt(self.svc.plans.buy_package(ADMIN, self.key(), self.agents[agent][1], req))
 
     @rule(
         agent=st.integers(0, 3),
@@ -123,7 +123,7 @@ class BillingMachine(RuleBasedStateMachine):
         req = wire.AgentSettingsRequest(
             topup_package=package, topup_limit=limit, topup_below=below, allow_metered=metered
         )
-        self.attempt(self.svc.update_settings(ADMIN, self.key(), self.agents[agent][1], req))
+        self.attempt(self.svc.agents.update_settings(ADMIN, self.key(), self.agents[agent][1], req))
 
     @rule(
         agent=st.integers(0, 3),
@@ -133,23 +133,25 @@ class BillingMachine(RuleBasedStateMachine):
     )
     def usage(self, agent: int, nbytes: int, seconds: int, repeat: bool) -> None:
         self.seq += 1
-        item = wire.UsageItem(agent_id=self.agents[agent][1], bytes=nbytes, tunnel_seconds=seconds)
-        report = wire.UsageReport(seq=self.seq, items=[item])
-        first = self.call(self.svc.report_usage(RELAY, report))
+        item = wire.SyncItem(agent_id=self.agents[agent][1], bytes=nbytes, tunnel_seconds=seconds)
+        report = wire.SyncRequest(seq=self.seq, items=[item])
+        first = wire.dump(self.call(self.svc.relays.sync(RELAY, report)))
         if repeat:
-            again = self.call(self.svc.report_usage(RELAY, report))
+            again = wire.dump(self.call(self.svc.relays.sync(RELAY, report)))
             assert again == {**first, "duplicate": True}
 
     @rule(days=st.integers(1, 40))
     def time_passes(self, days: int) -> None:
         self.clock.advance(days * DAY)
-        self.call(self.svc.run_maintenance())
-        assert self.call(self.svc.run_maintenance()).renewed == 0  # nothing twice
+        self.call(self.svc.maintenance.run())
+        assert self.call(self.svc.maintenance.run()).renewed == 0  # nothing twice
 
     @invariant()
     def ledger_reconciles(self) -> None:
         for acc in self.accounts:
-            balance, total, agents, traffic = self.call(self.svc.audit(acc))
+            audit = self.call(self.svc.accounts.audit(acc))
+            balance, total = audit.balance, audit.ledger_total
+            agents, traffic = audit.traffic, audit.ledger_traffic
             assert balance >= 0
             assert balance == total
             for agent_id, remaining in agents.items():

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from quota.billing import repo
 from quota.billing.clock import ManualClock
 from quota.billing.errors import ConfigError
 from quota.billing.openapi import document
@@ -81,14 +82,48 @@ async def test_each_seq_applies_once_under_replay_reorder_and_duplicates(
 async def test_a_seq_number_used_by_usage_is_refused_by_sync(
     api: Api, server: BillingServer
 ) -> None:
-    """One relay's seq is applied by /v1/usage or /v1/sync, never both (409)."""
+    """A seq recorded for the old /v1/usage is refused by /v1/sync (409); /v1/usage is gone."""
     _, _, agt = await _paying(api)
-    await api.usage(7, [{"agent_id": agt, "bytes": M}])
-    status, answer = await api.call("POST", "/v1/sync", RELAY, {"seq": 7, "items": []})
+    async with server.store.transaction() as tx:
+        old = repo.Report(kind="usage", fingerprint="", body="{}")
+        await repo.save_report(tx, "relay-1", 7, old, 0)
+    before = await api.ok("GET", f"/v1/agents/{agt}")
+    body = {"seq": 7, "items": [{"agent_id": agt, "bytes": M}]}
+    status, answer = await api.call("POST", "/v1/sync", RELAY, body)
     assert status == 409 and "seq" in answer["error"]
+    assert await api.ok("GET", f"/v1/agents/{agt}") == before
     await _sync(api, 8)
     status, answer = await api.call("POST", "/v1/usage", RELAY, {"seq": 8, "items": []})
-    assert status == 409 and "seq" in answer["error"]
+    assert status == 404 and "error" in answer
+
+
+async def test_usage_is_kept_per_tunnel_and_charged_per_agent(
+    api: Api, server: BillingServer
+) -> None:
+    """Two tunnels of one agent: each tunnel's totals are kept exactly, the agent pays their sum."""
+    _, _, agt = await _paying(api)
+    _, _, other = await _paying(api)
+    items = [
+        {"agent_id": agt, "tunnel_id": "t-nas", "bytes": 3 * M, "tunnel_seconds": 5},
+        {"agent_id": agt, "tunnel_id": "t-web", "bytes": 7 * M, "tunnel_seconds": 2},
+        {"agent_id": agt, "tunnel_id": "t-nas", "bytes": M},
+        {"agent_id": other, "tunnel_id": "t-nas", "bytes": 4 * M},
+        {"agent_id": "agt_gone", "tunnel_id": "t-x", "bytes": 9},
+    ]
+    await _sync(api, 1, items)
+    assert (await _sync(api, 1, items))["duplicate"] is True
+    await _sync(api, 1, [{"agent_id": agt, "tunnel_id": "t-web", "bytes": 2 * M}], token=RELAY2)
+    tunnels = await server.service.relays.tunnel_usage(agt)
+    assert {u.tunnel_id: (u.bytes, u.tunnel_seconds) for u in tunnels} == {
+        "t-nas": (4 * M, 5),
+        "t-web": (9 * M, 2),
+    }
+    assert [(u.tunnel_id, u.bytes) for u in await server.service.relays.tunnel_usage(other)] == [
+        ("t-nas", 4 * M)
+    ]
+    assert (await api.ok("GET", f"/v1/agents/{agt}"))["traffic_remaining"] == G - 13 * M
+    page = await api.ok("GET", f"/v1/agents/{other}")
+    assert page["traffic_remaining"] == G - 4 * M
 
 
 async def test_leases_on_two_relays_never_exceed_capacity_and_returns_free_it(

@@ -1,0 +1,114 @@
+"""The repository: every SQL statement of the billing API lives in this package or the store.
+
+One module per aggregate: `accounts` (balances, version checks, notices),
+`agents` (agents and keys), `ledger` (immutable entries, `post`), `records`
+(answers kept for idempotency: keys, payments, relay reports, intents),
+`leases` (each relay's share of an agent's traffic) and `usage` (per-tunnel
+totals). Each function runs in the caller's transaction (`Tx`) and speaks in
+typed rows, never in SQL rows. Callers use the names re-exported here.
+"""
+
+from quota.billing.repo.accounts import (
+    AccountRow,
+    account_id_by_token,
+    accounts_by_id,
+    add_notice,
+    all_accounts,
+    create_account,
+    get_account,
+    save_account,
+)
+from quota.billing.repo.agents import (
+    AgentBrief,
+    AgentRow,
+    add_key,
+    agent_ids_of,
+    agent_name_taken,
+    agent_wire,
+    agents_by_id,
+    agents_of,
+    all_agent_briefs,
+    due_agents,
+    get_agent,
+    insert_agent,
+    keys_of,
+    live_keys,
+    revoke_key,
+    save_agent,
+)
+from quota.billing.repo.common import IN_CHUNK
+from quota.billing.repo.leases import (
+    expire_relay,
+    extend_relay,
+    leases_of,
+    outstanding,
+    outstanding_by_agent,
+    save_leases,
+)
+from quota.billing.repo.ledger import Posting, ledger_page, post, sums
+from quota.billing.repo.records import (
+    Answered,
+    Payment,
+    Report,
+    add_intent,
+    find_answer,
+    find_payment,
+    find_report,
+    intent_amount,
+    save_answer,
+    save_payment,
+    save_report,
+)
+from quota.billing.repo.usage import TunnelUsage, add_tunnel_usage, tunnel_usage_of
+
+__all__ = [
+    "IN_CHUNK",
+    "AccountRow",
+    "AgentBrief",
+    "AgentRow",
+    "Answered",
+    "Payment",
+    "Posting",
+    "Report",
+    "TunnelUsage",
+    "account_id_by_token",
+    "accounts_by_id",
+    "add_intent",
+    "add_key",
+    "add_notice",
+    "add_tunnel_usage",
+    "agent_ids_of",
+    "agent_name_taken",
+    "agent_wire",
+    "agents_by_id",
+    "agents_of",
+    "all_accounts",
+    "all_agent_briefs",
+    "create_account",
+    "due_agents",
+    "expire_relay",
+    "extend_relay",
+    "find_answer",
+    "find_payment",
+    "find_report",
+    "get_account",
+    "get_agent",
+    "insert_agent",
+    "intent_amount",
+    "keys_of",
+    "leases_of",
+    "ledger_page",
+    "live_keys",
+    "outstanding",
+    "outstanding_by_agent",
+    "post",
+    "revoke_key",
+    "save_account",
+    "save_agent",
+    "save_answer",
+    "save_leases",
+    "save_payment",
+    "save_report",
+    "sums",
+    "tunnel_usage_of",
+]

@@ -1,0 +1,83 @@
+"""Leases: each relay's cumulative share of each agent's traffic.
+
+Invariants:
+- One row per (relay, agent) holding cumulative totals (granted, used,
+  returned), never negative (CHECKs); every report's deltas are added by the
+  caller (`quota.core.lease.LeaseTotals`) and written back whole.
+- "Outstanding" is what a valid lease still promises: granted - used -
+  returned, never below zero, and nothing once `valid_until <= now`.
+"""
+
+from __future__ import annotations
+
+from quota.billing.repo.common import chunks, marks
+from quota.billing.store import Tx
+from quota.core.lease import LeaseTotals
+
+_SAVE_LEASE = (
+    "INSERT INTO leases (relay_id, agent_id, granted_total, used_total, returned_total,"
+    " valid_until) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (relay_id, agent_id) DO UPDATE SET"
+    " granted_total = excluded.granted_total, used_total = excluded.used_total,"
+    " returned_total = excluded.returned_total, valid_until = excluded.valid_until"
+)
+_OUTSTANDING = "COALESCE(SUM(MAX(0, granted_total - used_total - returned_total)), 0)"
+
+
+async def leases_of(tx: Tx, relay_id: str, agent_ids: list[str]) -> dict[str, LeaseTotals]:
+    """This relay's stored leases of these agents, read in a few statements, not one each."""
+    found: dict[str, LeaseTotals] = {}
+    for chunk in chunks(agent_ids):
+        for agent_id, g, u, r, v in await tx.all(
+            "SELECT agent_id, granted_total, used_total, returned_total, valid_until FROM leases"
+            f" WHERE relay_id = ? AND agent_id IN ({marks(chunk)})",
+            (relay_id, *chunk),
+        ):
+            found[agent_id] = LeaseTotals(
+                granted_total=g, used_total=u, returned_total=r, valid_until=v
+            )
+    return found
+
+
+async def save_leases(tx: Tx, relay_id: str, leases: dict[str, LeaseTotals]) -> None:
+    """Write these leases of one relay (agent id -> totals), in one statement."""
+    await tx.run_many(
+        _SAVE_LEASE,
+        [
+            (relay_id, a, x.granted_total, x.used_total, x.returned_total, x.valid_until)
+            for a, x in leases.items()
+        ],
+    )
+
+
+async def outstanding(tx: Tx, agent_id: str, now: int) -> int:
+    """Bytes all relays' valid leases of the agent still promise."""
+    row = await tx.one(
+        f"SELECT {_OUTSTANDING} FROM leases WHERE agent_id = ? AND valid_until > ?",
+        (agent_id, now),
+    )
+    return int(row[0]) if row else 0
+
+
+async def outstanding_by_agent(tx: Tx, account_id: str, now: int) -> dict[str, int]:
+    """What `outstanding` answers for each agent of the account, in one statement."""
+    rows = await tx.all(
+        f"SELECT agent_id, {_OUTSTANDING} FROM leases"
+        " WHERE agent_id IN (SELECT id FROM agents WHERE account_id = ?)"
+        " AND valid_until > ? GROUP BY agent_id",
+        (account_id, now),
+    )
+    return {str(a): int(n) for a, n in rows}
+
+
+async def expire_relay(tx: Tx, relay_id: str, now: int) -> None:
+    """Write off the remainder of this relay's leases that expired by `now`."""
+    await tx.run(
+        "UPDATE leases SET returned_total = MAX(returned_total, granted_total - used_total)"
+        " WHERE relay_id = ? AND valid_until <= ?",
+        (relay_id, now),
+    )
+
+
+async def extend_relay(tx: Tx, relay_id: str, valid_until: int) -> None:
+    """Make every lease of this relay valid until `valid_until`."""
+    await tx.run("UPDATE leases SET valid_until = ? WHERE relay_id = ?", (valid_until, relay_id))

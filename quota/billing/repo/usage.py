@@ -1,0 +1,60 @@
+"""Per-tunnel usage: the bytes and tunnel seconds relays reported for each tunnel, summed.
+
+Invariants:
+- One row per (agent, tunnel id) with cumulative totals; a report adds its
+  deltas in the transaction that charges them, so a report applied once is
+  counted once, and the tunnels of an agent add up to everything reported
+  for that agent.
+- Tunnel ids are the relay's own (stable across reconnects); an item sent
+  without one counts under the empty id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quota.billing.store import Tx
+
+_ADD = (
+    "INSERT INTO tunnel_usage (agent_id, tunnel_id, bytes, tunnel_seconds, first_at, last_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, tunnel_id) DO UPDATE SET"
+    " bytes = bytes + excluded.bytes, tunnel_seconds = tunnel_seconds + excluded.tunnel_seconds,"
+    " last_at = excluded.last_at"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TunnelUsage:
+    """Everything reported for one tunnel of one agent."""
+
+    agent_id: str
+    tunnel_id: str
+    bytes: int
+    tunnel_seconds: int
+    first_at: int  # ms since the epoch: the first report that named it
+    last_at: int  # ms since the epoch: the latest report that named it
+
+
+async def add_tunnel_usage(tx: Tx, deltas: list[TunnelUsage]) -> None:
+    """Add each delta's bytes and seconds to its tunnel's totals, in one statement."""
+    if not deltas:
+        return
+    await tx.run_many(
+        _ADD,
+        [
+            (u.agent_id, u.tunnel_id, u.bytes, u.tunnel_seconds, u.first_at, u.last_at)
+            for u in deltas
+        ],
+    )
+
+
+async def tunnel_usage_of(tx: Tx, agent_id: str) -> list[TunnelUsage]:
+    rows = await tx.all(
+        "SELECT agent_id, tunnel_id, bytes, tunnel_seconds, first_at, last_at FROM tunnel_usage"
+        " WHERE agent_id = ? ORDER BY tunnel_id",
+        (agent_id,),
+    )
+    return [
+        TunnelUsage(agent_id=a, tunnel_id=t, bytes=b, tunnel_seconds=s, first_at=f, last_at=last)
+        for a, t, b, s, f, last in rows
+    ]
