@@ -3,6 +3,8 @@
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from quota.core.errors import InvalidValue
 from quota.core.units import format_size, parse_duration_ms, parse_size
@@ -105,3 +107,19 @@ def test_parse_size_refuses_other_types(bad: object) -> None:
     """Floats, None and bytes are refused as InvalidValue, not TypeError."""
     with pytest.raises(InvalidValue, match="not a size"):
         parse_size(bad)  # type: ignore[arg-type]
+
+
+@given(st.text(max_size=40) | st.from_regex(r"\A\s*[0-9\uff10-\uff19]{1,60}\s*[KMGkmg]?i?B?\Z"))
+def test_parse_size_only_accepts_short_ascii(text: str) -> None:
+    """Any text is refused with InvalidValue or is short ASCII that parses within range."""
+    try:
+        value = parse_size(text)
+    except InvalidValue:
+        return
+    assert text.isascii() and len(text) <= 32 and 0 <= value <= 2**62
+
+
+@given(st.integers(0, 2**62))
+def test_every_byte_count_round_trips(n: int) -> None:
+    """A plain number of bytes written in ASCII parses back to itself."""
+    assert parse_size(str(n)) == n
