@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quota.core import wire
 from quota.core.billing import catalogue_from_config
 from quota.core.errors import InvalidValue
 from quota.core.money import (
@@ -24,14 +23,15 @@ from quota.core.money import (
     plan_change_credit,
     prorate_credit,
 )
+from quota.core.units import MAX_BYTES
 
 DAY = 86_400_000
 PERIOD = 30 * DAY
 
 
 def test_the_maximum_is_the_wire_schema_maximum() -> None:
-    """Balances and counters share the maximum the wire schema and OpenAPI declare."""
-    assert MAX_MILLICOINS == MAX_COUNTER == MAX_MONEY == wire.MAX_INT == 2**62
+    """Balances and counters share 2**62, the integer maximum of the wire schema and OpenAPI."""
+    assert MAX_MILLICOINS == MAX_COUNTER == MAX_MONEY == MAX_BYTES == 2**62
 
 
 def test_checked_add_refuses_the_issue_deposits_naming_the_limit() -> None:
