@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from quota.core.errors import InvalidValue
@@ -115,6 +116,17 @@ class Catalogue:
             return self.packages[name]
         except KeyError:
             raise InvalidValue(f"unknown package: {name!r}") from None
+
+    def lowest_byte_price(self, metered: Rate) -> Rate:
+        """The cheapest price per byte anything in the catalogue (or metering) sells at."""
+        offers = [metered]
+        offers += [Rate(price=p.price, per=p.traffic) for p in self.packages.values()]
+        offers += [
+            Rate(price=p.price, per=p.traffic)
+            for p in self.plans.values()
+            if p.kind is PlanKind.PERIODIC and p.traffic > 0
+        ]
+        return min(offers, key=lambda r: Fraction(r.price, r.per))
 
 
 def _take(table: Mapping[str, Any], key: str, where: str) -> Any:

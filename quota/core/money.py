@@ -8,6 +8,13 @@ Invariants:
   so a thousand 1 MB charges cost exactly what one 1 GB charge costs.
 - The carry is the unbilled fraction of a millicoin, kept as a numerator over
   the rate's denominator: `0 <= carry < denominator`.
+- Balances, amounts and byte counters never exceed `MAX_MILLICOINS` /
+  `MAX_COUNTER` (2**62, the maximum of the wire schema and of the OpenAPI
+  document); `checked_add` refuses a sum past it with `OverLimit` naming the limit,
+  so no Python int ever outgrows a column or a documented field.
+- A plan change never refunds included traffic already used: `plan_change_credit`
+  is at most the prorated price and at most the price of the bytes still unused
+  beyond the elapsed share, valued at the catalogue's price per byte.
 """
 
 from __future__ import annotations
@@ -16,14 +23,39 @@ import re
 from dataclasses import dataclass
 
 from quota.core.errors import InvalidValue
+from quota.core.units import check_length
 
 MILLI = 1000
-MAX_MONEY = 2**62
+# The wire schema's integer maximum (quota.core.wire.MAX_INT, the OpenAPI `maximum`):
+# every balance, amount and counter the billing API stores or answers stays within it.
+MAX_MILLICOINS = 2**62
+MAX_COUNTER = 2**62
+MAX_MONEY = MAX_MILLICOINS
 GB = 10**9
 SECONDS_PER_MONTH = 30 * 86_400
 MS_PER_MONTH = SECONDS_PER_MONTH * 1000
 
-_COIN_RE = re.compile(r"^\s*(\d+)(?:\.(\d{1,3}))?\s*$")
+# re.ASCII: `\d` would otherwise take full-width and other Unicode digits.
+_COIN_RE = re.compile(r"^\s*([0-9]+)(?:\.([0-9]{1,3}))?\s*$", re.ASCII)
+
+
+class OverLimit(InvalidValue):
+    """An operation would take a balance or a counter past its documented maximum."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(f"{what} would exceed its maximum of {limit}")
+        self.what = what
+        self.limit = limit
+
+
+def checked_add(value: int, delta: int, *, what: str, limit: int = MAX_MILLICOINS) -> int:
+    """`value + delta`, refused with OverLimit when it leaves 0..limit."""
+    total = value + delta
+    if total > limit:
+        raise OverLimit(what, limit)
+    if total < 0:
+        raise InvalidValue(f"{what} would fall below zero ({value} + {delta})")
+    return total
 
 
 def parse_coin(text: str | int) -> int:
@@ -33,6 +65,7 @@ def parse_coin(text: str | int) -> int:
     if isinstance(text, int):
         value = text * MILLI
     else:
+        check_length(text, "amount of coin")
         match = _COIN_RE.match(text)
         if match is None:
             raise InvalidValue(
@@ -121,3 +154,30 @@ def prorate_credit(price: int, period_ms: int, remaining_ms: int) -> int:
 def monthly_price(price: int, period_ms: int) -> int:
     """The price of a plan normalised to 30 days (rounded down)."""
     return price * MS_PER_MONTH // period_ms
+
+
+def plan_change_credit(
+    *,
+    price: int,
+    period_ms: int,
+    remaining_ms: int,
+    included: int,
+    included_left: int,
+    byte_price: Rate,
+) -> int:
+    """Credit for the unused part of a plan left early, without refunding used traffic.
+
+    The prorated price (`prorate_credit`) minus the value, at `byte_price`, of the
+    included bytes used beyond the share of the elapsed time; never below zero.
+    The deduction rounds up and the proration down, so the credit never exceeds
+    either. With `byte_price` at or below the plan's own price per byte, no
+    sequence of plan changes buys a byte below `byte_price`.
+    """
+    if included < 0 or not 0 <= included_left <= included:
+        raise InvalidValue(f"bad plan bucket: {included_left} of {included} bytes left")
+    credit = prorate_credit(price, period_ms, remaining_ms)
+    elapsed_ms = period_ms - min(max(remaining_ms, 0), period_ms)
+    share = included * elapsed_ms // period_ms  # bytes the elapsed time paid for (down: never more)
+    beyond = max(0, included - included_left - share)
+    value = -(-(beyond * byte_price.price) // byte_price.per)
+    return max(0, credit - value)
