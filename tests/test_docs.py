@@ -243,6 +243,19 @@ def test_relative_links_resolve() -> None:
     assert problems == []
 
 
+def test_docs_cited_by_code_and_examples_exist() -> None:
+    """Every docs/*.md that a product module or an example file names is there."""
+    sources = [
+        p
+        for top in (*PRODUCT, "examples")
+        for p in (ROOT / top).rglob("*")
+        if p.suffix in {".py", ".toml", ".sh", ".md"}
+    ]
+    cited = {m for p in sources for m in re.findall(r"docs/[\w.-]+\.md", p.read_text())}
+    assert "docs/billing.md" in cited  # examples/billing.toml sends readers there
+    assert sorted(c for c in cited if not (ROOT / c).exists()) == []
+
+
 def test_documented_close_reasons_are_the_emitted_ones() -> None:
     """The close-reason table of docs/streamlog.md lists exactly the reasons the code writes."""
     documented = documented_close_reasons((ROOT / "docs" / "streamlog.md").read_text())
