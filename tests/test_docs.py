@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("relay", "quota", "tools")
-CLOSERS = frozenset({"close", "finish", "close_all"})  # calls that take a close reason
+CLOSERS = frozenset({"close", "_close", "finish", "close_all"})  # calls that take a close reason
 
 _FENCE = re.compile(r"^\s*```")
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
@@ -170,17 +170,17 @@ def emitted_close_reasons() -> frozenset[str]:
 
 @cache
 def argparse_flags() -> frozenset[str]:
-    """Every `--flag` given to an add_argument call under tools/."""
-    flags = set()
-    for path, tree in product_trees():
-        if path.relative_to(ROOT).parts[0] != "tools":
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
-                for arg in node.args:
-                    if isinstance(arg, ast.Constant) and str(arg.value).startswith("--"):
-                        flags.add(str(arg.value))
-    return frozenset(flags)
+    """Every `--flag` given to an add_argument call under tools/ (the CLI) or bench/."""
+    bench = tuple((p, ast.parse(p.read_text(), str(p))) for p in (ROOT / "bench").rglob("*.py"))
+    trees = [t for p, t in product_trees() if p.relative_to(ROOT).parts[0] == "tools"]
+    return frozenset(
+        str(arg.value)
+        for tree in (*trees, *(t for _, t in bench))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
+        for arg in node.args
+        if isinstance(arg, ast.Constant) and str(arg.value).startswith("--")
+    )
 
 
 # -- what the docs say -------------------------------------------------------------------
