@@ -4,11 +4,15 @@ Invariants:
 - `unauthenticated` is exactly the number of SSH connections admitted and
   neither authenticated nor closed; the per-source counts always sum to it.
 - `total` is exactly the number of admitted connections not yet closed. A
-  public-port peer is admitted only below `ordinary_cap` (descriptor limit minus
-  the reserve); an SSH connection may also take the tunnel reserve before it
-  logs in, and keeps a place there only if its agent holds live tunnels. So the
-  `reserve - tunnel_reserve` descriptors (admin API, stream log, journals) are
-  never given to a connection.
+  public-port peer or an SSH connection is admitted only below `ordinary_cap`
+  (descriptor limit minus the reserve). An SSH connection from a `trusted`
+  source (one where an agent holding live tunnels is logged in) may also take
+  the tunnel reserve, and keeps a place there only if its own agent holds live
+  tunnels. So the `reserve - tunnel_reserve` descriptors (admin API, stream
+  log, journals) are never given to a connection, and a flood from elsewhere
+  cannot take the tunnel reserve.
+- A trusted SSH connection is spared MaxStartups' random drop (it is still
+  counted, and the per-source limit still applies to it).
 - MaxStartups is sshd's: with n unauthenticated connections standing, a new one
   is accepted when n < start, always dropped when n >= full, and otherwise
   dropped when roll < p, p = rate + (100 - rate) * (n - start) // (full - start)
@@ -201,13 +205,23 @@ class Admission:
         return self._per_source[source]
 
     def connect(
-        self, conn: Hashable, *, source: str, kind: Kind, now: int, roll: int
+        self,
+        conn: Hashable,
+        *,
+        source: str,
+        kind: Kind,
+        now: int,
+        roll: int,
+        trusted: bool = False,
     ) -> Accept | Drop:
-        """A new connection from `source` (a `source_key`); `roll` uniform in 0..99."""
+        """A new connection from `source` (a `source_key`); `roll` uniform in 0..99.
+
+        `trusted`: an agent holding live tunnels is logged in from `source`.
+        """
         self._advance(now)
         if conn in self._kinds:
             raise InvalidValue(f"connection {conn!r} is already admitted")
-        drop = self._refusal(source, kind, roll)
+        drop = self._refusal(source, kind, roll, trusted=trusted and kind is Kind.SSH)
         if drop is not None:
             self.refusals[drop] += 1
             return Drop(reason=drop)
@@ -218,16 +232,16 @@ class Admission:
             self._per_source[source] += 1
         return Accept()
 
-    def _refusal(self, source: str, kind: Kind, roll: int) -> Reason | None:
+    def _refusal(self, source: str, kind: Kind, roll: int, *, trusted: bool) -> Reason | None:
         cfg = self.config
-        room = cfg.ordinary_cap + (cfg.tunnel_reserve if kind is Kind.SSH else 0)
+        room = cfg.ordinary_cap + (cfg.tunnel_reserve if trusted else 0)
         if self.total >= room:
             return Reason.CONNECTION_LIMIT
         if kind is Kind.PUBLIC:
             return None
         if self._per_source[source] >= cfg.per_source:
             return Reason.PER_SOURCE
-        if cfg.max_startups.drops(self.unauthenticated, roll):
+        if not trusted and cfg.max_startups.drops(self.unauthenticated, roll):
             return Reason.MAX_STARTUPS
         return None
 

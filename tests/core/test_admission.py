@@ -182,12 +182,32 @@ def test_the_reserve_is_kept_for_agents_holding_tunnels() -> None:
         assert adm.connect(i, source="p", kind=Kind.PUBLIC, now=0, roll=NEVER) == Accept()
     full = Drop(reason=Reason.CONNECTION_LIMIT)
     assert adm.connect("p15", source="p", kind=Kind.PUBLIC, now=0, roll=NEVER) == full
-    assert [admit(adm, f"s{i}") for i in range(5)] == [Accept()] * 4 + [full]
+    assert admit(adm, "flood") == full  # an untrusted source never takes the reserve
+    trusted = [
+        adm.connect(f"s{i}", source="a", kind=Kind.SSH, now=0, roll=ALWAYS, trusted=True)
+        for i in range(5)
+    ]
+    assert trusted == [Accept()] * 4 + [full]
     assert adm.authenticated("s0", holds_tunnels=True) == Accept()
     assert adm.authenticated("s1", holds_tunnels=False) == Disconnect(
         reason=Reason.CONNECTION_LIMIT
     )
     assert adm.total == 18  # 2 descriptors of the reserve are never handed out
+
+
+def test_a_trusted_source_is_spared_the_random_drop_but_not_the_per_source_limit() -> None:
+    """With startups full, a tunnel holder's address still logs in, up to its per-source share."""
+    adm = Admission(AdmissionConfig(max_startups=MaxStartups(start=2, rate=30, full=4)))
+    assert [admit(adm, i, f"s{i}") for i in range(4)] == [Accept()] * 4
+    assert admit(adm, "x", "agent-host") == Drop(reason=Reason.MAX_STARTUPS)
+    kept = [
+        adm.connect(f"t{i}", source="agent-host", kind=Kind.SSH, now=0, roll=0, trusted=True)
+        for i in range(11)
+    ]
+    assert kept == [Accept()] * 10 + [Drop(reason=Reason.PER_SOURCE)]
+    assert adm.connect("p", source="agent-host", kind=Kind.PUBLIC, now=0, roll=0, trusted=True) == (
+        Accept()
+    )
 
 
 def test_a_login_below_the_cap_needs_no_tunnels() -> None:
