@@ -1,6 +1,8 @@
 """Run a relay: SSH front, admin API, stream log, until SIGTERM or SIGINT.
 
-Invariants: SIGTERM stops accepting, closes live streams with reason
+Invariants: the open-files limit is raised to the hard limit before anything
+opens (relay.descriptors), and the gate's task enforces login grace for as
+long as the relay listens. SIGTERM stops accepting, closes live streams with reason
 `relay_shutdown`, flushes the stream log and returns 0. The host key is made on
 first start (ed25519, mode 0600) and kept. A line `{"event": "relay_ready", ...}`
 on stdout says the relay listens, with the ports it got.
@@ -26,6 +28,7 @@ from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings
 from relay.admin.server import AdminServer
 from relay.config import BillingLinkConfig, RelayConfig
+from relay.descriptors import AcceptErrors, raise_nofile
 from relay.errors import ConfigError
 from relay.hub.billing import BillingLink
 from relay.hub.control import Control
@@ -50,6 +53,12 @@ def load_host_key(path: Path) -> Any:
         return asyncssh.read_private_key(str(path))
     except (asyncssh.KeyImportError, OSError) as exc:
         raise ConfigError(f"relay.host_key: cannot read {path}: {exc}") from None
+
+
+def _login_backstop_s(config: RelayConfig) -> float:
+    """asyncssh's own login timeout: a backstop a little after the gate's grace (0: none)."""
+    grace = config.gate.login_grace_ms
+    return (grace + 5_000) / 1000 if grace else 0
 
 
 async def _interim(hub: Hub, every_ms: int) -> None:
@@ -83,10 +92,12 @@ async def serve(
     config: RelayConfig, on_ready: Callable[[Hub], Awaitable[None]] | None = None
 ) -> int:
     """Run until SIGTERM/SIGINT; `on_ready` runs once the relay listens. Returns the exit code."""
+    limit = raise_nofile()
     registry = Registry(None if config.billing else config.agents_file)
     host_key = load_host_key(config.host_key)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    AcceptErrors(loop).install()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     config.stream_log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +126,7 @@ async def serve(
                 x11_forwarding=False,
                 allow_scp=False,
                 reuse_address=True,
+                login_timeout=_login_backstop_s(config),
             )
         except OSError as exc:
             raise ConfigError(
@@ -133,8 +145,14 @@ async def serve(
             else admin.port,
         }
         print(json.dumps(ready_line), flush=True)
-        log.info("relay_ready", **{k: v for k, v in ready_line.items() if k != "event"})
+        log.info(
+            "relay_ready",
+            **{k: v for k, v in ready_line.items() if k != "event"},
+            nofile=limit,
+            connection_cap=hub.gate.admission.config.ordinary_cap,
+        )
         interim = asyncio.create_task(_interim(hub, config.interim_ms), name="stream-interim")
+        gate = asyncio.create_task(hub.gate.run(), name="gate")
         syncing = None if quota is None else asyncio.create_task(quota.run(), name="quota-agent")
         try:
             if on_ready is not None:
@@ -143,10 +161,12 @@ async def serve(
         finally:
             log.info("relay_stopping")
             interim.cancel()
+            gate.cancel()
             server.close()
             hub.close_all("relay_shutdown")
             await hub.drain_tasks()
-            await asyncio.gather(interim, return_exceptions=True)
+            await asyncio.gather(interim, gate, return_exceptions=True)
+            hub.gate.flush()
             if syncing is not None and quota is not None:
                 syncing.cancel()
                 await asyncio.gather(syncing, return_exceptions=True)

@@ -17,8 +17,10 @@ from typing import Any
 import asyncssh
 
 from quota.core.errors import InvalidValue
+from quota.core.shares import ShareLimits
 from quota.core.units import parse_duration_ms, parse_size
 from relay.errors import ConfigError
+from relay.hub.gate import GateConfig
 
 _SCHEMA: dict[str, dict[str, Any]] = {
     "relay": {
@@ -110,6 +112,10 @@ class RelayConfig:
     billing: BillingLinkConfig | None = None
     udp_idle_timeout_ms: int = 60_000  # a UDP flow idle this long ends
     udp_max_datagram: int = 65_507  # bigger datagrams are dropped and counted
+    gate: GateConfig = field(default_factory=GateConfig)  # admission before login ([limits])
+    shares: ShareLimits = field(
+        default_factory=ShareLimits
+    )  # fair shares ([limits]), overridable per agent
 
 
 def parse_host_port(text: str, key: str) -> HostPort:

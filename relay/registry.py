@@ -11,6 +11,7 @@ so operators can add agents without a restart.
     role = "client"            # client | support | dual
     keys = ["ssh-ed25519 AAAA... user@host"]
     active = true              # optional; an inactive client agent cannot open tunnels
+    limits = { ssh_connections_per_agent = 32 }   # optional: this agent's own shares
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from pathlib import Path
 import asyncssh
 
 from quota.core.billing import AgentRole as Role  # re-exported: relay code says Role
+from quota.core.errors import InvalidValue
+from quota.core.shares import Share, ShareLimits
 from relay.errors import ConfigError
 
-__all__ = ["Agent", "Registry", "Role", "key_blob"]
+__all__ = ["Agent", "Registry", "Role", "key_blob", "share_limits"]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -40,6 +43,30 @@ class Agent:
     role: Role
     keys: frozenset[bytes]  # public key blobs
     active: bool = True
+    limits: tuple[tuple[str, int], ...] = ()  # overrides of the [limits] shares, by key
+
+
+def share_limits(agent: Agent, defaults: ShareLimits) -> ShareLimits | None:
+    """The shares `agent` has instead of `defaults` (None: the defaults hold)."""
+    return defaults.overridden(dict(agent.limits)) if agent.limits else None
+
+
+def _parse_limits(value: object, where: str) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where}.limits: a table of share limits, e.g. {{ channels_per_connection = 128 }}"
+        )
+    known = {share.value for share in Share}
+    for key, limit in value.items():
+        if key not in known:
+            raise ConfigError(
+                f"{where}.limits.{key}: unknown limit (one of {', '.join(sorted(known))})"
+            )
+        try:
+            ShareLimits().overridden({key: limit})
+        except InvalidValue:
+            raise ConfigError(f"{where}.limits.{key}: a whole number >= 0, not {limit!r}") from None
+    return tuple(sorted(value.items()))
 
 
 def key_blob(text: str) -> bytes | None:
@@ -64,7 +91,7 @@ def _parse_agent(entry: object, index: int) -> Agent:
     where = f"agent[{index}]"
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be a table")
-    unknown = set(entry) - {"id", "account", "role", "keys", "active"}
+    unknown = set(entry) - {"id", "account", "role", "keys", "active", "limits"}
     if unknown:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     agent_id, account = entry.get("id"), entry.get("account")
@@ -82,8 +109,11 @@ def _parse_agent(entry: object, index: int) -> Agent:
     if not isinstance(active, bool):
         raise ConfigError(f"{where}.active: true or false")
     blobs = frozenset(_parse_key(k, f"{where}.keys[{i}]") for i, k in enumerate(keys))
+    limits = _parse_limits(entry["limits"], where) if "limits" in entry else ()
     assert isinstance(agent_id, str) and isinstance(account, str)
-    return Agent(agent_id=agent_id, account=account, role=role, keys=blobs, active=active)
+    return Agent(
+        agent_id=agent_id, account=account, role=role, keys=blobs, active=active, limits=limits
+    )
 
 
 class Registry:

@@ -21,17 +21,20 @@ from typing import Any
 import structlog
 
 from quota.core.bucket import Bucket, Meter
+from quota.core.shares import Shares
 from quota.core.streams import Interim
 from relay.config import RelayConfig
+from relay.descriptors import descriptor_limit
 from relay.errors import Refused
 from relay.hub.activity import OwnerActivity
 from relay.hub.buckets import Buckets
+from relay.hub.gate import Gate
 from relay.hub.live import LiveStreams
 from relay.hub.recorder import StreamRecorder
 from relay.hub.stream import Stream
 from relay.hub.tunnels import Tunnel, TunnelTable
 from relay.registry import Agent, Registry
-from relay.streamlog.writer import StreamLog
+from relay.streamlog.writer import REFUSED, StreamLog, StreamRecord
 
 log = structlog.get_logger("relay")
 
@@ -52,6 +55,9 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[Any] = set()  # logged-in agents' SSH front objects
         self.quota_counters: dict[str, int] = {}  # the quota agent's, for the status view
+        self.gate = Gate(config.gate.admission(descriptor_limit()))
+        self.shares = Shares(config.shares)
+        self.refused_by_cause: dict[str, int] = {}
 
     @staticmethod
     def now_ms() -> int:
@@ -84,12 +90,61 @@ class Hub:
 
     # -- tunnels ------------------------------------------------------------------------
 
-    def refuse(self, conn: Any, agent: Agent | None, what: str, message: str) -> None:
+    def refuse(
+        self,
+        conn: Any,
+        agent: Agent | None,
+        what: str,
+        message: str,
+        *,
+        cause: str | None = None,
+        peer: str = "",
+    ) -> None:
+        """Log a refusal and show it to the agent; with a `cause`, also a `refused` record."""
         log.warning(
-            "refused", agent_id=agent.agent_id if agent else None, what=what, reason=message
+            "refused",
+            agent_id=agent.agent_id if agent else None,
+            what=what,
+            reason=message,
+            cause=cause,
         )
         if conn is not None:
             conn.send_debug(f"quotarelay: {message}", always_display=True)
+        if cause is not None:
+            self.refused_by_cause[cause] = self.refused_by_cause.get(cause, 0) + 1
+            self._record_refusal(agent, what, cause, peer)
+
+    def _record_refusal(self, agent: Agent | None, what: str, cause: str, peer: str) -> None:
+        streamlog = self.recorder.streamlog
+        if streamlog is None:
+            return
+        now = self.now_ms()
+        streamlog.record(
+            StreamRecord(
+                event=REFUSED,
+                at_ms=now,
+                stream_id=self.stream_id(),
+                tunnel_id="",
+                agent_id=agent.agent_id if agent else "",
+                account=agent.account if agent else "",
+                relay_id=self.config.relay_id,
+                kind="ssh",
+                peer=peer,
+                target=what,
+                opened_at_ms=now,
+                bytes_up=0,
+                bytes_down=0,
+                bytes_dropped=0,
+                pauses=0,
+                paused_ms=0,
+                state="closed",
+                close_reason=cause,
+            )
+        )
+
+    def holds_tunnels(self, agent_id: str) -> bool:
+        """Does `agent_id` hold a live tunnel on this relay?"""
+        return any(t.agent.agent_id == agent_id for t in self.tunnels.all())
 
     def check_may_expose(self, agent: Agent) -> None:
         if not agent.role.may_expose:

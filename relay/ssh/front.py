@@ -11,6 +11,13 @@ Invariants:
   other hosts are TCP tunnels (relay.tcp).
 - Every refusal opens nothing; the agent sees the reason (channel open failure
   text, or a debug message for a refused `-R`).
+- Before login every connection passes the gate (relay.hub.gate): dropped at
+  once, or admitted and reported closed exactly once; a rejected key is
+  counted there, and too many of them, or no login within the grace time,
+  disconnect with the reason.
+- After login an agent holds one of its `ssh_connections_per_agent`, and each
+  channel it opens one of its connection's `channels_per_connection`, until it
+  closes; a refusal of either writes one `refused` record with its cause.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ from typing import Any
 import asyncssh
 import structlog
 
+from quota.core.admission import Disconnect, Kind, Reason
+from quota.core.shares import Granted, Share
 from relay.errors import Refused
 from relay.hub.hub import Hub
 from relay.hub.tunnels import Tunnel, is_address
-from relay.registry import Agent
+from relay.registry import Agent, share_limits
 from relay.tcp.tunnels import TcpTunnels
 from relay.udp.relay import UDP_PREFIX, udp_for
 
@@ -54,6 +63,13 @@ class TunnelListener(asyncssh.SSHListener):
             await self.tunnel.server.wait_closed()
 
 
+_DISCONNECT_CODES = {
+    Reason.MAX_AUTH_TRIES: asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+    Reason.LOGIN_GRACE: asyncssh.DISC_BY_APPLICATION,
+    Reason.CONNECTION_LIMIT: asyncssh.DISC_TOO_MANY_CONNECTIONS,
+}
+
+
 class AgentServer(asyncssh.SSHServer):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -62,16 +78,36 @@ class AgentServer(asyncssh.SSHServer):
         self.agent: Agent | None = None
         self.key_blob: bytes | None = None
         self.peer = ""
+        self.admitted = False  # by the gate: report it closed
+        self.counted = False  # holds one of its agent's SSH connections
 
     def connection_made(self, conn: Any) -> None:
         self.conn = conn
         peer = conn.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+        host = str(peer[0]) if isinstance(peer, tuple) else ""
+        self.admitted = self.hub.gate.connect(self, host, Kind.SSH, self._disconnect)
+        if not self.admitted:
+            conn.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.hub.connections.discard(self)
-        if self.agent is not None:
+        if self.admitted:
+            self.admitted = False
+            self.hub.gate.closed(self)
+        if self.counted and self.agent is not None:
+            self.counted = False
+            self.hub.shares.release(Share.SSH_CONNECTIONS_PER_AGENT, agent=self.agent.agent_id)
+        if (
+            self.agent is not None
+            and self.conn is not None
+            and self.conn.get_extra_info("username")
+        ):
             log.info("agent_disconnected", agent_id=self.agent.agent_id, peer=self.peer)
+
+    def _disconnect(self, decision: Disconnect) -> None:
+        code = _DISCONNECT_CODES.get(decision.reason, asyncssh.DISC_BY_APPLICATION)
+        self.conn.disconnect(code, decision.message)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -88,16 +124,27 @@ class AgentServer(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: Any) -> bool:
         agent = self.hub.registry.authenticate(username, bytes(key.public_data))
         if agent is None:
-            log.warning("auth_refused", username=username, peer=self.peer)
+            self.hub.gate.auth_failed(self, username)  # logs, and disconnects at the limit
             return False
         self.agent = agent
         self.key_blob = bytes(key.public_data)
         return True
 
     def auth_completed(self) -> None:
-        assert self.agent is not None
-        self.hub.connections.add(self)
-        log.info("agent_connected", agent_id=self.agent.agent_id, peer=self.peer)
+        agent = self.agent
+        assert agent is not None
+        hub = self.hub
+        if hub.gate.authenticated(self, holds_tunnels=lambda: hub.holds_tunnels(agent.agent_id)):
+            return  # told to go: the connection limit's reserve is for tunnel holders
+        hub.shares.set_limits(agent.agent_id, share_limits(agent, hub.shares.defaults))
+        taken = hub.shares.acquire(Share.SSH_CONNECTIONS_PER_AGENT, agent=agent.agent_id)
+        if not isinstance(taken, Granted):
+            hub.refuse(None, agent, "login", taken.message, cause=taken.cause.value, peer=self.peer)
+            self.conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"quotarelay: {taken.message}")
+            return
+        self.counted = True
+        hub.connections.add(self)
+        log.info("agent_connected", agent_id=agent.agent_id, peer=self.peer)
 
     async def server_requested(self, listen_host: str, listen_port: int) -> Any:
         agent = self.agent
@@ -125,17 +172,46 @@ class AgentServer(asyncssh.SSHServer):
     ) -> Any:
         agent = self.agent
         assert agent is not None
+        what = f"open {dest_host}:{dest_port}"
+        taken = self.hub.shares.acquire(
+            Share.CHANNELS_PER_CONNECTION, agent=agent.agent_id, scope=self
+        )
+        if not isinstance(taken, Granted):
+            self.hub.refuse(
+                None, agent, what, taken.message, cause=taken.cause.value, peer=self.peer
+            )
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE, f"quotarelay: {taken.message}"
+            )
         try:
-            if dest_host.startswith(UDP_PREFIX):
-                orig = (orig_host, orig_port)
-                return udp_for(self.hub).support_session(agent, dest_host, dest_port, orig)
-            tunnel = self.tcp.resolve(agent, dest_host, dest_port)
+            session = self._session(agent, dest_host, dest_port, (orig_host, orig_port))
         except Refused as exc:
-            self.hub.refuse(None, agent, f"open {dest_host}:{dest_port}", str(exc))
+            self._release_channel()
+            self.hub.refuse(None, agent, what, str(exc))
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"quotarelay: {exc}"
             ) from None
-        return self.tcp.bridge(agent, tunnel, (orig_host, orig_port))
+        chan = self.conn.create_tcp_channel()
+        self.hub.spawn(self._release_when_closed(chan), f"channel-{id(chan):x}")
+        return chan, session
+
+    def _session(self, agent: Agent, host: str, port: int, orig: tuple[str, int]) -> Any:
+        if host.startswith(UDP_PREFIX):
+            return udp_for(self.hub).support_session(agent, host, port, orig)
+        tunnel = self.tcp.resolve(agent, host, port)
+        return self.tcp.bridge(agent, tunnel, orig)
+
+    async def _release_when_closed(self, chan: Any) -> None:
+        try:
+            await chan.wait_closed()
+        finally:
+            self._release_channel()
+
+    def _release_channel(self) -> None:
+        assert self.agent is not None
+        self.hub.shares.release(
+            Share.CHANNELS_PER_CONNECTION, agent=self.agent.agent_id, scope=self
+        )
 
     def unix_server_requested(self, listen_path: str) -> bool:
         self.hub.refuse(

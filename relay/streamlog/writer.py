@@ -13,6 +13,9 @@ Invariants:
 - JSON lines are rendered with a private structlog pipeline (never the global
   `configure()`) after the rows are committed; the timestamp is the record's
   own `at_ms`. The database is the record of truth, the lines are a copy.
+- A `refused` record (something asked for and refused, with its cause in
+  `close_reason`) is an event only: it gets a `stream_events` row and a JSON
+  line, never a `streams` row, since nothing was opened.
 - On entry every stream of this relay still open or paused (left by a crash)
   is closed with reason "relay_restart", keeping the last figures it had.
 - On exit the flush task is stopped, everything queued is written and the
@@ -44,6 +47,7 @@ from relay.errors import RelayError
 T = TypeVar("T")
 
 MAX_PENDING = 200_000
+REFUSED = "refused"  # the event of a refusal: written to stream_events only
 
 
 class StreamLogError(RelayError):
@@ -58,7 +62,7 @@ class StreamRecord:
     other than "closed" counts as still alive, and is closed on restart.
     """
 
-    event: str  # "open" | "interim" | "pause" | "resume" | "close"
+    event: str  # "open" | "interim" | "pause" | "resume" | "close" | "refused"
     at_ms: int  # unix epoch milliseconds of the event
     stream_id: str
     tunnel_id: str
@@ -283,6 +287,7 @@ class StreamLog:
                 rec.at_ms if rec.state == "closed" else None,
             )
             for rec, row in zip(batch, events, strict=True)
+            if rec.event != REFUSED
         ]
         try:
             await db.executemany(_INSERT_EVENT, events)

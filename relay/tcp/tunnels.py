@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
 import structlog
 
+from quota.core.admission import Kind
 from relay.errors import Refused
 from relay.hub.hub import Hub
 from relay.hub.stream import Stream
@@ -132,17 +133,29 @@ class TcpTunnels:
 
 
 class _PublicLeg(TcpLeg):
-    """A public-port client: once accepted, open the owner's channel for it."""
+    """A public-port client: once the gate admits it, open the owner's channel for it."""
 
     def __init__(self, pair: TcpPair, name: str, tunnels: TcpTunnels) -> None:
         super().__init__(pair, name)
         self.pair = pair
         self.tunnels = tunnels
+        self.admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         orig = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
+        self.admitted = self.tunnels.hub.gate.connect(self, orig[0], Kind.PUBLIC)
+        if not self.admitted:
+            cast(asyncio.Transport, transport).abort()  # over the limit: no stream, nothing read
+            return
+        super().connection_made(transport)
         self.pair.stream.peer_desc = f"{orig[0]}:{orig[1]}"
         assert self.pair.stream.tunnel.kind == PUBLIC
         self.tunnels.open_owner_later(self.pair, orig)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.admitted:
+            return
+        self.admitted = False
+        self.tunnels.hub.gate.closed(self)
+        super().connection_lost(exc)
