@@ -28,7 +28,7 @@ from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings
 from relay.admin.server import AdminServer
 from relay.config import BillingLinkConfig, RelayConfig
-from relay.descriptors import AcceptErrors, raise_nofile
+from relay.descriptors import LISTEN_BACKLOG, AcceptErrors, raise_nofile
 from relay.errors import ConfigError
 from relay.hub.billing import BillingLink
 from relay.hub.control import Control
@@ -126,6 +126,7 @@ async def serve(
                 x11_forwarding=False,
                 allow_scp=False,
                 reuse_address=True,
+                backlog=LISTEN_BACKLOG,
                 login_timeout=_login_backstop_s(config),
             )
         except OSError as exc:
@@ -166,7 +167,7 @@ async def serve(
             hub.close_all("relay_shutdown")
             await hub.drain_tasks()
             await asyncio.gather(interim, gate, return_exceptions=True)
-            hub.gate.flush()
+            hub.gate.flush(final=True)
             if syncing is not None and quota is not None:
                 syncing.cancel()
                 await asyncio.gather(syncing, return_exceptions=True)

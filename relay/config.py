@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncssh
 
+from quota.core.admission import parse_max_startups
 from quota.core.errors import InvalidValue
 from quota.core.shares import ShareLimits
 from quota.core.units import parse_duration_ms, parse_size
@@ -47,6 +48,16 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "json_lines": "var/streams.jsonl",
     },
     "udp": {"idle_timeout": "60s", "max_datagram": "65507"},
+    "limits": {
+        "max_startups": "10:30:100",
+        "per_source_startups": 10,
+        "login_grace": "30s",
+        "max_auth_tries": 6,
+        "descriptor_reserve": 128,
+        "tunnel_reserve": 64,
+        "ssh_connections_per_agent": 16,
+        "channels_per_connection": 64,
+    },
     "billing": {
         "url": "",
         "token": "",
@@ -165,6 +176,10 @@ def _from_env(text: str, default: object, key: str) -> object:
         if text.lower() not in {"true", "false", "1", "0"}:
             raise ConfigError(f"{key}: expected true or false, got {text!r}")
         return text.lower() in {"true", "1"}
+    if isinstance(default, int):
+        if not text.isascii() or not text.isdigit() or len(text) > 9:
+            raise ConfigError(f"{key}: expected a whole number, got {text[:32]!r}")
+        return int(text)
     return text
 
 
@@ -240,7 +255,42 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         billing=_billing(v["billing"], rel),
         udp_idle_timeout_ms=max(1, _duration(v["udp"], "udp", "idle_timeout")),
         udp_max_datagram=_udp_max_datagram(v["udp"]),
+        gate=_gate(v["limits"]),
+        shares=_shares(v["limits"]),
     )
+
+
+def _gate(values: dict[str, Any]) -> GateConfig:
+    """Admission before login; the descriptor reserves are checked again at start."""
+    try:
+        startups = parse_max_startups(values["max_startups"])
+    except InvalidValue as exc:
+        raise ConfigError(f"limits.{exc}") from None
+    for key in ("per_source_startups", "max_auth_tries", "descriptor_reserve", "tunnel_reserve"):
+        low = 0 if key == "tunnel_reserve" else 1
+        if not low <= values[key] <= 1_000_000:
+            raise ConfigError(f"limits.{key}: {low}..1000000, got {values[key]}")
+    if values["tunnel_reserve"] > values["descriptor_reserve"]:
+        raise ConfigError(
+            f"limits.tunnel_reserve: at most limits.descriptor_reserve "
+            f"({values['descriptor_reserve']}), got {values['tunnel_reserve']}"
+        )
+    return GateConfig(
+        max_startups=startups,
+        per_source_startups=values["per_source_startups"],
+        login_grace_ms=_duration(values, "limits", "login_grace"),
+        max_auth_tries=values["max_auth_tries"],
+        descriptor_reserve=values["descriptor_reserve"],
+        tunnel_reserve=values["tunnel_reserve"],
+    )
+
+
+def _shares(values: dict[str, Any]) -> ShareLimits:
+    keys = ("ssh_connections_per_agent", "channels_per_connection")
+    for key in keys:
+        if not 1 <= values[key] <= 1_000_000:
+            raise ConfigError(f"limits.{key}: 1..1000000, got {values[key]}")
+    return ShareLimits(**{key: values[key] for key in keys})
 
 
 def _udp_max_datagram(values: dict[str, Any]) -> int:

@@ -29,6 +29,12 @@ log = structlog.get_logger("relay")
 
 _OUT_OF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
+# Listening sockets queue this many finished handshakes (the kernel caps it at
+# net.core.somaxconn): a burst waits there, costing the relay no descriptor,
+# instead of its SYNs being dropped and retried seconds later. The gate then
+# accepts and drops the excess at once.
+LISTEN_BACKLOG = 4096
+
 
 def raise_nofile() -> int:
     """Raise the soft open-files limit to the hard one; returns the limit now in force."""

@@ -8,7 +8,8 @@ Invariants:
 - Memory is bounded: at most `max_keys` keys are tracked; events of further keys
   (a flood of spoofed sources) are throttled together under `overflow_key`.
   `flush` reports every ended window that suppressed something and forgets
-  the quiet ones. Lines of one key are always at least `interval_ms` apart.
+  the quiet ones; `drain` (at exit) reports every window that suppressed
+  something. Lines of one key are always at least `interval_ms` apart.
 - Pure: `now` (milliseconds, never decreasing) is a parameter.
 """
 
@@ -92,6 +93,16 @@ class LogThrottle:
                 lines.append(LogNow(key=key, suppressed=window.suppressed))
                 self._windows[key] = _Window(start=now)
         return lines
+
+    def drain(self, now: int) -> list[LogNow]:
+        """A line for every window that suppressed something, ended or not; forget them all.
+
+        For a process that stops: after it, no event is owed a line.
+        """
+        self._advance(now)
+        lines = [LogNow(key=k, suppressed=w.suppressed) for k, w in self._windows.items()]
+        self._windows.clear()
+        return [line for line in lines if line.suppressed]
 
     def _prune_quiet(self, now: int) -> None:
         # ended windows that suppressed nothing owe no line: drop them for room

@@ -89,4 +89,18 @@ class Control:
             "streams": len(hub.live),
             "depleted": hub.buckets.depleted(),
             "sync": dict(hub.quota_counters),
+            "connections": self.connections(),
+        }
+
+    def connections(self) -> dict[str, object]:
+        """Connections held and refused: before login (the gate) and by share (the causes)."""
+        gate = self.hub.gate
+        admission = gate.admission
+        return {
+            "total": admission.total,
+            "unauthenticated": admission.unauthenticated,
+            "cap": admission.config.ordinary_cap,
+            "descriptor_limit": admission.config.descriptor_limit,
+            "auth_failures": gate.auth_failures,
+            "refused": gate.refusals | self.hub.refused_by_cause,
         }

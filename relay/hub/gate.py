@@ -168,11 +168,13 @@ class Gate:
         for conn, decision in self.admission.expire(self.clock()):
             self._told(conn, decision)
 
-    def flush(self) -> None:
-        """Write the lines still owed for sources that went quiet."""
-        for line in self.throttle.flush(self.clock()):
+    def flush(self, *, final: bool = False) -> None:
+        """Write the lines owed for sources that went quiet (`final`: all lines owed)."""
+        now = self.clock()
+        lines = self.throttle.drain(now) if final else self.throttle.flush(now)
+        for line in lines:
             event, _, source = line.key.partition("|")
-            log.warning(event or "refusals", source=source, suppressed=line.suppressed)
+            log.warning(event or "refusals", source=source or line.key, suppressed=line.suppressed)
 
     async def run(self) -> None:
         """Enforce login grace and flush the log throttle, until cancelled."""

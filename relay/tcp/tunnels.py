@@ -19,6 +19,7 @@ import asyncssh
 import structlog
 
 from quota.core.admission import Kind
+from relay.descriptors import LISTEN_BACKLOG
 from relay.errors import Refused
 from relay.hub.hub import Hub
 from relay.hub.stream import Stream
@@ -55,6 +56,7 @@ class TcpTunnels:
                     hub.config.public_bind,
                     chosen,
                     reuse_address=True,
+                    backlog=LISTEN_BACKLOG,
                 )
                 break
             except OSError as exc:

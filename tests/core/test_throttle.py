@@ -41,6 +41,16 @@ def test_flush_reports_ended_windows_and_keeps_lines_a_minute_apart() -> None:
     assert throttle.note("a", now=2 * MINUTE + 20) == LogNow(key="a", suppressed=1)
 
 
+def test_drain_reports_every_window_still_owing_a_line() -> None:
+    """At exit, windows not yet ended give their counts too; nothing is left owed."""
+    throttle = LogThrottle()
+    for i in range(5):
+        throttle.note("a", now=i)
+    throttle.note("quiet", now=5)
+    assert throttle.drain(now=10) == [LogNow(key="a", suppressed=4)]
+    assert len(throttle) == 0 and throttle.flush(now=10 * MINUTE) == []
+
+
 def test_a_flood_of_sources_shares_one_overflow_line() -> None:
     """Past max_keys, new sources are throttled together under "*"."""
     throttle = LogThrottle(max_keys=2)

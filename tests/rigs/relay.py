@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import signal
 import sys
@@ -84,6 +85,8 @@ class Relay:
     tmp: Path
     agents: list[AgentSpec]
     extra: Sections = field(default_factory=dict)
+    prefix: list[str] = field(default_factory=list)  # e.g. ["prlimit", "--nofile=1024:1024"]
+    env: dict[str, str] = field(default_factory=dict)  # over this process's environment
     proc: asyncio.subprocess.Process | None = None
     ssh_port: int = 0
     admin_port: int = 0
@@ -92,6 +95,11 @@ class Relay:
     @property
     def config_path(self) -> Path:
         return self.tmp / "relay.toml"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     @property
     def db_path(self) -> Path:
@@ -109,10 +117,12 @@ class Relay:
         self.write_config()
         with (self.tmp / "relay.log").open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
+                *self.prefix,
                 *relay_command(self.config_path),
                 cwd=ROOT,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
+                env={**os.environ, **self.env},
             )
         assert self.proc.stdout is not None
         try:

@@ -1,0 +1,1 @@
+"""Hostile peers on loopback: each attack reproduced, a legitimate agent checked to keep working."""
