@@ -20,6 +20,7 @@ class AgentSpec:
     key_path: Path
     public: str
     active: bool = True
+    limits: dict[str, int] | None = None  # the registry entry's own shares
 
 
 def keypair(path: Path) -> str:
@@ -44,4 +45,7 @@ def agents_toml(agents: list[AgentSpec]) -> str:
             f'[[agent]]\nid = "{a.agent_id}"\naccount = "{a.account}"\nrole = "{a.role}"\n'
             f'keys = ["{a.public}"]\nactive = {"true" if a.active else "false"}\n'
         )
+        if a.limits:
+            shares = ", ".join(f"{k} = {v}" for k, v in a.limits.items())
+            parts[-1] += f"limits = {{ {shares} }}\n"
     return "\n".join(parts)
