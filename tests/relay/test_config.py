@@ -7,9 +7,10 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from quota.core.shares import ShareLimits
 from relay.config import load_config
 from relay.errors import ConfigError
-from relay.registry import Registry
+from relay.registry import Registry, share_limits
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -28,6 +29,38 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     )
     assert config.stream_log_path == tmp_path / "var" / "streams.db"
     assert config.billing is None
+
+
+def test_limits_default_to_sshds_anchors_and_the_documented_shares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[limits] defaults: MaxStartups 10:30:100, 10 per source, 30 s grace, 6 tries, 16 and 64."""
+    config = load_config(_write(tmp_path, ""))
+    gate = config.gate
+    assert (gate.max_startups.start, gate.max_startups.rate, gate.max_startups.full) == (
+        10,
+        30,
+        100,
+    )
+    assert (gate.per_source_startups, gate.login_grace_ms, gate.max_auth_tries) == (10, 30_000, 6)
+    assert (gate.descriptor_reserve, gate.tunnel_reserve) == (128, 64)
+    assert (config.shares.ssh_connections_per_agent, config.shares.channels_per_connection) == (
+        16,
+        64,
+    )
+    assert gate.admission(1024).ordinary_cap == 896
+    monkeypatch.setenv("QUOTARELAY_LIMITS_MAX_AUTH_TRIES", "3")
+    assert load_config(_write(tmp_path, "")).gate.max_auth_tries == 3
+    monkeypatch.setenv("QUOTARELAY_LIMITS_MAX_AUTH_TRIES", "\uff13")  # a full-width 3
+    with pytest.raises(ConfigError, match=r"limits\.max_auth_tries: expected a whole number"):
+        load_config(_write(tmp_path, ""))
+
+
+def test_a_reserve_above_the_descriptor_limit_is_refused_at_start() -> None:
+    """A reserve the open-files limit cannot hold is named when the relay starts."""
+    config = load_config(None, {"limits.descriptor_reserve": 2000})
+    with pytest.raises(ConfigError, match=r"limits\.descriptor_reserve"):
+        config.gate.admission(1024)
 
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,6 +86,16 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
         ('[billing]\nurl = "ftp://x"\ntoken = "t"\n', "billing.url"),
         ('[billing]\nurl = "http://x:1"\ntoken = "t"\noffline = "maybe"\n', "billing.offline"),
         ("[relay\n", "not valid TOML"),
+        (
+            '[limits]\nmax_startups = "10:30"\n',
+            "limits.max_startups: '10:30' is not start:rate:full",
+        ),
+        ('[limits]\nmax_startups = "30:30:10"\n', "limits.max_startups: start 30 is above full"),
+        ("[limits]\nper_source_startups = 0\n", "limits.per_source_startups: 1..1000000"),
+        ("[limits]\nmax_auth_tries = true\n", "limits.max_auth_tries: expected int"),
+        ("[limits]\ntunnel_reserve = 200\n", "limits.tunnel_reserve: at most limits.descrip"),
+        ('[limits]\nlogin_grace = "soon"\n', "limits.login_grace: not a duration"),
+        ("[limits]\nchannels_per_connection = 0\n", "limits.channels_per_connection: 1.."),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -82,6 +125,15 @@ def _key() -> str:
         ('id = "a"\naccount = "x"\nrole = "boss"\nkeys = ["{k}"]', r"agent\[0\].role"),
         ('id = "a"\naccount = "x"\nkeys = []', r"agent\[0\].keys: a non-empty list"),
         ('id = "a"\naccount = "x"\nkeys = ["{k}"]\ncolour = 1', "unknown key 'colour'"),
+        ('id = "a"\naccount = "x"\nkeys = ["{k}"]\nlimits = 3', r"agent\[0\].limits: a table"),
+        (
+            'id = "a"\naccount = "x"\nkeys = ["{k}"]\nlimits = { speed = 3 }',
+            r"agent\[0\].limits.speed: unknown limit",
+        ),
+        (
+            'id = "a"\naccount = "x"\nkeys = ["{k}"]\nlimits = { channels_per_connection = -1 }',
+            r"agent\[0\].limits.channels_per_connection: a whole number",
+        ),
     ],
 )
 def test_registry_errors_name_the_entry(tmp_path: Path, entries: str, message: str) -> None:
@@ -90,6 +142,21 @@ def test_registry_errors_name_the_entry(tmp_path: Path, entries: str, message: s
     path.write_text("[[agent]]\n" + entries.replace("{k}", _key()) + "\n")
     with pytest.raises(ConfigError, match=message):
         Registry(path)
+
+
+def test_an_agents_limits_override_the_defaults_for_it_alone(tmp_path: Path) -> None:
+    """share_limits gives an agent with a limits table its own shares; others keep the defaults."""
+    path = tmp_path / "agents.toml"
+    path.write_text(
+        f'[[agent]]\nid = "a"\naccount = "x"\nkeys = ["{_key()}"]\n'
+        "limits = { ssh_connections_per_agent = 2 }\n"
+        f'[[agent]]\nid = "b"\naccount = "x"\nkeys = ["{_key()}"]\n'
+    )
+    registry = Registry(path)
+    defaults = ShareLimits()
+    mine = share_limits(registry.get("a"), defaults)  # type: ignore[arg-type]
+    assert mine == ShareLimits(ssh_connections_per_agent=2)
+    assert share_limits(registry.get("b"), defaults) is None  # type: ignore[arg-type]
 
 
 def test_registry_refuses_duplicates(tmp_path: Path) -> None:
