@@ -17,6 +17,7 @@ from typing import Any
 import asyncssh
 
 from quota.core.errors import InvalidValue
+from quota.core.shares import ShareLimits
 from quota.core.units import parse_duration_ms, parse_size
 from relay.errors import ConfigError
 
@@ -44,7 +45,14 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "flush": "1s",
         "json_lines": "var/streams.jsonl",
     },
-    "udp": {"idle_timeout": "60s", "max_datagram": "65507"},
+    "udp": {"idle_timeout": "60s", "max_datagram": "65507", "unanswered_interval": "60s"},
+    "shares": {
+        "public_ports_per_agent": 8,
+        "endpoints_per_agent": 64,
+        "streams_per_tunnel": 512,
+        "connections_per_source": 64,
+        "udp_flows_per_source": 64,
+    },
     "billing": {
         "url": "",
         "token": "",
@@ -110,6 +118,8 @@ class RelayConfig:
     billing: BillingLinkConfig | None = None
     udp_idle_timeout_ms: int = 60_000  # a UDP flow idle this long ends
     udp_max_datagram: int = 65_507  # bigger datagrams are dropped and counted
+    udp_unanswered_interval_ms: int = 60_000  # one record of unanswered flows a tunnel per this
+    shares: ShareLimits = field(default_factory=ShareLimits)  # fair shares; agents may override
 
 
 def parse_host_port(text: str, key: str) -> HostPort:
@@ -159,6 +169,10 @@ def _from_env(text: str, default: object, key: str) -> object:
         if text.lower() not in {"true", "false", "1", "0"}:
             raise ConfigError(f"{key}: expected true or false, got {text!r}")
         return text.lower() in {"true", "1"}
+    if isinstance(default, int):
+        if not (text.isascii() and text.isdigit()):
+            raise ConfigError(f"{key}: expected a whole number, got {text!r}")
+        return int(text)
     return text
 
 
@@ -234,7 +248,16 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         billing=_billing(v["billing"], rel),
         udp_idle_timeout_ms=max(1, _duration(v["udp"], "udp", "idle_timeout")),
         udp_max_datagram=_udp_max_datagram(v["udp"]),
+        udp_unanswered_interval_ms=max(1, _duration(v["udp"], "udp", "unanswered_interval")),
+        shares=_shares(v["shares"]),
     )
+
+
+def _shares(values: dict[str, Any]) -> ShareLimits:
+    try:
+        return ShareLimits(**values)
+    except InvalidValue as exc:
+        raise ConfigError(f"shares.{exc}") from None
 
 
 def _udp_max_datagram(values: dict[str, Any]) -> int:

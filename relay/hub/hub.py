@@ -27,7 +27,8 @@ from relay.errors import Refused
 from relay.hub.activity import OwnerActivity
 from relay.hub.buckets import Buckets
 from relay.hub.live import LiveStreams
-from relay.hub.recorder import StreamRecorder
+from relay.hub.recorder import Attempt, StreamRecorder
+from relay.hub.shares import FairShares
 from relay.hub.stream import Stream
 from relay.hub.tunnels import Tunnel, TunnelTable
 from relay.registry import Agent, Registry
@@ -43,7 +44,8 @@ class Hub:
         self.config = config
         self.registry = registry
         self.buckets = Buckets(config)
-        self.tunnels = TunnelTable(config.public_ports)
+        self.shares = FairShares(config.shares)
+        self.tunnels = TunnelTable(config.public_ports, self.shares)
         self.live = LiveStreams()
         self.recorder = StreamRecorder(config.relay_id, streamlog)
         self.activity = OwnerActivity(self.buckets, self.live, config.inactive_grace_ms)
@@ -72,6 +74,8 @@ class Hub:
 
     def stream_closed(self, stream: Stream) -> None:
         self.live.closed(stream)
+        while stream.held:
+            self.shares.release(stream.held.pop())
 
     def record(self, stream: Stream, event: str) -> None:
         self.recorder.record(stream, event, self.now_ms())
@@ -84,12 +88,35 @@ class Hub:
 
     # -- tunnels ------------------------------------------------------------------------
 
-    def refuse(self, conn: Any, agent: Agent | None, what: str, message: str) -> None:
+    def refuse(
+        self,
+        conn: Any,
+        agent: Agent | None,
+        what: str,
+        refusal: Refused | str,
+        attempt: Attempt | None = None,
+    ) -> None:
+        """Log a refusal, show it to the agent; a fair share's also goes to the stream log."""
+        cause = refusal.cause if isinstance(refusal, Refused) else None
+        message = str(refusal)
         log.warning(
-            "refused", agent_id=agent.agent_id if agent else None, what=what, reason=message
+            "refused",
+            agent_id=agent.agent_id if agent else None,
+            what=what,
+            reason=message,
+            cause=cause,
         )
         if conn is not None:
             conn.send_debug(f"quotarelay: {message}", always_display=True)
+        if cause is not None and agent is not None and attempt is not None:
+            self.refused(cause, agent, attempt)
+
+    def refused(self, cause: str, agent: Agent, attempt: Attempt) -> None:
+        """Write the one `refused` record of a fair share's refusal."""
+        stream_id = self.stream_id()
+        self.recorder.refused(
+            stream_id=stream_id, cause=cause, agent=agent, attempt=attempt, now_ms=self.now_ms()
+        )
 
     def check_may_expose(self, agent: Agent) -> None:
         if not agent.role.may_expose:
