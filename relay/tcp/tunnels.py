@@ -185,7 +185,7 @@ class _PublicLeg(TcpLeg):
                 (Share.CONNECTIONS_PER_SOURCE, (tunnel.tunnel_id, orig[0])),
             )
         except Refused:
-            assert isinstance(transport, asyncio.Transport)
-            transport.abort()  # closed at once: the stream never opens, nothing is owed
+            assert self.transport is not None
+            self.transport.abort()  # closed at once: the stream never opens, nothing is owed
             return
         self.tunnels.open_owner_later(self.pair, orig)
