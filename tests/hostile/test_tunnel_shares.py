@@ -37,11 +37,13 @@ def agents(tmp_path: Path) -> dict[str, AgentSpec]:
         "nas": make_agent(tmp_path, "nas-agent", "acme", "client"),
         "tech": make_agent(tmp_path, "tech", "acme", "support"),
         "other": make_agent(tmp_path, "other-agent", "globex", "client"),
+        "small": make_agent(tmp_path, "small-agent", "acme", "client"),
     }
 
 
 @pytest.fixture
 async def relay(tmp_path: Path, agents: dict[str, AgentSpec]) -> AsyncIterator[Relay]:
+    agents["small"].limits = {"streams_per_tunnel": 2}  # its registry entry lowers the 512
     r = Relay(tmp_path, list(agents.values()))
     await r.start()
     yield r
@@ -210,3 +212,33 @@ async def test_1100_idle_connections_from_one_source_are_capped_at_64(
             for _, writer in idle:
                 writer.close()
     bounded(base, attacked, fds=64 + 20)
+
+
+async def test_streams_per_tunnel_follow_the_owners_registry_entry(
+    relay: Relay, agents: dict[str, AgentSpec], clients: list[Ssh]
+) -> None:
+    """An owner limited to 2 streams a tunnel: a third channel fails with the reason, then fits."""
+    await relay.call("grant", "small-agent", 4 * MiB)
+    async with DigestService() as service:
+        await expose(relay, agents["small"], f"small:22:127.0.0.1:{service.port}", clients)
+        port = free_port()
+        tech = await local_forward(relay, agents["tech"], port, "small:22", clients)
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        await poll(lambda: len(service.conns) == 2, "two streams at the service")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await tech.wait_for_line("quotarelay: too many live streams of this tunnel: 2 at most")
+        assert await asyncio.wait_for(reader.read(), 20) == b""  # closed, nothing relayed
+        writer.close()
+        await poll(lambda: refused(relay, "too_many_streams") == 1, "one refused record")
+        held[0][1].close()  # one stream ends: its share is given back
+
+        async def one_live() -> bool:
+            return len(await relay.call("streams")) == 1
+
+        await poll(one_live, "the first stream closed")
+        up = pattern(256 * KiB, 61)
+        assert await exchange(port, up, 0) == (sha(b""), 0)
+        await poll(lambda: len(service.conns) == 3, "the new stream at the service")
+        await asyncio.wait_for(service.conns[-1].eof.wait(), 30)
+        assert service.conns[-1].digest.hexdigest() == sha(up)
+        held[1][1].close()
