@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from quota.agent.errors import BillingUnavailable
-from quota.core import wire
+from quota.contract import wire
 
 T = TypeVar("T")
 

@@ -27,7 +27,7 @@ import structlog
 from quota.agent.client import BillingClient
 from quota.agent.errors import BillingUnavailable, JournalError
 from quota.agent.journal import Journal
-from quota.core import wire
+from quota.contract import wire
 from quota.core.relay_sync import Deltas, TimeCarry, want_bytes
 
 log = structlog.get_logger("quota.agent")

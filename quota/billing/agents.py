@@ -24,7 +24,7 @@ from quota.billing.op import Op, require_unfrozen
 from quota.billing.repo import AgentRow
 from quota.billing.service import Principal, Service
 from quota.billing.sync import apply_sync, relay_agents
-from quota.core import wire
+from quota.contract import wire
 from quota.core.billing import AgentRole
 
 
@@ -115,7 +115,7 @@ class BillingService(Service):
     async def update_settings(
         self, who: Principal, key: str, agent_id: str, req: wire.AgentSettingsRequest
     ) -> Any:
-        changes = {f.name: getattr(req, f.name) for f in dataclasses.fields(req)}
+        changes = {name: getattr(req, name) for name in req.__struct_fields__}
         changes = {k: v for k, v in changes.items() if v is not None}
         if changes.get("topup_package") == "":
             changes["topup_package"] = None
@@ -229,7 +229,7 @@ class BillingService(Service):
                 plans=[
                     wire.PlanInfo(
                         name=p.name,
-                        kind=p.kind.value,
+                        kind=p.kind,
                         price=p.price,
                         period_ms=p.period_ms,
                         traffic=p.traffic,

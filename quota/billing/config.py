@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from quota.billing.errors import ConfigError
-from quota.core.billing import Catalogue, catalogue_from_config
+from quota.core.billing import PriceList, catalogue_from_config
 from quota.core.errors import InvalidValue
 from quota.core.money import parse_coin
 from quota.core.units import parse_duration_ms
@@ -51,7 +51,7 @@ class BillingConfig:
     notify_retries: int = 5
     notify_timeout_ms: int = 5_000
     relays: tuple[RelayCred, ...] = ()
-    catalogue: Catalogue = field(default_factory=lambda: Catalogue(plans={}, packages={}))
+    catalogue: PriceList = field(default_factory=lambda: PriceList(plans={}, packages={}))
 
 
 def _get(table: Mapping[str, Any], section: str, key: str, kind: type, default: Any) -> Any:

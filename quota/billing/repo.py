@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from quota.billing.errors import PaymentRequired, VersionConflict
 from quota.billing.store import Row, Tx
-from quota.core import wire
-from quota.core.billing import EntryKind
+from quota.contract import wire
+from quota.core.billing import AgentRole, EntryKind
 from quota.core.money import format_coin
 
 _ACCOUNT_COLS = "id, name, balance, version, frozen, frozen_reason, low_notice_at, created_at"
@@ -87,7 +87,7 @@ class AgentRow:
             id=self.id,
             account_id=self.account_id,
             name=self.name,
-            role=self.role,
+            role=AgentRole(self.role),
             status="active" if self.active else "inactive",
             plan=self.plan,
             active_until=self.active_until,
@@ -133,7 +133,7 @@ def _agent(row: Row) -> AgentRow:
 
 
 def _entry(row: Row) -> wire.LedgerEntry:
-    names = [f.name for f in dataclasses.fields(wire.LedgerEntry)]
+    names = wire.LedgerEntry.__struct_fields__
     return wire.LedgerEntry(**dict(zip(names, row, strict=True)))
 
 
@@ -283,7 +283,7 @@ async def post(
         id=entry_id,
         account_id=account.id,
         agent_id=posting.agent_id,
-        kind=posting.kind.value,
+        kind=posting.kind,
         amount=posting.amount,
         balance_after=balance,
         traffic_bytes=posting.traffic_bytes,

@@ -14,7 +14,7 @@ from typing import Any
 from quota.billing.agents import BillingService
 from quota.billing.errors import BadRequest
 from quota.billing.service import Principal
-from quota.core import wire
+from quota.contract import wire
 
 Handler = Callable[[BillingService, Principal, dict[str, str], Any, str], Awaitable[Any]]
 

@@ -31,7 +31,7 @@ from quota.billing.op import Notice, Op
 from quota.billing.push import PushHub
 from quota.billing.repo import AccountRow, AgentRow
 from quota.billing.store import Store
-from quota.core import wire
+from quota.contract import wire
 from quota.core.billing import EntryKind
 
 RETRIES = 20

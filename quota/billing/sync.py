@@ -34,7 +34,7 @@ from quota.billing import charging, repo
 from quota.billing.errors import Conflict
 from quota.billing.op import Op
 from quota.billing.repo import AccountRow, AgentRow
-from quota.core import wire
+from quota.contract import wire
 from quota.core.billing import AgentRole
 from quota.core.lease import LeaseTotals, capacity, grant_size, metered_reserve, shortfall
 from quota.core.money import metered_rate

@@ -18,7 +18,7 @@ from quota.agent.errors import JournalError
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings, wall_ms
 from quota.billing.server import BillingServer
-from quota.core import wire
+from quota.contract import wire
 from tests.billing.conftest import RELAY, Api, make_config
 from tests.harness import poll
 from tests.sync_harness import SyncProxy

@@ -123,7 +123,7 @@ async def test_stale_version_conflicts_and_the_operation_is_retried(tmp_path: Pa
     from quota.billing.errors import VersionConflict
     from quota.billing.op import Op
     from quota.billing.service import Principal
-    from quota.core import wire
+    from quota.contract import wire
     from tests.billing.conftest import make_config
 
     async with Store(tmp_path / "b.sqlite3") as store:

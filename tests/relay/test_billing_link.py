@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncssh
 
-from quota.core import wire
+from quota.contract import wire
 from quota.core.bucket import Bucket
 from relay.billing_link import BillingLink, to_agent
 from relay.config import load_config

@@ -38,7 +38,7 @@ from aiohttp import web
 from quota.agent.client import BillingClient
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings
-from quota.core import wire
+from quota.contract import wire
 from tools.bench.procs import cpu_seconds
 from tools.bench.sync_rigs import ADMIN, RELAY_TOKEN
 
