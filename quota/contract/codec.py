@@ -70,9 +70,9 @@ def _steps(path: str) -> list[str | int]:
     return [name if name else int(index) for name, index in _STEP.findall(path)]
 
 
-def _where(steps: list[str | int], root: str) -> str:
-    text = "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps).lstrip(".")
-    return text or root
+def _where(steps: list[str | int], prefix: str, root: str) -> str:
+    text = "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps)
+    return prefix + text if prefix else text.lstrip(".") or root
 
 
 def _locate(cls: Any, data: Any, steps: list[str | int]) -> tuple[Any, Any]:
@@ -101,16 +101,28 @@ def _choices(base: Any) -> str:
     return "?"
 
 
-def explain(exc: msgspec.ValidationError, cls: Any, data: Any, root: str, literal: bool) -> str:
-    """Rewrite msgspec's error as "path: problem" (`literal`: show values, not type names)."""
+def explain(
+    exc: msgspec.ValidationError,
+    cls: Any,
+    data: Any,
+    *,
+    prefix: str = "",
+    root: str = "body",
+    literal: bool = False,
+) -> str:
+    """Rewrite msgspec's error as "path: problem".
+
+    The path starts with `prefix` (or is `root` for the whole value); `literal`
+    shows the bad value itself where the wire shows its JSON type.
+    """
     match = _AT.match(str(exc))
     assert match is not None  # the pattern matches any text
     msg, steps = match["msg"], _steps(match["path"] or "")
     tp, value = _locate(cls, data, steps)
     base, meta = _unwrap(tp)
     if found := re.fullmatch(r"Object missing required field `(.+)`", msg):
-        return f"{_where([*steps, found[1]], root)}: missing"
-    return f"{_where(steps, root)}: {_problem(msg, base, meta, value, literal)}"
+        return f"{_where([*steps, found[1]], prefix, root)}: missing"
+    return f"{_where(steps, prefix, root)}: {_problem(msg, base, meta, value, literal)}"
 
 
 def _problem(msg: str, base: Any, meta: msgspec.Meta | None, value: Any, literal: bool) -> str:
@@ -118,6 +130,9 @@ def _problem(msg: str, base: Any, meta: msgspec.Meta | None, value: Any, literal
         known = set(_hints(base)) if isinstance(base, type) else set()
         names = sorted(set(value) - known) if isinstance(value, dict) and known else [found[1]]
         return f"unknown field(s) {', '.join(map(repr, names))}"
+    if meta is not None and meta.description and msg.startswith("Expected `"):
+        secret = bool(meta.extra and meta.extra.get("secret"))
+        return meta.description if secret else f"{meta.description}, got {value!r}"
     if found := re.fullmatch(r"Expected `(\w+)` of length <= (\d+)", msg):
         if found[1] == "array":
             return f"too many items ({len(value)} > {found[2]})"

@@ -45,7 +45,7 @@ def parse(cls: type[T], data: Any) -> T:
     try:
         return msgspec.convert(data, cls)
     except msgspec.ValidationError as exc:
-        raise WireError(explain(exc, cls, data, "body", literal=False)) from None
+        raise WireError(explain(exc, cls, data)) from None
 
 
 def dump(message: Any) -> Any:
