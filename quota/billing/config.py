@@ -68,7 +68,7 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
     try:
         catalogue = catalogue_from_config(f.plans, f.packages)
     except InvalidValue as exc:
-        problems.found.append(str(exc))
+        problems.note(str(exc))  # plans[1].price: ...
     problems.raise_as(ConfigError)
     return BillingConfig(
         host=server.host,

@@ -130,6 +130,10 @@ class Problems:
     def add(self, key: str, problem: str) -> None:
         self.found.append(f"{key}: {problem}")
 
+    def note(self, text: str) -> None:
+        """A problem already worded "key: what" (by msgspec's explainer or the domain)."""
+        self.found.append(text)
+
     def raise_as(self, error: Callable[[str], Exception]) -> None:
         """Raise `error` with all problems ("a.b: ...; c.d: ..."), if there is any."""
         if self.found:
@@ -142,8 +146,7 @@ def decode_value(tp: Any, value: Any, key: str, problems: Problems, strict: bool
         decoded = msgspec.convert(value, tp, strict=strict, dec_hook=_hook)
         return int(decoded) if type(decoded) in (Bytes, Millis, Coin) else decoded
     except msgspec.ValidationError as exc:
-        text = explain(exc, tp, value, prefix=key, literal=True)
-        problems.found.append(text)
+        problems.note(explain(exc, tp, value, prefix=key, literal=True))
         return msgspec.UNSET
 
 
