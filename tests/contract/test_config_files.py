@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
-from quota.contract.config import Problems, decode_file
-from quota.contract.files import BillingFile, RelayFile
+from quota.contract.config import Problems, Section, decode_file
+from quota.contract.files import AgentFile, BillingFile, RelayFile
 from tools.agent.config import AgentConfigError, load_agent_config
 
 
@@ -47,3 +49,20 @@ def test_sizes_durations_and_coin_go_through_the_shared_parsers() -> None:
     assert problems.found == [
         'pricing.metered_price_per_gb: not an amount of coin: 0.1 (write "19" or "0.125")'
     ]
+
+
+def _keys(file: type[Any]) -> list[str]:
+    return [
+        f"{section.name}.{key.name}"
+        for section in msgspec.structs.fields(file)
+        if isinstance(section.type, type) and issubclass(section.type, Section)
+        for key in msgspec.structs.fields(section.type)
+    ]
+
+
+def test_every_key_of_the_schemas_is_documented_in_readme() -> None:
+    """README documents each key the schemas describe, under the same name."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    undocumented = [k for k in _keys(RelayFile) + _keys(BillingFile) if f"`{k}`" not in readme]
+    undocumented += [k for k in _keys(AgentFile) if f"\n{k.split('.')[1]} = " not in readme]
+    assert undocumented == []
