@@ -36,9 +36,9 @@ def test_shares_section_defaults_file_and_environment(
     ("text", "message"),
     [
         ("[shares]\nendpoints_per_agent = -1\n", "shares.endpoints_per_agent: must be a whole"),
-        ('[shares]\nstreams_per_tunnel = "many"\n', "shares.streams_per_tunnel: expected int"),
+        ('[shares]\nstreams_per_tunnel = "many"\n', "shares.streams_per_tunnel: must be a whole"),
         ("[shares]\nconnections_per_source = true\n", "shares.connections_per_source"),
-        ("[shares]\nports = 1\n", "unknown key shares.ports"),
+        ("[shares]\nports = 1\n", "shares.ports: unknown key"),
         ('[udp]\nunanswered_interval = "soon"\n', "udp.unanswered_interval: not a duration"),
     ],
 )
