@@ -36,6 +36,8 @@ from relay.streamlog.writer import StreamLog
 
 log = structlog.get_logger("relay")
 
+SHARE_LOG_EVERY_MS = 10_000  # a fair share's refusals: one log line per agent and cause
+
 
 class Hub:
     def __init__(
@@ -54,6 +56,7 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[Any] = set()  # logged-in agents' SSH front objects
         self.quota_counters: dict[str, int] = {}  # the quota agent's, for the status view
+        self._share_log: dict[tuple[str, str], tuple[int, int]] = {}  # -> (logged at, since)
 
     @staticmethod
     def now_ms() -> int:
@@ -99,17 +102,37 @@ class Hub:
         """Log a refusal, show it to the agent; a fair share's also goes to the stream log."""
         cause = refusal.cause if isinstance(refusal, Refused) else None
         message = str(refusal)
-        log.warning(
-            "refused",
-            agent_id=agent.agent_id if agent else None,
-            what=what,
-            reason=message,
-            cause=cause,
-        )
+        suppressed = self._unlogged(agent, cause)
+        if suppressed is not None:
+            log.warning(
+                "refused",
+                agent_id=agent.agent_id if agent else None,
+                what=what,
+                reason=message,
+                cause=cause,
+                suppressed=suppressed,
+            )
         if conn is not None:
             conn.send_debug(f"quotarelay: {message}", always_display=True)
         if cause is not None and agent is not None and attempt is not None:
             self.refused(cause, agent, attempt)
+
+    def _unlogged(self, agent: Agent | None, cause: str | None) -> int | None:
+        """Like refusals not logged since the last logged one; None: do not log this one.
+
+        A fair share's refusals are logged at most once per agent and cause every
+        SHARE_LOG_EVERY_MS (each still has its stream-log record), so a flood of
+        them cannot flood the log.
+        """
+        if agent is None or cause is None:
+            return 0
+        key, now = (agent.agent_id, cause), self.now_ms()
+        last, held = self._share_log.get(key, (None, 0))
+        if last is not None and 0 <= now - last < SHARE_LOG_EVERY_MS:
+            self._share_log[key] = (last, held + 1)
+            return None
+        self._share_log[key] = (now, 0)
+        return held
 
     def refused(self, cause: str, agent: Agent, attempt: Attempt) -> None:
         """Write the one `refused` record of a fair share's refusal."""

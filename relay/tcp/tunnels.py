@@ -106,8 +106,8 @@ class TcpTunnels:
         except Refused as exc:
             for one in held:
                 shares.release(one)
-            assert exc.cause is not None
-            self.hub.refused(exc.cause, tunnel.agent, Attempt.on(tunnel, peer))
+            what = f"stream of {tunnel.tunnel_id} from {peer}"
+            self.hub.refuse(None, tunnel.agent, what, exc, Attempt.on(tunnel, peer))
             raise
         return held
 

@@ -150,6 +150,8 @@ async def test_5000_endpoint_names_are_refused_after_64(
         assert sum(reason in m for m in client.shown) == 5000 - 64
         await poll(lambda: refused(relay, "too_many_endpoints") == 5000 - 64, "4936 records")
         attacked = figures(relay)
+        logged = (relay.tmp / "relay.log").read_text().count('"cause": "too_many_endpoints"')
+        assert 1 <= logged <= 5  # once per agent and cause every 10 s, not a line a refusal
 
         # meanwhile another agent of the account exposes an endpoint and a technician uses it
         down, up = pattern(MiB, 41), pattern(MiB, 42)
