@@ -124,7 +124,11 @@ class TcpTunnels:
         pair.stream.held = held
         up, down = ChannelLeg(pair, "up"), ChannelLeg(pair, "down")
         pair.bind(up, down)
-        await self._open_owner(pair, down, orig)
+        try:
+            await self._open_owner(pair, down, orig)
+        except asyncio.CancelledError:  # the support agent went away meanwhile
+            pair.stream.close("peer_closed", close_legs=False)  # gives its shares back
+            raise
         return up
 
     def _public_leg(self, tunnel: Tunnel) -> TcpLeg:
