@@ -6,6 +6,10 @@ TCP, UDP and SSH parts own the sockets. The hub is what they all hold.
 
 Invariants:
 - A refusal opens nothing, is logged once and its message is shown to the agent.
+  A fair share's refusal (relay.hub.shares) also writes one `refused` record;
+  its log line is written at most once per agent and cause every
+  SHARE_LOG_EVERY_MS, counting the ones left out.
+- Fair shares a stream took are given back when it closes, exactly once.
 - Every stream that opens is closed exactly once, and logged open and closed.
 - Every task the relay starts for a stream is owned here and cancelled at shutdown.
 """
