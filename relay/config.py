@@ -18,6 +18,7 @@ import asyncssh
 
 from quota.core.errors import InvalidValue
 from quota.core.units import parse_duration_ms, parse_size
+from quota.metrics import MetricsConfig
 from relay.errors import ConfigError
 
 _SCHEMA: dict[str, dict[str, Any]] = {
@@ -45,6 +46,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "json_lines": "var/streams.jsonl",
     },
     "udp": {"idle_timeout": "60s", "max_datagram": "65507"},
+    "metrics": {"listen": "", "max_agents": 100, "per_tunnel": False},
     "billing": {
         "url": "",
         "token": "",
@@ -110,6 +112,7 @@ class RelayConfig:
     billing: BillingLinkConfig | None = None
     udp_idle_timeout_ms: int = 60_000  # a UDP flow idle this long ends
     udp_max_datagram: int = 65_507  # bigger datagrams are dropped and counted
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
 
 
 def parse_host_port(text: str, key: str) -> HostPort:
@@ -159,6 +162,10 @@ def _from_env(text: str, default: object, key: str) -> object:
         if text.lower() not in {"true", "false", "1", "0"}:
             raise ConfigError(f"{key}: expected true or false, got {text!r}")
         return text.lower() in {"true", "1"}
+    if isinstance(default, int):
+        if not text.strip().isdigit():
+            raise ConfigError(f"{key}: expected a whole number, got {text!r}")
+        return int(text)
     return text
 
 
@@ -234,6 +241,20 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         billing=_billing(v["billing"], rel),
         udp_idle_timeout_ms=max(1, _duration(v["udp"], "udp", "idle_timeout")),
         udp_max_datagram=_udp_max_datagram(v["udp"]),
+        metrics=metrics_config(v["metrics"], "metrics"),
+    )
+
+
+def metrics_config(m: dict[str, Any], section: str) -> MetricsConfig:
+    """`[metrics]`: listen ("" = off, else HOST:PORT), max_agents (>= 1), per_tunnel."""
+    listen = parse_host_port(m["listen"], f"{section}.listen") if m["listen"] else None
+    if not 1 <= m["max_agents"] <= 100_000:
+        raise ConfigError(f"{section}.max_agents: 1..100000, got {m['max_agents']}")
+    return MetricsConfig(
+        host=listen.host if listen else "127.0.0.1",
+        port=listen.port if listen else None,
+        max_agents=m["max_agents"],
+        per_tunnel=m["per_tunnel"],
     )
 
 
