@@ -20,6 +20,7 @@ from quota.core.billing import Catalogue, catalogue_from_config
 from quota.core.errors import InvalidValue
 from quota.core.money import parse_coin
 from quota.core.units import parse_duration_ms
+from quota.metrics import MetricsConfig
 
 ADMIN_TOKEN_ENV = "QUOTARELAY_BILLING_ADMIN_TOKEN"
 MIN_TOKEN = 16
@@ -28,6 +29,7 @@ _SECTIONS = {
     "server": {"host", "port", "database", "admin_token", "maintenance_interval", "lease_ttl"},
     "pricing": {"metered_price_per_gb"},
     "notifications": {"webhook_url", "low_balance_interval", "retries", "timeout"},
+    "metrics": {"listen"},
 }
 
 
@@ -52,6 +54,7 @@ class BillingConfig:
     notify_timeout_ms: int = 5_000
     relays: tuple[RelayCred, ...] = ()
     catalogue: Catalogue = field(default_factory=lambda: Catalogue(plans={}, packages={}))
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
 
 
 def _get(table: Mapping[str, Any], section: str, key: str, kind: type, default: Any) -> Any:
@@ -93,6 +96,17 @@ def _relays(raw: Any) -> tuple[RelayCred, ...]:
             raise ConfigError(f"{where}.token: must be a string of {MIN_TOKEN}+ characters")
         relays.append(RelayCred(id=ident, token=token))
     return tuple(relays)
+
+
+def _metrics(table: Mapping[str, Any]) -> MetricsConfig:
+    """`[metrics] listen`: "" (off, the default) or HOST:PORT for `/metrics`."""
+    listen = _get(table, "metrics", "listen", str, "")
+    if not listen:
+        return MetricsConfig()
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f'metrics.listen: expected HOST:PORT or "", got {listen!r}')
+    return MetricsConfig(host=host.strip("[]"), port=int(port))
 
 
 def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> BillingConfig:
@@ -156,6 +170,7 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
         ),
         relays=_relays(raw.get("relays", [])),
         catalogue=catalogue,
+        metrics=_metrics(_section(raw, "metrics")),
     )
 
 
