@@ -9,7 +9,7 @@ Invariants:
 - Agent labels are capped (`metrics.max_agents`, the rest in `other`); tunnel
   labels appear only with `metrics.per_tunnel`.
 - A figure the relay does not keep yet is left out, not reported as 0: each
-  entry of `EXTRA_GAUGES` is one line, read with `getattr` and skipped when absent.
+  entry of `EXTRAS` is one line, read with `getattr` and skipped when absent.
 """
 
 from __future__ import annotations
@@ -32,19 +32,29 @@ from relay.udp.relay import udp_of
 P = "quotarelay_relay_"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Extra:
-    """A gauge read from the hub when the attribute path exists: `hub.<path>`."""
+    """A figure read from the hub when the attribute path exists: `hub.<path>`."""
 
     name: str
     doc: str
     path: str
+    counter: bool = False  # a counter gets `_total` appended; else a gauge
 
 
 # A new counter on the hub or one of its parts is exposed by one line here.
-EXTRA_GAUGES: tuple[Extra, ...] = (
-    Extra("preauth_connections", "SSH connections not yet authenticated", "preauth.connections"),
-    Extra("preauth_drops_total", "SSH connections dropped before authentication", "preauth.drops"),
+EXTRAS: tuple[Extra, ...] = (
+    Extra(
+        name="preauth_connections",
+        doc="SSH connections not authenticated yet",
+        path="preauth.connections",
+    ),
+    Extra(
+        name="preauth_drops",
+        doc="SSH connections dropped before authentication",
+        path="preauth.drops",
+        counter=True,
+    ),
 )
 
 
@@ -139,10 +149,11 @@ class RelayCollector(Collector):
         yield family
 
     def _extra(self) -> Iterator[Any]:
-        for extra in EXTRA_GAUGES:
+        for extra in EXTRAS:
             value = _lookup(self.hub, extra.path)
             if value is not None:
-                yield GaugeMetricFamily(P + extra.name, extra.doc, value=value)
+                kind = CounterMetricFamily if extra.counter else GaugeMetricFamily
+                yield kind(P + extra.name, extra.doc, value=value)
 
     def _sync(self, quota: QuotaAgent) -> Iterator[Any]:
         times = quota.round_times
