@@ -19,9 +19,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
+import msgspec
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from quota.contract.config import Address, Problems, decode_value
 
 OTHER = "other"
 SHUTDOWN_TIMEOUT_S = 2.0
@@ -39,6 +42,18 @@ class MetricsConfig:
     port: int | None = None
     max_agents: int = 100
     per_tunnel: bool = False
+
+
+def metrics_config(
+    listen: str, problems: Problems, *, max_agents: int = 100, per_tunnel: bool = False
+) -> MetricsConfig:
+    """A `[metrics]` section as a value: `listen` "" is off, else HOST:PORT (a bad one is noted)."""
+    address = decode_value(Address, listen, "metrics.listen", problems) if listen else None
+    if address is None or address is msgspec.UNSET:
+        return MetricsConfig(max_agents=max_agents, per_tunnel=per_tunnel)
+    return MetricsConfig(
+        host=address.host, port=address.port, max_agents=max_agents, per_tunnel=per_tunnel
+    )
 
 
 class LabelCap:
