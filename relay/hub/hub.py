@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
 import structlog
 
 from quota.core.bucket import Bucket, Meter
+from quota.core.stream import PauseReason
 from quota.core.streams import Interim
 from relay.config import RelayConfig
 from relay.errors import Refused
@@ -61,6 +63,9 @@ class Hub:
         self.connections: set[Any] = set()  # logged-in agents' SSH front objects
         self.quota_counters: dict[str, int] = {}  # the quota agent's, for the status view
         self._share_log: dict[tuple[str, str], tuple[int, int]] = {}  # -> (logged at, since)
+        # read by metrics at scrape time; bumped per pause or refusal, never per chunk
+        self.pauses: Counter[PauseReason] = Counter()
+        self.refusals: Counter[str] = Counter()  # cause -> count
 
     @staticmethod
     def now_ms() -> int:
@@ -87,6 +92,9 @@ class Hub:
     def record(self, stream: Stream, event: str) -> None:
         self.recorder.record(stream, event, self.now_ms())
 
+    def count_pause(self, reason: PauseReason) -> None:
+        self.pauses[reason] += 1
+
     def dispatch(self, wakes: tuple[Meter, ...]) -> None:
         self.buckets.dispatch(wakes)
 
@@ -106,6 +114,8 @@ class Hub:
         """Log a refusal, show it to the agent; a fair share's also goes to the stream log."""
         cause = refusal.cause if isinstance(refusal, Refused) else None
         message = str(refusal)
+        kind = "tunnel_request" if what.startswith("-R") else "channel_open"
+        self.refusals[cause or kind] += 1
         suppressed = self._unlogged(agent, cause)
         if suppressed is not None:
             log.warning(

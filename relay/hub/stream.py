@@ -81,6 +81,7 @@ class StreamHost(Protocol):
     def record(self, stream: Stream, event: str) -> None: ...
     def dispatch(self, wakes: tuple[Meter, ...]) -> None: ...
     def check_low_water(self, bucket: Bucket) -> None: ...
+    def count_pause(self, reason: PauseReason) -> None: ...
 
 
 class Stream:
@@ -151,6 +152,7 @@ class Stream:
                 carrier.attach_peers()
             case Pause():
                 carrier.pause(action.reason, action.sides)
+                host.count_pause(action.reason)
             case Resume():
                 carrier.resume(action.reasons, action.sides)
             case CloseLegs():
