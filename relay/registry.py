@@ -11,7 +11,10 @@ so operators can add agents without a restart.
     role = "client"            # client | support | dual
     keys = ["ssh-ed25519 AAAA... user@host"]
     active = true              # optional; an inactive client agent cannot open tunnels
-    limits = { ssh_connections_per_agent = 32 }   # optional: this agent's own shares
+    limits = { public_ports_per_agent = 16 }   # optional; fair shares above the config's
+
+`limits` overrides, for this agent only, any key of the relay config's
+`[shares]` section (quota.core.shares.ShareLimits); unknown keys are refused.
 """
 
 from __future__ import annotations
@@ -25,11 +28,10 @@ from pathlib import Path
 import asyncssh
 
 from quota.core.billing import AgentRole as Role  # re-exported: relay code says Role
-from quota.core.errors import InvalidValue
-from quota.core.shares import Share, ShareLimits
+from quota.core.shares import Share
 from relay.errors import ConfigError
 
-__all__ = ["Agent", "Registry", "Role", "key_blob", "share_limits"]
+__all__ = ["Agent", "Registry", "Role", "key_blob"]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -43,30 +45,7 @@ class Agent:
     role: Role
     keys: frozenset[bytes]  # public key blobs
     active: bool = True
-    limits: tuple[tuple[str, int], ...] = ()  # overrides of the [limits] shares, by key
-
-
-def share_limits(agent: Agent, defaults: ShareLimits) -> ShareLimits | None:
-    """The shares `agent` has instead of `defaults` (None: the defaults hold)."""
-    return defaults.overridden(dict(agent.limits)) if agent.limits else None
-
-
-def _parse_limits(value: object, where: str) -> tuple[tuple[str, int], ...]:
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"{where}.limits: a table of share limits, e.g. {{ channels_per_connection = 128 }}"
-        )
-    known = {share.value for share in Share}
-    for key, limit in value.items():
-        if key not in known:
-            raise ConfigError(
-                f"{where}.limits.{key}: unknown limit (one of {', '.join(sorted(known))})"
-            )
-        try:
-            ShareLimits().overridden({key: limit})
-        except InvalidValue:
-            raise ConfigError(f"{where}.limits.{key}: a whole number >= 0, not {limit!r}") from None
-    return tuple(sorted(value.items()))
+    limits: tuple[tuple[str, int], ...] = ()  # share overrides: (ShareLimits key, limit)
 
 
 def key_blob(text: str) -> bytes | None:
@@ -109,11 +88,27 @@ def _parse_agent(entry: object, index: int) -> Agent:
     if not isinstance(active, bool):
         raise ConfigError(f"{where}.active: true or false")
     blobs = frozenset(_parse_key(k, f"{where}.keys[{i}]") for i, k in enumerate(keys))
-    limits = _parse_limits(entry["limits"], where) if "limits" in entry else ()
+    limits = _parse_limits(entry.get("limits", {}), f"{where}.limits")
     assert isinstance(agent_id, str) and isinstance(account, str)
     return Agent(
         agent_id=agent_id, account=account, role=role, keys=blobs, active=active, limits=limits
     )
+
+
+_SHARE_KEYS = frozenset(share.value for share in Share)
+
+
+def _parse_limits(table: object, where: str) -> tuple[tuple[str, int], ...]:
+    """An agent's share overrides: known keys, whole numbers >= 0."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: a table, as in limits = {{ public_ports_per_agent = 16 }}")
+    for key, value in table.items():
+        if key not in _SHARE_KEYS:
+            known = ", ".join(sorted(_SHARE_KEYS))
+            raise ConfigError(f"{where}.{key}: unknown limit (one of {known})")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where}.{key}: a whole number >= 0, got {value!r}")
+    return tuple(sorted(table.items()))
 
 
 class Registry:

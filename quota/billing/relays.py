@@ -10,13 +10,15 @@ Invariants:
 
 from __future__ import annotations
 
+from collections import Counter
+
 from quota.billing import repo
 from quota.billing.auth import Principal
 from quota.billing.op import Op
 from quota.billing.repo import TunnelUsage
 from quota.billing.runner import Runner
 from quota.billing.sync import apply_sync
-from quota.core import wire
+from quota.contract import wire
 from quota.core.billing import AgentRole
 
 
@@ -25,6 +27,8 @@ class Relays:
 
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
+        # reports and agent deltas taken in by this process (metrics read them)
+        self.ingested: Counter[str] = Counter()
 
     async def sync(self, who: Principal, req: wire.SyncRequest) -> wire.SyncAnswer:
         """Apply one relay sync once (usage, returns, lease requests); answer its leases."""
@@ -32,7 +36,11 @@ class Relays:
         async def run(op: Op) -> wire.SyncAnswer:
             return await apply_sync(op, who.id, req)
 
-        return await self._runner.run(f"sync:{who.id}:{req.seq}", run)
+        answer = await self._runner.run(f"sync:{who.id}:{req.seq}", run)
+        self.ingested["duplicate_reports" if answer.duplicate else "reports"] += 1
+        if not answer.duplicate:
+            self.ingested["agent_deltas"] += len(req.items)
+        return answer
 
     async def agents(self) -> wire.RelayAgentList:
         """Every agent of every account, with its state and its keys not revoked."""
@@ -45,7 +53,7 @@ class Relays:
                         id=a.id,
                         account_id=a.account_id,
                         name=a.name,
-                        role=a.role,
+                        role=AgentRole(a.role),
                         status="active" if a.active or not AgentRole(a.role).pays else "inactive",
                         public_keys=keys.get(a.id, []),
                     )

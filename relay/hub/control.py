@@ -93,7 +93,7 @@ class Control:
         }
 
     def connections(self) -> dict[str, object]:
-        """Connections held and refused: before login (the gate) and by share (the causes)."""
+        """Connections held, and refusals by reason: before login (the gate) and by fair share."""
         gate = self.hub.gate
         admission = gate.admission
         return {
@@ -102,5 +102,5 @@ class Control:
             "cap": admission.config.ordinary_cap,
             "descriptor_limit": admission.config.descriptor_limit,
             "auth_failures": gate.auth_failures,
-            "refused": gate.refusals | self.hub.refused_by_cause,
+            "refused": gate.refusals | dict(self.hub.refusals),
         }

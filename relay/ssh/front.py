@@ -28,11 +28,21 @@ import asyncssh
 import structlog
 
 from quota.core.admission import Disconnect, Kind, Reason
-from quota.core.shares import Granted, Share
+from quota.core.shares import Share
 from relay.errors import Refused
 from relay.hub.hub import Hub
-from relay.hub.tunnels import Tunnel, is_address
-from relay.registry import Agent, share_limits
+from relay.hub.recorder import Attempt
+from relay.hub.shares import Held
+from relay.hub.tunnels import (
+    ENDPOINT,
+    PUBLIC,
+    UDP_ENDPOINT,
+    UDP_PUBLIC,
+    Tunnel,
+    is_address,
+    tunnel_id,
+)
+from relay.registry import Agent
 from relay.tcp.tunnels import TcpTunnels
 from relay.udp.relay import UDP_PREFIX, udp_for
 
@@ -79,7 +89,7 @@ class AgentServer(asyncssh.SSHServer):
         self.key_blob: bytes | None = None
         self.peer = ""
         self.admitted = False  # by the gate: report it closed
-        self.counted = False  # holds one of its agent's SSH connections
+        self.held: Held | None = None  # one of its agent's SSH connections
 
     def connection_made(self, conn: Any) -> None:
         self.conn = conn
@@ -95,9 +105,9 @@ class AgentServer(asyncssh.SSHServer):
         if self.admitted:
             self.admitted = False
             self.hub.gate.closed(self)
-        if self.counted and self.agent is not None:
-            self.counted = False
-            self.hub.shares.release(Share.SSH_CONNECTIONS_PER_AGENT, agent=self.agent.agent_id)
+        if self.held is not None:
+            held, self.held = self.held, None
+            self.hub.shares.release(held)
         if (
             self.agent is not None
             and self.conn is not None
@@ -125,6 +135,7 @@ class AgentServer(asyncssh.SSHServer):
         agent = self.hub.registry.authenticate(username, bytes(key.public_data))
         if agent is None:
             self.hub.gate.auth_failed(self, username)  # logs, and disconnects at the limit
+            self.hub.refusals["auth"] += 1
             return False
         self.agent = agent
         self.key_blob = bytes(key.public_data)
@@ -136,13 +147,12 @@ class AgentServer(asyncssh.SSHServer):
         hub = self.hub
         if hub.gate.authenticated(self, holds_tunnels=lambda: hub.holds_tunnels(agent.agent_id)):
             return  # told to go: the connection limit's reserve is for tunnel holders
-        hub.shares.set_limits(agent.agent_id, share_limits(agent, hub.shares.defaults))
-        taken = hub.shares.acquire(Share.SSH_CONNECTIONS_PER_AGENT, agent=agent.agent_id)
-        if not isinstance(taken, Granted):
-            hub.refuse(None, agent, "login", taken.message, cause=taken.cause.value, peer=self.peer)
-            self.conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"quotarelay: {taken.message}")
+        try:
+            self.held = hub.shares.take(Share.SSH_CONNECTIONS_PER_AGENT, agent)
+        except Refused as exc:
+            hub.refuse(None, agent, "login", exc, self._ssh_attempt(agent, "login"))
+            self.conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"quotarelay: {exc}")
             return
-        self.counted = True
         hub.connections.add(self)
         log.info("agent_connected", agent_id=agent.agent_id, peer=self.peer)
 
@@ -163,9 +173,26 @@ class AgentServer(asyncssh.SSHServer):
                     )
                 tunnel = self.tcp.add_endpoint(agent, listen_host, listen_port, self.conn)
         except Refused as exc:
-            self.hub.refuse(self.conn, agent, what, str(exc))
+            attempt = self._attempt(agent, listen_host, listen_port)
+            self.hub.refuse(self.conn, agent, what, exc, attempt)
             return False
         return TunnelListener(self.hub, tunnel)
+
+    def _attempt(self, agent: Agent, listen_host: str, port: int) -> Attempt:
+        """The tunnel a refused `-R` asked for, as its `refused` record names it."""
+        if listen_host.startswith(UDP_PREFIX):
+            name = listen_host[len(UDP_PREFIX) :].lower()
+            kind = UDP_ENDPOINT if name else UDP_PUBLIC
+        else:
+            public = is_public_bind(listen_host)
+            kind, name = (PUBLIC, "") if public else (ENDPOINT, listen_host.lower())
+        name = name or "public"
+        return Attempt(
+            tunnel_id=tunnel_id(agent, kind, name, port),
+            kind=kind,
+            peer=f"agent:{agent.agent_id}@{self.peer}",
+            target=f"{name}:{port}",
+        )
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -173,26 +200,23 @@ class AgentServer(asyncssh.SSHServer):
         agent = self.agent
         assert agent is not None
         what = f"open {dest_host}:{dest_port}"
-        taken = self.hub.shares.acquire(
-            Share.CHANNELS_PER_CONNECTION, agent=agent.agent_id, scope=self
-        )
-        if not isinstance(taken, Granted):
-            self.hub.refuse(
-                None, agent, what, taken.message, cause=taken.cause.value, peer=self.peer
-            )
+        try:
+            held = self.hub.shares.take(Share.CHANNELS_PER_CONNECTION, agent, scope=self)
+        except Refused as exc:
+            self.hub.refuse(None, agent, what, exc, self._ssh_attempt(agent, what))
             raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_RESOURCE_SHORTAGE, f"quotarelay: {taken.message}"
-            )
+                asyncssh.OPEN_RESOURCE_SHORTAGE, f"quotarelay: {exc}"
+            ) from None
         try:
             session = self._session(agent, dest_host, dest_port, (orig_host, orig_port))
         except Refused as exc:
-            self._release_channel()
-            self.hub.refuse(None, agent, what, str(exc))
+            self.hub.shares.release(held)
+            self.hub.refuse(None, agent, what, exc)
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"quotarelay: {exc}"
             ) from None
         chan = self.conn.create_tcp_channel()
-        self.hub.spawn(self._release_when_closed(chan), f"channel-{id(chan):x}")
+        self.hub.spawn(self._release_when_closed(chan, held), f"channel-{id(chan):x}")
         return chan, session
 
     def _session(self, agent: Agent, host: str, port: int, orig: tuple[str, int]) -> Any:
@@ -201,16 +225,16 @@ class AgentServer(asyncssh.SSHServer):
         tunnel = self.tcp.resolve(agent, host, port)
         return self.tcp.bridge(agent, tunnel, orig)
 
-    async def _release_when_closed(self, chan: Any) -> None:
+    async def _release_when_closed(self, chan: Any, held: Held) -> None:
         try:
             await chan.wait_closed()
         finally:
-            self._release_channel()
+            self.hub.shares.release(held)
 
-    def _release_channel(self) -> None:
-        assert self.agent is not None
-        self.hub.shares.release(
-            Share.CHANNELS_PER_CONNECTION, agent=self.agent.agent_id, scope=self
+    def _ssh_attempt(self, agent: Agent, what: str) -> Attempt:
+        """A refused login or channel, as its `refused` record names it (no tunnel)."""
+        return Attempt(
+            tunnel_id="", kind="ssh", peer=f"agent:{agent.agent_id}@{self.peer}", target=what
         )
 
     def unix_server_requested(self, listen_path: str) -> bool:

@@ -13,9 +13,6 @@ Invariants:
 - JSON lines are rendered with a private structlog pipeline (never the global
   `configure()`) after the rows are committed; the timestamp is the record's
   own `at_ms`. The database is the record of truth, the lines are a copy.
-- A `refused` record (something asked for and refused, with its cause in
-  `close_reason`) is an event only: it gets a `stream_events` row and a JSON
-  line, never a `streams` row, since nothing was opened.
 - On entry every stream of this relay still open or paused (left by a crash)
   is closed with reason "relay_restart", keeping the last figures it had.
 - On exit the flush task is stopped, everything queued is written and the
@@ -35,7 +32,6 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from operator import attrgetter
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, TypeVar
 
 import aiosqlite
@@ -47,7 +43,6 @@ from relay.errors import RelayError
 T = TypeVar("T")
 
 MAX_PENDING = 200_000
-REFUSED = "refused"  # the event of a refusal: written to stream_events only
 
 
 class StreamLogError(RelayError):
@@ -62,7 +57,7 @@ class StreamRecord:
     other than "closed" counts as still alive, and is closed on restart.
     """
 
-    event: str  # "open" | "interim" | "pause" | "resume" | "close" | "refused"
+    event: str  # "open" | "interim" | "pause" | "resume" | "close"
     at_ms: int  # unix epoch milliseconds of the event
     stream_id: str
     tunnel_id: str
@@ -220,6 +215,7 @@ class StreamLog:
         self._task: asyncio.Task[None] | None = None
         self._written = 0
         self._lost = 0
+        self.last_error: str | None = None  # the last failed write, None once one succeeds
 
     @property
     def written(self) -> int:
@@ -253,12 +249,7 @@ class StreamLog:
         self._task = asyncio.create_task(self._run(), name=f"streamlog-flush-{self.relay_id}")
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await finish_shielded(self._shutdown())
 
     async def flush(self) -> None:
@@ -272,8 +263,10 @@ class StreamLog:
                 await self._write(self._db, batch)
             except sqlite3.Error as exc:
                 self._requeue(batch)
+                self.last_error = str(exc)
                 raise StreamLogError(f"stream log {self.path}: write failed: {exc}") from exc
             self._written += len(batch)
+            self.last_error = None
             if self._json_file is not None or self._json_path == Path("-"):
                 await asyncio.to_thread(self._emit_json, batch)
 
@@ -287,7 +280,6 @@ class StreamLog:
                 rec.at_ms if rec.state == "closed" else None,
             )
             for rec, row in zip(batch, events, strict=True)
-            if rec.event != REFUSED
         ]
         try:
             await db.executemany(_INSERT_EVENT, events)

@@ -85,6 +85,8 @@ async def test_5000_silent_connections_under_nofile_1024_leave_room_for_agents(
     relay = Relay(
         tmp_path,
         list(agents.values()),
+        # fair shares out of the way: only the descriptor cap stands before the limit
+        extra={"shares": {"streams_per_tunnel": 10_000, "connections_per_source": 10_000}},
         prefix=["prlimit", f"--nofile={NOFILE}:{NOFILE}"],
         env={"QUOTARELAY_LOOP": loop},
     )
