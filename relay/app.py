@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ import structlog
 from quota.agent.client import BillingClient
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings
+from quota.private_files import create_private, private_folder
 from relay.admin.server import AdminServer
 from relay.config import BillingLinkConfig, RelayConfig
 from relay.errors import ConfigError
@@ -40,11 +40,11 @@ log = structlog.get_logger("relay")
 def load_host_key(path: Path) -> Any:
     """Read the relay's host key, making a new one on first start."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = asyncssh.generate_private_key("ssh-ed25519")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.export_private_key())
+        try:
+            private_folder(path.parent)
+            create_private(path, asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+        except OSError as exc:
+            raise ConfigError(f"relay.host_key: cannot create {path}: {exc.strerror}") from None
         log.info("host_key_created", path=str(path))
     try:
         return asyncssh.read_private_key(str(path))
@@ -89,7 +89,6 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    config.stream_log_path.parent.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
         streamlog = await stack.enter_async_context(
             StreamLog(

@@ -1,0 +1,147 @@
+"""Secrets: what holds a token, a key or a database is private from creation; exposed ones refused.
+
+The services run as real processes with umask 022 and with chmod disabled
+(`os.chmod`, `os.fchmod` and `Path.chmod` raise), so a file can only end up 0600
+(a folder 0700) if the call that created it made it so: there was never a
+moment when another user could open it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import stat
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from quota.private_files import create_private, private_database, private_folder, replace_private
+from tests.rigs.billing import ADMIN, BILLING_TOML, RELAY_TOKEN
+from tests.rigs.procs import free_port
+from tests.rigs.relay import ROOT
+
+NO_CHMOD = """
+import os, pathlib, sys
+def _refuse(*args, **kwargs):
+    raise PermissionError("a file's mode may only be set when it is created")
+for name in ("chmod", "fchmod", "lchmod"):
+    if hasattr(os, name):
+        setattr(os, name, _refuse)
+pathlib.Path.chmod = _refuse
+os.umask(0o022)
+from tools.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+UP_FILES = {
+    "billing.toml", "relay.toml", "billing-admin.token", "relay.token", "admin.token",
+    "client.key", "support.key", "relay_host_key", "known_hosts", "state.json",
+    "billing.sqlite3", "billing.sqlite3-wal", "billing.sqlite3-shm",
+    "journal.db", "journal.db-wal", "streams.db", "streams.db-wal", "streams.jsonl",
+}  # fmt: skip
+
+
+def quotarelay(*args: str) -> list[str]:
+    """The console script, with umask 022 and every chmod refused."""
+    return [sys.executable, "-c", NO_CHMOD, *args]
+
+
+def modes(top: Path) -> dict[str, str]:
+    """Every file and folder under `top` (itself as "."), with its permission bits."""
+    found = {".": oct(stat.S_IMODE(top.stat().st_mode))}
+    for path in top.rglob("*"):
+        found[str(path.relative_to(top))] = oct(stat.S_IMODE(path.lstat().st_mode))
+    return found
+
+
+def not_private(top: Path) -> dict[str, str]:
+    """The files under `top` that are not 0600 and the folders that are not 0700."""
+    wanted = {True: oct(0o700), False: oct(0o600)}
+    return {
+        name: mode for name, mode in modes(top).items() if mode != wanted[(top / name).is_dir()]
+    }
+
+
+async def read_until(stream: asyncio.StreamReader, needle: str, log: Path) -> str:
+    """The first line holding `needle`; fails with the process's log when it ends first."""
+    while line := (await stream.readline()).decode():
+        if needle in line:
+            return line
+    raise AssertionError(f"ended before {needle!r}: {log.read_text()[-3000:]}")
+
+
+@asynccontextmanager
+async def started(
+    args: list[str], log: Path, ready: str, stop: int = signal.SIGTERM
+) -> AsyncIterator[str]:
+    """A `quotarelay` process until it printed `ready`; stopped (and waited for) on exit."""
+    with log.open("ab") as err:
+        proc = await asyncio.create_subprocess_exec(
+            *quotarelay(*args), cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err
+        )
+    try:
+        assert proc.stdout is not None
+        yield await asyncio.wait_for(read_until(proc.stdout, ready, log), 60)
+        proc.send_signal(stop)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_up_creates_every_file_0600_and_its_folders_0700(tmp_path: Path) -> None:
+    """`quotarelay up` makes its folders 0700 and every token, key, config and database 0600."""
+    top = tmp_path / "var"
+    ports = [str(free_port()) for _ in range(3)]
+    args = ["up", "--dir", str(top / "demo"), "--ssh-port", ports[0]]
+    args += ["--admin-port", ports[1], "--billing-port", ports[2]]
+    async with started(args, tmp_path / "up.log", "Ctrl-C stops", signal.SIGINT):
+        assert set(modes(top / "demo")) >= UP_FILES  # -wal and -shm exist while it runs
+        assert not_private(top) == {}
+    assert not_private(top) == {}
+
+
+async def test_relay_run_and_billing_serve_create_private_files(tmp_path: Path) -> None:
+    """`billing serve` and `relay run` create their folders 0700 and databases, keys, logs 0600."""
+    billing, relay = tmp_path / "billing", tmp_path / "relay"
+    billing.mkdir(mode=0o700)
+    relay.mkdir(mode=0o700)
+    text = BILLING_TOML.format(
+        port=0, db=billing / "data" / "billing.sqlite3", admin=ADMIN, relay=RELAY_TOKEN,
+        plan_traffic=10**9, package_traffic=10**9,
+    )  # fmt: skip
+    create_private(billing / "billing.toml", text.encode())
+    create_private(relay / "relay.token", RELAY_TOKEN.encode() + b"\n")
+    serve = ["billing", "serve", "--config", str(billing / "billing.toml")]
+    async with started(serve, tmp_path / "billing.log", "listening on") as line:
+        url = line.rsplit(" ", 1)[1].strip()
+        sections = {
+            "relay": {"id": "relay-1", "ssh_listen": "127.0.0.1:0"},
+            "admin": {"listen": "127.0.0.1:0", "token": "x" * 32},
+            "billing": {"url": url, "token_file": "relay.token"},
+        }
+        lines = [f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
+                 for name, keys in sections.items()]  # fmt: skip
+        create_private(relay / "relay.toml", "".join(lines).encode())
+        run = ["relay", "run", "--config", str(relay / "relay.toml")]
+        async with started(run, tmp_path / "relay.log", "relay_ready"):
+            made = set(modes(relay / "var"))
+            assert {"relay_host_key", "journal.db", "streams.db", "streams.jsonl"} <= made
+            assert not_private(relay) == {}
+        assert {"billing.sqlite3", "billing.sqlite3-wal"} <= set(modes(billing / "data"))
+        assert not_private(billing) == {}
+
+
+def test_private_files_are_made_private_whatever_was_there(tmp_path: Path) -> None:
+    """New folders are 0700 down the path; new content replaces a 0644 file with a 0600 one."""
+    old = tmp_path / "billing.toml"
+    old.write_text("old")
+    old.chmod(0o644)
+    replace_private(old, b"new")
+    private_folder(tmp_path / "a" / "b")
+    private_database(tmp_path / "c" / "x.db")
+    assert old.read_text() == "new"
+    assert not_private(tmp_path) == {}  # pytest makes tmp_path 0700
