@@ -22,6 +22,7 @@ import aiohttp
 import asyncssh
 
 from quota.core.errors import InvalidValue
+from quota.core.tokens import DEMO_PREFIX
 from quota.private_files import create_private, private_folder, replace_private
 from relay.config import load_config
 from relay.errors import ConfigError
@@ -90,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def _secret(path: Path) -> str:
     if not path.exists():
-        create_private(path, (secrets.token_urlsafe(24) + "\n").encode())
+        create_private(path, (DEMO_PREFIX + secrets.token_urlsafe(24) + "\n").encode())
     return path.read_text().strip()
 
 
@@ -202,12 +203,14 @@ async def _up(args: argparse.Namespace) -> int:
     from quota.billing.config import load_config as load_billing
     from quota.billing.errors import BillingError
     from quota.billing.server import BillingServer
+    from quota.billing.startup import check_secrets
     from relay.app import serve
 
     folder = Path(args.dir).resolve()
     try:
         billing_path, relay_path = prepare(folder, args)
         billing_config = load_billing(billing_path, env={})
+        check_secrets(billing_config, billing_path, demo=True, env={})
         relay_config = load_config(relay_path)
     except (ConfigError, InvalidValue, BillingError) as exc:
         raise CliError(str(exc)) from None

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import stat
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from quota.core.tokens import DEMO_PREFIX
 from quota.private_files import create_private, private_database, private_folder, replace_private
 from tests.rigs.billing import ADMIN, BILLING_TOML, RELAY_TOKEN
 from tests.rigs.procs import free_port
@@ -35,6 +38,7 @@ from tools.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
+DEMO_TOKEN = DEMO_PREFIX + "0123456789abcdef0123456789abcdef"
 UP_FILES = {
     "billing.toml", "relay.toml", "billing-admin.token", "relay.token", "admin.token",
     "client.key", "support.key", "relay_host_key", "known_hosts", "state.json",
@@ -145,3 +149,60 @@ def test_private_files_are_made_private_whatever_was_there(tmp_path: Path) -> No
     private_database(tmp_path / "c" / "x.db")
     assert old.read_text() == "new"
     assert not_private(tmp_path) == {}  # pytest makes tmp_path 0700
+
+
+def refused(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run `quotarelay ARGS`, which must refuse to start (exit 2) within 30 s; its error line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.cli", *args],
+        cwd=ROOT, capture_output=True, timeout=30, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err[-3000:]
+    assert err.startswith("quotarelay: ") and err.count("\n") == 1, err
+    return err
+
+
+def billing_config(
+    folder: Path, *, mode: int = 0o600, host: str = "127.0.0.1", **tokens: str
+) -> Path:
+    """A billing config in `folder` with the rig's tokens (or `admin`, `relay`), of mode `mode`."""
+    text = BILLING_TOML.format(
+        port=0, db=folder / "billing.sqlite3", admin=tokens.get("admin", ADMIN),
+        relay=tokens.get("relay", RELAY_TOKEN), plan_traffic=10**9, package_traffic=10**9,
+    ).replace('host = "127.0.0.1"', f'host = "{host}"')  # fmt: skip
+    path = folder / "billing.toml"
+    create_private(path, text.encode())
+    os.chmod(path, mode)  # the test makes the operator's mistake on purpose
+    return path
+
+
+def test_billing_refuses_a_config_file_others_can_read(tmp_path: Path) -> None:
+    """`billing serve` with a 0644 config (it holds tokens) exits 2 naming the file and the fix."""
+    config = billing_config(tmp_path, mode=0o644)
+    err = refused("billing", "serve", "--config", str(config))
+    assert f"{config} holds a secret" in err and f"chmod 600 {config}" in err
+    assert not (tmp_path / "billing.sqlite3").exists()
+
+
+def test_billing_refuses_a_database_others_can_read(tmp_path: Path) -> None:
+    """The database keeps account tokens: a 0640 one is refused, naming server.database."""
+    config = billing_config(tmp_path)
+    (tmp_path / "billing.sqlite3").touch(mode=0o640)
+    err = refused("billing", "serve", "--config", str(config))
+    assert f"server.database: {tmp_path / 'billing.sqlite3'} holds a secret" in err
+
+
+def test_billing_refuses_example_and_demo_tokens(tmp_path: Path) -> None:
+    """The example config's token and a demo token of `quotarelay up` are refused by the key."""
+    config = billing_config(tmp_path, admin="change-me-admin-token-0123456789", relay=DEMO_TOKEN)
+    err = refused("billing", "serve", "--config", str(config))
+    assert "server.admin_token: the example config's token is published" in err
+    assert "relays[0].token: a demo token" in err
+
+
+def test_billing_refuses_a_short_admin_token_on_every_address(tmp_path: Path) -> None:
+    """On 0.0.0.0 the billing admin token needs 32+ characters; nothing listens when refused."""
+    config = billing_config(tmp_path, host="0.0.0.0", admin="a" * 31)
+    err = refused("billing", "serve", "--config", str(config))
+    assert "server.admin_token: an admin API on 0.0.0.0 (not loopback) needs" in err
