@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncssh
+
 from quota.core.tokens import DEMO_PREFIX
 from quota.private_files import create_private, private_database, private_folder, replace_private
 from tests.rigs.billing import ADMIN, BILLING_TOML, RELAY_TOKEN
@@ -206,3 +208,13 @@ def test_billing_refuses_a_short_admin_token_on_every_address(tmp_path: Path) ->
     config = billing_config(tmp_path, host="0.0.0.0", admin="a" * 31)
     err = refused("billing", "serve", "--config", str(config))
     assert "server.admin_token: an admin API on 0.0.0.0 (not loopback) needs" in err
+
+
+def test_agent_refuses_a_key_others_can_read(tmp_path: Path) -> None:
+    """Like ssh, `quotarelay agent` refuses a 0644 private key, naming it and the fix."""
+    key = tmp_path / "agent.key"
+    key.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    key.chmod(0o644)
+    args = ["--relay", "127.0.0.1:1", "--user", "a", "--key", str(key), "--known-hosts", "ignore"]
+    err = refused("agent", "expose", *args, "--tcp", "web:80:127.0.0.1:9")
+    assert f"agent.key: {key} holds a secret" in err and f"chmod 600 {key}" in err
