@@ -1,6 +1,7 @@
 """Run a relay: SSH front, admin API, stream log, until SIGTERM or SIGINT.
 
-Invariants: SIGTERM stops accepting, closes live streams with reason
+Invariants: nothing starts while a secret is exposed or a token unfit
+(`relay.startup`). SIGTERM stops accepting, closes live streams with reason
 `relay_shutdown`, flushes the stream log and returns 0. The host key is made on
 first start (ed25519, mode 0600) and kept. A line `{"event": "relay_ready", ...}`
 on stdout says the relay listens, with the ports it got.
@@ -32,6 +33,7 @@ from relay.hub.control import Control
 from relay.hub.hub import Hub
 from relay.registry import Registry
 from relay.ssh.front import AgentServer
+from relay.startup import check_secrets
 from relay.streamlog.writer import StreamLog
 
 log = structlog.get_logger("relay")
@@ -80,9 +82,16 @@ async def _quota_agent(stack: AsyncExitStack, link: BillingLinkConfig, hub: Hub)
 
 
 async def serve(
-    config: RelayConfig, on_ready: Callable[[Hub], Awaitable[None]] | None = None
+    config: RelayConfig,
+    on_ready: Callable[[Hub], Awaitable[None]] | None = None,
+    *,
+    demo: bool = False,
 ) -> int:
-    """Run until SIGTERM/SIGINT; `on_ready` runs once the relay listens. Returns the exit code."""
+    """Run until SIGTERM/SIGINT; `on_ready` runs once the relay listens. Returns the exit code.
+
+    `demo` is for `quotarelay up` only: it lets the demo tokens pass.
+    """
+    check_secrets(config, demo=demo)
     registry = Registry(None if config.billing else config.agents_file)
     host_key = load_host_key(config.host_key)
     stop = asyncio.Event()

@@ -225,6 +225,6 @@ async def _up(args: argparse.Namespace) -> int:
                     await asyncio.sleep(0.05)
                 print(instructions(folder, args, state), flush=True)
 
-            return await serve(relay_config, on_ready=ready)
+            return await serve(relay_config, on_ready=ready, demo=True)
     except (ConfigError, BillingError) as exc:
         raise CliError(str(exc)) from None

@@ -8,6 +8,7 @@ moment when another user could open it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -26,6 +27,7 @@ from quota.private_files import create_private, private_database, private_folder
 from tests.rigs.billing import ADMIN, BILLING_TOML, RELAY_TOKEN
 from tests.rigs.procs import free_port
 from tests.rigs.relay import ROOT
+from tools.up_cmd import prepare
 
 NO_CHMOD = """
 import os, pathlib, sys
@@ -218,3 +220,72 @@ def test_agent_refuses_a_key_others_can_read(tmp_path: Path) -> None:
     args = ["--relay", "127.0.0.1:1", "--user", "a", "--key", str(key), "--known-hosts", "ignore"]
     err = refused("agent", "expose", *args, "--tcp", "web:80:127.0.0.1:9")
     assert f"agent.key: {key} holds a secret" in err and f"chmod 600 {key}" in err
+
+
+def relay_config(folder: Path, *, mode: int = 0o600, **sections: dict[str, str]) -> Path:
+    """A relay config in `folder` on loopback port 0, `sections` over it, of mode `mode`."""
+    tables = {"relay": {"ssh_listen": "127.0.0.1:0"}, "admin": {"listen": "127.0.0.1:0"}}
+    for name, keys in sections.items():
+        tables.setdefault(name, {}).update(keys)
+    text = "".join(
+        f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
+        for name, keys in tables.items()
+    )
+    path = folder / "relay.toml"
+    create_private(path, text.encode())
+    os.chmod(path, mode)  # the test makes the operator's mistake on purpose
+    return path
+
+
+def test_relay_refuses_a_token_file_others_can_read(tmp_path: Path) -> None:
+    """`relay run` with a 0644 admin.token_file exits 2 naming it and the fix; nothing is made."""
+    token = tmp_path / "admin.token"
+    token.write_text("t" * 32 + "\n")
+    token.chmod(0o644)
+    config = relay_config(tmp_path, admin={"token_file": "admin.token"})
+    err = refused("relay", "run", "--config", str(config))
+    assert f"admin.token_file: {token} holds a secret" in err and f"chmod 600 {token}" in err
+    assert not (tmp_path / "var").exists()  # no host key, no stream log
+
+
+def test_relay_refuses_a_config_holding_a_token_others_can_read(tmp_path: Path) -> None:
+    """A 0640 relay.toml with admin.token written in it is refused, naming the config file."""
+    config = relay_config(tmp_path, mode=0o640, admin={"token": "t" * 32})
+    err = refused("relay", "run", "--config", str(config))
+    assert f"admin.token: {config} holds a secret" in err and f"chmod 600 {config}" in err
+
+
+def test_relay_refuses_a_host_key_others_can_read(tmp_path: Path) -> None:
+    """The relay's private host key open to others is refused like ssh's, naming relay.host_key."""
+    key = tmp_path / "host_key"
+    key.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    key.chmod(0o604)
+    config = relay_config(tmp_path, relay={"host_key": "host_key"}, admin={"token": "t" * 32})
+    err = refused("relay", "run", "--config", str(config))
+    assert f"relay.host_key: {key} holds a secret" in err
+
+
+def test_relay_refuses_a_short_admin_token_on_every_address(tmp_path: Path) -> None:
+    """The admin API on 0.0.0.0 with a 1-character token is refused, naming admin.token."""
+    config = relay_config(tmp_path, admin={"listen": "0.0.0.0:0", "token": "x"})
+    err = refused("relay", "run", "--config", str(config))
+    assert "admin.token: an admin API on 0.0.0.0 (not loopback) needs a token of 32+" in err
+
+
+def test_relay_refuses_demo_and_example_tokens_outside_up(tmp_path: Path) -> None:
+    """A demo token of `quotarelay up` and the example's token are refused by `relay run`."""
+    sections = {"url": "http://127.0.0.1:9", "token": "change-me-relay-token-0123456789"}
+    config = relay_config(tmp_path, admin={"token": DEMO_TOKEN}, billing=sections)
+    err = refused("relay", "run", "--config", str(config))
+    assert "admin.token: a demo token (quotarelay-demo-...) is accepted by `quotarelay up`" in err
+    assert "billing.token: the example config's token is published" in err
+
+
+def test_up_configs_are_refused_outside_up(tmp_path: Path) -> None:
+    """The configs `quotarelay up` wrote are refused by `relay run` and `billing serve`."""
+    args = argparse.Namespace(ssh_port=free_port(), admin_port=free_port(), billing_port=0)
+    billing, relay = prepare(tmp_path / "demo", args)
+    err = refused("relay", "run", "--config", str(relay))
+    assert "admin.token: a demo token" in err and "billing.token: a demo token" in err
+    err = refused("billing", "serve", "--config", str(billing))
+    assert "server.admin_token: a demo token" in err and "relays[0].token: a demo token" in err
