@@ -21,9 +21,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncssh
+import pytest
 
 from quota.core.tokens import DEMO_PREFIX
 from quota.private_files import create_private, private_database, private_folder, replace_private
+from relay.config import load_config
 from tests.rigs.billing import ADMIN, BILLING_TOML, RELAY_TOKEN
 from tests.rigs.procs import free_port
 from tests.rigs.relay import ROOT
@@ -289,3 +291,22 @@ def test_up_configs_are_refused_outside_up(tmp_path: Path) -> None:
     assert "admin.token: a demo token" in err and "billing.token: a demo token" in err
     err = refused("billing", "serve", "--config", str(billing))
     assert "server.admin_token: a demo token" in err and "relays[0].token: a demo token" in err
+
+
+def test_relay_config_names_the_files_that_hold_its_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token file, or relay.toml when a token is written in it, is a secret file; env is not."""
+    config = relay_config(
+        tmp_path,
+        admin={"token_file": "admin.token"},
+        billing={"url": "http://127.0.0.1:9", "token": RELAY_TOKEN},
+    )
+    (tmp_path / "admin.token").write_text("t" * 32)
+    loaded = load_config(config)
+    assert loaded.secret_files == (
+        ("admin.token_file", tmp_path / "admin.token"),
+        ("billing.token", config),
+    )
+    monkeypatch.setenv("QUOTARELAY_ADMIN_TOKEN", "e" * 32)  # the file is not read then
+    assert load_config(config).secret_files == (("billing.token", config),)
