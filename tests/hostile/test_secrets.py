@@ -83,10 +83,8 @@ async def read_until(stream: asyncio.StreamReader, needle: str, log: Path) -> st
 
 
 @asynccontextmanager
-async def started(
-    args: list[str], log: Path, ready: str, stop: int = signal.SIGTERM
-) -> AsyncIterator[str]:
-    """A `quotarelay` process until it printed `ready`; stopped (and waited for) on exit."""
+async def started(args: list[str], log: Path, ready: str) -> AsyncIterator[str]:
+    """A `quotarelay` process until it printed `ready`; stopped by SIGTERM (killed if stuck)."""
     with log.open("ab") as err:
         proc = await asyncio.create_subprocess_exec(
             *quotarelay(*args), cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err
@@ -94,7 +92,7 @@ async def started(
     try:
         assert proc.stdout is not None
         yield await asyncio.wait_for(read_until(proc.stdout, ready, log), 60)
-        proc.send_signal(stop)
+        proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0, log.read_text()[-3000:]
     finally:
         if proc.returncode is None:
@@ -108,7 +106,7 @@ async def test_up_creates_every_file_0600_and_its_folders_0700(tmp_path: Path) -
     ports = [str(free_port()) for _ in range(3)]
     args = ["up", "--dir", str(top / "demo"), "--ssh-port", ports[0]]
     args += ["--admin-port", ports[1], "--billing-port", ports[2]]
-    async with started(args, tmp_path / "up.log", "Ctrl-C stops", signal.SIGINT):
+    async with started(args, tmp_path / "up.log", "Ctrl-C stops"):
         assert set(modes(top / "demo")) >= UP_FILES  # -wal and -shm exist while it runs
         assert not_private(top) == {}
     assert not_private(top) == {}
