@@ -21,6 +21,7 @@ import msgspec
 
 from quota.contract.config import Address, Problems, decode_file, decode_value
 from quota.contract.files import BillingLinkSection, RelayFile
+from quota.core.shares import ShareLimits
 from quota.metrics import MetricsConfig, metrics_config
 from relay.errors import ConfigError
 
@@ -74,6 +75,8 @@ class RelayConfig:
     billing: BillingLinkConfig | None = None
     udp_idle_timeout_ms: int = 60_000  # a UDP flow idle this long ends
     udp_max_datagram: int = 65_507  # bigger datagrams are dropped and counted
+    udp_unanswered_interval_ms: int = 60_000  # one record of unanswered flows a tunnel per this
+    shares: ShareLimits = field(default_factory=ShareLimits)  # fair shares; agents may override
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
     secret_files: tuple[tuple[str, Path], ...] = ()  # (key, file) of each file holding a token
 
@@ -147,6 +150,8 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         billing=billing,
         udp_idle_timeout_ms=max(1, u.idle_timeout),
         udp_max_datagram=u.max_datagram,
+        udp_unanswered_interval_ms=max(1, u.unanswered_interval),
+        shares=ShareLimits(**msgspec.structs.asdict(f.shares)),
         metrics=metrics,
         secret_files=_secret_files(raw, f, path, rel),
     )
