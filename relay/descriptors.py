@@ -4,7 +4,8 @@ Invariants:
 - `raise_nofile` is called once at start, before any thread exists: the soft
   RLIMIT_NOFILE becomes the hard one, and `descriptor_limit` is what the gate
   caps connections below (minus `limits.descriptor_reserve`).
-- Running out anyway (EMFILE on accept) never spins and never stops a listener.
+- Running out anyway (EMFILE on accept: a burst accepted before the gate
+  closed the excess) never spins and never stops a listener.
   asyncio's loop then takes its listening socket off the selector for 1 s and
   reports each failed accept to the loop's exception handler: the handler
   installed here writes one `accept_out_of_descriptors` line per minute with
