@@ -14,10 +14,12 @@ from tests.rigs.ssh import Ssh
 
 @pytest.fixture
 def agents(tmp_path: Path) -> dict[str, AgentSpec]:
+    tech = make_agent(tmp_path, "tech", "acme", "support")
+    tech.limits = {"channels_per_connection": 256}  # 200 streams on one -L (test_quota)
     return {
         "nas": make_agent(tmp_path, "nas-agent", "acme", "client"),
         "web": make_agent(tmp_path, "web-agent", "acme", "client"),
-        "tech": make_agent(tmp_path, "tech", "acme", "support"),
+        "tech": tech,
         "dual": make_agent(tmp_path, "dual-agent", "acme", "dual"),
         "other": make_agent(tmp_path, "other-tech", "globex", "support"),
         "idle": make_agent(tmp_path, "idle-agent", "acme", "client", active=False),
