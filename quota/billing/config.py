@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quota.billing.errors import ConfigError
+from quota.billing.store.base import POSTGRESQL_SCHEMES, is_postgresql
 from quota.core.billing import Catalogue, catalogue_from_config
 from quota.core.errors import InvalidValue
 from quota.core.money import parse_coin
@@ -41,7 +43,7 @@ class RelayCred:
 class BillingConfig:
     host: str = "127.0.0.1"
     port: int = 8480
-    database: Path = Path("var/billing.sqlite3")
+    database: Path | str = Path("var/billing.sqlite3")  # a SQLite file, or a PostgreSQL URL
     admin_token: str
     maintenance_interval_ms: int = 300_000
     lease_ttl_ms: int = 600_000  # how long a relay's traffic lease outlives its last sync
@@ -95,6 +97,20 @@ def _relays(raw: Any) -> tuple[RelayCred, ...]:
     return tuple(relays)
 
 
+def _database(value: str) -> Path | str:
+    """A SQLite file's path, or a PostgreSQL URL (kept as written: a path would fold its //)."""
+    if not value:
+        raise ConfigError("server.database: set a SQLite file path or a postgresql:// URL")
+    if "://" not in value:
+        return Path(value)
+    if not is_postgresql(value):
+        schemes = " or ".join(POSTGRESQL_SCHEMES)
+        raise ConfigError(f"server.database: a URL must start with {schemes}")
+    if not urllib.parse.urlsplit(value).path.strip("/"):
+        raise ConfigError("server.database: the PostgreSQL URL names no database (.../dbname)")
+    return value
+
+
 def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> BillingConfig:
     """Validate a decoded TOML document (and the environment) into a config."""
     unknown = set(raw) - set(_SECTIONS) - {"relays", "plans", "packages"}
@@ -133,7 +149,7 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
     return BillingConfig(
         host=_get(server, "server", "host", str, "127.0.0.1"),
         port=port,
-        database=Path(_get(server, "server", "database", str, "var/billing.sqlite3")),
+        database=_database(_get(server, "server", "database", str, "var/billing.sqlite3")),
         admin_token=admin,
         maintenance_interval_ms=interval,
         lease_ttl_ms=lease_ttl,

@@ -6,7 +6,9 @@ Invariants:
   and changes nothing; the same key with a different request is refused with
   409. The answer is kept as JSON and read back into its message type.
 - A `VersionConflict` (a balance changed under us, or another replica held the
-  database) rolls the whole operation back and runs it again, up to `RETRIES`.
+  database) rolls the whole operation back and runs it again, up to `RETRIES`,
+  after a random pause that doubles up to `BACKOFF_CAP_S`, so transactions that
+  collided do not collide again in step.
 - Notices leave through the notifier, and push events through the push hub,
   only after their transaction committed (never from inside one), so a slow
   webhook or relay never holds a transaction and a rolled-back operation
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -32,6 +35,7 @@ from quota.billing.store import Store
 from quota.core import wire
 
 RETRIES = 20
+BACKOFF_CAP_S = 0.05
 T = TypeVar("T")
 
 
@@ -83,7 +87,7 @@ class Runner:
                     op = Op(tx=tx, now=self.clock.now_ms(), key=key, config=self.config)
                     result = await func(op)
             except VersionConflict:
-                await asyncio.sleep(0.001 * attempt)
+                await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP_S, 0.001 * 2**attempt)))
                 continue
             self._announcer.committed(op)
             return result

@@ -21,7 +21,7 @@ from quota.billing.errors import ListenError
 from quota.billing.maintenance import maintenance_loop
 from quota.billing.notifier import Notifier
 from quota.billing.service import BillingService
-from quota.billing.store import Store
+from quota.billing.store import open_store
 
 
 class BillingServer:
@@ -33,7 +33,7 @@ class BillingServer:
         self.config = config
         self.clock = clock or SystemClock()
         self.maintenance = maintenance
-        self.store = Store(config.database)
+        self.store = open_store(config.database)
         self.notifier = Notifier(
             config.webhook_url, retries=config.notify_retries, timeout_ms=config.notify_timeout_ms
         )

@@ -111,10 +111,11 @@ async def ledger_page(
 async def sums(tx: Tx, account_id: str) -> tuple[int, dict[str, int]]:
     """The sum of an account's ledger amounts and of each agent's traffic bytes."""
     row = await tx.one(
-        "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE account_id = ?", (account_id,)
+        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM ledger WHERE account_id = ?",
+        (account_id,),
     )
     rows = await tx.all(
-        "SELECT agent_id, SUM(traffic_bytes) FROM ledger WHERE account_id = ?"
+        "SELECT agent_id, CAST(SUM(traffic_bytes) AS BIGINT) FROM ledger WHERE account_id = ?"
         " AND agent_id IS NOT NULL GROUP BY agent_id",
         (account_id,),
     )
