@@ -25,7 +25,7 @@ from quota.billing.clock import ManualClock
 from quota.billing.errors import ClientError
 from quota.billing.service import BillingService
 from quota.billing.store import open_store
-from quota.core import wire
+from quota.contract import wire
 from tests.billing.api import DAY, make_config
 from tests.conftest import BACKENDS
 from tests.rigs.postgres import TestDatabase
