@@ -233,3 +233,34 @@ async def test_stale_version_conflicts_and_the_operation_is_retried(
                 await repo.save_account(tx, dataclasses.replace(row, version=0), row)
         balance = (await svc.accounts.audit(acc)).balance
         assert balance == 5 and row.version == 1
+
+
+_ACCOUNT = (
+    "INSERT INTO accounts (id, name, token_hash, balance, version, created_at)"
+    " VALUES (?, 'n', ?, ?, 0, 0)"
+)
+
+
+async def test_held_writes_are_seen_by_the_next_read_and_committed(database: str) -> None:
+    """Writes held with `later` reach the database before the next read and before commit."""
+    async with open_store(database) as store:
+        async with store.transaction() as tx:
+            for n in range(3):
+                tx.later(_ACCOUNT, (f"a{n}", f"h{n}", n))
+            assert await tx.one("SELECT COUNT(*) FROM accounts") == (3,)
+            tx.later("UPDATE accounts SET balance = balance + 10 WHERE id = ?", ("a2",))
+            tx.later(_ACCOUNT, ("a3", "h3", 3))  # held last, committed with the rest
+        async with store.reading() as tx:
+            rows = await tx.all("SELECT id, balance FROM accounts ORDER BY id")
+    assert rows == [("a0", 0), ("a1", 1), ("a2", 12), ("a3", 3)]
+
+
+async def test_a_held_write_that_fails_rolls_the_transaction_back(database: str) -> None:
+    """A held write refused at commit (a CHECK) fails the transaction: nothing of it stays."""
+    async with open_store(database) as store:
+        with pytest.raises(StoreError, match=r"(?i)check constraint"):
+            async with store.transaction() as tx:
+                await tx.run(_ACCOUNT, ("a0", "h0", 5))
+                tx.later(_ACCOUNT, ("a1", "h1", -1))
+        async with store.reading() as tx:
+            assert await tx.one("SELECT COUNT(*) FROM accounts") == (0,)

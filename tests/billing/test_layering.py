@@ -17,7 +17,17 @@ SQL = re.compile(
     r"\b(SELECT\b[\s\S]*\bFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
     r"(CREATE|ALTER|DROP)\s+(TABLE|INDEX|TRIGGER|VIEW)|PRAGMA\s+\w+|BEGIN\s+IMMEDIATE)\b"
 )
-TX_CALLS = {"one", "all", "run", "run_many", "insert", "execute", "executemany", "executescript"}
+TX_CALLS = {
+    "one",
+    "all",
+    "run",
+    "run_many",
+    "insert",
+    "later",
+    "execute",
+    "executemany",
+    "executescript",
+}
 
 
 def sql_found(source: str) -> list[str]:

@@ -7,6 +7,9 @@ Invariants:
 - `post` refuses (402) an entry that would take the balance below zero.
 - Entries are never updated or deleted (triggers in the store refuse it);
   corrections are new entries.
+- An entry posted with `numbered=False` is held and sent in a batch with the
+  transaction's next statement; its id is not read back, so the entry handed
+  back carries id 0 (for operations that answer no one with their entries).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def _entry(row: Row) -> wire.LedgerEntry:
 
 
 async def post(
-    tx: Tx, account: AccountRow, posting: Posting, *, key: str, at: int
+    tx: Tx, account: AccountRow, posting: Posting, *, key: str, at: int, numbered: bool = True
 ) -> tuple[AccountRow, wire.LedgerEntry]:
     """Apply `posting` to the balance (version-checked) and append its ledger entry."""
     balance = account.balance + posting.amount
@@ -60,21 +63,23 @@ async def post(
         )
     if posting.amount:
         account = await save_account(tx, account, dataclasses.replace(account, balance=balance))
-    entry_id = await tx.insert(
-        _INSERT_ENTRY,
-        (
-            account.id,
-            posting.agent_id,
-            posting.kind.value,
-            posting.amount,
-            balance,
-            posting.traffic_bytes,
-            posting.used_bytes,
-            key,
-            posting.reason,
-            at,
-        ),
+    row = (
+        account.id,
+        posting.agent_id,
+        posting.kind.value,
+        posting.amount,
+        balance,
+        posting.traffic_bytes,
+        posting.used_bytes,
+        key,
+        posting.reason,
+        at,
     )
+    entry_id = 0
+    if numbered:
+        entry_id = await tx.insert(_INSERT_ENTRY, row)
+    else:
+        tx.later(_INSERT_ENTRY, row)
     entry = wire.LedgerEntry(
         id=entry_id,
         account_id=account.id,

@@ -8,6 +8,13 @@ Invariants:
 - Every write happens inside `Store.transaction()`: committed whole, or rolled
   back on any error (also on cancellation). Transactions are serializable: the
   result is the same as if they had run one after another.
+- A write whose answer nobody reads may be sent `later`: it is held, and the
+  held writes go out before the transaction's next statement and before its
+  commit, each statement's rows as one batch (`run_many`), in the order they
+  were held, statements in the order of their first row. Only writes that no
+  other held statement depends on are held (each held statement writes a table
+  of its own), so the batches leave the database as the statements one by one
+  would, in far fewer trips; a held write that fails fails the transaction.
 - Database errors never leave a store: they become `StoreError`, or
   `VersionConflict` when another transaction won a race (busy, serialization
   failure, deadlock, a key inserted meanwhile); callers run the whole
@@ -32,27 +39,63 @@ def is_postgresql(database: str) -> bool:
 
 
 class Tx(ABC):
-    """Statements of one open transaction."""
+    """Statements of one open transaction; a store implements the underscored ones."""
 
-    @abstractmethod
+    def __init__(self) -> None:
+        self._held: dict[str, list[Sequence[Any]]] = {}
+
+    def later(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Hold a write nobody reads the answer of, to send with the next statement or commit.
+
+        Only for a statement that writes a table no other held statement touches.
+        """
+        self._held.setdefault(sql, []).append(params)
+
+    async def flush(self) -> None:
+        """Send the held writes: each statement's rows as one batch, in the order held."""
+        held, self._held = self._held, {}
+        for sql, rows in held.items():
+            if len(rows) == 1:
+                await self._run(sql, rows[0])
+            else:
+                await self._many(sql, rows)
+
     async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Execute a write; return the number of rows it changed."""
+        await self.flush()
+        return await self._run(sql, params)
 
-    @abstractmethod
     async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Execute one write for each row of parameters, in one trip to the database."""
+        await self.flush()
+        if rows:
+            await self._many(sql, rows)
 
-    @abstractmethod
     async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Execute an INSERT into a table with an `id` column it numbers; return the new id."""
+        await self.flush()
+        return await self._insert(sql, params)
 
-    @abstractmethod
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        """The rows of a query."""
+        """The rows of a query (after the held writes, so it sees them)."""
+        await self.flush()
+        return await self._all(sql, params)
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.all(sql, params)
         return rows[0] if rows else None
+
+    @abstractmethod
+    async def _run(self, sql: str, params: Sequence[Any]) -> int: ...
+
+    @abstractmethod
+    async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    @abstractmethod
+    async def _insert(self, sql: str, params: Sequence[Any]) -> int: ...
+
+    @abstractmethod
+    async def _all(self, sql: str, params: Sequence[Any]) -> list[Row]: ...
 
 
 class Store(ABC):

@@ -81,29 +81,28 @@ class PgTx(Tx):
     """Statements of one open PostgreSQL transaction."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
+        super().__init__()
         self._conn = conn
 
-    async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+    async def _run(self, sql: str, params: Sequence[Any]) -> int:
         try:
             return _count(await self._conn.execute(numbered(sql), *params))
         except _ERRORS as exc:
             raise _translate(exc) from exc
 
-    async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if not rows:
-            return
-        try:
+    async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        try:  # asyncpg pipelines the rows: one round trip's wait for all of them
             await self._conn.executemany(numbered(sql), rows)
         except _ERRORS as exc:
             raise _translate(exc) from exc
 
-    async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+    async def _insert(self, sql: str, params: Sequence[Any]) -> int:
         try:
             return int(await self._conn.fetchval(numbered(sql) + " RETURNING id", *params))
         except _ERRORS as exc:
             raise _translate(exc) from exc
 
-    async def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    async def _all(self, sql: str, params: Sequence[Any]) -> list[Row]:
         try:
             return [tuple(r) for r in await self._conn.fetch(numbered(sql), *params)]
         except _ERRORS as exc:
@@ -190,8 +189,10 @@ class PgStore(Store):
             await transaction.start()
         except _ERRORS as exc:
             raise _translate(exc) from exc
+        tx = PgTx(conn)
         try:
-            yield PgTx(conn)
+            yield tx
+            await tx.flush()  # the held writes belong to this transaction
         except BaseException:
             await asyncio.shield(self._rollback(transaction))
             raise

@@ -41,32 +41,30 @@ class SqliteTx(Tx):
     """Statements of one open SQLite transaction."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
+        super().__init__()
         self._conn = conn
 
-    async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Execute a write; return the number of rows it changed."""
+    async def _run(self, sql: str, params: Sequence[Any]) -> int:
         try:
             cursor = await self._conn.execute(sql, params)
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
         return cursor.rowcount
 
-    async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Execute one write for each row of parameters, in one trip to the connection."""
-        try:
+    async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        try:  # one trip to the connection's thread for all rows
             await self._conn.executemany(sql, rows)
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
 
-    async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Execute an INSERT; return the new row id."""
+    async def _insert(self, sql: str, params: Sequence[Any]) -> int:
         try:
             cursor = await self._conn.execute(sql, params)
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
         return int(cursor.lastrowid or 0)
 
-    async def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    async def _all(self, sql: str, params: Sequence[Any]) -> list[Row]:
         try:  # one trip to the connection's thread: execute and fetch together
             return [tuple(r) for r in await self._conn.execute_fetchall(sql, params)]
         except sqlite3.Error as exc:
@@ -146,8 +144,10 @@ class SqliteStore(Store):
                 await conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise _translate(exc) from exc
+            tx = SqliteTx(conn)
             try:
-                yield SqliteTx(conn)
+                yield tx
+                await tx.flush()  # the held writes belong to this transaction
             except BaseException:
                 await asyncio.shield(self._rollback(conn))
                 raise
