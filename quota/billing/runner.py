@@ -12,7 +12,8 @@ Invariants:
 - Notices leave through the notifier, and push events through the push hub,
   only after their transaction committed (never from inside one), so a slow
   webhook or relay never holds a transaction and a rolled-back operation
-  announces nothing.
+  announces nothing. The events are also announced to the other replicas in
+  the transaction itself (`Store.announce`), so they too hear of a commit only.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class Runner:
                 async with self.store.transaction() as tx:
                     op = Op(tx=tx, now=self.clock.now_ms(), key=key, config=self.config)
                     result = await func(op)
+                    for event in op.events():  # to the other replicas, if this commits
+                        for payload in self._announcer.push.announcements(event):
+                            self.store.announce(tx, payload)
             except VersionConflict:
                 await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP_S, 0.001 * 2**attempt)))
                 continue

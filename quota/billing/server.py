@@ -1,4 +1,4 @@
-"""The running billing service: store, notifier, HTTP site and maintenance loop.
+"""The running billing service: store (with its fan-out), notifier, HTTP site, maintenance loop.
 
 Invariant: everything it starts it owns and stops on exit, in reverse order:
 the maintenance task (in the server's TaskGroup) is cancelled, the HTTP site
@@ -49,6 +49,7 @@ class BillingServer:
     async def __aenter__(self) -> BillingServer:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
+            await stack.enter_async_context(self.store.fan_out(self.service.push.hear))
             await stack.enter_async_context(self.notifier)
             runner = web.AppRunner(make_app(self.service), access_log=None)
             await runner.setup()

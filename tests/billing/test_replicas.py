@@ -16,9 +16,12 @@ import aiohttp
 
 from quota.billing import repo
 from quota.billing.clock import ManualClock
+from quota.billing.push import FAN_OUT_IDS, PushHub
 from quota.billing.server import BillingServer
+from quota.contract import wire
 from tests.billing.api import RELAY, RELAY2, Api, make_config
 from tests.rigs.billing import RELAY_TOKEN, Billing
+from tests.rigs.postgres import TestDatabase
 
 G = 10**9
 M = 10**6
@@ -113,3 +116,52 @@ async def test_two_billing_processes_one_killed_nothing_lost_nothing_double(
     finally:
         for replica in replicas:
             await replica.close()
+
+
+async def _events(session: aiohttp.ClientSession, url: str) -> aiohttp.ClientWebSocketResponse:
+    ws = await session.ws_connect(
+        url + "/v1/relay/events", headers={"Authorization": f"Bearer {RELAY}"}
+    )
+    assert wire.parse(wire.PushEvent, await ws.receive_json(timeout=5)).type == "hello"
+    return ws
+
+
+async def test_a_change_committed_on_one_replica_is_pushed_by_every_replica(
+    tmp_path: Path, clock: ManualClock, postgresql_db: TestDatabase
+) -> None:
+    """PostgreSQL: a purchase through replica one reaches relays on both replicas, once each."""
+    config = make_config(tmp_path, database=postgresql_db.fresh_url())
+    async with (
+        BillingServer(config, clock=clock, maintenance=False) as one,
+        BillingServer(config, clock=clock, maintenance=False) as two,
+        aiohttp.ClientSession() as session,
+    ):
+        api, api2 = Api(session, one.url), Api(session, two.url)
+        acc, agt = await _paying(api)
+        await api.deposit(acc, 5_000, "more")  # before any relay listens
+        near, far = await _events(session, one.url), await _events(session, two.url)
+        await api.ok("POST", f"/v1/agents/{agt}/packages", body={"package": "1G"})
+        await api2.ok("PATCH", f"/v1/agents/{agt}", body={"allow_metered": True}, key="on-two")
+        for ws in (near, far):  # each change once, in commit order, whichever replica made it
+            got = [wire.parse(wire.PushEvent, await ws.receive_json(timeout=5)) for _ in "ab"]
+            assert [(e.agent_ids, e.reason) for e in got] == [
+                ([agt], "package"),
+                ([agt], "settings"),
+            ]
+            await ws.close()
+
+
+def test_announcements_slice_many_agents_and_replicas_skip_their_own() -> None:
+    """An event for many agents is announced in slices; a hub ignores its own and garbage."""
+    one, two = PushHub(), PushHub()
+    ids = [f"agt_{n:016x}" for n in range(2 * FAN_OUT_IDS + 1)]
+    event = wire.PushEvent(type="changed", agent_ids=ids, reason="freeze")
+    payloads = one.announcements(event)
+    assert len(payloads) == 3 and all(len(p.encode()) < 8000 for p in payloads)
+    heard: list[wire.PushEvent] = []
+    one.publish = two.publish = heard.append  # type: ignore[method-assign]
+    for payload in [*payloads, "not json", '{"origin": "x"}']:
+        one.hear(payload)
+        two.hear(payload)
+    assert [e.agent_ids for e in heard] == [ids[:100], ids[100:200], ids[200:]]
+    assert {(e.type, e.reason) for e in heard} == {("changed", "freeze")}

@@ -23,8 +23,9 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
@@ -123,3 +124,11 @@ class Store(ABC):
     @abstractmethod
     def reading(self) -> AbstractAsyncContextManager[Tx]:
         """Reads of a consistent snapshot (a transaction that writes nothing)."""
+
+    @abstractmethod
+    def announce(self, tx: Tx, payload: str) -> None:
+        """Have `payload` reach every `fan_out` on this database if `tx` commits."""
+
+    def fan_out(self, deliver: Callable[[str], None]) -> AbstractAsyncContextManager[None]:
+        """While open, hand `deliver` each payload any process on this database announced."""
+        return contextlib.nullcontext()

@@ -14,6 +14,10 @@ Invariants:
   new id with `RETURNING id`; nothing else is rewritten.
 - Migrations run in one transaction under an advisory lock, so replicas that
   start together migrate once; `schema_version` holds the versions applied.
+- `announce` is a `pg_notify` in the announcing transaction, so it is
+  delivered when (and only if) that transaction commits, to every process
+  holding `fan_out` open (its own included: the receiver filters) on its own
+  connection, in commit order.
 - asyncpg errors never leave this module, and the URL in a message never
   carries its password.
 """
@@ -24,19 +28,22 @@ import asyncio
 import contextlib
 import functools
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
 
 import asyncpg
+import structlog
 
 from quota.billing.errors import StoreError, VersionConflict
 from quota.billing.store import schema
 from quota.billing.store.base import Row, Store, Tx
 
+CHANNEL = "quotarelay_push"
 POOL_SIZE = 10  # connections per process; each transaction holds one
 CONNECT_TIMEOUT_S = 10
+log = structlog.get_logger("quota.billing")
 _MIGRATION_LOCK = 0x71756F7461  # "quota": the advisory lock key replicas migrate under
 _RACES = (
     asyncpg.SerializationError,
@@ -215,3 +222,28 @@ class PgStore(Store):
     def reading(self) -> contextlib.AbstractAsyncContextManager[Tx]:
         # a snapshot that writes nothing never conflicts: no serialization failure to retry
         return self._open("repeatable_read", readonly=True)
+
+    def announce(self, tx: Tx, payload: str) -> None:
+        tx.later("SELECT pg_notify(?, ?)", (CHANNEL, payload))
+
+    @asynccontextmanager
+    async def fan_out(self, deliver: Callable[[str], None]) -> AsyncIterator[None]:
+        try:
+            conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_S)
+        except (*_ERRORS, ValueError, TimeoutError) as exc:
+            raise StoreError(f"cannot listen on {redacted(self.url)}: {exc}") from exc
+
+        def heard(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            deliver(payload)
+
+        def lost(_conn: Any) -> None:  # relays still learn every change at their next sync
+            log.warning("billing_fan_out_lost", database=redacted(self.url))
+
+        try:
+            await conn.add_listener(CHANNEL, heard)
+            conn.add_termination_listener(lost)
+            yield
+        finally:
+            conn.remove_termination_listener(lost)
+            with contextlib.suppress(*_ERRORS, TimeoutError):
+                await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT_S)

@@ -162,6 +162,9 @@ class SqliteStore(Store):
         with contextlib.suppress(sqlite3.Error):  # already gone: nothing was committed
             await conn.execute("ROLLBACK")
 
+    def announce(self, tx: Tx, payload: str) -> None:
+        """Nothing: SQLite has no channel between processes (their relays learn at each sync)."""
+
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[Tx]:
         """Reads of a consistent snapshot (a transaction that writes nothing)."""
