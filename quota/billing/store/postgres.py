@@ -19,7 +19,8 @@ Invariants:
   holding `fan_out` open (its own included: the receiver filters) on its own
   connection, in commit order.
 - asyncpg errors never leave this module, and the URL in a message never
-  carries its password.
+  carries its password. Text PostgreSQL cannot hold (a NUL character, which
+  SQLite keeps) is the client's error: 400, not 500.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from quota.billing.errors import StoreError, VersionConflict
+from quota.billing.errors import BadRequest, StoreError, VersionConflict
 from quota.billing.store import schema
 from quota.billing.store.base import Row, Store, Tx
 
@@ -75,6 +76,8 @@ def numbered(sql: str) -> str:
 def _translate(exc: BaseException) -> Exception:
     if isinstance(exc, _RACES):
         return VersionConflict(f"concurrent write: {exc}")
+    if isinstance(exc, asyncpg.CharacterNotInRepertoireError):  # text PostgreSQL cannot hold
+        return BadRequest("a text field holds a NUL character, which cannot be stored")
     return StoreError(f"database error: {exc}")
 
 
