@@ -80,6 +80,7 @@ class UdpSection(Section, frozen=True, kw_only=True):
 
 class BillingLinkSection(Section, frozen=True, kw_only=True):
     url: URL = ""
+    urls: list[URL] = []  # more replicas of the same billing API, tried after `url`
     token: str = ""
     token_file: str = ""
     journal: str = "var/journal.db"
