@@ -51,8 +51,12 @@ async def test_the_relays_replica_sigkilled_mid_transfer_bills_every_byte_once(
             )
             writer.close()
         await poll(lambda: _billed(two, account, client, pacer.sent), "billing to catch up", 30)
-        rows = await totals(relay.db_path, by="agent")
-        assert [r["bytes_total"] for r in rows] == [pacer.sent]
+        db_path = relay.db_path
+
+        async def logged() -> bool:  # the stream's closing record may follow its EOF
+            return [r["bytes_total"] for r in await totals(db_path, by="agent")] == [pacer.sent]
+
+        await poll(logged, "the stream log to agree with billing")
         ledger = await two.api("GET", f"/v1/accounts/{account}/ledger?limit=1000")
         balance = (await two.api("GET", f"/v1/accounts/{account}"))["balance"]
         assert balance == sum(e["amount"] for e in ledger["entries"])  # the ledger explains it
