@@ -3,8 +3,8 @@
 `database` is parametrized over both backends, so a test (or a fixture) that
 asks for it runs once against each; the PostgreSQL run gets an empty schema of
 the run's own database (`tests.rigs.postgres`). Without a reachable
-PostgreSQL those runs are skipped and the summary says so in one line; with
-`CI` set they fail instead.
+PostgreSQL those runs are skipped and the summary says so in one line
+(`tests.rigs.postgres_summary`); with `CI` set they fail instead.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.rigs.postgres import SKIP_PREFIX, TestDatabase, decide, maintenance_url, probe
+from tests.rigs.postgres import BACKENDS, TestDatabase, decide, maintenance_url, probe
 
-BACKENDS = ["sqlite", "postgresql"]
+# the summary line of skipped PostgreSQL tests (a hook: conftest files hold fixtures only)
+pytest_plugins = ["tests.rigs.postgres_summary"]
 
 
 @pytest.fixture(scope="session")
@@ -41,15 +42,3 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path / "billing.sqlite3")
     db: TestDatabase = request.getfixturevalue("postgresql_db")
     return db.fresh_url()
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Say in one line how many PostgreSQL tests were skipped, and why."""
-    skipped = [
-        rep
-        for rep in terminalreporter.stats.get("skipped", [])
-        if isinstance(rep.longrepr, tuple) and SKIP_PREFIX in str(rep.longrepr[2])
-    ]
-    if skipped:
-        reason = str(skipped[0].longrepr[2]).removeprefix("Skipped: ")  # type: ignore[index]
-        terminalreporter.write_line(f"{len(skipped)} tests skipped. {reason}", yellow=True)

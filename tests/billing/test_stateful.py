@@ -27,8 +27,7 @@ from quota.billing.service import BillingService
 from quota.billing.store import open_store
 from quota.contract import wire
 from tests.billing.api import DAY, make_config
-from tests.conftest import BACKENDS
-from tests.rigs.postgres import TestDatabase
+from tests.rigs.postgres import BACKENDS, TestDatabase
 
 ADMIN = Principal(kind="admin")
 RELAY = Principal(kind="relay", id="relay-1")

@@ -30,6 +30,7 @@ import asyncpg
 
 MAINTENANCE_ENV = "QUOTARELAY_TEST_POSTGRESQL"
 DEFAULT_MAINTENANCE = "postgresql://postgres@127.0.0.1:5432/postgres"
+BACKENDS = ["sqlite", "postgresql"]  # what the `database` fixture runs each test on
 PREFIX = "quotarelay_test_"
 SKIP_PREFIX = "PostgreSQL part skipped"
 T = TypeVar("T")
