@@ -23,6 +23,7 @@ from quota.contract.config import Problems, decode_file
 from quota.contract.files import BillingFile, RelayCred
 from quota.core.billing import PriceList, catalogue_from_config
 from quota.core.errors import InvalidValue
+from quota.metrics import MetricsConfig, metrics_config
 
 __all__ = ["ADMIN_TOKEN_ENV", "BillingConfig", "RelayCred", "config_from_mapping", "load_config"]
 
@@ -45,6 +46,7 @@ class BillingConfig:
     notify_timeout_ms: int = 5_000
     relays: tuple[RelayCred, ...] = ()
     catalogue: PriceList = field(default_factory=lambda: PriceList(plans={}, packages={}))
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
 
 
 def _database(value: str, problems: Problems) -> Path | str:
@@ -85,6 +87,7 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
     except InvalidValue as exc:
         problems.note(str(exc))  # plans[1].price: ...
     database = _database(server.database, problems)
+    metrics = metrics_config(f.metrics.listen, problems)
     problems.raise_as(ConfigError)
     return BillingConfig(
         host=server.host,
@@ -100,6 +103,7 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
         notify_timeout_ms=notes.timeout,
         relays=tuple(f.relays),
         catalogue=catalogue,
+        metrics=metrics,
     )
 
 

@@ -125,6 +125,11 @@ class Store(ABC):
     def reading(self) -> AbstractAsyncContextManager[Tx]:
         """Reads of a consistent snapshot (a transaction that writes nothing)."""
 
+    async def ping(self) -> None:
+        """Read one row: raises StoreError when the database does not answer (readiness)."""
+        async with self.reading() as tx:
+            await tx.one("SELECT 1")
+
     @abstractmethod
     def announce(self, tx: Tx, payload: str) -> None:
         """Have `payload` reach every `fan_out` on this database if `tx` commits."""
