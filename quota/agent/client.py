@@ -88,6 +88,10 @@ class BillingClient:
         """The replica calls go to first."""
         return self.urls[self._at]
 
+    @url.setter
+    def url(self, value: str) -> None:
+        self.urls[self._at] = value.rstrip("/")
+
     async def _call(self, method: str, path: str, cls: type[T], body: bytes | None = None) -> T:
         """The call on the current replica, then on each other one while replicas are down."""
         for _ in range(len(self.urls) - 1):
