@@ -38,8 +38,8 @@ import asyncpg
 import structlog
 
 from quota.billing.errors import BadRequest, StoreError, VersionConflict
-from quota.billing.store import schema
 from quota.billing.store.base import Row, Store, Tx
+from quota.billing.store.schema import POSTGRESQL
 
 CHANNEL = "quotarelay_push"
 POOL_SIZE = 10  # connections per process; each transaction holds one
@@ -132,7 +132,7 @@ class PgStore(Store):
 
     @property
     def schema_version(self) -> int:
-        return len(schema.POSTGRESQL)
+        return len(POSTGRESQL)
 
     async def __aenter__(self) -> PgStore:
         try:
@@ -171,7 +171,7 @@ class PgStore(Store):
             version = int(
                 await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
             )
-            for number, script in enumerate(schema.POSTGRESQL[version:], start=version + 1):
+            for number, script in enumerate(POSTGRESQL[version:], start=version + 1):
                 await conn.execute(script)
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
 

@@ -26,8 +26,8 @@ from typing import Any
 import aiosqlite
 
 from quota.billing.errors import StoreError, VersionConflict
-from quota.billing.store import schema
 from quota.billing.store.base import Row, Store, Tx
+from quota.billing.store.schema import SQLITE
 from quota.sqlite_open import join_worker
 
 
@@ -124,14 +124,14 @@ class SqliteStore(Store):
         async with conn.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
         version = int(row[0]) if row else 0
-        for number, script in enumerate(schema.SQLITE[version:], start=version + 1):
+        for number, script in enumerate(SQLITE[version:], start=version + 1):
             await conn.executescript(
                 f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; COMMIT;"
             )
 
     @property
     def schema_version(self) -> int:
-        return len(schema.SQLITE)
+        return len(SQLITE)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
