@@ -28,6 +28,7 @@ import aiosqlite
 from quota.billing.errors import StoreError, VersionConflict
 from quota.billing.store.base import Row, Store, Tx
 from quota.billing.store.schema import SQLITE
+from quota.private_files import private_database
 from quota.sqlite_open import join_worker
 
 
@@ -83,9 +84,9 @@ class SqliteStore(Store):
 
     async def __aenter__(self) -> SqliteStore:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_database(self.path)
         except OSError as exc:
-            raise StoreError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
+            raise StoreError(f"cannot create {self.path}: {exc.strerror}") from exc
         pending = aiosqlite.connect(self.path, isolation_level=None)
         try:
             self._conn = await pending
