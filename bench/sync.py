@@ -7,7 +7,11 @@ Invariants:
   new byte at the sink. The relay's sync interval is 30 s, so only the push
   channel can explain a resume within a second; each purchase's count of relay
   reports is recorded to show it.
-- Point 7 is measured by `bench.sync_load` (its docstring says how).
+- Point 7 is measured by `bench.sync_load` (its docstring says how), once
+  against a billing process on SQLite (`sync.ingest`) and once on PostgreSQL
+  (`sync.ingest.pg`): a database of the bench run's own on 127.0.0.1:5432 (as
+  the tests find it, `tests.rigs.postgres`), dropped at the end; without a
+  reachable PostgreSQL that figure is not measured, and says why.
 - A part that fails records its figures as not measured, with the reason; the
   other part still runs. Every process either part started is stopped with the
   section's `Procs`.
@@ -16,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import socket
 import statistics
@@ -28,6 +33,7 @@ from bench.load import Sink, SinkConn, connect
 from bench.precision import _sender
 from bench.report import Results, Target
 from tests.rigs.billing import BillingRig, synced_rig
+from tests.rigs.postgres import TestDatabase, maintenance_url, probe
 from tests.rigs.procs import Procs
 from tests.rigs.relay import RelayRig
 from tests.rigs.waits import wait_for
@@ -42,7 +48,8 @@ LOAD = (
     ("sync.billing_cpu", "7", "1,000 agents: billing API CPU per interval", "CPU-s"),
     ("sync.ingest", "7", "billing API ingestion rate", "agent-deltas/s"),
 )
-FIGURES = PURCHASE + LOAD
+LOAD_PG = (("sync.ingest.pg", "7", "billing API ingestion rate, PostgreSQL", "agent-deltas/s"),)
+FIGURES = PURCHASE + LOAD + LOAD_PG
 
 PLAN_TRAFFIC = 256 * 1024  # the plan's bucket: runs dry within the first second
 PACKAGE_TRAFFIC = 64 * 1024  # each purchase lets this much through, then the stream pauses again
@@ -182,6 +189,35 @@ def measure_load(res: Results, procs: Procs, plan: sync_load.LoadPlan) -> None:
         fig.samples.extend(round(v, 4) for v in samples)
 
 
+def measure_load_pg(res: Results, procs: Procs, plan: sync_load.LoadPlan) -> None:
+    """`sync.ingest` again, with the billing process on PostgreSQL."""
+    url = maintenance_url()
+    unreachable = probe(url)
+    if unreachable:
+        raise RuntimeError(unreachable)
+    db = TestDatabase(url).create()
+    billing = BillingRig(procs, "billing_load_pg", database=db.fresh_url())
+    try:
+        billing.start()
+        res.command(
+            "billing API on PostgreSQL for 1,000 agents",
+            f"{billing.command()} (server.database: a fresh schema of {db.url})",
+        )
+        folder = procs.folder / "load_pg"
+        folder.mkdir(parents=True, exist_ok=True)
+        got = sync_load.run(
+            billing.url, billing.pid, folder, dataclasses.replace(plan, intervals=0)
+        )
+        note = sync_load.describe(got, plan)["ingest"] + "; PostgreSQL 127.0.0.1:5432, same machine"
+        key, point, name, unit = LOAD_PG[0]
+        fig = res.figure(key, point, name, unit, note=note)
+        fig.samples.extend(round(v, 4) for v in got.ingest)
+    finally:
+        if billing.child is not None:
+            procs.stop(billing.child)  # before its database goes
+        db.drop()
+
+
 def _part(res: Results, figures: tuple[tuple[str, str, str, str], ...], work: object) -> None:
     """Run one part; if it fails, its figures say why and the section goes on."""
     assert callable(work)
@@ -206,6 +242,7 @@ def run_plans(res: Results, procs: Procs, purchase: PurchasePlan, load: sync_loa
     """Both parts with the given sizes, then the target line."""
     _part(res, PURCHASE, lambda: measure_purchase(res, procs, purchase))
     _part(res, LOAD, lambda: measure_load(res, procs, load))
+    _part(res, LOAD_PG, lambda: measure_load_pg(res, procs, load))
     fig = res.figures.get("resume.purchase.p99")
     value = fig.median if fig is not None else None
     worst = max(fig.samples) if fig is not None and fig.samples else None

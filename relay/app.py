@@ -77,7 +77,7 @@ async def _quota_agent(stack: AsyncExitStack, link: BillingLinkConfig, hub: Hub)
     """Open the journal and the billing client, restore leases and the agent cache."""
     journal = await stack.enter_async_context(Journal(link.journal))
     client = await stack.enter_async_context(
-        BillingClient(link.url, link.token, timeout_s=link.timeout_ms / 1000)
+        BillingClient(link.urls, link.token, timeout_s=link.timeout_ms / 1000)
     )
     settings = SyncSettings(
         interval_ms=link.interval_ms,

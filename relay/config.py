@@ -34,6 +34,7 @@ class BillingLinkConfig:
     """How the relay syncs with the billing API; absent when `billing.url` is empty."""
 
     url: str
+    urls: tuple[str, ...]  # every replica: `url` first, then `billing.urls`
     token: str
     journal: Path
     interval_ms: int
@@ -215,13 +216,15 @@ def _admin_listen(text: str, rel: Callable[[str], Path], problems: Problems) -> 
 def _billing(
     b: BillingLinkSection, rel: Callable[[str], Path], problems: Problems
 ) -> BillingLinkConfig | None:
-    if not b.url:
+    urls = tuple(dict.fromkeys(u for u in (b.url, *b.urls) if u))
+    if not urls:
         return None
     token = _token(b.token, b.token_file, "billing", rel, problems)
     if not token:
         problems.add("billing.token", "the relay token is required when billing.url is set")
     return BillingLinkConfig(
-        url=b.url,
+        url=urls[0],
+        urls=urls,
         token=token,
         journal=rel(b.journal),
         interval_ms=max(10, b.interval),

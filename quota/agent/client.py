@@ -8,12 +8,17 @@ Invariants:
 - Nothing aiohttp raises leaves this module: a refused connection, a timeout, a
   5xx, a 4xx or an answer that does not parse as its wire message all become
   `BillingUnavailable` with a message saying which.
+- Several URLs are replicas of one billing API: a call goes to the one that
+  answered last; when it cannot be reached, times out or answers 5xx, the
+  same request goes to the next, each at most once per call. Every call is
+  safe to repeat (a report is applied once per seq whichever replica gets it).
+  A 4xx or a malformed answer is not the replica's fault: no failover.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -48,9 +53,17 @@ def encode_report(report: Report) -> bytes:
     return json.dumps(wire.dump(message)).encode()
 
 
+class _Down(BillingUnavailable):
+    """This replica could not answer (unreachable, timeout, 5xx): try the next one."""
+
+
 class BillingClient:
-    def __init__(self, url: str, token: str, *, timeout_s: float = 5.0) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, urls: str | Sequence[str], token: str, *, timeout_s: float = 5.0) -> None:
+        given = [urls] if isinstance(urls, str) else list(urls)
+        self.urls = [u.rstrip("/") for u in given]
+        if not self.urls:
+            raise ValueError("a billing client needs at least one URL")
+        self._at = 0  # the replica that answered last
         self._headers = {"Authorization": f"Bearer {token}"}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(2.0, timeout_s))
         self._session: aiohttp.ClientSession | None = None
@@ -70,21 +83,41 @@ class BillingClient:
         assert self._session is not None, "use BillingClient as an async context manager"
         return self._session
 
+    @property
+    def url(self) -> str:
+        """The replica calls go to first."""
+        return self.urls[self._at]
+
+    @url.setter
+    def url(self, value: str) -> None:
+        self.urls[self._at] = value.rstrip("/")
+
     async def _call(self, method: str, path: str, cls: type[T], body: bytes | None = None) -> T:
+        """The call on the current replica, then on each other one while replicas are down."""
+        for _ in range(len(self.urls) - 1):
+            try:
+                return await self._call_one(method, path, cls, body)
+            except _Down:
+                self._at = (self._at + 1) % len(self.urls)
+        return await self._call_one(method, path, cls, body)
+
+    async def _call_one(self, method: str, path: str, cls: type[T], body: bytes | None) -> T:
         url = self.url + path
         headers = None if body is None else _JSON
         try:
             async with self.session.request(method, url, data=body, headers=headers) as resp:
                 text = await resp.text()
+                if resp.status >= 500:
+                    raise _Down(f"{method} {url}: HTTP {resp.status}: {text[:200]}")
                 if resp.status >= 400:
                     raise BillingUnavailable(f"{method} {path}: HTTP {resp.status}: {text[:200]}")
                 data = json.loads(text)
         except BillingUnavailable:
             raise
         except TimeoutError:
-            raise BillingUnavailable(f"{method} {path}: no answer in time") from None
+            raise _Down(f"{method} {url}: no answer in time") from None
         except aiohttp.ClientError as exc:
-            raise BillingUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+            raise _Down(f"{method} {url}: {type(exc).__name__}: {exc}") from None
         except ValueError as exc:
             raise BillingUnavailable(f"{method} {path}: answer is not JSON: {exc}") from None
         try:
@@ -100,7 +133,10 @@ class BillingClient:
         return await self._call("GET", "/v1/relay/agents", wire.RelayAgentList)
 
     async def events(self) -> AsyncIterator[wire.PushEvent]:
-        """Push events until the channel closes; raises BillingUnavailable if it cannot open."""
+        """Push events until the channel closes; raises BillingUnavailable if it cannot open.
+
+        It opens on the current replica; if that fails, the next attempt tries the next one.
+        """
         try:
             async with self.session.ws_connect(
                 self.url + "/v1/relay/events",
@@ -115,4 +151,5 @@ class BillingClient:
                     except (ValueError, wire.WireError):
                         continue  # a garbled event is skipped; the next sync corrects all
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self._at = (self._at + 1) % len(self.urls)
             raise BillingUnavailable(f"push channel: {type(exc).__name__}: {exc}") from None

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quota.billing.errors import ConfigError
+from quota.billing.store.base import POSTGRESQL_SCHEMES, is_postgresql
 from quota.contract.config import Problems, decode_file
 from quota.contract.files import BillingFile, RelayCred
 from quota.core.billing import PriceList, catalogue_from_config
@@ -33,7 +35,7 @@ MIN_TOKEN = 16
 class BillingConfig:
     host: str = "127.0.0.1"
     port: int = 8480
-    database: Path = Path("var/billing.sqlite3")
+    database: Path | str = Path("var/billing.sqlite3")  # a SQLite file, or a PostgreSQL URL
     admin_token: str
     maintenance_interval_ms: int = 300_000
     lease_ttl_ms: int = 600_000  # how long a relay's traffic lease outlives its last sync
@@ -45,6 +47,19 @@ class BillingConfig:
     relays: tuple[RelayCred, ...] = ()
     catalogue: PriceList = field(default_factory=lambda: PriceList(plans={}, packages={}))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
+
+
+def _database(value: str, problems: Problems) -> Path | str:
+    """A SQLite file's path, or a PostgreSQL URL (kept as written: a path would fold its //)."""
+    if not value:
+        problems.add("server.database", "set a SQLite file path or a postgresql:// URL")
+    elif "://" not in value:
+        return Path(value)
+    elif not is_postgresql(value):
+        problems.add("server.database", f"a URL must start with {' or '.join(POSTGRESQL_SCHEMES)}")
+    elif not urllib.parse.urlsplit(value).path.strip("/"):
+        problems.add("server.database", "the PostgreSQL URL names no database (.../dbname)")
+    return value
 
 
 def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> BillingConfig:
@@ -71,12 +86,13 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
         catalogue = catalogue_from_config(f.plans, f.packages)
     except InvalidValue as exc:
         problems.note(str(exc))  # plans[1].price: ...
+    database = _database(server.database, problems)
     metrics = metrics_config(f.metrics.listen, problems)
     problems.raise_as(ConfigError)
     return BillingConfig(
         host=server.host,
         port=server.port,
-        database=Path(server.database),
+        database=database,
         admin_token=admin,
         maintenance_interval_ms=server.maintenance_interval,
         lease_ttl_ms=server.lease_ttl,

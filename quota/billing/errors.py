@@ -1,6 +1,6 @@
 """One exception root for quota.billing, each error carrying its HTTP status.
 
-Invariants: aiosqlite and aiohttp errors never leave their adapter module; they
+Invariants: aiosqlite, asyncpg and aiohttp errors never leave their adapter module; they
 are translated (`raise ... from`) into `StoreError` or `NotifyError`. Errors a
 client caused are `ClientError`s with a 4xx status and a message that names
 the problem; "not enough coin" is a 409/402 outcome answer, not a crash.

@@ -55,9 +55,12 @@ class Op:
     notices: list[Notice] = field(default_factory=list)
     changes: dict[str, list[str]] = field(default_factory=dict)  # reason -> agent ids
     topups: list[wire.TopupNote] = field(default_factory=list)  # bought automatically
+    numbered: bool = True  # False: entries are written in batches, their ids not read back
 
     async def post(self, account: AccountRow, posting: Posting) -> AccountRow:
-        account, entry = await repo.post(self.tx, account, posting, key=self.key, at=self.now)
+        account, entry = await repo.post(
+            self.tx, account, posting, key=self.key, at=self.now, numbered=self.numbered
+        )
         self.entries.append(entry)
         return account
 

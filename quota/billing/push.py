@@ -9,6 +9,12 @@ Invariants:
   so an event is never silently skipped on a live connection.
 - Every connection first receives `hello`, then `changed` events in commit
   order. Closing the hub (server shutdown) closes every connection.
+- Replicas on one PostgreSQL database share their events: each committed
+  operation announces its events in its own transaction (`announcements`,
+  at most `FAN_OUT_IDS` agent ids each, well under PostgreSQL's 8000-byte
+  NOTIFY payload), and every replica publishes what it `hear`s from the others
+  to its own relays. A replica ignores its own announcements (it published
+  them already, after its commit).
 - aiohttp errors never leave this module.
 """
 
@@ -16,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import secrets
 from collections.abc import Callable, Iterator
 
 import structlog
@@ -28,6 +36,7 @@ log = structlog.get_logger("quota.billing")
 QUEUE_MAX = 256
 HEARTBEAT_S = 10.0
 SEND_TIMEOUT_S = 10.0  # a relay that takes longer to accept one message is dropped
+FAN_OUT_IDS = 100
 
 
 class Subscriber:
@@ -70,6 +79,7 @@ class PushHub:
 
     def __init__(self, queue_max: int = QUEUE_MAX) -> None:
         self.queue_max = queue_max
+        self.origin = secrets.token_hex(8)  # this process, among the replicas
         self._subs: set[Subscriber] = set()
 
     @property
@@ -79,6 +89,34 @@ class PushHub:
     def publish(self, event: wire.PushEvent) -> None:
         for sub in list(self._subs):
             sub.offer(event)
+
+    def announcements(self, event: wire.PushEvent) -> list[str]:
+        """`event` as payloads for the other replicas, a slice of its agent ids each."""
+        ids = event.agent_ids
+        slices = [ids[at : at + FAN_OUT_IDS] for at in range(0, len(ids), FAN_OUT_IDS)] or [[]]
+        return [
+            json.dumps(
+                {
+                    "origin": self.origin,
+                    "event": wire.dump(
+                        wire.PushEvent(type=event.type, agent_ids=part, reason=event.reason)
+                    ),
+                }
+            )
+            for part in slices
+        ]
+
+    def hear(self, payload: str) -> None:
+        """Publish an event another replica announced; our own and garbage are ignored."""
+        try:
+            note = json.loads(payload)
+            if note["origin"] == self.origin:
+                return
+            event = wire.parse(wire.PushEvent, note["event"])
+        except (ValueError, KeyError, TypeError, wire.WireError) as exc:
+            log.warning("billing_fan_out_garbled", error=repr(exc))
+            return
+        self.publish(event)
 
     @contextlib.contextmanager
     def subscribe(self, relay_id: str, on_drop: Callable[[], None]) -> Iterator[Subscriber]:

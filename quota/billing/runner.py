@@ -6,11 +6,14 @@ Invariants:
   and changes nothing; the same key with a different request is refused with
   409. The answer is kept as JSON and read back into its message type.
 - A `VersionConflict` (a balance changed under us, or another replica held the
-  database) rolls the whole operation back and runs it again, up to `RETRIES`.
+  database) rolls the whole operation back and runs it again, up to `RETRIES`,
+  after a random pause that doubles up to `BACKOFF_CAP_S`, so transactions that
+  collided do not collide again in step.
 - Notices leave through the notifier, and push events through the push hub,
   only after their transaction committed (never from inside one), so a slow
   webhook or relay never holds a transaction and a rolled-back operation
-  announces nothing.
+  announces nothing. The events are also announced to the other replicas in
+  the transaction itself (`Store.announce`), so they too hear of a commit only.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -32,6 +36,7 @@ from quota.billing.store import Store
 from quota.contract import wire
 
 RETRIES = 20
+BACKOFF_CAP_S = 0.05
 T = TypeVar("T")
 
 
@@ -82,8 +87,11 @@ class Runner:
                 async with self.store.transaction() as tx:
                     op = Op(tx=tx, now=self.clock.now_ms(), key=key, config=self.config)
                     result = await func(op)
+                    for event in op.events():  # to the other replicas, if this commits
+                        for payload in self._announcer.push.announcements(event):
+                            self.store.announce(tx, payload)
             except VersionConflict:
-                await asyncio.sleep(0.001 * attempt)
+                await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP_S, 0.001 * 2**attempt)))
                 continue
             self._announcer.committed(op)
             return result

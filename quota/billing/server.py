@@ -1,4 +1,4 @@
-"""The running billing service: store, notifier, HTTP site and maintenance loop.
+"""The running billing service: store (with its fan-out), notifier, HTTP site, maintenance loop.
 
 Invariant: everything it starts (the metrics listener too, when `metrics.listen`
 is set) it owns and stops on exit, in reverse order:
@@ -23,7 +23,7 @@ from quota.billing.maintenance import maintenance_loop
 from quota.billing.metrics import BillingMetrics
 from quota.billing.notifier import Notifier
 from quota.billing.service import BillingService
-from quota.billing.store import Store
+from quota.billing.store import open_store
 from quota.metrics import MetricsListenError, MetricsServer
 
 
@@ -36,7 +36,7 @@ class BillingServer:
         self.config = config
         self.clock = clock or SystemClock()
         self.maintenance = maintenance
-        self.store = Store(config.database)
+        self.store = open_store(config.database)
         self.notifier = Notifier(
             config.webhook_url, retries=config.notify_retries, timeout_ms=config.notify_timeout_ms
         )
@@ -54,6 +54,7 @@ class BillingServer:
     async def __aenter__(self) -> BillingServer:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
+            await stack.enter_async_context(self.store.fan_out(self.service.push.hear))
             await stack.enter_async_context(self.notifier)
             app = make_app(self.service, [self.metrics.middleware])
             runner = web.AppRunner(app, access_log=None)

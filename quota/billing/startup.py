@@ -7,7 +7,8 @@ Invariants:
 - The config file holds the relays' tokens (and the admin token unless it comes
   from the environment); the database keeps account tokens in idempotent
   answers. Either one open to group or others is refused, as ssh refuses such a
-  private key (`quota.private_files.exposed`).
+  private key (`quota.private_files.exposed`); a PostgreSQL database is the
+  server's to guard.
 - Token rules are the core's (`quota.core.tokens`): no example token, demo
   tokens only when `quotarelay up` runs the service, and an admin token of 32+
   characters when the API listens beyond loopback.
@@ -35,8 +36,9 @@ def check_secrets(
             token_problem(f"relays[{i}].token", r.token, demo=demo)
             for i, r in enumerate(config.relays)
         ),
-        exposed(config.database, "server.database"),
     ]
+    if isinstance(config.database, Path):  # a SQLite file; PostgreSQL guards its own files
+        problems.append(exposed(config.database, "server.database"))
     if source is not None and (config.relays or not env.get(ADMIN_TOKEN_ENV)):
         problems.append(exposed(source, "config file"))
     found = [p for p in problems if p is not None]

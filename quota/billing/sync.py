@@ -226,6 +226,7 @@ async def apply_sync(op: Op, relay_id: str, req: wire.SyncRequest) -> wire.SyncA
     first = await _answered(op, relay_id, req)
     if first is not None:
         return first
+    op.numbered = False  # a report is answered with leases, not entries: write them in batches
     asks = _merge(req)
     rows = await _Rows.read(op, relay_id, list(asks))
     leases = [await _one_agent(op, relay_id, a, ask, rows) for a, ask in asks.items()]

@@ -112,6 +112,7 @@ class LimitsSection(Section, frozen=True, kw_only=True):
 
 class BillingLinkSection(Section, frozen=True, kw_only=True):
     url: URL = ""
+    urls: list[URL] = []  # more replicas of the same billing API, tried after `url`
     token: str = ""
     token_file: str = ""
     journal: str = "var/journal.db"
@@ -150,7 +151,7 @@ class RelayFile(Section, frozen=True, kw_only=True):
 class ServerSection(Section, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535, description="not a TCP port")] = 8480
-    database: str = "var/billing.sqlite3"
+    database: str = "var/billing.sqlite3"  # a SQLite file, or a postgresql:// URL
     admin_token: str = ""  # or QUOTARELAY_BILLING_ADMIN_TOKEN
     maintenance_interval: Millis = millis("5m")
     lease_ttl: Millis = millis("10m")

@@ -1,4 +1,6 @@
-"""Fixtures: a real billing server on 127.0.0.1 over a real SQLite file, and a client.
+"""Fixtures: a real billing server on 127.0.0.1 over a real database, and a client.
+
+Every server runs once on SQLite and once on PostgreSQL (the `database` fixture).
 
 The client and the webhook receiver live in `tests.billing.api`.
 """
@@ -22,8 +24,9 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def server(tmp_path: Path, clock: ManualClock) -> AsyncIterator[BillingServer]:
-    async with BillingServer(make_config(tmp_path), clock=clock, maintenance=False) as srv:
+async def server(tmp_path: Path, clock: ManualClock, database: str) -> AsyncIterator[BillingServer]:
+    config = make_config(tmp_path, database=database)
+    async with BillingServer(config, clock=clock, maintenance=False) as srv:
         yield srv
 
 
@@ -52,9 +55,9 @@ async def webhook() -> AsyncIterator[Webhook]:
 
 @pytest.fixture
 async def hooked(
-    tmp_path: Path, clock: ManualClock, webhook: Webhook
+    tmp_path: Path, clock: ManualClock, webhook: Webhook, database: str
 ) -> AsyncIterator[tuple[Api, BillingServer, Webhook]]:
-    config = make_config(tmp_path, webhook=webhook.url)
+    config = make_config(tmp_path, webhook=webhook.url, database=database)
     async with BillingServer(config, clock=clock, maintenance=False) as srv:
         srv.notifier.backoff_s = 0.01
         async with aiohttp.ClientSession() as session:

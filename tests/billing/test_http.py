@@ -208,3 +208,14 @@ async def test_admin_token_is_refused_nowhere_it_is_listed(api: Api, server: Bil
     catalogue = await api.ok("GET", "/v1/catalogue", ADMIN)
     assert [p["name"] for p in catalogue["plans"]] == ["pro", "basic", "payg"]
     assert catalogue["metered_price_per_gb"] == 100
+
+
+async def test_a_nul_character_is_kept_by_sqlite_and_refused_by_postgresql(
+    api: Api, server: BillingServer
+) -> None:
+    """A name with a NUL character: stored on SQLite, a 400 naming it on PostgreSQL; never 500."""
+    status, answer = await api.call("POST", "/v1/accounts", body={"name": "a\x00b"})
+    if server.store.kind == "sqlite":
+        assert status == 201 and answer["account"]["name"] == "a\x00b"
+    else:
+        assert status == 400 and "NUL" in answer["error"]

@@ -179,9 +179,11 @@ async def test_fifty_concurrent_deposits_and_charges_lose_nothing(
     assert balance == sum(e["amount"] for e in ledger["entries"]) == 10_000 + sum(results)
 
 
-async def test_two_replicas_on_one_database_lose_nothing(tmp_path: Any, clock: ManualClock) -> None:
-    """Two services on one SQLite file (two connections) racing: every change lands once."""
-    config = make_config(tmp_path)
+async def test_two_replicas_on_one_database_lose_nothing(
+    tmp_path: Any, clock: ManualClock, database: str
+) -> None:
+    """Two services on one database (two connections or pools) racing: every change lands once."""
+    config = make_config(tmp_path, database=database)
     async with (
         BillingServer(config, clock=clock, maintenance=False) as one,
         BillingServer(config, clock=clock, maintenance=False) as two,

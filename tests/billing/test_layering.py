@@ -12,12 +12,22 @@ from quota.billing import routes
 from quota.billing.routes import ROUTES
 
 BILLING = Path(routes.__file__).parent
-SQL_HOMES = {BILLING / "store.py", *(BILLING / "repo").glob("*.py")}
+SQL_HOMES = {*(BILLING / "store").glob("*.py"), *(BILLING / "repo").glob("*.py")}
 SQL = re.compile(
     r"\b(SELECT\b[\s\S]*\bFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
     r"(CREATE|ALTER|DROP)\s+(TABLE|INDEX|TRIGGER|VIEW)|PRAGMA\s+\w+|BEGIN\s+IMMEDIATE)\b"
 )
-TX_CALLS = {"one", "all", "run", "run_many", "insert", "execute", "executemany", "executescript"}
+TX_CALLS = {
+    "one",
+    "all",
+    "run",
+    "run_many",
+    "insert",
+    "later",
+    "execute",
+    "executemany",
+    "executescript",
+}
 
 
 def sql_found(source: str) -> list[str]:

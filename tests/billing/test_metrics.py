@@ -13,7 +13,7 @@ from quota.billing.app import make_app
 from quota.billing.clock import ManualClock
 from quota.billing.server import BillingServer
 from quota.billing.service import BillingService
-from quota.billing.store import Store
+from quota.billing.store import open_store
 from quota.metrics import MetricsConfig
 from tests.billing.api import RELAY, Api, make_config
 from tests.rigs.metrics import scrape, value
@@ -75,13 +75,13 @@ async def test_health_and_readiness_need_no_token(served: tuple[Api, BillingServ
 
 
 async def test_readyz_is_503_with_reasons_when_the_database_is_closed(
-    tmp_path: Path, clock: ManualClock
+    tmp_path: Path, clock: ManualClock, database: str
 ) -> None:
     """A billing API whose database is not open answers `/readyz` 503 naming the database."""
     from aiohttp.test_utils import TestClient, TestServer
 
     config = make_config(tmp_path)
-    service = BillingService(Store(tmp_path / "never-opened.sqlite3"), config, clock)
+    service = BillingService(open_store(database), config, clock)  # never opened
     async with TestClient(TestServer(make_app(service), host="127.0.0.1")) as client:
         resp = await client.get("/readyz")
         body = await resp.json()

@@ -5,20 +5,29 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from quota.billing.auth import Principal
 from quota.billing.clock import ManualClock
 from quota.billing.errors import ClientError
 from quota.billing.service import BillingService
-from quota.billing.store import Store
+from quota.billing.store import open_store
 from quota.contract import wire
 from tests.billing.api import DAY, make_config
+from tests.rigs.postgres import BACKENDS, TestDatabase
 
 ADMIN = Principal(kind="admin")
 RELAY = Principal(kind="relay", id="relay-1")
@@ -26,15 +35,21 @@ PLANS = st.sampled_from(["pro", "basic", "payg"])
 PACKAGES = st.sampled_from(["1G", "10G"])
 
 
+def _sqlite_file(folder: Path) -> str:
+    return str(folder / "b.sqlite3")
+
+
 class BillingMachine(RuleBasedStateMachine):
     """Random deposits, plans, usage, packages, top-ups and time jumps keep the ledger exact."""
+
+    new_database: Callable[[Path], str] = staticmethod(_sqlite_file)  # one per example
 
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="billing-sm-"))
         self.runner = asyncio.Runner()
         self.clock = ManualClock()
-        self.store = Store(self.dir / "b.sqlite3")
+        self.store = open_store(self.new_database(self.dir))
         self.call(self.store.__aenter__())
         self.svc = BillingService(self.store, make_config(self.dir), self.clock)
         self.keys = 0
@@ -170,10 +185,23 @@ def _req(field: str, value: str) -> wire.CreateAccountRequest:
     return wire.CreateAccountRequest(**{field: value})
 
 
-TestBilling = BillingMachine.TestCase
-TestBilling.settings = settings(
+SETTINGS = settings(
     max_examples=30,
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_billing_state_machine(backend: str, request: pytest.FixtureRequest) -> None:
+    """The ledger stays exact under random operations, on SQLite and on PostgreSQL alike."""
+    machine: type[BillingMachine] = BillingMachine
+    if backend == "postgresql":
+        db: TestDatabase = request.getfixturevalue("postgresql_db")
+
+        class OnPostgresql(BillingMachine):
+            new_database = staticmethod(lambda _folder: db.fresh_url())
+
+        machine = OnPostgresql
+    run_state_machine_as_test(machine, settings=SETTINGS)

@@ -398,13 +398,7 @@ def test_openapi_documents_the_push_channel() -> None:
 
 async def _outstanding_sum(server: BillingServer, agent_id: str, now: int) -> int:
     async with server.store.reading() as tx:
-        row = await tx.one(
-            "SELECT COALESCE(SUM(MAX(0, granted_total - used_total - returned_total)), 0)"
-            " FROM leases WHERE agent_id = ? AND valid_until > ?",
-            (agent_id, now),
-        )
-    assert row is not None
-    return int(row[0])
+        return await repo.outstanding(tx, agent_id, now)
 
 
 async def test_random_syncs_of_two_relays_keep_leases_payable(

@@ -30,8 +30,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def billing(tmp_path: Path) -> AsyncIterator[Billing]:
-    b = Billing(tmp_path, plan_traffic=4 * MB, package_traffic=4 * MB)
+async def billing(tmp_path: Path, database: str) -> AsyncIterator[Billing]:
+    """The billing API process, on SQLite and on PostgreSQL (`database`)."""
+    b = Billing(tmp_path, plan_traffic=4 * MB, package_traffic=4 * MB, database=database)
     await b.start()
     yield b
     await b.close()
@@ -170,10 +171,10 @@ class Pacer:
 
 
 async def test_billing_down_30s_relay_goes_on_within_its_lease_and_catches_up(
-    tmp_path: Path, clients: list[Ssh]
+    tmp_path: Path, clients: list[Ssh], database: str
 ) -> None:
     """With the billing API stopped for 30 s the stream flows on; totals agree to the byte after."""
-    billing = Billing(tmp_path, plan_traffic=10**9, package_traffic=MB)
+    billing = Billing(tmp_path, plan_traffic=10**9, package_traffic=MB, database=database)
     await billing.start()
     account, client, support = await _setup(tmp_path, billing)
     relay = synced_relay(tmp_path, billing, min_want="200M")

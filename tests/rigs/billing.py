@@ -3,7 +3,8 @@
 Invariants:
 - One config (`BILLING_TOML`): a "small" plan, a "pro" plan and one package
   "pack", relay "relay-1" with `RELAY_TOKEN`; the database is a SQLite file in
-  the rig's folder.
+  the rig's folder unless a database (a PostgreSQL URL, or another file) is
+  given: processes given the same one are replicas.
 - Every call is made with a token (the admin one unless told) and, for mutations,
   a fresh idempotency key; a call that does not answer 2xx fails, naming the path.
 - A synced relay learns its agents from the billing API only (no agents file).
@@ -68,9 +69,11 @@ traffic = "{package_traffic}"
 """
 
 
-def write_billing_config(folder: Path, port: int, plan_traffic: int, package_traffic: int) -> Path:
+def write_billing_config(
+    folder: Path, port: int, plan_traffic: int, package_traffic: int, database: str = ""
+) -> Path:
     path = folder / "billing.toml"
-    db = folder / "billing.sqlite3"
+    db = database or folder / "billing.sqlite3"
     text = BILLING_TOML.format(
         port=port, db=db, admin=ADMIN, relay=RELAY_TOKEN,
         plan_traffic=plan_traffic, package_traffic=package_traffic,
@@ -115,6 +118,7 @@ class Billing:
     tmp: Path
     plan_traffic: int = 4_000_000
     package_traffic: int = 4_000_000
+    database: str = ""  # a SQLite file in `tmp` unless given
     port: int = 0
     proc: asyncio.subprocess.Process | None = None
     url: str = ""
@@ -123,7 +127,9 @@ class Billing:
     metrics_port: int = 0
 
     async def start(self) -> Billing:
-        config = write_billing_config(self.tmp, self.port, self.plan_traffic, self.package_traffic)
+        config = write_billing_config(
+            self.tmp, self.port, self.plan_traffic, self.package_traffic, self.database
+        )
         if self.metrics_listen:
             with config.open("a") as f:
                 f.write(f'\n[metrics]\nlisten = "{self.metrics_listen}"\n')
@@ -204,17 +210,26 @@ class BillingRig:
     """`quotarelay billing serve` for the bench, started through a `Procs`."""
 
     def __init__(
-        self, procs: Procs, name: str, *, plan_traffic: int = 10**6, package_traffic: int = 10**6
+        self,
+        procs: Procs,
+        name: str,
+        *,
+        plan_traffic: int = 10**6,
+        package_traffic: int = 10**6,
+        database: str = "",
     ) -> None:
         self.procs, self.name = procs, name
         self.plan_traffic, self.package_traffic = plan_traffic, package_traffic
+        self.database = database
         self.dir = procs.folder / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.url = ""
         self.child: Child | None = None
 
     def start(self) -> BillingRig:
-        config = write_billing_config(self.dir, 0, self.plan_traffic, self.package_traffic)
+        config = write_billing_config(
+            self.dir, 0, self.plan_traffic, self.package_traffic, self.database
+        )
         self.child = self.procs.start(self.name, billing_command(config), cwd=ROOT)
         self.url = listening_url(self.child.wait_line("listening on"))
         return self

@@ -103,8 +103,8 @@ async def save_account(tx: Tx, old: AccountRow, new: AccountRow) -> AccountRow:
 
 
 async def add_notice(tx: Tx, account_id: str, kind: str, payload: str, at: int) -> None:
-    """Keep a notice with its account (the webhook only delivers a copy)."""
-    await tx.insert(
+    """Keep a notice with its account (the webhook only delivers a copy); held, batched."""
+    tx.later(
         "INSERT INTO notices (account_id, kind, payload, at) VALUES (?, ?, ?, ?)",
         (account_id, kind, payload, at),
     )

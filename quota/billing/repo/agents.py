@@ -148,7 +148,8 @@ async def insert_agent(tx: Tx, agent: AgentRow) -> None:
 
 
 async def save_agent(tx: Tx, agent: AgentRow) -> None:
-    await tx.run(_AGENT_UPDATE, [*(getattr(agent, n) for n in _AGENT_SAVED), agent.id])
+    """Write the agent's row (held: sent with the transaction's next statement, batched)."""
+    tx.later(_AGENT_UPDATE, [*(getattr(agent, n) for n in _AGENT_SAVED), agent.id])
 
 
 async def add_key(tx: Tx, key_id: str, agent_id: str, public_key: str) -> None:

@@ -20,7 +20,8 @@ _SAVE_LEASE = (
     " granted_total = excluded.granted_total, used_total = excluded.used_total,"
     " returned_total = excluded.returned_total, valid_until = excluded.valid_until"
 )
-_OUTSTANDING = "COALESCE(SUM(MAX(0, granted_total - used_total - returned_total)), 0)"
+_LEFT = "granted_total - used_total - returned_total"
+_OUTSTANDING = f"CAST(COALESCE(SUM(CASE WHEN {_LEFT} > 0 THEN {_LEFT} ELSE 0 END), 0) AS BIGINT)"
 
 
 async def leases_of(tx: Tx, relay_id: str, agent_ids: list[str]) -> dict[str, LeaseTotals]:
@@ -72,7 +73,8 @@ async def outstanding_by_agent(tx: Tx, account_id: str, now: int) -> dict[str, i
 async def expire_relay(tx: Tx, relay_id: str, now: int) -> None:
     """Write off the remainder of this relay's leases that expired by `now`."""
     await tx.run(
-        "UPDATE leases SET returned_total = MAX(returned_total, granted_total - used_total)"
+        "UPDATE leases SET returned_total = CASE WHEN returned_total > granted_total - used_total"
+        " THEN returned_total ELSE granted_total - used_total END"
         " WHERE relay_id = ? AND valid_until <= ?",
         (relay_id, now),
     )

@@ -7,6 +7,9 @@ Invariants:
 - `post` refuses (402) an entry that would take the balance below zero.
 - Entries are never updated or deleted (triggers in the store refuse it);
   corrections are new entries.
+- An entry posted with `numbered=False` is held and sent in a batch with the
+  transaction's next statement; its id is not read back, so the entry handed
+  back carries id 0 (for operations that answer no one with their entries).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def _entry(row: Row) -> wire.LedgerEntry:
 
 
 async def post(
-    tx: Tx, account: AccountRow, posting: Posting, *, key: str, at: int
+    tx: Tx, account: AccountRow, posting: Posting, *, key: str, at: int, numbered: bool = True
 ) -> tuple[AccountRow, wire.LedgerEntry]:
     """Apply `posting` to the balance (version-checked) and append its ledger entry."""
     balance = account.balance + posting.amount
@@ -60,21 +63,23 @@ async def post(
         )
     if posting.amount:
         account = await save_account(tx, account, dataclasses.replace(account, balance=balance))
-    entry_id = await tx.insert(
-        _INSERT_ENTRY,
-        (
-            account.id,
-            posting.agent_id,
-            posting.kind.value,
-            posting.amount,
-            balance,
-            posting.traffic_bytes,
-            posting.used_bytes,
-            key,
-            posting.reason,
-            at,
-        ),
+    row = (
+        account.id,
+        posting.agent_id,
+        posting.kind.value,
+        posting.amount,
+        balance,
+        posting.traffic_bytes,
+        posting.used_bytes,
+        key,
+        posting.reason,
+        at,
     )
+    entry_id = 0
+    if numbered:
+        entry_id = await tx.insert(_INSERT_ENTRY, row)
+    else:
+        tx.later(_INSERT_ENTRY, row)
     entry = wire.LedgerEntry(
         id=entry_id,
         account_id=account.id,
@@ -111,10 +116,11 @@ async def ledger_page(
 async def sums(tx: Tx, account_id: str) -> tuple[int, dict[str, int]]:
     """The sum of an account's ledger amounts and of each agent's traffic bytes."""
     row = await tx.one(
-        "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE account_id = ?", (account_id,)
+        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM ledger WHERE account_id = ?",
+        (account_id,),
     )
     rows = await tx.all(
-        "SELECT agent_id, SUM(traffic_bytes) FROM ledger WHERE account_id = ?"
+        "SELECT agent_id, CAST(SUM(traffic_bytes) AS BIGINT) FROM ledger WHERE account_id = ?"
         " AND agent_id IS NOT NULL GROUP BY agent_id",
         (account_id,),
     )

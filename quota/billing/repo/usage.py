@@ -18,7 +18,8 @@ from quota.billing.store import Tx
 _ADD = (
     "INSERT INTO tunnel_usage (agent_id, tunnel_id, bytes, tunnel_seconds, first_at, last_at)"
     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, tunnel_id) DO UPDATE SET"
-    " bytes = bytes + excluded.bytes, tunnel_seconds = tunnel_seconds + excluded.tunnel_seconds,"
+    " bytes = tunnel_usage.bytes + excluded.bytes,"
+    " tunnel_seconds = tunnel_usage.tunnel_seconds + excluded.tunnel_seconds,"
     " last_at = excluded.last_at"
 )
 

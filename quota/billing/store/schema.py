@@ -1,0 +1,277 @@
+"""The billing schema, once for SQLite and once for PostgreSQL: migration N means the same in both.
+
+Invariants:
+- Both lists have one entry per schema version, applied in order and once
+  (SQLite counts in `PRAGMA user_version`, PostgreSQL in `schema_version`); a
+  change of the schema is a new entry in both lists, never an edit of one.
+- Tables, columns, keys, CHECKs and defaults are the same in both. Integers are
+  64 bits in both (SQLite's INTEGER, PostgreSQL's BIGINT); flags are 0/1
+  integers in both. Ledger rows are immutable in both: SQLite's triggers abort,
+  PostgreSQL's PL/pgSQL trigger raises (and also refuses TRUNCATE).
+- PostgreSQL spells out what SQLite has implicitly: `rowid` of `agent_keys`
+  (the order keys were added) and the numbered `id` of `ledger` and `notices`.
+"""
+
+from __future__ import annotations
+
+SQLITE: tuple[str, ...] = (
+    """
+    CREATE TABLE accounts (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        balance INTEGER NOT NULL CHECK (balance >= 0),
+        version INTEGER NOT NULL,
+        frozen INTEGER NOT NULL DEFAULT 0,
+        frozen_reason TEXT,
+        low_notice_at INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        plan TEXT,
+        active INTEGER NOT NULL DEFAULT 0,
+        lapsed INTEGER NOT NULL DEFAULT 0,
+        active_until INTEGER,
+        auto_renew INTEGER NOT NULL DEFAULT 1,
+        allow_metered INTEGER NOT NULL DEFAULT 0,
+        bucket_bytes INTEGER NOT NULL DEFAULT 0 CHECK (bucket_bytes >= 0),
+        package_bytes INTEGER NOT NULL DEFAULT 0 CHECK (package_bytes >= 0),
+        metered_carry INTEGER NOT NULL DEFAULT 0,
+        time_carry INTEGER NOT NULL DEFAULT 0,
+        topup_package TEXT,
+        topup_limit INTEGER NOT NULL DEFAULT 0,
+        topup_spent INTEGER NOT NULL DEFAULT 0,
+        topup_below INTEGER NOT NULL DEFAULT 0,
+        topup_blocked INTEGER NOT NULL DEFAULT 0,
+        topup_since INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        UNIQUE (account_id, name)
+    );
+    CREATE TABLE agent_keys (
+        id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL REFERENCES agents(id),
+        public_key TEXT NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE TABLE ledger (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        agent_id TEXT,
+        kind TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        balance_after INTEGER NOT NULL CHECK (balance_after >= 0),
+        traffic_bytes INTEGER NOT NULL,
+        used_bytes INTEGER NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at INTEGER NOT NULL
+    );
+    CREATE INDEX ledger_account ON ledger (account_id, id);
+    CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+        BEGIN SELECT RAISE(ABORT, 'ledger entries are immutable'); END;
+    CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+        BEGIN SELECT RAISE(ABORT, 'ledger entries are immutable'); END;
+    CREATE TABLE idempotency (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (scope, key)
+    );
+    CREATE TABLE payments (
+        payment_id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        body TEXT NOT NULL,
+        at INTEGER NOT NULL
+    );
+    CREATE TABLE deposit_intents (
+        id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        amount INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE usage_reports (
+        relay_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (relay_id, seq)
+    );
+    CREATE TABLE notices (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        at INTEGER NOT NULL
+    );
+    """,
+    # 2: relay sync. A report number (relay_id, seq) was shared by the old
+    # /v1/usage and /v1/sync (kind), so one number is never applied by both;
+    # leases are one relay's cumulative share of one agent's traffic.
+    """
+    ALTER TABLE usage_reports ADD COLUMN kind TEXT NOT NULL DEFAULT 'usage';
+    ALTER TABLE usage_reports ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
+    CREATE TABLE leases (
+        relay_id TEXT NOT NULL,
+        agent_id TEXT NOT NULL REFERENCES agents(id),
+        granted_total INTEGER NOT NULL DEFAULT 0 CHECK (granted_total >= 0),
+        used_total INTEGER NOT NULL DEFAULT 0 CHECK (used_total >= 0),
+        returned_total INTEGER NOT NULL DEFAULT 0 CHECK (returned_total >= 0),
+        valid_until INTEGER NOT NULL,
+        PRIMARY KEY (relay_id, agent_id)
+    );
+    CREATE INDEX leases_agent ON leases (agent_id, valid_until);
+    """,
+    # 3: per-tunnel usage, cumulative, so per-agent and per-tunnel totals can be read.
+    """
+    CREATE TABLE tunnel_usage (
+        agent_id TEXT NOT NULL REFERENCES agents(id),
+        tunnel_id TEXT NOT NULL,
+        bytes INTEGER NOT NULL DEFAULT 0 CHECK (bytes >= 0),
+        tunnel_seconds INTEGER NOT NULL DEFAULT 0 CHECK (tunnel_seconds >= 0),
+        first_at INTEGER NOT NULL,
+        last_at INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, tunnel_id)
+    );
+    """,
+)
+
+
+POSTGRESQL: tuple[str, ...] = (
+    """
+    CREATE TABLE accounts (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        balance BIGINT NOT NULL CHECK (balance >= 0),
+        version BIGINT NOT NULL,
+        frozen INTEGER NOT NULL DEFAULT 0,
+        frozen_reason TEXT,
+        low_notice_at BIGINT,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        plan TEXT,
+        active INTEGER NOT NULL DEFAULT 0,
+        lapsed INTEGER NOT NULL DEFAULT 0,
+        active_until BIGINT,
+        auto_renew INTEGER NOT NULL DEFAULT 1,
+        allow_metered INTEGER NOT NULL DEFAULT 0,
+        bucket_bytes BIGINT NOT NULL DEFAULT 0 CHECK (bucket_bytes >= 0),
+        package_bytes BIGINT NOT NULL DEFAULT 0 CHECK (package_bytes >= 0),
+        metered_carry BIGINT NOT NULL DEFAULT 0,
+        time_carry BIGINT NOT NULL DEFAULT 0,
+        topup_package TEXT,
+        topup_limit BIGINT NOT NULL DEFAULT 0,
+        topup_spent BIGINT NOT NULL DEFAULT 0,
+        topup_below BIGINT NOT NULL DEFAULT 0,
+        topup_blocked INTEGER NOT NULL DEFAULT 0,
+        topup_since BIGINT NOT NULL DEFAULT 0,
+        created_at BIGINT NOT NULL,
+        UNIQUE (account_id, name)
+    );
+    CREATE INDEX agents_account ON agents (account_id);
+    CREATE TABLE agent_keys (
+        id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL REFERENCES agents(id),
+        public_key TEXT NOT NULL,
+        revoked_at BIGINT,
+        rowid BIGINT GENERATED ALWAYS AS IDENTITY
+    );
+    CREATE TABLE ledger (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        agent_id TEXT,
+        kind TEXT NOT NULL,
+        amount BIGINT NOT NULL,
+        balance_after BIGINT NOT NULL CHECK (balance_after >= 0),
+        traffic_bytes BIGINT NOT NULL,
+        used_bytes BIGINT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at BIGINT NOT NULL
+    );
+    CREATE INDEX ledger_account ON ledger (account_id, id);
+    CREATE FUNCTION ledger_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'ledger entries are immutable'; END;
+    $$;
+    CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+        FOR EACH ROW EXECUTE FUNCTION ledger_immutable();
+    CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+        FOR EACH ROW EXECUTE FUNCTION ledger_immutable();
+    CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON ledger
+        FOR EACH STATEMENT EXECUTE FUNCTION ledger_immutable();
+    CREATE TABLE idempotency (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        status BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (scope, key)
+    );
+    CREATE TABLE payments (
+        payment_id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        amount BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        body TEXT NOT NULL,
+        at BIGINT NOT NULL
+    );
+    CREATE TABLE deposit_intents (
+        id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        amount BIGINT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE usage_reports (
+        relay_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        PRIMARY KEY (relay_id, seq)
+    );
+    CREATE TABLE notices (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        at BIGINT NOT NULL
+    );
+    """,
+    """
+    ALTER TABLE usage_reports ADD COLUMN kind TEXT NOT NULL DEFAULT 'usage';
+    ALTER TABLE usage_reports ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
+    CREATE TABLE leases (
+        relay_id TEXT NOT NULL,
+        agent_id TEXT NOT NULL REFERENCES agents(id),
+        granted_total BIGINT NOT NULL DEFAULT 0 CHECK (granted_total >= 0),
+        used_total BIGINT NOT NULL DEFAULT 0 CHECK (used_total >= 0),
+        returned_total BIGINT NOT NULL DEFAULT 0 CHECK (returned_total >= 0),
+        valid_until BIGINT NOT NULL,
+        PRIMARY KEY (relay_id, agent_id)
+    );
+    CREATE INDEX leases_agent ON leases (agent_id, valid_until);
+    """,
+    """
+    CREATE TABLE tunnel_usage (
+        agent_id TEXT NOT NULL REFERENCES agents(id),
+        tunnel_id TEXT NOT NULL,
+        bytes BIGINT NOT NULL DEFAULT 0 CHECK (bytes >= 0),
+        tunnel_seconds BIGINT NOT NULL DEFAULT 0 CHECK (tunnel_seconds >= 0),
+        first_at BIGINT NOT NULL,
+        last_at BIGINT NOT NULL,
+        PRIMARY KEY (agent_id, tunnel_id)
+    );
+    """,
+)
