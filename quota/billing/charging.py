@@ -9,6 +9,10 @@ Invariants (each function runs inside the caller's transaction, so all or nothin
   out, with no `await` other than the store's between a decision and its effect.
 - A frozen account draws no metered traffic and buys no auto top-up: its agents
   relay only within the traffic they hold.
+- A plan change credits the unused time of the old period minus the included
+  traffic already used beyond the elapsed share, valued at the catalogue's
+  lowest price per byte (`plan_change_credit`): no sequence of plan changes
+  buys traffic below the catalogue's prices.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from quota.core import wire
 from quota.core.billing import (
     AgentRole,
     EntryKind,
+    Plan,
     PlanKind,
     TopupOutcome,
     decide_topup,
@@ -40,7 +45,7 @@ from quota.core.money import (
     charge_with_carry,
     format_coin,
     metered_rate,
-    prorate_credit,
+    plan_change_credit,
     tunnel_time_rate,
 )
 
@@ -75,7 +80,7 @@ async def change_plan(
     old = op.plan(agent.plan)
     credit = 0
     if old.kind is PlanKind.PERIODIC and agent.active_until is not None:
-        credit = prorate_credit(old.price, old.period_ms, agent.active_until - op.now)
+        credit = _change_credit(op, old, agent)
     account = await op.post(
         account,
         Posting(
@@ -89,6 +94,21 @@ async def change_plan(
     agent = await save_agent(op, agent, bucket_bytes=0)
     op.changed([agent.id], "plan")
     return await start_period(op, account, agent, new, EntryKind.SUBSCRIPTION, op.now)
+
+
+def _change_credit(op: Op, old: Plan, agent: AgentRow) -> int:
+    """The unused part of `old`, less the included bytes used beyond the elapsed time's share."""
+    assert agent.active_until is not None
+    metered = metered_rate(op.config.metered_price_per_gb)
+    return plan_change_credit(
+        price=old.price,
+        period_ms=old.period_ms,
+        remaining_ms=agent.active_until - op.now,
+        included=old.traffic,
+        # a catalogue edited since the subscription may have shrunk the plan's traffic
+        included_left=min(agent.bucket_bytes, old.traffic),
+        byte_price=op.config.catalogue.lowest_byte_price(metered),
+    )
 
 
 async def buy_packages(

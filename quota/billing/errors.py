@@ -59,6 +59,22 @@ class Conflict(ClientError):
     status = 409
 
 
+class KeyReused(Conflict):
+    """An idempotency key (or a relay's seq) was used before for another request."""
+
+
+class Replayed(ClientError):
+    """The refusal first answered under an idempotency key, answered again."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class LimitExceeded(Conflict):
+    """A balance or a counter would pass its documented maximum; nothing changed."""
+
+
 class PaymentRequired(ClientError):
     """The balance cannot cover the charge; nothing changed."""
 

@@ -4,7 +4,8 @@ Invariants:
 - A balance changes only through `post`, which writes the new balance with the
   account's optimistic version check and appends the one ledger entry that
   explains it, in the caller's transaction.
-- `post` refuses (402) an entry that would take the balance below zero.
+- `post` refuses (402) an entry that would take the balance below zero, and
+  (`OverLimit`) one that would take it past `MAX_MILLICOINS` (2**62).
 - Entries are never updated or deleted (triggers in the store refuse it);
   corrections are new entries.
 """
@@ -20,7 +21,7 @@ from quota.billing.repo.common import Row
 from quota.billing.store import Tx
 from quota.core import wire
 from quota.core.billing import EntryKind
-from quota.core.money import format_coin
+from quota.core.money import MAX_MILLICOINS, checked_add, format_coin
 
 _ENTRY_COLS = (
     "id, account_id, agent_id, kind, amount, balance_after, traffic_bytes, used_bytes,"
@@ -53,6 +54,8 @@ async def post(
 ) -> tuple[AccountRow, wire.LedgerEntry]:
     """Apply `posting` to the balance (version-checked) and append its ledger entry."""
     balance = account.balance + posting.amount
+    if posting.amount > 0:
+        checked_add(account.balance, posting.amount, what="balance", limit=MAX_MILLICOINS)
     if balance < 0:
         raise PaymentRequired(
             f"balance {format_coin(account.balance)} cannot cover {format_coin(-posting.amount)}"
