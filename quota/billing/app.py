@@ -5,7 +5,11 @@ Invariants:
   for the client's mistakes (a 500 only for a bug or a failed disk), and a
   refused request writes nothing (its transaction never committed).
 - A route accepts only the token kinds it lists: a valid token of another kind
-  is 403; an unknown token 401.
+  is 403; an unknown token 401. A source address that sent too many unknown
+  tokens is answered 429 with Retry-After until its window ends, before any
+  database read; the configured admin and relay tokens still pass (they are
+  checked in memory), so an attacker sharing an address cannot lock them out.
+- A 405 carries the `Allow` header of the path's methods.
 - Request bodies are parsed strictly into the route's wire message before any
   service code runs.
 """
@@ -19,7 +23,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from quota.billing.errors import BadRequest, BillingError, Forbidden, Unauthorized
+from quota.billing.auth import Principal
+from quota.billing.errors import (
+    BadRequest,
+    BillingError,
+    Forbidden,
+    TooManyRequests,
+    Unauthorized,
+)
 from quota.billing.openapi import document
 from quota.billing.push import serve_events
 from quota.billing.routes import ROUTES, Route
@@ -49,9 +60,15 @@ async def errors_middleware(request: web.Request, handler: _Handler) -> web.Stre
     except BillingError as exc:
         if exc.status >= 500:
             log.error("billing_error", path=request.path, error=str(exc))
-        return _error(exc.status, str(exc))
+        answer = _error(exc.status, str(exc))
+        if isinstance(exc, TooManyRequests):
+            answer.headers["Retry-After"] = str(exc.retry_after_s)
+        return answer
     except web.HTTPException as exc:
-        return _error(exc.status, exc.reason)
+        answer = _error(exc.status, exc.reason)
+        if "Allow" in exc.headers:  # a 405 names the methods the path takes
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
     except Exception as exc:  # a bug: answer 500 and log it, never a bare traceback
         log.exception("billing_internal_error", path=request.path)
         return _error(500, f"internal error ({type(exc).__name__})")
@@ -105,12 +122,30 @@ async def _arguments(request: web.Request, route: Route) -> dict[str, Any]:
     return args
 
 
+async def _principal(service: BillingService, request: web.Request) -> Principal:
+    """Who sends this token; an unknown one counts against the source address."""
+    token = _token(request)
+    who = service.tokens.configured(token)
+    if who is not None:
+        return who
+    source, now = request.remote or "", service.runner.clock.now_ms()
+    wait_ms = service.auth_failures.retry_after_ms(source, now)
+    if wait_ms:
+        retry_after = -(-wait_ms // 1000)
+        raise TooManyRequests(
+            f"too many unknown tokens from {source}; retry after {retry_after} s", retry_after
+        )
+    who = await service.tokens.account(token)
+    if who is None:
+        service.auth_failures.failed(source, now)
+        raise Unauthorized("unknown token")
+    return who
+
+
 def _handler(route: Route) -> _Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         service = request.app[SERVICE]
-        who = await service.tokens.principal_for(_token(request))
-        if who is None:
-            raise Unauthorized("unknown token")
+        who = await _principal(service, request)
         if who.kind not in route.auth:
             raise Forbidden(
                 f"a {who.kind} token cannot {route.summary[0].lower()}"

@@ -75,6 +75,16 @@ class LimitExceeded(Conflict):
     """A balance or a counter would pass its documented maximum; nothing changed."""
 
 
+class TooManyRequests(ClientError):
+    """Too many authentication failures from one source; answered with Retry-After."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class PaymentRequired(ClientError):
     """The balance cannot cover the charge; nothing changed."""
 

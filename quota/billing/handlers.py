@@ -10,6 +10,7 @@ endpoint accepts and answers (`routes.route` checks it against the path).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from quota.billing.auth import Principal
@@ -18,6 +19,7 @@ from quota.billing.service import BillingService
 from quota.core import wire
 
 LEDGER_QUERY = ("after", "limit", "agent_id", "kind", "since", "until")
+_DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)
 
 
 async def get_catalogue(billing: BillingService, who: Principal) -> wire.Catalogue:
@@ -66,7 +68,8 @@ def _int_query(query: Mapping[str, str], name: str, default: int, high: int) -> 
     raw = query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) > high:
+    # ASCII digits only (isdigit() takes "²" and full-width digits), 2**62 has 19 of them
+    if _DIGITS.fullmatch(raw) is None or int(raw) > high:
         raise BadRequest(f"{name}: must be an integer 0..{high}")
     return int(raw)
 

@@ -4,8 +4,13 @@ Invariants:
 - Every write happens inside `Store.transaction()`: `BEGIN IMMEDIATE` ... `COMMIT`,
   or `ROLLBACK` on any error (also on cancellation), so a request changes all it
   means to or nothing. One transaction at a time runs on the connection.
+- Durable: WAL with `synchronous=FULL`, so a committed transaction survives a
+  power loss (NORMAL would only survive a crash of the process).
 - Ledger rows can be neither updated nor deleted (triggers refuse it) and a
   balance can never go below zero (a CHECK refuses it).
+- Lookups that must never wait for a writer (`peek`: the token check of every
+  request) run on a second, read-only connection outside any write
+  transaction; in WAL mode they read the last committed state.
 - aiosqlite/sqlite3 errors never leave this module: they become `StoreError`,
   or `VersionConflict` when the database was busy (another replica wrote), which
   callers retry.
@@ -211,6 +216,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> Store:
@@ -227,16 +233,34 @@ class Store:
         try:
             for pragma in (
                 "journal_mode=WAL",
-                "synchronous=NORMAL",
+                # FULL: a commit is on disk (WAL synced) before COMMIT returns, so a
+                # credited deposit or a charge survives power loss, not only a crash
+                "synchronous=FULL",
                 "busy_timeout=5000",
                 "foreign_keys=ON",
             ):
                 await self._conn.execute(f"PRAGMA {pragma}")
             await self._migrate(self._conn)
+            self._reader = await self._open_reader()
         except sqlite3.Error as exc:
             await self._close()
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         return self
+
+    async def _open_reader(self) -> aiosqlite.Connection:
+        pending = aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            reader = await pending
+        except sqlite3.Error:
+            await join_worker(pending)
+            raise
+        try:
+            await reader.execute("PRAGMA query_only=ON")
+            await reader.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error:
+            await reader.close()
+            raise
+        return reader
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -244,6 +268,10 @@ class Store:
         await self._close()
 
     async def _close(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            with contextlib.suppress(sqlite3.Error):  # it only ever read
+                await reader.close()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             try:
@@ -291,6 +319,13 @@ class Store:
     async def _rollback(conn: aiosqlite.Connection) -> None:
         with contextlib.suppress(sqlite3.Error):  # already gone: nothing was committed
             await conn.execute("ROLLBACK")
+
+    @asynccontextmanager
+    async def peek(self) -> AsyncIterator[Tx]:
+        """Single-statement reads on the read-only connection: no lock, no write transaction."""
+        if self._reader is None:
+            raise StoreError("store is not open")
+        yield Tx(self._reader)
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[Tx]:

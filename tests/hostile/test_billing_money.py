@@ -7,6 +7,7 @@ a 500), that it changes nothing, and that honest requests keep working.
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from quota.billing.config import config_from_mapping
 from quota.billing.server import BillingServer
 from quota.core.billing import catalogue_from_config
 from quota.core.money import charge_with_carry, metered_rate, parse_coin
-from tests.billing.api import ADMIN, RELAY, Api
+from tests.billing.api import ADMIN, DAY, RELAY, Api, Webhook, make_config
 from tests.billing.conftest import api, clock, hooked, server, webhook
 
 # the billing suite's fixtures: a real server on 127.0.0.1, its client, a webhook receiver
@@ -154,3 +155,88 @@ async def test_a_failed_idempotent_request_answers_the_same_failure_when_retried
     assert status == 409
     await api.ok("POST", path, token, {"plan": "pro"}, key="sub-2")
     assert await api.balance(acc) == 50_000 - 19_000
+
+
+async def test_an_unknown_token_is_refused_while_a_write_transaction_is_held(
+    api: Api, server: BillingServer
+) -> None:
+    """Unknown tokens are looked up without the write lock: answered while a writer holds it."""
+    acc, token = await api.account()
+    async with server.store.transaction():
+        for bad in ("no-such-token", "qra_" + "x" * 43):
+            status, _ = await asyncio.wait_for(api.call("GET", f"/v1/accounts/{acc}", bad), 10)
+            assert status == 401
+        status, answer = await asyncio.wait_for(api.call("GET", "/v1/catalogue", token), 10)
+        assert status == 200, answer
+
+
+async def test_repeated_auth_failures_from_one_source_get_429_with_retry_after(
+    api: Api, server: BillingServer, clock: ManualClock
+) -> None:
+    """After the allowed failures a source is answered 429 and Retry-After; admin still works."""
+    acc, token = await api.account()
+    statuses = []
+    for n in range(40):
+        async with api.session.get(
+            f"{api.url}/v1/accounts/{acc}", headers={"Authorization": f"Bearer bad-{n}"}
+        ) as resp:
+            statuses.append(resp.status)
+            if resp.status == 429:
+                retry_after = int(resp.headers["Retry-After"])
+                assert "error" in await resp.json()
+    assert statuses[0] == 401 and statuses[-1] == 429 and set(statuses) == {401, 429}
+    assert 1 <= retry_after <= 60
+    status, _ = await api.call("GET", f"/v1/accounts/{acc}", token)
+    assert status == 429
+    await api.ok("GET", f"/v1/accounts/{acc}", ADMIN)
+    clock.advance(61_000)
+    await api.ok("GET", f"/v1/accounts/{acc}", token)
+
+
+async def test_a_deposit_that_renews_below_twice_the_price_sends_a_low_balance_notice(
+    hooked: tuple[Api, BillingServer, Webhook], clock: ManualClock
+) -> None:
+    """Lapse, freeze, then a deposit that unfreezes and renews leaving < 2x price: noticed."""
+    api, _srv, hook = hooked
+    acc, _token, _agent_id = await _agent(api, 19, "pro")
+    clock.advance(31 * DAY)
+    assert (await api.ok("POST", "/v1/maintenance"))["lapsed"] == 1
+    await api.deposit(acc, 20_000, "revive")
+    notices = await hook.wait_for(3)
+    kinds = [n["kind"] for n in notices]
+    assert kinds == ["account_frozen", "account_unfrozen", "low_balance"], kinds
+    assert await api.balance(acc) == 1_000
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "\u0661\u0662", "\u00b2", "\uff11\uff10", "1 "])
+async def test_query_numbers_are_ascii_digits_of_bounded_length(
+    api: Api, server: BillingServer, value: str
+) -> None:
+    """A 5000-digit, Arabic-Indic, superscript or full-width number is a 400, never a 500."""
+    acc, token = await api.account()
+    for name in ("after", "limit", "since"):
+        status, answer = await api.call(
+            "GET", f"/v1/accounts/{acc}/ledger", token, params={name: value}
+        )
+        assert status == 400 and name in answer["error"], answer
+
+
+async def test_the_store_commits_money_durably(tmp_path: Path) -> None:
+    """WAL with synchronous=FULL: a commit survives power loss, not only a crash."""
+    async with BillingServer(make_config(tmp_path), maintenance=False) as srv:
+        async with srv.store.reading() as tx:
+            row = await tx.one("PRAGMA synchronous")
+            mode = await tx.one("PRAGMA journal_mode")
+        assert row is not None and row[0] == 2  # FULL
+        assert mode is not None and mode[0] == "wal"
+
+
+async def test_a_method_the_path_does_not_take_is_405_with_allow(
+    api: Api, server: BillingServer
+) -> None:
+    """405 names the methods the path takes in an Allow header, as HTTP requires."""
+    async with api.session.put(api.url + "/v1/deposits") as resp:
+        assert resp.status == 405 and resp.headers["Allow"] == "POST"
+        assert "error" in await resp.json()
+    async with api.session.delete(api.url + "/v1/agents/x") as resp:
+        assert resp.status == 405 and set(resp.headers["Allow"].split(",")) >= {"GET", "PATCH"}
