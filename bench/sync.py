@@ -7,7 +7,8 @@ Invariants:
   new byte at the sink. The relay's sync interval is 30 s, so only the push
   channel can explain a resume within a second; each purchase's count of relay
   reports is recorded to show it.
-- Point 7 is measured by `bench.sync_load` (its docstring says how).
+- Point 7 is measured by `bench.sync_load` (its docstring says how), and the
+  cost of durable commits (`synchronous=FULL`) by `bench.durability`.
 - A part that fails records its figures as not measured, with the reason; the
   other part still runs. Every process either part started is stopped with the
   section's `Procs`.
@@ -23,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from bench import sync_load
+from bench import durability, sync_load
 from bench.load import Sink, SinkConn, connect
 from bench.precision import _sender
 from bench.report import Results, Target
@@ -42,7 +43,11 @@ LOAD = (
     ("sync.billing_cpu", "7", "1,000 agents: billing API CPU per interval", "CPU-s"),
     ("sync.ingest", "7", "billing API ingestion rate", "agent-deltas/s"),
 )
-FIGURES = PURCHASE + LOAD
+DURABLE = (
+    ("sync.deposit.full", "7", "deposit latency, durable (FULL, the default)", "ms"),
+    ("sync.deposit.normal", "7", "deposit latency, NORMAL", "ms"),
+)
+FIGURES = PURCHASE + LOAD  # of run_plans; DURABLE is bench.durability's
 
 PLAN_TRAFFIC = 256 * 1024  # the plan's bucket: runs dry within the first second
 PACKAGE_TRAFFIC = 64 * 1024  # each purchase lets this much through, then the stream pauses again
@@ -200,6 +205,7 @@ def run(res: Results, procs: Procs, quick: bool) -> None:
     purchase = PurchasePlan(reps=2, purchases=8) if quick else PurchasePlan()
     load = sync_load.LoadPlan(reports=4, intervals=5) if quick else sync_load.LoadPlan()
     run_plans(res, procs, purchase, load)
+    _part(res, DURABLE, lambda: durability.run(res, procs, quick))
 
 
 def run_plans(res: Results, procs: Procs, purchase: PurchasePlan, load: sync_load.LoadPlan) -> None:

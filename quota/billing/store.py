@@ -213,8 +213,11 @@ class Tx:
 class Store:
     """The billing database; use as `async with Store(path) as store`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise StoreError(f"synchronous: FULL or NORMAL, not {synchronous!r}")
         self.path = path
+        self.synchronous = synchronous  # NORMAL only for the bench's comparison
         self._conn: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
@@ -235,7 +238,7 @@ class Store:
                 "journal_mode=WAL",
                 # FULL: a commit is on disk (WAL synced) before COMMIT returns, so a
                 # credited deposit or a charge survives power loss, not only a crash
-                "synchronous=FULL",
+                f"synchronous={self.synchronous}",
                 "busy_timeout=5000",
                 "foreign_keys=ON",
             ):
