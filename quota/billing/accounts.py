@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from quota.billing import lifecycle, repo
 from quota.billing.auth import Principal, owned_account, owned_agent, token_hash
-from quota.billing.errors import BadRequest, Conflict, NotFound
+from quota.billing.errors import BadRequest, Conflict, NotFound, Unprocessable
 from quota.billing.op import Op
 from quota.billing.repo import AccountRow
 from quota.billing.runner import Runner, body_of, read_body
@@ -170,7 +170,7 @@ class Accounts:
             if req.agent_id is not None:
                 await _correct_traffic(op, who, account_id, req)
             elif req.traffic_bytes:
-                raise BadRequest("traffic_bytes: needs agent_id")
+                raise Unprocessable("traffic_bytes: needs agent_id")
             await op.changed_account(account_id, "correction")
             await op.post(
                 account,
@@ -226,7 +226,7 @@ async def _correct_traffic(
     if agent.account_id != account_id:
         raise NotFound(f"agent_id: no agent {req.agent_id!r} on this account")
     if agent.package_bytes + req.traffic_bytes < 0:
-        raise BadRequest("traffic_bytes: would make the agent's traffic negative")
+        raise Conflict("traffic_bytes: would make the agent's traffic negative")
     await repo.save_agent(
         op.tx, dataclasses.replace(agent, package_bytes=agent.package_bytes + req.traffic_bytes)
     )

@@ -16,8 +16,11 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -42,11 +45,15 @@ log = structlog.get_logger("quota.billing")
 SERVICE: web.AppKey[BillingService] = web.AppKey("service", BillingService)
 MAX_BODY = 256 * 1024
 MAX_KEY = 200
+# Printable ASCII, no space at either end (HTTP strips those); the document's pattern.
+KEY_PATTERN = re.compile(r"[!-~](?:[ -~]{0,198}[!-~])?", re.ASCII)
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str) -> web.Response:
+    if len(message) > wire.MAX_STR:  # the document's maxLength: messages may quote input
+        message = message[: wire.MAX_STR - 3] + "..."
     return web.json_response(wire.dump(wire.ErrorBody(error=message)), status=status)
 
 
@@ -74,6 +81,21 @@ async def errors_middleware(request: web.Request, handler: _Handler) -> web.Stre
         return _error(500, f"internal error ({type(exc).__name__})")
 
 
+def _whole_number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent: an int when whole (JSON Schema's integer).
+
+    `1.0` and `2e3` are integers to JSON Schema, so the document allows them; any
+    other such number stays a float, which the wire refuses. Long texts are not
+    expanded (`1e999999999` would cost a huge int), so they stay floats too.
+    """
+    if len(text) <= 32:
+        with contextlib.suppress(ArithmeticError, ValueError):
+            value = Decimal(text)
+            if value == value.to_integral_value() and abs(value) <= wire.MAX_INT:
+                return int(value)
+    return float(text)
+
+
 async def _body(request: web.Request, route: Route) -> Any:
     raw = await request.read()
     if route.request is None:
@@ -83,7 +105,7 @@ async def _body(request: web.Request, route: Route) -> Any:
     if request.content_type != "application/json":
         raise BadRequest("body: send JSON with Content-Type: application/json")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_float=_whole_number)
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of 5000 digits
         raise BadRequest(f"body: malformed JSON: {exc}") from None
     except RecursionError:
@@ -103,8 +125,11 @@ def _key(request: web.Request, route: Route) -> str:
     if not route.keyed:
         return ""
     key = request.headers.get("Idempotency-Key", "")
-    if not key or len(key) > MAX_KEY or not key.isprintable():
-        raise BadRequest(f"Idempotency-Key header: required, 1..{MAX_KEY} printable characters")
+    if KEY_PATTERN.fullmatch(key) is None:
+        raise BadRequest(
+            f"Idempotency-Key header: required, 1..{MAX_KEY} printable ASCII characters"
+            " (no space at either end)"
+        )
     return key
 
 

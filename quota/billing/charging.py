@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quota.billing.errors import BadRequest, Conflict
+from quota.billing.errors import Conflict, PaymentRequired, Unprocessable
 from quota.billing.op import (
     Op,
     check_low_balance,
@@ -59,7 +59,7 @@ async def subscribe(
     if agent.active:
         raise Conflict(f"agent {agent.name!r} already has plan {agent.plan!r}; change the plan")
     if plan.kind is PlanKind.TUNNEL_TIME and account.balance <= 0:
-        raise BadRequest("a pay-as-you-go plan needs a balance above zero")
+        raise PaymentRequired("a pay-as-you-go plan needs a balance above zero")
     agent = await save_agent(op, agent, auto_renew=auto_renew)
     op.changed([agent.id], "subscription")
     # A purchase the holder makes is not a drain: low balance is checked on charges.
@@ -118,7 +118,7 @@ async def buy_packages(
     try:
         package = op.config.catalogue.package(name)
     except InvalidValue as exc:
-        raise BadRequest(str(exc)) from None
+        raise Unprocessable(str(exc)) from None
     account = await op.post(
         account,
         Posting(

@@ -4,6 +4,9 @@ Invariants: aiosqlite and aiohttp errors never leave their adapter module; they
 are translated (`raise ... from`) into `StoreError` or `NotifyError`. Errors a
 client caused are `ClientError`s with a 4xx status and a message that names
 the problem; "not enough coin" is a 409/402 outcome answer, not a crash.
+A 400 means the request breaks the OpenAPI document; a request the document
+allows is never answered 400 (422 when it names an unknown plan or package,
+409 when the state forbids it).
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ class Forbidden(ClientError):
 
 class NotFound(ClientError):
     status = 404
+
+
+class Unprocessable(ClientError):
+    """The request matches its schema but names what does not exist or does not apply."""
+
+    status = 422
 
 
 class Conflict(ClientError):

@@ -240,3 +240,30 @@ async def test_a_method_the_path_does_not_take_is_405_with_allow(
         assert "error" in await resp.json()
     async with api.session.delete(api.url + "/v1/agents/x") as resp:
         assert resp.status == 405 and set(resp.headers["Allow"].split(",")) >= {"GET", "PATCH"}
+
+
+async def test_error_texts_stay_within_the_documented_length(
+    api: Api, server: BillingServer
+) -> None:
+    """An unknown plan name of 8,000 characters is quoted in a 422 no longer than 8192."""
+    _acc, token, agent = await _agent(api, 50)
+    status, answer = await api.call(
+        "POST", f"/v1/agents/{agent}/subscription", token, {"plan": "p" * 8000}
+    )
+    assert status == 422 and "unknown plan" in answer["error"]
+    assert len(answer["error"]) <= 8192
+
+
+async def test_whole_numbers_written_with_a_fraction_are_integers(
+    api: Api, server: BillingServer
+) -> None:
+    """JSON Schema counts 5000.0 and 5e3 as integers; 0.5 and 1e999999999 stay refused."""
+    acc, _ = await api.account()
+    for n, amount in enumerate(("5000.0", "5e3")):
+        raw = f'{{"account_id": "{acc}", "payment_id": "w{n}", "amount": {amount}}}'
+        await api.ok("POST", "/v1/deposits", raw=raw.encode())
+    for n, amount in enumerate(("0.5", "1e999999999", "1" + "0" * 40 + ".0")):
+        raw = f'{{"account_id": "{acc}", "payment_id": "f{n}", "amount": {amount}}}'
+        status, answer = await api.call("POST", "/v1/deposits", raw=raw.encode())
+        assert status == 400 and "amount" in answer["error"], answer
+    assert await api.balance(acc) == 10_000
