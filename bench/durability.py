@@ -21,7 +21,7 @@ from quota.billing.clock import SystemClock
 from quota.billing.config import config_from_mapping
 from quota.billing.service import BillingService
 from quota.billing.store import Store
-from quota.core import wire
+from quota.contract import wire
 from tests.rigs.procs import Procs
 
 ADMIN = Principal(kind="admin")

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from quota.billing.auth import Principal
 from quota.billing.errors import BadRequest
 from quota.billing.service import BillingService
-from quota.core import wire
+from quota.contract import wire
 
 LEDGER_QUERY = ("after", "limit", "agent_id", "kind", "since", "until")
 _DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)

@@ -34,7 +34,7 @@ from quota.billing.errors import ClientError, KeyReused, LimitExceeded, Replayed
 from quota.billing.op import Notice, Op
 from quota.billing.push import PushHub
 from quota.billing.store import Store
-from quota.core import wire
+from quota.contract import wire
 from quota.core.money import OverLimit
 
 RETRIES = 20

@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import aiosqlite
 
@@ -64,11 +64,11 @@ def _read_only_uri(path: Path) -> str:
 
 def _where(
     *,
-    agent: str | None,
-    account: str | None,
-    tunnel: str | None,
     since_clause: str | None,
-    since_ms: int | None,
+    agent: str | None = None,
+    account: str | None = None,
+    tunnel: str | None = None,
+    since_ms: int | None = None,
     open_only: bool = False,
     paused_only: bool = False,
 ) -> tuple[str, list[Any]]:
@@ -88,20 +88,23 @@ def _where(
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
+class StreamFilters(TypedDict, total=False):
+    """The filters `list_streams` and `totals` share (None or absent: no filter)."""
+
+    agent: str | None
+    account: str | None
+    tunnel: str | None
+    since_ms: int | None
+    open_only: bool
+    paused_only: bool
+
+
 # A stream counts as "since T" when it was alive at any time from T on.
 _STREAM_SINCE = "(closed_at_ms IS NULL OR closed_at_ms >= ?)"
 
 
 async def list_streams(
-    path: Path,
-    *,
-    agent: str | None = None,
-    account: str | None = None,
-    tunnel: str | None = None,
-    since_ms: int | None = None,
-    open_only: bool = False,
-    paused_only: bool = False,
-    limit: int = 1000,
+    path: Path, *, limit: int = 1000, **filters: Unpack[StreamFilters]
 ) -> list[dict[str, Any]]:
     """The latest state of the `limit` most recently opened matching streams, oldest first.
 
@@ -109,15 +112,7 @@ async def list_streams(
     after it); `open_only` keeps streams not closed (open or paused);
     `paused_only` keeps paused streams.
     """
-    where, params = _where(
-        agent=agent,
-        account=account,
-        tunnel=tunnel,
-        since_clause=_STREAM_SINCE,
-        since_ms=since_ms,
-        open_only=open_only,
-        paused_only=paused_only,
-    )
+    where, params = _where(since_clause=_STREAM_SINCE, **filters)
     query = (
         f"SELECT {', '.join(STREAM_COLUMNS)} FROM streams{where}"
         " ORDER BY opened_at_ms DESC, stream_id DESC LIMIT ?"
@@ -131,13 +126,8 @@ async def totals(
     path: Path,
     *,
     by: Literal["agent", "tunnel"],
-    agent: str | None = None,
-    account: str | None = None,
-    tunnel: str | None = None,
-    since_ms: int | None = None,
-    open_only: bool = False,
-    paused_only: bool = False,
     limit: int = 1000,
+    **filters: Unpack[StreamFilters],
 ) -> list[dict[str, Any]]:
     """Per-agent or per-tunnel sums over the streams the filters select, largest first."""
     if by == "agent":
@@ -146,15 +136,7 @@ async def totals(
         keys, extra = "tunnel_id, account, agent_id", "max(kind) AS kind, max(target) AS target, "
     else:
         raise ValueError(f"totals: by must be 'agent' or 'tunnel', got {by!r}")
-    where, params = _where(
-        agent=agent,
-        account=account,
-        tunnel=tunnel,
-        since_clause=_STREAM_SINCE,
-        since_ms=since_ms,
-        open_only=open_only,
-        paused_only=paused_only,
-    )
+    where, params = _where(since_clause=_STREAM_SINCE, **filters)
     query = (
         f"SELECT {keys}, {extra}count(*) AS streams,"
         " sum(state <> 'closed') AS open_streams,"

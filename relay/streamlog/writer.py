@@ -32,7 +32,6 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from operator import attrgetter
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, TypeVar
 
 import aiosqlite
@@ -249,12 +248,7 @@ class StreamLog:
         self._task = asyncio.create_task(self._run(), name=f"streamlog-flush-{self.relay_id}")
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await finish_shielded(self._shutdown())
 
     async def flush(self) -> None:

@@ -20,9 +20,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import socket
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -36,18 +33,6 @@ from relay.hub.stream import Stream, detach_meters
 from relay.hub.tunnels import Tunnel
 
 log = structlog.get_logger("relay.udp")
-
-SOCKET_BUFFER = 2 * 1024 * 1024  # receive and send buffers asked for UDP sockets
-
-
-def widen_buffers(transport: asyncio.BaseTransport, size: int = SOCKET_BUFFER) -> None:
-    """Ask for big socket buffers (the kernel caps them): bursts are not lost in the kernel."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
 class RefusalLog:

@@ -34,12 +34,13 @@ from typing import Any
 import structlog
 
 from quota.core.frames import MAX_FLOW_ID
+from quota.sockets import widen_buffers
 from relay.errors import Refused
 from relay.hub.hub import Hub
 from relay.hub.tunnels import UDP_ENDPOINT, UDP_PUBLIC, Tunnel, is_address
 from relay.registry import Agent
 from relay.udp.channels import PublicUdp, SupportSession
-from relay.udp.flow import RefusalLog, UdpFlow, widen_buffers
+from relay.udp.flow import RefusalLog, UdpFlow
 from relay.udp.tunnel import UdpTunnel
 
 log = structlog.get_logger("relay.udp")

@@ -9,7 +9,7 @@ import asyncio
 import random
 from typing import Any, cast
 
-from relay.udp.flow import widen_buffers
+from quota.sockets import widen_buffers
 
 
 class UdpService(asyncio.DatagramProtocol):

@@ -16,26 +16,14 @@ the relay are skipped, never raised; flows idle past `idle_ms` are forgotten.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import socket
 from collections.abc import Callable
 from typing import Any, cast
 
 import asyncssh
 
 from quota.core.frames import MAX_FLOW_ID, MAX_PAYLOAD, FramedProtocol, encode
-
-SOCKET_BUFFER = 2 * 1024 * 1024  # what the local listener asks of the kernel
-
-
-def widen_buffers(transport: asyncio.BaseTransport, size: int = SOCKET_BUFFER) -> None:
-    """Ask for `size`-byte socket buffers (the kernel caps them) so a burst is not lost there."""
-    sock = transport.get_extra_info("socket")
-    options = (socket.SO_RCVBUF, socket.SO_SNDBUF) if sock is not None else ()
-    for option in options:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, size)
+from quota.sockets import widen_buffers
 
 
 def _now_ms() -> int:

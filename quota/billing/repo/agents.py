@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from quota.billing.repo.common import Row, chunks, marks
 from quota.billing.store import Tx
-from quota.core import wire
+from quota.contract import wire
+from quota.core.billing import AgentRole
 from quota.core.money import MAX_COUNTER, checked_add
 
 _AGENT_COLS = (
@@ -59,7 +60,7 @@ class AgentRow:
             id=self.id,
             account_id=self.account_id,
             name=self.name,
-            role=self.role,
+            role=AgentRole(self.role),
             status="active" if self.active else "inactive",
             plan=self.plan,
             active_until=self.active_until,
