@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from quota.billing import lifecycle, repo
 from quota.billing.auth import Principal, owned_account, owned_agent, token_hash
-from quota.billing.errors import BadRequest, Conflict, NotFound, Unprocessable
+from quota.billing.errors import Conflict, NotFound, Unprocessable
 from quota.billing.op import Op
 from quota.billing.repo import AccountRow
 from quota.billing.runner import Runner, body_of, read_body
@@ -73,8 +73,6 @@ class Accounts:
     async def deposit_intent(
         self, who: Principal, key: str, account_id: str, req: wire.DepositIntentRequest
     ) -> wire.DepositIntent:
-        if req.amount <= 0:
-            raise BadRequest("amount: must be more than zero millicoins")
 
         async def run(op: Op) -> wire.DepositIntent:
             await owned_account(op, who, account_id)
@@ -92,8 +90,6 @@ class Accounts:
 
     async def deposit(self, who: Principal, req: wire.DepositRequest) -> wire.DepositResult:
         """Credit a payment once per payment id (the payment id is the idempotency key)."""
-        if req.amount <= 0:
-            raise BadRequest("amount: must be more than zero millicoins")
 
         async def run(op: Op) -> wire.DepositResult:
             found = await repo.find_payment(op.tx, req.payment_id)

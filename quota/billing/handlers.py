@@ -20,6 +20,8 @@ from quota.contract import wire
 
 LEDGER_QUERY = ("after", "limit", "agent_id", "kind", "since", "until")
 _DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)
+# Ids are "agt_" and 16 hex digits; the bound keeps a request line within the server's 8 KiB.
+MAX_ID = 64
 
 
 async def get_catalogue(billing: BillingService, who: Principal) -> wire.Catalogue:
@@ -80,6 +82,8 @@ def _ledger_filters(query: Mapping[str, str]) -> dict[str, object]:
         raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
     filters: dict[str, object] = {}
     if "agent_id" in query:
+        if len(query["agent_id"]) > MAX_ID:
+            raise BadRequest(f"agent_id: longer than {MAX_ID} characters")
         filters["agent_id"] = query["agent_id"]
     if "kind" in query:
         if query["kind"] not in wire.KINDS:

@@ -29,6 +29,8 @@ T = TypeVar("T")
 
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 """An integer 0..2**62: bytes, seconds, millicoins, sequence numbers, times."""
+Positive = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+"""An integer 1..2**62: an amount that must move something (a deposit)."""
 Signed = Annotated[int, msgspec.Meta(ge=-MAX_INT, le=MAX_INT)]
 """An integer that may be negative (corrections, ledger amounts)."""
 Text = Annotated[str, msgspec.Meta(max_length=MAX_STR)]
