@@ -31,10 +31,7 @@ from quota.billing.runner import Announcer, Runner
 from quota.billing.store import Store
 from quota.core.authfail import AuthFailures
 
-# Unknown tokens allowed per source address per window before 429 (docs/security.md).
-AUTH_FAILURES = 20
-AUTH_WINDOW_MS = 60_000
-AUTH_SOURCES = 10_000  # windows kept in memory at most
+AUTH_SOURCES = 10_000  # addresses whose unknown tokens are counted, at most (docs/security.md)
 
 
 def _no_notices(_: Notice) -> None:
@@ -56,7 +53,7 @@ class BillingService:
         self.runner = Runner(store, config, clock, Announcer(notify, self.push))
         self.tokens = Tokens(store, config)
         self.auth_failures = AuthFailures(
-            limit=AUTH_FAILURES, window_ms=AUTH_WINDOW_MS, max_sources=AUTH_SOURCES
+            limit=config.auth_failures, window_ms=config.auth_window_ms, max_sources=AUTH_SOURCES
         )
         self.accounts = Accounts(self.runner)
         self.agents = Agents(self.runner, config)

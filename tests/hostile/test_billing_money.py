@@ -18,6 +18,7 @@ import pytest
 
 from quota.billing.clock import ManualClock
 from quota.billing.config import config_from_mapping
+from quota.billing.errors import ConfigError
 from quota.billing.server import BillingServer
 from quota.core.billing import catalogue_from_config
 from quota.core.money import charge_with_carry, metered_rate, parse_coin
@@ -267,3 +268,28 @@ async def test_whole_numbers_written_with_a_fraction_are_integers(
         status, answer = await api.call("POST", "/v1/deposits", raw=raw.encode())
         assert status == 400 and "amount" in answer["error"], answer
     assert await api.balance(acc) == 10_000
+
+
+async def test_the_auth_failure_limit_and_window_are_configurable(tmp_path: Path) -> None:
+    """server.auth_failures and server.auth_window set the 429 policy; bad values name the key."""
+    config = make_config(tmp_path, auth_failures=2, auth_window="5s")
+    assert (config.auth_failures, config.auth_window_ms) == (2, 5_000)
+    assert (make_config(tmp_path).auth_failures, make_config(tmp_path).auth_window_ms) == (
+        20,
+        60_000,
+    )
+    for key, bad in (("auth_failures", 0), ("auth_window", "0s"), ("auth_window", "soon")):
+        with pytest.raises(ConfigError, match=rf"^server\.{key}"):
+            make_config(tmp_path, **{key: bad})
+    async with (
+        BillingServer(config, maintenance=False) as srv,
+        aiohttp.ClientSession() as session,
+    ):
+        statuses = []
+        for n in range(3):
+            headers = {"Authorization": f"Bearer nope-{n}"}
+            async with session.get(f"{srv.url}/v1/catalogue", headers=headers) as resp:
+                statuses.append(resp.status)
+                retry_after = resp.headers.get("Retry-After")
+        assert statuses == [401, 401, 429] and retry_after is not None
+        assert 1 <= int(retry_after) <= 5
