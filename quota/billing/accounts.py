@@ -3,7 +3,8 @@
 Invariants:
 - A deposit is credited once per payment id (the payment id is its idempotency
   key): sent again it is answered with the first answer; the same id with
-  another account or amount is refused with 409.
+  another account or amount is refused with 409. A refused payment is not
+  kept: sent again once it can be credited, it is (no payment is ever lost).
 - A deposit below the amount its intent announced is held for review: noticed,
   not credited.
 - A correction is a new ledger entry (signed amount and traffic), never an edit.
