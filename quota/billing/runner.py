@@ -110,23 +110,15 @@ class Runner:
         `request` is the operation's name and the request's JSON: the same key
         with another of either is refused.
         """
-        digest = fingerprint(list(request))
-
-        async def replay(op: Op) -> repo.Answered | None:
-            found = await repo.find_answer(op.tx, who.scope(), key)
-            if found is not None and found.fingerprint != digest:
-                raise KeyReused(f"idempotency key {key!r} was used for a different request")
-            if found is not None and found.status >= 400:
-                raise Replayed(found.status, read_body(wire.ErrorBody, found.body).error)
-            return found
+        digest, scope = fingerprint(list(request)), who.scope()
 
         async def first(op: Op) -> T:
-            found = await replay(op)
+            found = await _replayed(op, scope, key, digest)
             if found is not None:
                 return read_body(answer, found.body)
             result = await func(op)
             await repo.save_answer(
-                op.tx, who.scope(), key, repo.Answered(fingerprint=digest, body=body_of(result))
+                op.tx, scope, key, repo.Answered(fingerprint=digest, body=body_of(result))
             )
             return result
 
@@ -135,22 +127,36 @@ class Runner:
         except (KeyReused, Replayed):
             raise
         except ClientError as exc:
-            status, message = exc.status, str(exc)
-        refused = repo.Answered(
-            fingerprint=digest, status=status, body=body_of(wire.ErrorBody(error=message))
-        )
+            return await self._refused(scope, key, digest, answer, exc)
+
+    async def _refused(
+        self, scope: str, key: str, digest: str, answer: type[T], exc: ClientError
+    ) -> T:
+        """Keep a refusal under its key, in a transaction of its own, and answer it."""
+        body = body_of(wire.ErrorBody(error=str(exc)))
+        refused = repo.Answered(fingerprint=digest, status=exc.status, body=body)
 
         async def keep(op: Op) -> T | None:
-            found = await replay(op)  # a concurrent request under the key may have been kept
+            found = await _replayed(op, scope, key, digest)  # a concurrent request may have won
             if found is not None:
                 return read_body(answer, found.body)
-            await repo.save_answer(op.tx, who.scope(), key, refused)
+            await repo.save_answer(op.tx, scope, key, refused)
             return None
 
         kept = await self.run(key, keep)
         if kept is None:
-            raise Replayed(status, message)
+            raise Replayed(exc.status, str(exc))
         return kept
 
     async def read(self, func: Callable[[Op], Awaitable[T]]) -> T:
         return await self.run("", func)
+
+
+async def _replayed(op: Op, scope: str, key: str, digest: str) -> repo.Answered | None:
+    """The answer kept under the key; a kept refusal is raised again (`Replayed`)."""
+    found = await repo.find_answer(op.tx, scope, key)
+    if found is not None and found.fingerprint != digest:
+        raise KeyReused(f"idempotency key {key!r} was used for a different request")
+    if found is not None and found.status >= 400:
+        raise Replayed(found.status, read_body(wire.ErrorBody, found.body).error)
+    return found
