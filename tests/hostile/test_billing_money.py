@@ -293,3 +293,12 @@ async def test_the_auth_failure_limit_and_window_are_configurable(tmp_path: Path
                 retry_after = resp.headers.get("Retry-After")
         assert statuses == [401, 401, 429] and retry_after is not None
         assert 1 <= int(retry_after) <= 5
+
+
+async def test_a_ledger_reason_quoting_a_long_payment_id_stays_within_the_document(
+    api: Api, server: BillingServer
+) -> None:
+    """A payment id of 8192 characters is credited; the entry's reason is cut to 8192."""
+    acc, _ = await api.account()
+    answer = await api.deposit(acc, 1, "p" * 8192)
+    assert len(answer["entry"]["reason"]) == 8192 and answer["entry"]["reason"].endswith("...")

@@ -8,6 +8,8 @@ Invariants:
   (`OverLimit`) one that would take it past `MAX_MILLICOINS` (2**62).
 - Entries are never updated or deleted (triggers in the store refuse it);
   corrections are new entries.
+- A reason is at most `wire.MAX_STR` characters, the document's maxLength: a
+  reason that quotes a long name or payment id is cut.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ async def post(
         )
     if posting.amount:
         account = await save_account(tx, account, dataclasses.replace(account, balance=balance))
+    reason = posting.reason
+    if len(reason) > wire.MAX_STR:
+        reason = reason[: wire.MAX_STR - 3] + "..."
     entry_id = await tx.insert(
         _INSERT_ENTRY,
         (
@@ -74,7 +79,7 @@ async def post(
             posting.traffic_bytes,
             posting.used_bytes,
             key,
-            posting.reason,
+            reason,
             at,
         ),
     )
@@ -88,7 +93,7 @@ async def post(
         traffic_bytes=posting.traffic_bytes,
         used_bytes=posting.used_bytes,
         idempotency_key=key,
-        reason=posting.reason,
+        reason=reason,
         at=at,
     )
     return account, entry
