@@ -27,8 +27,8 @@ stress: $(STAMP)
 # The billing API against its OpenAPI document: schemathesis, every check, the three token
 # kinds, at least 5,000 cases (make test runs a short pass of the same test).
 fuzz: $(STAMP)
-	QUOTARELAY_FUZZ_EXAMPLES=100 QUOTARELAY_FUZZ_SECONDS=240 QUOTARELAY_FUZZ_CASES=5000 \
-		$(BIN)/python -m pytest -q -s -p no:cacheprovider -o timeout=1200 \
+	QUOTARELAY_FUZZ_EXAMPLES=100 QUOTARELAY_FUZZ_SECONDS=120 QUOTARELAY_FUZZ_CASES=5000 \
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider -o timeout=900 \
 		tests/billing/test_schemathesis.py
 
 up: $(STAMP)
