@@ -21,6 +21,8 @@ import msgspec
 
 from quota.contract.config import Address, Problems, decode_file, decode_value
 from quota.contract.files import BillingLinkSection, RelayFile
+from quota.core.shares import ShareLimits
+from quota.metrics import MetricsConfig, metrics_config
 from relay.errors import ConfigError
 
 
@@ -73,6 +75,9 @@ class RelayConfig:
     billing: BillingLinkConfig | None = None
     udp_idle_timeout_ms: int = 60_000  # a UDP flow idle this long ends
     udp_max_datagram: int = 65_507  # bigger datagrams are dropped and counted
+    udp_unanswered_interval_ms: int = 60_000  # one record of unanswered flows a tunnel per this
+    shares: ShareLimits = field(default_factory=ShareLimits)  # fair shares; agents may override
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
 
 
 def parse_host_port(text: str, key: str) -> HostPort:
@@ -115,6 +120,8 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
     admin_listen = _admin_listen(f.admin.listen, rel, problems)
     ciphers = _ciphers(r.ciphers, problems)
     billing = _billing(f.billing, rel, problems)
+    m = f.metrics
+    metrics = metrics_config(m.listen, problems, max_agents=m.max_agents, per_tunnel=m.per_tunnel)
     if not 1 <= u.max_datagram <= 65_535:
         problems.add("udp.max_datagram", f"1..65535 bytes (a frame's limit), got {u.max_datagram}")
     problems.raise_as(ConfigError)
@@ -141,6 +148,9 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         billing=billing,
         udp_idle_timeout_ms=max(1, u.idle_timeout),
         udp_max_datagram=u.max_datagram,
+        udp_unanswered_interval_ms=max(1, u.unanswered_interval),
+        shares=ShareLimits(**msgspec.structs.asdict(f.shares)),
+        metrics=metrics,
     )
 
 

@@ -76,6 +76,20 @@ class StreamLogSection(Section, frozen=True, kw_only=True):
 class UdpSection(Section, frozen=True, kw_only=True):
     idle_timeout: Millis = millis("60s")
     max_datagram: Bytes = size("65507")
+    unanswered_interval: Millis = millis("60s")  # one record of unanswered flows a tunnel
+
+
+Share = Annotated[int, msgspec.Meta(ge=0, description="must be a whole number >= 0")]
+
+
+class SharesSection(Section, frozen=True, kw_only=True):
+    """Fair shares (quota.core.shares.ShareLimits); an agent's registry entry may override."""
+
+    public_ports_per_agent: Share = 8
+    endpoints_per_agent: Share = 64
+    streams_per_tunnel: Share = 512
+    connections_per_source: Share = 64
+    udp_flows_per_source: Share = 64
 
 
 class BillingLinkSection(Section, frozen=True, kw_only=True):
@@ -92,13 +106,23 @@ class BillingLinkSection(Section, frozen=True, kw_only=True):
     registry_refresh: Millis = millis("30s")
 
 
+class RelayMetricsSection(Section, frozen=True, kw_only=True):
+    listen: str = ""  # HOST:PORT of /metrics; "" is off
+    max_agents: Annotated[int, msgspec.Meta(ge=1, le=100_000, description="must be 1..100000")] = (
+        100  # agents with a label of their own; the rest are summed under "other"
+    )
+    per_tunnel: bool = False  # bytes per tunnel too
+
+
 class RelayFile(Section, frozen=True, kw_only=True):
     relay: RelaySection = RelaySection()
     admin: AdminSection = AdminSection()
     quota: QuotaSection = QuotaSection()
     stream_log: StreamLogSection = StreamLogSection()
     udp: UdpSection = UdpSection()
+    shares: SharesSection = SharesSection()
     billing: BillingLinkSection = BillingLinkSection()
+    metrics: RelayMetricsSection = RelayMetricsSection()
 
 
 # -- the billing API (billing.toml) ----------------------------------------------------
@@ -129,6 +153,10 @@ class NotificationsSection(Section, frozen=True, kw_only=True):
     timeout: Millis = millis("5s")
 
 
+class BillingMetricsSection(Section, frozen=True, kw_only=True):
+    listen: str = ""  # HOST:PORT of /metrics; "" is off
+
+
 class RelayCred(Section, frozen=True, kw_only=True):
     """A relay allowed to sync, and the token it proves itself with."""
 
@@ -140,6 +168,7 @@ class BillingFile(Section, frozen=True, kw_only=True):
     server: ServerSection = ServerSection()
     pricing: PricingSection = PricingSection()
     notifications: NotificationsSection = NotificationsSection()
+    metrics: BillingMetricsSection = BillingMetricsSection()
     relays: list[RelayCred] = []
     plans: list[dict[str, Any]] = []  # read by quota.core.billing.catalogue_from_config
     packages: list[dict[str, Any]] = []

@@ -13,6 +13,8 @@ Invariants:
   bytes reach.
 - `bytes_up` counts payload from the connecting side to the owner,
   `bytes_down` the way back; `bytes_dropped` only datagrams (TCP holds instead).
+- The fair shares a stream took (`held`) are given back by its host when it
+  closes, exactly once.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from quota.core.streams import (
     Side,
     StreamMachine,
 )
+from relay.hub.shares import Held
 from relay.hub.tunnels import Tunnel
 
 
@@ -78,6 +81,7 @@ class StreamHost(Protocol):
     def record(self, stream: Stream, event: str) -> None: ...
     def dispatch(self, wakes: tuple[Meter, ...]) -> None: ...
     def check_low_water(self, bucket: Bucket) -> None: ...
+    def count_pause(self, reason: PauseReason) -> None: ...
 
 
 class Stream:
@@ -98,6 +102,8 @@ class Stream:
         self.bucket = bucket
         self.machine = StreamMachine(opened_at_ms=host.now_ms(), datagrams=datagrams)
         self.carrier: Carrier  # set by the TCP pair or the UDP flow that carries it
+        self.held: list[Held] = []  # fair shares taken for this stream
+        self.quiet = False  # writes no record (an unanswered UDP flow, summed apart)
 
     # -- figures ----------------------------------------------------------------
 
@@ -146,6 +152,7 @@ class Stream:
                 carrier.attach_peers()
             case Pause():
                 carrier.pause(action.reason, action.sides)
+                host.count_pause(action.reason)
             case Resume():
                 carrier.resume(action.reasons, action.sides)
             case CloseLegs():

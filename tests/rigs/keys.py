@@ -6,7 +6,7 @@ ones); the public line sits beside the private key, in `<key>.pub`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -20,6 +20,7 @@ class AgentSpec:
     key_path: Path
     public: str
     active: bool = True
+    limits: dict[str, int] = field(default_factory=dict)  # the registry entry's `limits`
 
 
 def keypair(path: Path) -> str:
@@ -44,4 +45,7 @@ def agents_toml(agents: list[AgentSpec]) -> str:
             f'[[agent]]\nid = "{a.agent_id}"\naccount = "{a.account}"\nrole = "{a.role}"\n'
             f'keys = ["{a.public}"]\nactive = {"true" if a.active else "false"}\n'
         )
+        if a.limits:
+            pairs = ", ".join(f"{k} = {v}" for k, v in a.limits.items())
+            parts[-1] += f"limits = {{ {pairs} }}\n"
     return "\n".join(parts)
