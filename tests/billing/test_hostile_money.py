@@ -23,10 +23,6 @@ from quota.billing.server import BillingServer
 from quota.core.billing import catalogue_from_config
 from quota.core.money import charge_with_carry, metered_rate, parse_coin
 from tests.billing.api import ADMIN, DAY, RELAY, Api, Webhook, make_config
-from tests.billing.conftest import api, clock, hooked, server, webhook
-
-# the billing suite's fixtures: a real server on 127.0.0.1, its client, a webhook receiver
-__all__ = ["api", "clock", "hooked", "server", "webhook"]
 
 GB = 10**9
 MAX = 2**62
