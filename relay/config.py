@@ -78,6 +78,7 @@ class RelayConfig:
     udp_unanswered_interval_ms: int = 60_000  # one record of unanswered flows a tunnel per this
     shares: ShareLimits = field(default_factory=ShareLimits)  # fair shares; agents may override
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
+    secret_files: tuple[tuple[str, Path], ...] = ()  # (key, file) of each file holding a token
 
 
 def parse_host_port(text: str, key: str) -> HostPort:
@@ -108,7 +109,8 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
     Every problem is reported at once ("relay.public_ports: ...; billing.url: ...").
     """
     problems = Problems()
-    f = decode_file(RelayFile, _read_toml(path, overrides), problems, os.environ)
+    raw = _read_toml(path, overrides)
+    f = decode_file(RelayFile, raw, problems, os.environ)
     base = path.resolve().parent if path is not None else Path.cwd()
 
     def rel(text: str) -> Path:
@@ -151,6 +153,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         udp_unanswered_interval_ms=max(1, u.unanswered_interval),
         shares=ShareLimits(**msgspec.structs.asdict(f.shares)),
         metrics=metrics,
+        secret_files=_secret_files(raw, f, path, rel),
     )
 
 
@@ -212,3 +215,20 @@ def _ciphers(text: str, problems: Problems) -> tuple[str, ...]:
         offered = ", ".join(sorted(known))
         problems.add("relay.ciphers", f"unknown cipher {unknown[0]!r} (known: {offered})")
     return names
+
+
+def _secret_files(
+    raw: dict[str, Any], f: RelayFile, path: Path | None, rel: Callable[[str], Path]
+) -> tuple[tuple[str, Path], ...]:
+    """The files that hold this relay's tokens, each with the key that put a token there."""
+    found: list[tuple[str, Path]] = []
+    sections = [("admin", f.admin.token, f.admin.token_file)]
+    if f.billing.url:
+        sections.append(("billing", f.billing.token, f.billing.token_file))
+    for section, token, token_file in sections:
+        table = raw.get(section)
+        if path is not None and isinstance(table, dict) and table.get("token"):
+            found.append((f"{section}.token", path))  # written in the config file itself
+        elif not token and token_file:
+            found.append((f"{section}.token_file", rel(token_file)))
+    return tuple(found)
