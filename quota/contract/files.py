@@ -136,6 +136,11 @@ class ServerSection(Section, frozen=True, kw_only=True):
     admin_token: str = ""  # or QUOTARELAY_BILLING_ADMIN_TOKEN
     maintenance_interval: Millis = millis("5m")
     lease_ttl: Millis = millis("10m")
+    # unknown tokens one address may send per window before it is answered 429
+    auth_failures: Annotated[
+        int, msgspec.Meta(ge=1, le=1_000_000, description="must be 1..1000000")
+    ] = 20
+    auth_window: Millis = millis("60s")
 
 
 class PricingSection(Section, frozen=True, kw_only=True):
