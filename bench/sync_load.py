@@ -39,7 +39,7 @@ from bench.stats import cpu_seconds
 from quota.agent.client import BillingClient
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings
-from quota.core import wire
+from quota.contract import wire
 from tests.rigs.billing import ADMIN, RELAY_TOKEN
 
 LOW_WATER = 1_000_000

@@ -20,7 +20,7 @@ from typing import TypeVar
 import aiohttp
 
 from quota.agent.errors import BillingUnavailable
-from quota.core import wire
+from quota.contract import wire
 from quota.core.sync import Report
 
 T = TypeVar("T")

@@ -32,7 +32,7 @@ import structlog
 from quota.agent.client import BillingClient, encode_report
 from quota.agent.errors import BillingUnavailable, JournalError
 from quota.agent.journal import Journal
-from quota.core import wire
+from quota.contract import wire
 from quota.core.sync import Applied, Retry, SyncMachine, SyncSettings, next_due
 
 __all__ = ["QuotaAgent", "QuotaHost", "SyncSettings", "wait_event", "wall_ms"]

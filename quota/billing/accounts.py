@@ -22,7 +22,7 @@ from quota.billing.errors import BadRequest, Conflict, NotFound
 from quota.billing.op import Op
 from quota.billing.repo import AccountRow
 from quota.billing.runner import Runner, body_of, read_body
-from quota.core import wire
+from quota.contract import wire
 from quota.core.billing import EntryKind
 
 

@@ -23,7 +23,7 @@ from quota.billing.errors import BadRequest, Conflict, NotFound
 from quota.billing.op import Op, require_unfrozen
 from quota.billing.repo import AgentRow
 from quota.billing.runner import Runner
-from quota.core import wire
+from quota.contract import wire
 from quota.core.billing import AgentRole
 
 

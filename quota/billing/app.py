@@ -24,7 +24,7 @@ from quota.billing.openapi import document
 from quota.billing.push import serve_events
 from quota.billing.routes import ROUTES, Route
 from quota.billing.service import BillingService
-from quota.core import wire
+from quota.contract import wire
 
 log = structlog.get_logger("quota.billing")
 

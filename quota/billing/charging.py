@@ -25,7 +25,7 @@ from quota.billing.op import (
     start_period,
 )
 from quota.billing.repo import AccountRow, AgentRow, Posting
-from quota.core import wire
+from quota.contract import wire
 from quota.core.billing import (
     AgentRole,
     EntryKind,

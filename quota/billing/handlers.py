@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from quota.billing.auth import Principal
 from quota.billing.errors import BadRequest
 from quota.billing.service import BillingService
-from quota.core import wire
+from quota.contract import wire
 
 LEDGER_QUERY = ("after", "limit", "agent_id", "kind", "since", "until")
 

@@ -20,7 +20,7 @@ from quota.billing import lifecycle, repo
 from quota.billing.errors import BillingError
 from quota.billing.op import Op
 from quota.billing.runner import Runner
-from quota.core import wire
+from quota.contract import wire
 
 log = structlog.get_logger("quota.billing")
 

@@ -22,7 +22,7 @@ from quota.billing.config import BillingConfig
 from quota.billing.errors import BadRequest, Forbidden
 from quota.billing.repo import AccountRow, AgentRow, Posting
 from quota.billing.store import Tx
-from quota.core import wire
+from quota.contract import wire
 from quota.core.billing import (
     AgentRole,
     EntryKind,

@@ -1,21 +1,22 @@
-"""The OpenAPI 3.1 document, generated from the route table and the wire dataclasses.
+"""The OpenAPI 3.1 document, generated from the route table and the wire messages.
 
-Invariant: each schema says exactly what `quota.core.wire.parse` accepts: the
-same fields, the same required set, integers 0..2**62 (or signed), enums for
-choice fields, `additionalProperties: false`. A test checks every answer the
-app gives against the document.
+Invariant: each schema is msgspec's own JSON Schema of the message types that
+`quota.contract.wire.parse` decodes with, so it says exactly what is accepted:
+the same fields, the same required set, integers 0..2**62 (or signed), enums for
+roles, kinds and states (inlined, typed string), `additionalProperties: false`.
+A test checks every request and answer the app gives against the document.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import enum
 import functools
-import types
-import typing
 from typing import Any
 
+import msgspec
+
 from quota.billing.routes import ROUTES
-from quota.core import wire
+from quota.contract import wire
 
 ERROR_STATUSES = {
     "400": "malformed request (the message names the field)",
@@ -25,53 +26,40 @@ ERROR_STATUSES = {
     "404": "no such id (or not yours)",
     "409": "conflict (idempotency key or payment id reused differently, wrong state)",
 }
+REF = "#/components/schemas/{name}"
+# msgspec sorts an enum's values; the document lists them in the order the domain declares
+_ENUMS = {
+    e.__name__: [m.value for m in e]
+    for e in vars(wire).values()
+    if isinstance(e, type) and issubclass(e, enum.Enum)
+}
 
 
-def _schema(tp: Any, meta: Any, components: dict[str, Any]) -> dict[str, Any]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return {"anyOf": [_schema(inner, meta, components), {"type": "null"}]}
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        return {"type": "array", "maxItems": 10_000, "items": _schema(item, meta, components)}
-    if tp is bool:
-        return {"type": "boolean"}
-    if tp is int:
-        low = -wire.MAX_INT if meta.get("signed") else 0
-        return {"type": "integer", "minimum": low, "maximum": wire.MAX_INT}
-    if tp is str:
-        out: dict[str, Any] = {"type": "string", "maxLength": wire.MAX_STR}
-        if meta.get("choices"):
-            out["enum"] = list(meta["choices"])
-        return out
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        name = tp.__name__
-        if name not in components:
-            components[name] = {}  # reserve first: no infinite recursion
-            components[name] = _object(typing.cast(type[Any], tp), components)
-        return {"$ref": f"#/components/schemas/{name}"}
-    raise TypeError(f"no schema for {tp!r}")
+def _inline_enums(node: Any, enums: dict[str, Any]) -> Any:
+    """Enums become plain string schemas in place: one `type`, the values, no $ref."""
+    if isinstance(node, list):
+        return [_inline_enums(item, enums) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref", "").rsplit("/", 1)[-1]
+    if ref in enums:
+        rest = {k: v for k, v in node.items() if k != "$ref"}
+        return {"type": "string", "enum": enums[ref], **rest}
+    out = {k: _inline_enums(v, enums) for k, v in node.items()}
+    if "enum" in out and "type" not in out:
+        out = {"type": "string", **out}
+    return out
 
 
-def _object(cls: type[Any], components: dict[str, Any]) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    props = {}
-    required = []
-    for f in dataclasses.fields(cls):
-        props[f.name] = _schema(hints[f.name], f.metadata, components)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            required.append(f.name)
-    return {
-        "type": "object",
-        "description": (cls.__doc__ or "").split("\n")[0] if cls.__doc__ else cls.__name__,
-        "properties": props,
-        "required": required,
-        "additionalProperties": False,
-    }
+def _components(types: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """JSON Schema of `types` (as $refs) and of every message they use, from msgspec."""
+    refs, components = msgspec.json.schema_components(types, ref_template=REF)
+    enums = {name: _ENUMS[name] for name, c in components.items() if "enum" in c}
+    messages = {name: c for name, c in components.items() if name not in enums}
+    return _inline_enums(list(refs), enums), _inline_enums(messages, enums)
 
 
-def _operation(route: Any, components: dict[str, Any]) -> dict[str, Any]:
+def _operation(route: Any, schemas: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     error = {"$ref": "#/components/responses/Error"}
     op: dict[str, Any] = {
         "operationId": route.name,
@@ -92,9 +80,7 @@ def _operation(route: Any, components: dict[str, Any]) -> dict[str, Any]:
                 "description": "switching to WebSocket; each message is this schema"
                 if route.websocket
                 else "success",
-                "content": {
-                    "application/json": {"schema": _schema(route.response, {}, components)}
-                },
+                "content": {"application/json": {"schema": schemas[route.response]}},
             },
             **{code: error for code in ERROR_STATUSES},
         },
@@ -111,7 +97,7 @@ def _operation(route: Any, components: dict[str, Any]) -> dict[str, Any]:
     if route.request is not None:
         op["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _schema(route.request, {}, components)}},
+            "content": {"application/json": {"schema": schemas[route.request]}},
         }
     return op
 
@@ -123,11 +109,19 @@ def _path_params(path: str) -> list[str]:
 @functools.cache
 def document() -> dict[str, Any]:
     """The OpenAPI document of the billing API."""
-    components: dict[str, Any] = {}
+    types = list(
+        dict.fromkeys(
+            [wire.ErrorBody]
+            + [r.response for r in ROUTES]
+            + [r.request for r in ROUTES if r.request is not None]
+        )
+    )
+    refs, components = _components(types)
+    schemas = dict(zip(types, refs, strict=True))
     paths: dict[str, Any] = {}
     for route in ROUTES:
-        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, components)
-    error_schema = _schema(wire.ErrorBody, {}, components)
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schemas)
+    error_schema = schemas[wire.ErrorBody]
     return {
         "openapi": "3.1.0",
         "info": {

@@ -18,7 +18,7 @@ from quota.billing.config import BillingConfig
 from quota.billing.op import Op, require_unfrozen
 from quota.billing.repo import AccountRow, AgentRow
 from quota.billing.runner import Runner
-from quota.core import wire
+from quota.contract import wire
 
 _Purchase = Callable[[Op, AccountRow, AgentRow], Awaitable[tuple[AccountRow, AgentRow]]]
 
@@ -81,7 +81,7 @@ class Plans:
             plans=[
                 wire.PlanInfo(
                     name=p.name,
-                    kind=p.kind.value,
+                    kind=p.kind,
                     price=p.price,
                     period_ms=p.period_ms,
                     traffic=p.traffic,

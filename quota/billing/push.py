@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from quota.core import wire
+from quota.contract import wire
 
 log = structlog.get_logger("quota.billing")
 

@@ -16,7 +16,7 @@ from quota.billing.op import Op
 from quota.billing.repo import TunnelUsage
 from quota.billing.runner import Runner
 from quota.billing.sync import apply_sync
-from quota.core import wire
+from quota.contract import wire
 from quota.core.billing import AgentRole
 
 
@@ -45,7 +45,7 @@ class Relays:
                         id=a.id,
                         account_id=a.account_id,
                         name=a.name,
-                        role=a.role,
+                        role=AgentRole(a.role),
                         status="active" if a.active or not AgentRole(a.role).pays else "inactive",
                         public_keys=keys.get(a.id, []),
                     )

@@ -29,7 +29,7 @@ from quota.billing.errors import Conflict, VersionConflict
 from quota.billing.op import Notice, Op
 from quota.billing.push import PushHub
 from quota.billing.store import Store
-from quota.core import wire
+from quota.contract import wire
 
 RETRIES = 20
 T = TypeVar("T")

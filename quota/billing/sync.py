@@ -26,6 +26,7 @@ Invariants (everything below runs inside the caller's one transaction):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 
@@ -34,7 +35,7 @@ from quota.billing.errors import Conflict
 from quota.billing.op import Op
 from quota.billing.repo import AccountRow, AgentRow, TunnelUsage
 from quota.billing.runner import body_of, fingerprint, read_body
-from quota.core import wire
+from quota.contract import wire
 from quota.core.billing import AgentRole
 from quota.core.lease import LeaseTotals, capacity, grant_size, metered_reserve, shortfall
 from quota.core.money import metered_rate
@@ -150,7 +151,7 @@ class _Rows:
 
 def _lease(
     agent_id: str,
-    status: str,
+    status: Literal["active", "inactive", "unknown"],
     valid_until: int,
     *,
     granted_total: int = 0,

@@ -37,12 +37,12 @@ from quota.core.units import parse_duration_ms, parse_size
 LOW_BALANCE_FACTOR = 2
 
 
-class PlanKind(enum.Enum):
+class PlanKind(enum.StrEnum):
     PERIODIC = "periodic"  # a price per period, prepaid, with an included bucket
     TUNNEL_TIME = "tunnel_time"  # pay-as-you-go: a monthly price per tunnel, per second
 
 
-class AgentRole(enum.Enum):
+class AgentRole(enum.StrEnum):
     CLIENT = "client"
     SUPPORT = "support"
     DUAL = "dual"
@@ -63,7 +63,7 @@ class AgentRole(enum.Enum):
         return self is not AgentRole.CLIENT
 
 
-class EntryKind(enum.Enum):
+class EntryKind(enum.StrEnum):
     DEPOSIT = "deposit"
     SUBSCRIPTION = "subscription"
     RENEWAL = "renewal"
@@ -101,7 +101,9 @@ class Package:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Catalogue:
+class PriceList:
+    """The plans and packages on sale, by name (the wire's `Catalogue` is its listing)."""
+
     plans: Mapping[str, Plan]
     packages: Mapping[str, Package]
 
@@ -176,7 +178,7 @@ def _package_from(table: Mapping[str, Any], where: str) -> Package:
     return Package(name=name, price=price, traffic=traffic)
 
 
-def catalogue_from_config(plans: Any, packages: Any) -> Catalogue:
+def catalogue_from_config(plans: Any, packages: Any) -> PriceList:
     """Build the catalogue from the `[[plans]]` and `[[packages]]` tables of a config."""
     built: dict[str, Any] = {"plans": {}, "packages": {}}
     for section, raw, parse in (
@@ -192,7 +194,7 @@ def catalogue_from_config(plans: Any, packages: Any) -> Catalogue:
             if item.name in built[section]:
                 raise InvalidValue(f"{section}[{i}].name: duplicate {item.name!r}")
             built[section][item.name] = item
-    return Catalogue(plans=built["plans"], packages=built["packages"])
+    return PriceList(plans=built["plans"], packages=built["packages"])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

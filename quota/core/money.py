@@ -26,7 +26,7 @@ from quota.core.errors import InvalidValue
 from quota.core.units import check_length
 
 MILLI = 1000
-# The wire schema's integer maximum (quota.core.wire.MAX_INT, the OpenAPI `maximum`):
+# The wire schema's integer maximum (quota.contract.wire.MAX_INT, the OpenAPI `maximum`):
 # every balance, amount and counter the billing API stores or answers stays within it.
 MAX_MILLICOINS = 2**62
 MAX_COUNTER = 2**62

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from quota.core import wire
+from quota.contract import wire
 from relay.hub.hub import Hub
 from relay.registry import Agent, Role, key_blob
 

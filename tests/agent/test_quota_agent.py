@@ -20,7 +20,7 @@ from quota.agent.errors import JournalError
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings, wall_ms
 from quota.billing.server import BillingServer
-from quota.core import wire
+from quota.contract import wire
 from tests.billing.api import RELAY, Api, make_config
 from tests.rigs.sync_proxy import SyncProxy
 from tests.rigs.waits import poll

@@ -20,7 +20,7 @@ import aiohttp.web
 from quota.billing.config import BillingConfig, config_from_mapping
 from quota.billing.openapi import document
 from quota.billing.routes import ROUTES
-from quota.core import wire
+from quota.contract import wire
 
 ADMIN = "admin-token-0123456789"
 RELAY = "relay-token-0123456789"

@@ -63,6 +63,24 @@ def test_config_errors_name_the_key(raw: dict[str, Any], key: str) -> None:
     assert str(info.value).startswith(key)
 
 
+def test_every_bad_key_is_reported_at_once() -> None:
+    """Several mistakes give one error naming each key, in file order, then joined rules."""
+    raw = {
+        "server": {"admin_token": "short", "port": 70000, "lease_ttl": "soon"},
+        "notifications": {"retries": 101},
+        "relays": [{"id": "", "token": TOKEN}],
+    }
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(raw, {})
+    assert [p.split(": ")[0] for p in str(info.value).split("; ")] == [
+        "server.port",
+        "server.lease_ttl",
+        "notifications.retries",
+        "relays[0].id",
+        "server.admin_token",
+    ]
+
+
 def test_admin_token_comes_from_the_environment(tmp_path: Path) -> None:
     """The environment's admin token wins over the file's; bad TOML is a ConfigError."""
     config = config_from_mapping({}, {ADMIN_TOKEN_ENV: TOKEN})
@@ -123,7 +141,7 @@ async def test_stale_version_conflicts_and_the_operation_is_retried(tmp_path: Pa
     from quota.billing.errors import VersionConflict
     from quota.billing.op import Op
     from quota.billing.service import BillingService
-    from quota.core import wire
+    from quota.contract import wire
     from tests.billing.api import make_config
 
     async with Store(tmp_path / "b.sqlite3") as store:

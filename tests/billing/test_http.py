@@ -10,7 +10,7 @@ from quota.billing.clock import ManualClock
 from quota.billing.openapi import document
 from quota.billing.routes import ROUTES
 from quota.billing.server import BillingServer
-from quota.core import wire
+from quota.contract import wire
 from tests.billing.api import ADMIN, DAY, RELAY, Api, check_schema
 
 

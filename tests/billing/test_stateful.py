@@ -17,7 +17,7 @@ from quota.billing.clock import ManualClock
 from quota.billing.errors import ClientError
 from quota.billing.service import BillingService
 from quota.billing.store import Store
-from quota.core import wire
+from quota.contract import wire
 from tests.billing.api import DAY, make_config
 
 ADMIN = Principal(kind="admin")

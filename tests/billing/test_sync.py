@@ -18,7 +18,7 @@ from quota.billing.clock import ManualClock
 from quota.billing.errors import ConfigError
 from quota.billing.openapi import document
 from quota.billing.server import BillingServer
-from quota.core import wire
+from quota.contract import wire
 from tests.billing.api import ADMIN, DAY, RELAY, RELAY2, Api, make_config
 
 G = 10**9

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quota.core import wire
+from quota.contract import wire
+from quota.core.billing import AgentRole, PlanKind
 
 
 @pytest.mark.parametrize(
@@ -56,3 +57,26 @@ def test_dump_of_parse_is_identity(seq: int, items: list[dict[str, Any]]) -> Non
     """A valid message with all fields round-trips unchanged."""
     data = {"seq": seq, "items": items}
     assert wire.dump(wire.parse(wire.UsageReport, data)) == data
+
+
+def test_roles_and_kinds_decode_to_the_domain_enums() -> None:
+    """A role or kind on the wire is the domain's enum member, not a copy of its text."""
+    req = wire.parse(wire.RegisterAgentRequest, {"name": "n", "role": "dual", "public_keys": []})
+    assert req.role is AgentRole.DUAL and req.role.may_connect
+    plan = wire.parse(
+        wire.PlanInfo,
+        {"name": "p", "kind": "tunnel_time", "price": 1, "period_ms": 1, "traffic": 0},
+    )
+    assert plan.kind is PlanKind.TUNNEL_TIME
+    assert wire.dump(req) == {"name": "n", "role": "dual", "public_keys": []}
+
+
+def test_every_unknown_field_and_the_full_path_are_named() -> None:
+    """All unknown fields of the object are listed; nested errors carry the whole path."""
+    with pytest.raises(wire.WireError, match=r"^body: unknown field\(s\) 'a', 'b'$"):
+        wire.parse(wire.UsageReport, {"seq": 1, "items": [], "b": 1, "a": 2})
+    bad = {"seq": 1, "leases": [{"agent_id": "a"}, {"agent_id": "b", "want": -3}]}
+    with pytest.raises(wire.WireError, match=r"^leases\[1\]\.want: -3 is out of range"):
+        wire.parse(wire.SyncRequest, bad)
+    with pytest.raises(wire.WireError, match=r"^items\[0\]\.agent_id: missing$"):
+        wire.parse(wire.SyncRequest, {"seq": 1, "items": [{}]})

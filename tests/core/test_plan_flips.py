@@ -24,7 +24,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from quota.core.billing import Catalogue, Plan, PlanKind, catalogue_from_config, draw_traffic
+from quota.core.billing import Plan, PlanKind, PriceList, catalogue_from_config, draw_traffic
 from quota.core.money import (
     GB,
     Rate,
@@ -37,7 +37,7 @@ from quota.core.money import (
 CONFIG = tomllib.loads(
     (Path(__file__).resolve().parents[2] / "examples" / "billing.toml").read_text()
 )
-CATALOGUE: Catalogue = catalogue_from_config(CONFIG["plans"], CONFIG["packages"])
+CATALOGUE: PriceList = catalogue_from_config(CONFIG["plans"], CONFIG["packages"])
 METERED: Rate = metered_rate(parse_coin(CONFIG["pricing"]["metered_price_per_gb"]))
 LOWEST: Rate = CATALOGUE.lowest_byte_price(METERED)
 PERIODIC = sorted(n for n, p in CATALOGUE.plans.items() if p.kind is PlanKind.PERIODIC)

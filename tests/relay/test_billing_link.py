@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncssh
 import pytest
 
-from quota.core import wire
+from quota.contract import wire
 from quota.core.bucket import Bucket
 from relay.config import load_config
 from relay.hub.billing import BillingLink, to_agent

@@ -41,8 +41,8 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[relay]\nport = 1\n", "unknown key relay.port"),
-        ("[nope]\n", "unknown section [nope]"),
+        ("[relay]\nport = 1\n", "relay.port: unknown key"),
+        ("[nope]\n", "nope: unknown section"),
         ('[relay]\npublic_ports = "20-10"\n', "relay.public_ports"),
         ('[relay]\nssh_listen = "nohost"\n', "relay.ssh_listen: expected HOST:PORT"),
         ('[quota]\nlow_water = "lots"\n', "quota.low_water: not a size"),
@@ -59,6 +59,25 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> Non
     """Every mistake stops the relay with a message naming the key."""
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(_write(tmp_path, text))
+
+
+def test_every_bad_key_is_reported_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several mistakes (file and environment) give one error naming each key, in file order."""
+    monkeypatch.setenv("QUOTARELAY_QUOTA_METERING", "perhaps")
+    text = (
+        '[relay]\npublic_ports = "20-10"\ncolour = "red"\n'
+        '[quota]\nlow_water = "lots"\n'
+        '[billing]\nurl = "ftp://x"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text))
+    assert str(info.value).split("; ") == [
+        "relay.colour: unknown key",
+        "relay.public_ports: ports must satisfy 1 <= first <= last <= 65535, got '20-10'",
+        "quota.metering: expected bool, got 'perhaps'",
+        "quota.low_water: not a size: 'lots' (write bytes as 1500, 10K, 10M, 1G, 1Gi, ...)",
+        "billing.url: expected http:// or https://, got 'ftp://x'",
+    ]
 
 
 def test_missing_config_file_is_named(tmp_path: Path) -> None:

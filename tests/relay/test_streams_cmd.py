@@ -127,7 +127,7 @@ def test_config_gives_the_log_path(db: Path, tmp_path: Path, capsys: Capture) ->
         (["--follow", "--by", "agent"], "--by cannot be combined with --follow"),
         (["--follow", "--open"], "--open cannot be combined with --follow"),
         (["--limit", "0"], "--limit: expected a positive number, got 0"),
-        (["--config", "{tmp}/bad.toml"], "unknown key stream_log.nope"),
+        (["--config", "{tmp}/bad.toml"], "stream_log.nope: unknown key"),
         (["--config", "{tmp}/none.toml"], "config file not found: {tmp}/none.toml"),
     ],
 )
@@ -175,7 +175,12 @@ def test_event_line_and_durations() -> None:
     ]
 
 
-_CLI = "import sys; from tools.cli import main; sys.exit(main(sys.argv[1:]))"
+# Ctrl-C as a terminal delivers it, even when this run was started in the background
+# (a shell starts background jobs with SIGINT ignored, and Python keeps that).
+_CLI = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from tools.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 async def test_follow_prints_events_until_interrupted(tmp_path: Path) -> None:
@@ -200,6 +205,11 @@ async def test_follow_prints_events_until_interrupted(tmp_path: Path) -> None:
             assert (second["event"], second["bytes_up"], second["id"]) == ("close", 42, 2)
         finally:
             proc.send_signal(signal.SIGINT)
-            code = await asyncio.wait_for(proc.wait(), 10)
+            try:
+                code = await asyncio.wait_for(proc.wait(), 10)
+            finally:
+                if proc.returncode is None:  # never leave it running, whatever failed
+                    proc.kill()
+                    await proc.wait()
     assert code == 130
     assert await proc.stderr.read() == b""

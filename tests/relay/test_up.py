@@ -19,6 +19,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """Undo an ignored SIGINT inherited from a run started in the background."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def _read_until(stream: asyncio.StreamReader, needle: str, seen: list[str]) -> None:
     while True:
         line = (await stream.readline()).decode()
@@ -39,6 +44,7 @@ async def test_up_prints_commands_that_work_and_stops_on_ctrl_c(tmp_path: Path) 
             "--billing-port", str(billing),
             "--service-port", str(service.port), "--local-port", str(local),
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_ctrl_c_as_in_a_terminal,
         )  # fmt: skip
         assert up.stdout is not None
         seen: list[str] = []
@@ -62,5 +68,10 @@ async def test_up_prints_commands_that_work_and_stops_on_ctrl_c(tmp_path: Path) 
                 proc.terminate()
                 await proc.wait()
             up.send_signal(signal.SIGINT)
-            code = await asyncio.wait_for(up.wait(), 20)
+            try:
+                code = await asyncio.wait_for(up.wait(), 20)
+            finally:
+                if up.returncode is None:  # never leave it running, whatever failed
+                    up.kill()
+                    await up.wait()
     assert code == 0

@@ -8,8 +8,9 @@
     backoff_max = "30s"                # longest wait between reconnect attempts
     idle_timeout = "120s"              # a local UDP flow idle this long is forgotten
 
-Invariants: a flag beats the file, the file beats the default; errors name the
-key or flag. Specs are validated before the agent connects, so a typo never
+Invariants: a flag beats the file, the file beats the default; keys, types and
+defaults are `quota.contract.files.AgentFile`; every problem is reported at once,
+each naming its key or flag. Specs are validated before the agent connects, so a typo never
 reaches the relay. Relative paths are taken from the config file's folder.
 """
 
@@ -20,22 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quota.core.errors import InvalidValue
-from quota.core.units import parse_duration_ms
+from quota.contract.config import Address, Problems, decode_file, decode_value
+from quota.contract.files import AgentFile
 
 
 class AgentConfigError(ValueError):
     """The agent's config or a spec is wrong; the message names which."""
-
-
-_DEFAULTS: dict[str, str] = {
-    "relay": "",
-    "user": "",
-    "key": "",
-    "known_hosts": "~/.ssh/known_hosts",
-    "backoff_max": "30s",
-    "idle_timeout": "120s",
-}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,54 +117,40 @@ def _read_file(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise AgentConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise AgentConfigError(f"{path}: not valid TOML: {exc}") from None
-    section = raw.get("agent", {})
-    if not isinstance(section, dict):
-        raise AgentConfigError(f"{path}: [agent] must be a table")
-    unknown = set(section) - set(_DEFAULTS)
-    if unknown:
-        raise AgentConfigError(f"{path}: unknown key agent.{sorted(unknown)[0]}")
-    for key, value in section.items():
-        if not isinstance(value, str):
-            raise AgentConfigError(f"agent.{key}: expected a string, got {value!r}")
-    return section
 
 
 def load_agent_config(path: Path | None, flags: dict[str, str | None]) -> AgentConfig:
-    """Merge defaults, the file at `path` and the flags given; validate."""
-    values = dict(_DEFAULTS) | _read_file(path)
-    values |= {k: v for k, v in flags.items() if v is not None}
+    """Merge defaults, the file at `path` and the flags given; report every problem at once."""
+    raw = _read_file(path)
+    given = {k: v for k, v in flags.items() if v is not None}
+    if given:
+        table = raw.get("agent", {})
+        raw["agent"] = dict(table) | given if isinstance(table, dict) else table
+    problems = Problems()
+    a = decode_file(AgentFile, raw, problems).agent
     base = path.resolve().parent if path is not None else Path.cwd()
 
     def rel(text: str) -> Path:
         p = Path(text).expanduser()
         return p if p.is_absolute() else base / p
 
-    host, sep, port = values["relay"].rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise AgentConfigError(
-            f"agent.relay (--relay): expected HOST:PORT, got {values['relay']!r}"
-        )
-    if not values["user"]:
-        raise AgentConfigError("agent.user (--user): the agent id is required")
-    if not values["key"]:
-        raise AgentConfigError("agent.key (--key): a private key file is required")
-    try:
-        backoff = parse_duration_ms(values["backoff_max"])
-        idle = parse_duration_ms(values["idle_timeout"])
-    except InvalidValue as exc:
-        raise AgentConfigError(f"agent.backoff_max/idle_timeout: {exc}") from None
-    known = values["known_hosts"]
+    relay = decode_value(Address, a.relay, "agent.relay (--relay)", problems)
+    if not a.user:
+        problems.add("agent.user (--user)", "the agent id is required")
+    if not a.key:
+        problems.add("agent.key (--key)", "a private key file is required")
+    problems.raise_as(AgentConfigError)
     return AgentConfig(
-        host=host.strip("[]"),
-        port=int(port),
-        user=values["user"],
-        key=rel(values["key"]),
-        known_hosts=None if known == "ignore" else rel(known),
-        backoff_max_ms=max(100, backoff),
-        idle_timeout_ms=max(1, idle),
+        host=relay.host,
+        port=relay.port,
+        user=a.user,
+        key=rel(a.key),
+        known_hosts=None if a.known_hosts == "ignore" else rel(a.known_hosts),
+        backoff_max_ms=max(100, a.backoff_max),
+        idle_timeout_ms=max(1, a.idle_timeout),
     )

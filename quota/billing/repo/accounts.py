@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from quota.billing.errors import VersionConflict
 from quota.billing.repo.common import Row, chunks, marks
 from quota.billing.store import Tx
-from quota.core import wire
+from quota.contract import wire
 
 _ACCOUNT_COLS = "id, name, balance, version, frozen, frozen_reason, low_notice_at, created_at"
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from quota.billing.repo.common import Row, chunks, marks
 from quota.billing.store import Tx
-from quota.core import wire
+from quota.contract import wire
+from quota.core.billing import AgentRole
 
 _AGENT_COLS = (
     "id, account_id, name, role, plan, active, lapsed, active_until, auto_renew, allow_metered,"
@@ -56,7 +57,7 @@ class AgentRow:
             id=self.id,
             account_id=self.account_id,
             name=self.name,
-            role=self.role,
+            role=AgentRole(self.role),
             status="active" if self.active else "inactive",
             plan=self.plan,
             active_until=self.active_until,

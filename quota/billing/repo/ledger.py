@@ -18,7 +18,7 @@ from quota.billing.errors import PaymentRequired
 from quota.billing.repo.accounts import AccountRow, save_account
 from quota.billing.repo.common import Row
 from quota.billing.store import Tx
-from quota.core import wire
+from quota.contract import wire
 from quota.core.billing import EntryKind
 from quota.core.money import format_coin
 
@@ -44,7 +44,7 @@ class Posting:
 
 
 def _entry(row: Row) -> wire.LedgerEntry:
-    names = [f.name for f in dataclasses.fields(wire.LedgerEntry)]
+    names = wire.LedgerEntry.__struct_fields__
     return wire.LedgerEntry(**dict(zip(names, row, strict=True)))
 
 
@@ -79,7 +79,7 @@ async def post(
         id=entry_id,
         account_id=account.id,
         agent_id=posting.agent_id,
-        kind=posting.kind.value,
+        kind=posting.kind,
         amount=posting.amount,
         balance_after=balance,
         traffic_bytes=posting.traffic_bytes,

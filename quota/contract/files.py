@@ -1,0 +1,156 @@
+"""The three config files (relay, billing API, agent), described once, with their defaults.
+
+Invariants:
+- Each key, its type and its default appear here and nowhere else; the loaders
+  (relay.config, quota.billing.config, tools.agent.config) only add rules that
+  join keys or touch the file system, and build their own config values.
+- Defaults are written the way README documents them ("1M", "30s").
+- Every key documented in README ("Relay configuration", the billing and agent
+  config sections) is a field here, under the same name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from quota.contract.config import (
+    Address,
+    Bytes,
+    Coin,
+    Millis,
+    Ports,
+    Section,
+    coin,
+    millis,
+    size,
+)
+
+URL = Annotated[
+    str, msgspec.Meta(pattern=r"^(https?://.*)?$", description="expected http:// or https://")
+]
+Token = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=16, description="must be a string of 16+ characters", extra={"secret": True}
+    ),
+]
+
+# -- the relay (relay.toml) ------------------------------------------------------------
+
+
+class RelaySection(Section, frozen=True, kw_only=True):
+    id: Annotated[
+        str, msgspec.Meta(pattern=r"^[\w-]+$", description="letters, digits, - and _ only")
+    ] = "relay-1"
+    ssh_listen: Address = Address("127.0.0.1:2222")
+    host_key: str = "var/relay_host_key"
+    agents_file: str = "agents.toml"
+    public_bind: str = "127.0.0.1"
+    public_ports: Ports = Ports("20000-20099")
+    keepalive: Millis = millis("30s")
+    ciphers: str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com"
+
+
+class AdminSection(Section, frozen=True, kw_only=True):
+    listen: str = "127.0.0.1:8022"  # HOST:PORT, or unix:PATH
+    token: str = ""
+    token_file: str = ""
+
+
+class QuotaSection(Section, frozen=True, kw_only=True):
+    metering: bool = True
+    low_water: Bytes = size("1M")
+    slice: Bytes = size("256K")
+    inactive_grace: Millis = millis("5m")
+
+
+class StreamLogSection(Section, frozen=True, kw_only=True):
+    path: str = "var/streams.db"
+    interim: Millis = millis("60s")
+    flush: Millis = millis("1s")
+    json_lines: str = "var/streams.jsonl"  # "" off, "-" stderr
+
+
+class UdpSection(Section, frozen=True, kw_only=True):
+    idle_timeout: Millis = millis("60s")
+    max_datagram: Bytes = size("65507")
+
+
+class BillingLinkSection(Section, frozen=True, kw_only=True):
+    url: URL = ""
+    token: str = ""
+    token_file: str = ""
+    journal: str = "var/journal.db"
+    interval: Millis = millis("1s")
+    timeout: Millis = millis("5s")
+    min_want: Bytes = size("10M")
+    offline: Literal["pause", "continue"] = "pause"
+    offline_allowance: Bytes = size("0")
+    idle_return: Millis = millis("5m")
+    registry_refresh: Millis = millis("30s")
+
+
+class RelayFile(Section, frozen=True, kw_only=True):
+    relay: RelaySection = RelaySection()
+    admin: AdminSection = AdminSection()
+    quota: QuotaSection = QuotaSection()
+    stream_log: StreamLogSection = StreamLogSection()
+    udp: UdpSection = UdpSection()
+    billing: BillingLinkSection = BillingLinkSection()
+
+
+# -- the billing API (billing.toml) ----------------------------------------------------
+
+
+class ServerSection(Section, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535, description="not a TCP port")] = 8480
+    database: str = "var/billing.sqlite3"
+    admin_token: str = ""  # or QUOTARELAY_BILLING_ADMIN_TOKEN
+    maintenance_interval: Millis = millis("5m")
+    lease_ttl: Millis = millis("10m")
+
+
+class PricingSection(Section, frozen=True, kw_only=True):
+    metered_price_per_gb: Coin = coin("0.1")
+
+
+class NotificationsSection(Section, frozen=True, kw_only=True):
+    webhook_url: URL = ""
+    low_balance_interval: Millis = millis("7d")
+    retries: Annotated[int, msgspec.Meta(ge=0, le=100, description="must be 0..100")] = 5
+    timeout: Millis = millis("5s")
+
+
+class RelayCred(Section, frozen=True, kw_only=True):
+    """A relay allowed to sync, and the token it proves itself with."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, description="must be a non-empty string")]
+    token: Token
+
+
+class BillingFile(Section, frozen=True, kw_only=True):
+    server: ServerSection = ServerSection()
+    pricing: PricingSection = PricingSection()
+    notifications: NotificationsSection = NotificationsSection()
+    relays: list[RelayCred] = []
+    plans: list[dict[str, Any]] = []  # read by quota.core.billing.catalogue_from_config
+    packages: list[dict[str, Any]] = []
+
+
+# -- the agent (agent.toml, then flags) ------------------------------------------------
+
+
+class AgentSection(Section, frozen=True, kw_only=True):
+    relay: str = ""  # HOST:PORT of the relay's SSH front
+    user: str = ""  # the agent id the relay knows
+    key: str = ""  # private key file (OpenSSH format)
+    known_hosts: str = "~/.ssh/known_hosts"  # "ignore" accepts any relay host key
+    backoff_max: Millis = millis("30s")  # longest wait between reconnect attempts
+    idle_timeout: Millis = millis("120s")  # a local UDP flow idle this long is forgotten
+
+
+class AgentFile(Section, frozen=True, kw_only=True):
+    agent: AgentSection = AgentSection()
