@@ -23,7 +23,6 @@ from relay.hub.hub import Hub
 from relay.hub.stream import Stream
 from relay.hub.tunnels import PUBLIC, Tunnel, is_address
 from relay.registry import Agent
-from relay.tcp.backlog import DEFAULT_WRITE_BUFFER
 from relay.tcp.pump import ChannelLeg, TcpLeg
 from relay.tcp.stream import TcpPair
 
@@ -88,7 +87,7 @@ class TcpTunnels:
         stream = Stream(
             hub, stream_id=hub.stream_id(), tunnel=tunnel, peer_desc=peer_desc, bucket=bucket
         )
-        return TcpPair(stream, write_buffer=DEFAULT_WRITE_BUFFER)
+        return TcpPair(stream, write_buffer=hub.config.write_buffer)
 
     async def bridge(self, support: Agent, tunnel: Tunnel, orig: tuple[str, int]) -> ChannelLeg:
         """Open the owner's forwarded-tcpip channel; return the support side's leg."""
