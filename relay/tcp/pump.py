@@ -6,7 +6,7 @@ Invariants:
   at the grant. The remainder is held (at most one chunk) and the stream pauses.
 - A leg reads only while its pause set is empty. Flow control (the SSH channel
   toward the peer has no window), a full write buffer (the peer's socket, or its
-  SSH connection's, above the `write_buffer` high-water mark: relay.tcp.backlog)
+  SSH connection's, above the `write_buffer` high-water mark: relay.ssh.backlog)
   and quota pauses are separate reasons: none undoes another. So whatever window
   a peer advertises, what a leg charged but the kernel has not taken is bounded.
 - Held bytes are written before reading resumes, because resuming may deliver
@@ -29,7 +29,7 @@ import asyncssh
 
 from quota.core.bucket import Meter
 from quota.core.stream import PauseReason, PauseSet
-from relay.tcp.backlog import NEVER_FULL, backlog_of
+from relay.ssh.backlog import NEVER_FULL, backlog_of
 
 
 class LegStream(Protocol):

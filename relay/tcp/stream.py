@@ -29,7 +29,7 @@ from quota.core.streams import (
     Side,
 )
 from relay.hub.stream import Stream, detach_meters
-from relay.tcp.backlog import DEFAULT_WRITE_BUFFER
+from relay.ssh.backlog import DEFAULT_WRITE_BUFFER
 from relay.tcp.pump import Leg
 
 

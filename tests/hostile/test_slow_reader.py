@@ -19,6 +19,7 @@ from typing import Any
 import asyncssh
 import pytest
 
+from quota.core.frames import Frame, FrameDecoder, encode
 from relay.streamlog.query import list_streams
 from tests.rigs.keys import AgentSpec, make_agent
 from tests.rigs.procs import free_port
@@ -42,6 +43,7 @@ RSS_GROWTH = 16_000_000  # bytes the relay may grow by while a peer does not rea
 OTHER = 16 * MiB  # each way, for the other account's transfer
 CHUNK = 64 * 1024
 MAX_POUR = 4 * 1024 * MiB  # the pouring service stops after this much, read or not
+POURS = 40  # a UDP owner's replies, in batches of 1000 datagrams of 1000 bytes
 
 
 class Pour:
@@ -91,6 +93,33 @@ class StopReadingChannel(asyncssh.SSHTCPSession[bytes]):
         if self.received >= READ_FIRST and not self.stopped.is_set():
             transport: Any = self.conn._transport  # the socket under the SSH connection
             transport.pause_reading()
+            self.stopped.set()
+
+
+class FramedChannel(asyncssh.SSHTCPSession[bytes]):
+    """A UDP tunnel's framed channel driven by hand: keeps the frames it gets, counts payload.
+
+    With `stop_after`, it stops its connection reading once that much payload arrived.
+    """
+
+    def __init__(self, stop_after: int = 0) -> None:
+        self.chan: Any = None
+        self.decoder = FrameDecoder()
+        self.frames: list[Frame] = []
+        self.received = 0
+        self.stop_after = stop_after
+        self.stopped = asyncio.Event()
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        for event in self.decoder.feed(data):
+            if isinstance(event, Frame):
+                self.frames.append(event)
+                self.received += len(event.payload)
+        if self.stop_after and self.received >= self.stop_after and not self.stopped.is_set():
+            self.chan.get_connection()._transport.pause_reading()
             self.stopped.set()
 
 
@@ -222,7 +251,7 @@ async def other(
         await tenant.stop()
 
 
-async def support_conn(relay: Relay, agent: AgentSpec) -> asyncssh.SSHClientConnection:
+async def agent_conn(relay: Relay, agent: AgentSpec) -> asyncssh.SSHClientConnection:
     return await asyncssh.connect(
         "127.0.0.1",
         relay.ssh_port,
@@ -273,7 +302,7 @@ async def test_a_support_agent_that_stops_reading_holds_the_owner_back(
     assert relay.proc is not None
     await expose(relay, agents["nas"], f"nas:22:127.0.0.1:{pour.port}", clients)
     rss_before = rss(relay.proc.pid)
-    async with await support_conn(relay, agents["tech"]) as conn:
+    async with await agent_conn(relay, agents["tech"]) as conn:
         channel = StopReadingChannel(conn)
         await conn.create_connection(lambda: channel, "nas", 22, window=WINDOW)
         await asyncio.wait_for(channel.stopped.wait(), 30)
@@ -309,3 +338,34 @@ async def test_a_public_client_that_stops_reading_holds_the_owner_back(
         await paused_in_log(relay)
     finally:
         transport.close()
+
+
+async def test_udp_replies_to_a_support_agent_that_stops_reading_are_dropped_not_buffered(
+    relay: Relay, agents: dict[str, AgentSpec], other: OtherTenant
+) -> None:
+    """A stalled 2 GiB-window UDP channel: replies beyond the bound are dropped, not charged."""
+    assert relay.proc is not None
+    owner, support = FramedChannel(), FramedChannel(stop_after=READ_FIRST)
+    payload = bytes(1000)
+    async with (
+        await agent_conn(relay, agents["nas"]) as nas,
+        await agent_conn(relay, agents["tech"]) as tech,
+    ):
+        await nas.create_server(lambda host, port: owner, "udp/dns", 53)
+        rss_before = rss(relay.proc.pid)
+        await tech.create_connection(lambda: support, "udp/dns", 53, window=WINDOW)
+        support.chan.write(encode(1, b"ping"))
+        await poll(lambda: bool(owner.frames), "the relay's flow toward the owner")
+        flow_id = owner.frames[0].flow_id
+        for _ in range(POURS):  # the owner's service answers far more than the peer reads
+            owner.chan.write(b"".join(encode(flow_id, payload) for _ in range(1000)))
+            await poll(lambda: owner.chan.get_write_buffer_size() < MiB, "the relay reading")
+        await asyncio.wait_for(support.stopped.wait(), 30)
+        await other.transfer()
+        (flow,) = await relay.call("streams")
+        kernel = in_kernel(relay.ssh_port, tech.get_extra_info("sockname")[1])
+        held = flow["bytes_down"] - support.received - kernel
+        assert flow["bytes_down"] - support.received < OVERCHARGE, flow
+        assert held < WRITE_BUFFER + ONE_CHUNK, f"{held} bytes charged, not read, not in kernel"
+        assert flow["bytes_dropped"] >= POURS * MiB // 2, flow
+        assert rss(relay.proc.pid) - rss_before < RSS_GROWTH
