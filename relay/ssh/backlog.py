@@ -6,7 +6,9 @@ so a peer that advertises a huge window and stops reading its socket lets the
 transport's buffer grow without end. A `ConnBacklog` takes those callbacks.
 
 Invariants:
-- One per SSH connection, installed on it by the first relayed channel; the
+- One per SSH connection, installed when the connection is made (relay.ssh.front),
+  before anything was written to it: a transport that had already paused (and
+  called asyncssh's no-op `pause_writing`) would never call ours. The
   transport's high-water mark is set to the relay's `write_buffer`.
 - `full` is True from the transport's `pause_writing` to its `resume_writing`.
   The byte path only reads it after a write (one attribute test per chunk); a

@@ -24,6 +24,7 @@ from relay.errors import Refused
 from relay.hub.hub import Hub
 from relay.hub.tunnels import Tunnel, is_address
 from relay.registry import Agent
+from relay.ssh.backlog import backlog_of
 from relay.tcp.tunnels import TcpTunnels
 from relay.udp.relay import UDP_PREFIX, udp_for
 
@@ -65,6 +66,7 @@ class AgentServer(asyncssh.SSHServer):
 
     def connection_made(self, conn: Any) -> None:
         self.conn = conn
+        backlog_of(conn, self.hub.config.write_buffer)  # before anything is written to it
         peer = conn.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
 
