@@ -17,7 +17,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy quota relay tools bench tests/rigs
 
+# bench/install_tools.sh: ssh, sshd, socat and prometheus for the end-to-end tests (root + apt-get).
 test: lint
+	sh bench/install_tools.sh
 	$(BIN)/python -m pytest -q
 
 # The suite on 4 parallel workers on any number of cores: load that flushes out races.

@@ -9,11 +9,12 @@ on stdout says the relay listens, with the ports it got.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ import structlog
 from quota.agent.client import BillingClient
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings
+from quota.metrics import MetricsListenError, MetricsServer
+from relay.admin.health import RelayHealth
+from relay.admin.metrics import RelayCollector, relay_registry
 from relay.admin.server import AdminServer
 from relay.config import BillingLinkConfig, RelayConfig
 from relay.errors import ConfigError
@@ -79,6 +83,20 @@ async def _quota_agent(stack: AsyncExitStack, link: BillingLinkConfig, hub: Hub)
     return quota
 
 
+@contextlib.asynccontextmanager
+async def _metrics_server(
+    config: RelayConfig, hub: Hub, quota: QuotaAgent | None
+) -> AsyncIterator[MetricsServer]:
+    """`/metrics` on `metrics.listen`, or nothing listening when it is off."""
+    collector = RelayCollector(hub, quota, config.metrics)
+    server = MetricsServer(relay_registry(collector), config.metrics, collector.refresh)
+    try:
+        async with server:
+            yield server
+    except MetricsListenError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 async def serve(
     config: RelayConfig, on_ready: Callable[[Hub], Awaitable[None]] | None = None
 ) -> int:
@@ -120,9 +138,13 @@ async def serve(
             raise ConfigError(
                 f"relay.ssh_listen: cannot listen on {config.ssh_listen}: {exc.strerror}"
             ) from None
+        offline = config.billing.offline if config.billing else "continue"
+        health = RelayHealth(streamlog, quota, offline)
+        health.listening = bool(server.sockets)
         admin = await stack.enter_async_context(
-            AdminServer(Control(hub), config.admin_listen, config.admin_token)
+            AdminServer(Control(hub), config.admin_listen, config.admin_token, health)
         )
+        metrics = await stack.enter_async_context(_metrics_server(config, hub, quota))
         ssh_port = server.sockets[0].getsockname()[1]
         ready_line = {
             "event": "relay_ready",
@@ -131,6 +153,7 @@ async def serve(
             "admin": str(config.admin_listen)
             if isinstance(config.admin_listen, Path)
             else admin.port,
+            "metrics": metrics.port,
         }
         print(json.dumps(ready_line), flush=True)
         log.info("relay_ready", **{k: v for k, v in ready_line.items() if k != "event"})

@@ -21,6 +21,7 @@ import msgspec
 
 from quota.contract.config import Address, Problems, decode_file, decode_value
 from quota.contract.files import BillingLinkSection, RelayFile
+from quota.metrics import MetricsConfig, metrics_config
 from relay.errors import ConfigError
 
 WRITE_BUFFER_MIN, WRITE_BUFFER_MAX = 16 * 1024, 1024**3  # relay.write_buffer's range
@@ -76,6 +77,7 @@ class RelayConfig:
     udp_idle_timeout_ms: int = 60_000  # a UDP flow idle this long ends
     udp_max_datagram: int = 65_507  # bigger datagrams are dropped and counted
     write_buffer: int = 256 * 1024  # high-water mark of every socket the relay writes to
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
 
 
 def parse_host_port(text: str, key: str) -> HostPort:
@@ -120,6 +122,8 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
     billing = _billing(f.billing, rel, problems)
     if not WRITE_BUFFER_MIN <= r.write_buffer <= WRITE_BUFFER_MAX:
         problems.add("relay.write_buffer", f"16Ki..1Gi bytes, got {r.write_buffer}")
+    m = f.metrics
+    metrics = metrics_config(m.listen, problems, max_agents=m.max_agents, per_tunnel=m.per_tunnel)
     if not 1 <= u.max_datagram <= 65_535:
         problems.add("udp.max_datagram", f"1..65535 bytes (a frame's limit), got {u.max_datagram}")
     problems.raise_as(ConfigError)
@@ -147,6 +151,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         udp_idle_timeout_ms=max(1, u.idle_timeout),
         udp_max_datagram=u.max_datagram,
         write_buffer=r.write_buffer,
+        metrics=metrics,
     )
 
 

@@ -1,4 +1,8 @@
-"""The one place structlog is configured: JSON lines on stderr, snake_case events."""
+"""The one place structlog is configured: JSON lines (or text for people) on stderr.
+
+Event names are snake_case and stable in both formats; `--log-level` and
+`--log-format` of the commands that run a service come here (`LEVELS`, `FORMATS`).
+"""
 
 from __future__ import annotations
 
@@ -18,15 +22,31 @@ class _Stderr:
         sys.stderr.flush()
 
 
-def configure(level: int = logging.INFO) -> None:
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+FORMATS = ("json", "text")
+
+
+def configure(level: str | int = logging.INFO, fmt: str = "json") -> None:
+    """Log records at `level` ("debug".."error", or a logging constant) and above, as `fmt`."""
+    threshold = LEVELS[level] if isinstance(level, str) else level
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if fmt == "text"
+        else structlog.processors.JSONRenderer()
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(),
+            renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,  # keeps structlog.testing.capture_logs usable
     )

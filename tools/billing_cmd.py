@@ -25,6 +25,7 @@ from quota.core.errors import InvalidValue
 from quota.core.money import format_coin, parse_coin
 from quota.core.units import parse_size
 from tools.errors import CliError
+from tools.log_options import add_log_options
 
 URL_ENV = "QUOTARELAY_BILLING_URL"
 TOKEN_ENV = "QUOTARELAY_BILLING_TOKEN"
@@ -47,6 +48,9 @@ async def serve(args: argparse.Namespace) -> int:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
             print(f"billing API listening on {server.url}", flush=True)
+            if server.metrics_port is not None:
+                where = f"{config.metrics.host}:{server.metrics_port}"
+                print(f"billing metrics on http://{where}/metrics", flush=True)
             await stop.wait()
     except BillingError as exc:
         raise CliError(str(exc)) from exc
@@ -335,6 +339,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     sub = billing.add_subparsers(dest="billing_command", required=True, metavar="COMMAND")
     p = sub.add_parser("serve", help="run the billing API")
     p.add_argument("--config", required=True, help="billing TOML file")
+    add_log_options(p)
     p.set_defaults(func=serve, serves=True)
     common = _client_options()
     _register_account(sub, common)

@@ -2,7 +2,8 @@
 
 Each module in `COMMANDS` exposes `register(subparsers)`, which adds its parser
 and sets `func` (an `async` callable taking the parsed namespace and returning an
-exit code) and, for commands that run a service, `serves=True` (logs configured).
+exit code) and, for commands that run a service, `serves=True` (logs configured
+from the `--log-level` and `--log-format` that `add_log_options` gives them).
 Errors a user can fix are raised as `CliError` (from `tools.errors`) and printed
 as one line. Imports point one way: this module imports the subcommand modules,
 and none of them imports this one.
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "serves", False):  # services log JSON lines; client commands print
         from relay.logs import configure
 
-        configure()
+        configure(getattr(args, "log_level", "info"), getattr(args, "log_format", "json"))
     try:
         code = run_async(args.func, args)
     except CliError as exc:

@@ -25,6 +25,7 @@ from relay.admin.client import AdminClient, AdminError, parse_admin_target
 from relay.config import HostPort, load_config
 from relay.errors import ConfigError
 from tools.errors import CliError
+from tools.log_options import add_log_options
 
 TOKEN_ENV = "QUOTARELAY_ADMIN_TOKEN"
 
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     run = commands.add_parser("run", help="run the relay in the foreground")
     run.add_argument("--config", default="relay.toml", help="relay config (default relay.toml)")
+    add_log_options(run)
     run.set_defaults(func=_run, serves=True)
 
     admin = argparse.ArgumentParser(add_help=False)

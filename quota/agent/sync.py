@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import random
 import time
@@ -35,7 +36,7 @@ from quota.agent.journal import Journal
 from quota.contract import wire
 from quota.core.sync import Applied, Retry, SyncMachine, SyncSettings, next_due
 
-__all__ = ["QuotaAgent", "QuotaHost", "SyncSettings", "wait_event", "wall_ms"]
+__all__ = ["QuotaAgent", "QuotaHost", "RoundTimes", "SyncSettings", "wait_event", "wall_ms"]
 
 log = structlog.get_logger("quota.agent")
 
@@ -51,6 +52,22 @@ class QuotaHost(Protocol):
     def take_back_idle(self, idle_ms: int) -> dict[str, int]: ...  # agent -> bytes given back
     def drop_lease(self, agent_id: str) -> int: ...  # an expired lease: unused bytes dropped
     def set_agents(self, agents: list[wire.RelayAgent]) -> None: ...
+
+
+ROUND_BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000)
+
+
+class RoundTimes:
+    """How long sync rounds took: counts per upper bound in ms (a histogram, read by metrics)."""
+
+    def __init__(self, bounds_ms: tuple[int, ...] = ROUND_BOUNDS_MS) -> None:
+        self.bounds_ms = bounds_ms
+        self.counts = [0] * (len(bounds_ms) + 1)  # the last one: above every bound
+        self.total_ms = 0
+
+    def observe(self, ms: int) -> None:
+        self.counts[bisect.bisect_left(self.bounds_ms, ms)] += 1
+        self.total_ms += ms
 
 
 def wall_ms() -> int:
@@ -78,6 +95,7 @@ class QuotaAgent:
         self.clock_ms = clock_ms
         self.machine = SyncMachine(settings, draw)
         self.counters: Counter[str] = Counter()
+        self.round_times = RoundTimes()
         self._nudge = asyncio.Event()
         self._refresh = asyncio.Event()
 
@@ -85,6 +103,11 @@ class QuotaAgent:
     def online(self) -> bool:
         """The last send succeeded."""
         return self.machine.online
+
+    @property
+    def offline(self) -> bool:
+        """The last send failed (the billing API did not answer)."""
+        return self.machine.offline
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -136,6 +159,13 @@ class QuotaAgent:
 
     async def round(self) -> None:
         """One interval: drop expired leases, flush counts to the journal, send what waits."""
+        started = time.monotonic_ns()
+        try:
+            await self._round()
+        finally:
+            self.round_times.observe((time.monotonic_ns() - started) // 1_000_000)
+
+    async def _round(self) -> None:
         if not self.machine.journal_due(self.clock_ms()):
             return  # the journal failed lately: counting goes on, the deltas just grow
         try:

@@ -13,11 +13,12 @@ Invariants:
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from quota.billing.errors import BadRequest, BillingError, Forbidden, Unauthorized
 from quota.billing.openapi import document
@@ -131,9 +132,24 @@ async def _openapi(request: web.Request) -> web.StreamResponse:
     return web.json_response(document())
 
 
-def make_app(service: BillingService) -> web.Application:
-    """The aiohttp application over `service`."""
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "alive"})
+
+
+async def _readyz(request: web.Request) -> web.StreamResponse:
+    """Ready when the database answers a read; 503 with the reasons otherwise."""
+    reasons = []
+    try:
+        await request.app[SERVICE].store.ping()
+    except Exception as exc:  # any failure to read means not ready, whatever its type
+        reasons.append(f"database not readable: {exc}")
+    body = {"status": "not ready" if reasons else "ready", "reasons": reasons, "notes": []}
+    return web.json_response(body, status=503 if reasons else 200)
+
+
+def make_app(service: BillingService, middlewares: Sequence[Middleware] = ()) -> web.Application:
+    """The aiohttp application over `service`; `middlewares` run outside the error handling."""
+    app = web.Application(middlewares=[*middlewares, errors_middleware], client_max_size=MAX_BODY)
     app[SERVICE] = service
 
     async def close_push(_: web.Application) -> None:
@@ -141,6 +157,8 @@ def make_app(service: BillingService) -> web.Application:
 
     app.on_shutdown.append(close_push)
     app.router.add_get("/openapi.json", _openapi)
+    app.router.add_get("/healthz", _healthz)  # no token: they tell only alive and ready
+    app.router.add_get("/readyz", _readyz)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _handler(route), name=route.name)
     return app

@@ -21,6 +21,7 @@ from quota.contract.config import Problems, decode_file
 from quota.contract.files import BillingFile, RelayCred
 from quota.core.billing import PriceList, catalogue_from_config
 from quota.core.errors import InvalidValue
+from quota.metrics import MetricsConfig, metrics_config
 
 __all__ = ["ADMIN_TOKEN_ENV", "BillingConfig", "RelayCred", "config_from_mapping", "load_config"]
 
@@ -43,6 +44,7 @@ class BillingConfig:
     notify_timeout_ms: int = 5_000
     relays: tuple[RelayCred, ...] = ()
     catalogue: PriceList = field(default_factory=lambda: PriceList(plans={}, packages={}))
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
 
 
 def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> BillingConfig:
@@ -69,6 +71,7 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
         catalogue = catalogue_from_config(f.plans, f.packages)
     except InvalidValue as exc:
         problems.note(str(exc))  # plans[1].price: ...
+    metrics = metrics_config(f.metrics.listen, problems)
     problems.raise_as(ConfigError)
     return BillingConfig(
         host=server.host,
@@ -84,6 +87,7 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
         notify_timeout_ms=notes.timeout,
         relays=tuple(f.relays),
         catalogue=catalogue,
+        metrics=metrics,
     )
 
 

@@ -39,6 +39,7 @@ class Notifier:
         self.backoff_s = backoff_s
         self._queue: asyncio.Queue[Notice] = asyncio.Queue(_QUEUE_MAX)
         self._task: asyncio.Task[None] | None = None
+        self._busy = 0  # 1 while a notice is being delivered
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Notifier:
@@ -57,6 +58,11 @@ class Notifier:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def pending(self) -> int:
+        """Notices queued or being delivered, not yet delivered or given up."""
+        return self._queue.qsize() + self._busy
+
     def submit(self, notice: Notice) -> None:
         log.info("billing_notice", account_id=notice.account_id, notice=notice.kind)
         if self._task is None:
@@ -69,7 +75,11 @@ class Notifier:
     async def _worker(self) -> None:
         while True:
             notice = await self._queue.get()
-            await self._deliver(notice)
+            self._busy = 1
+            try:
+                await self._deliver(notice)
+            finally:
+                self._busy = 0
 
     async def _deliver(self, notice: Notice) -> None:
         for attempt in range(self.retries + 1):

@@ -10,6 +10,8 @@ Invariants:
 
 from __future__ import annotations
 
+from collections import Counter
+
 from quota.billing import repo
 from quota.billing.auth import Principal
 from quota.billing.op import Op
@@ -25,6 +27,8 @@ class Relays:
 
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
+        # reports and agent deltas taken in by this process (metrics read them)
+        self.ingested: Counter[str] = Counter()
 
     async def sync(self, who: Principal, req: wire.SyncRequest) -> wire.SyncAnswer:
         """Apply one relay sync once (usage, returns, lease requests); answer its leases."""
@@ -32,7 +36,11 @@ class Relays:
         async def run(op: Op) -> wire.SyncAnswer:
             return await apply_sync(op, who.id, req)
 
-        return await self._runner.run(f"sync:{who.id}:{req.seq}", run)
+        answer = await self._runner.run(f"sync:{who.id}:{req.seq}", run)
+        self.ingested["duplicate_reports" if answer.duplicate else "reports"] += 1
+        if not answer.duplicate:
+            self.ingested["agent_deltas"] += len(req.items)
+        return answer
 
     async def agents(self) -> wire.RelayAgentList:
         """Every agent of every account, with its state and its keys not revoked."""

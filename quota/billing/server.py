@@ -1,6 +1,7 @@
 """The running billing service: store, notifier, HTTP site and maintenance loop.
 
-Invariant: everything it starts it owns and stops on exit, in reverse order:
+Invariant: everything it starts (the metrics listener too, when `metrics.listen`
+is set) it owns and stops on exit, in reverse order:
 the maintenance task (in the server's TaskGroup) is cancelled, the HTTP site
 closed, queued notices abandoned with the notifier, and the database closed
 last. A failed start undoes whatever had started.
@@ -19,9 +20,11 @@ from quota.billing.clock import Clock, SystemClock
 from quota.billing.config import BillingConfig
 from quota.billing.errors import ListenError
 from quota.billing.maintenance import maintenance_loop
+from quota.billing.metrics import BillingMetrics
 from quota.billing.notifier import Notifier
 from quota.billing.service import BillingService
 from quota.billing.store import Store
+from quota.metrics import MetricsListenError, MetricsServer
 
 
 class BillingServer:
@@ -38,6 +41,8 @@ class BillingServer:
             config.webhook_url, retries=config.notify_retries, timeout_ms=config.notify_timeout_ms
         )
         self.service = BillingService(self.store, config, self.clock, self.notifier.submit)
+        self.metrics = BillingMetrics(self.service, self.notifier, self.store)
+        self.metrics_port: int | None = None  # where /metrics listens, when it does
         self._stack = contextlib.AsyncExitStack()
         self._task: asyncio.Task[None] | None = None
         self.port = 0
@@ -50,10 +55,12 @@ class BillingServer:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
             await stack.enter_async_context(self.notifier)
-            runner = web.AppRunner(make_app(self.service), access_log=None)
+            app = make_app(self.service, [self.metrics.middleware])
+            runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             await self._listen(runner)
+            await self._serve_metrics(stack)
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             stack.callback(self._stop_maintenance)
             if self.maintenance:
@@ -73,6 +80,15 @@ class BillingServer:
                 f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}"
             ) from exc
         self.port = runner.addresses[0][1] if runner.addresses else self.config.port
+
+    async def _serve_metrics(self, stack: contextlib.AsyncExitStack) -> None:
+        collector = self.metrics.collector
+        server = MetricsServer(self.metrics.registry, self.config.metrics, collector.refresh)
+        try:
+            await stack.enter_async_context(server)
+        except MetricsListenError as exc:
+            raise ListenError(str(exc)) from exc
+        self.metrics_port = server.port
 
     def _stop_maintenance(self) -> None:
         if self._task is not None:

@@ -44,6 +44,7 @@ class BillingService:
         notify: Callable[[Notice], None] = _no_notices,
     ) -> None:
         self.config = config
+        self.store = store
         self.push = PushHub()
         self.runner = Runner(store, config, clock, Announcer(notify, self.push))
         self.tokens = Tokens(store, config)

@@ -297,3 +297,8 @@ class Store:
         """Reads of a consistent snapshot (a transaction that writes nothing)."""
         async with self.transaction() as tx:
             yield tx
+
+    async def ping(self) -> None:
+        """Read one row: raises StoreError when the database does not answer (readiness)."""
+        async with self.reading() as tx:
+            await tx.one("SELECT 1")

@@ -93,6 +93,14 @@ class BillingLinkSection(Section, frozen=True, kw_only=True):
     registry_refresh: Millis = millis("30s")
 
 
+class RelayMetricsSection(Section, frozen=True, kw_only=True):
+    listen: str = ""  # HOST:PORT of /metrics; "" is off
+    max_agents: Annotated[int, msgspec.Meta(ge=1, le=100_000, description="must be 1..100000")] = (
+        100  # agents with a label of their own; the rest are summed under "other"
+    )
+    per_tunnel: bool = False  # bytes per tunnel too
+
+
 class RelayFile(Section, frozen=True, kw_only=True):
     relay: RelaySection = RelaySection()
     admin: AdminSection = AdminSection()
@@ -100,6 +108,7 @@ class RelayFile(Section, frozen=True, kw_only=True):
     stream_log: StreamLogSection = StreamLogSection()
     udp: UdpSection = UdpSection()
     billing: BillingLinkSection = BillingLinkSection()
+    metrics: RelayMetricsSection = RelayMetricsSection()
 
 
 # -- the billing API (billing.toml) ----------------------------------------------------
@@ -125,6 +134,10 @@ class NotificationsSection(Section, frozen=True, kw_only=True):
     timeout: Millis = millis("5s")
 
 
+class BillingMetricsSection(Section, frozen=True, kw_only=True):
+    listen: str = ""  # HOST:PORT of /metrics; "" is off
+
+
 class RelayCred(Section, frozen=True, kw_only=True):
     """A relay allowed to sync, and the token it proves itself with."""
 
@@ -136,6 +149,7 @@ class BillingFile(Section, frozen=True, kw_only=True):
     server: ServerSection = ServerSection()
     pricing: PricingSection = PricingSection()
     notifications: NotificationsSection = NotificationsSection()
+    metrics: BillingMetricsSection = BillingMetricsSection()
     relays: list[RelayCred] = []
     plans: list[dict[str, Any]] = []  # read by quota.core.billing.catalogue_from_config
     packages: list[dict[str, Any]] = []

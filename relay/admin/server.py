@@ -5,8 +5,9 @@ Invariants:
   or a unix socket whose file is created with mode 0600 before anyone can
   connect (bound in a private folder, then renamed into place).
 - Every request carries `Authorization: Bearer <token>`, compared in constant
-  time. An empty token is refused over TCP; on a unix socket it means the file
-  permissions are the only guard.
+  time, but `/healthz` and `/readyz`, which tell only whether the relay is alive
+  and ready (relay.admin.health). An empty token is refused over TCP; on a unix
+  socket it means the file permissions are the only guard.
 - A request that is refused (401, 400, 404, 413) changes nothing: the body is
   read and validated in full before the relay is called.
 - Answers are JSON; errors are `{"error": "<message naming the problem>"}`.
@@ -56,6 +57,13 @@ class RelayControl(Protocol):
     def streams(self) -> list[dict[str, object]]: ...
 
     def status(self) -> dict[str, object]: ...
+
+
+class Readiness(Protocol):
+    def readiness(self) -> tuple[list[str], list[str]]: ...
+
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # answered without a token
 
 
 class _Problem(Exception):
@@ -115,10 +123,13 @@ def _byte_count(body: dict[str, Any]) -> int:
 class _Routes:
     """The endpoints, each a thin translation from HTTP to one `RelayControl` call."""
 
-    def __init__(self, control: RelayControl) -> None:
+    def __init__(self, control: RelayControl, health: Readiness | None) -> None:
         self.control = control
+        self.health = health
 
     def add_to(self, app: web.Application) -> None:
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/v1/status", self.status)
         app.router.add_get("/v1/agents", self.agents)
         app.router.add_get("/v1/agents/{agent_id}", self.agent)
@@ -129,6 +140,14 @@ class _Routes:
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self.control.status())
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        reasons, notes = self.health.readiness() if self.health else ([], [])
+        body = {"status": "not ready" if reasons else "ready", "reasons": reasons, "notes": notes}
+        return web.json_response(body, status=503 if reasons else 200)
 
     async def agents(self, request: web.Request) -> web.Response:
         return web.json_response({"agents": self.control.agents()})
@@ -167,8 +186,15 @@ class _Routes:
 class AdminServer:
     """The admin API listening on a TCP address or a unix socket, as an async context manager."""
 
-    def __init__(self, control: RelayControl, listen: HostPort | Path, token: str) -> None:
+    def __init__(
+        self,
+        control: RelayControl,
+        listen: HostPort | Path,
+        token: str,
+        health: Readiness | None = None,
+    ) -> None:
         self.control = control
+        self.health = health
         self.listen = listen
         self.port: int | None = None  # the bound TCP port (useful with port 0)
         self._token = token.encode()
@@ -186,7 +212,7 @@ class AdminServer:
         if isinstance(self.listen, HostPort) and not self._token:
             raise ConfigError("admin.token is required when admin.listen is a TCP address")
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
-        _Routes(self.control).add_to(app)
+        _Routes(self.control, self.health).add_to(app)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         try:
@@ -253,7 +279,7 @@ class AdminServer:
         return response
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self._authorized(request):
+        if request.path not in OPEN_PATHS and not self._authorized(request):
             return _error(401, "missing or wrong admin token (send Authorization: Bearer <token>)")
         try:
             return await handler(request)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
 import structlog
 
 from quota.core.bucket import Bucket, Meter
+from quota.core.stream import PauseReason
 from quota.core.streams import Interim
 from relay.config import RelayConfig
 from relay.errors import Refused
@@ -52,6 +54,9 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[Any] = set()  # logged-in agents' SSH front objects
         self.quota_counters: dict[str, int] = {}  # the quota agent's, for the status view
+        # read by metrics at scrape time; bumped per pause or refusal, never per chunk
+        self.pauses: Counter[PauseReason] = Counter()
+        self.refusals: Counter[str] = Counter()  # cause -> count
 
     @staticmethod
     def now_ms() -> int:
@@ -76,6 +81,9 @@ class Hub:
     def record(self, stream: Stream, event: str) -> None:
         self.recorder.record(stream, event, self.now_ms())
 
+    def count_pause(self, reason: PauseReason) -> None:
+        self.pauses[reason] += 1
+
     def dispatch(self, wakes: tuple[Meter, ...]) -> None:
         self.buckets.dispatch(wakes)
 
@@ -85,6 +93,7 @@ class Hub:
     # -- tunnels ------------------------------------------------------------------------
 
     def refuse(self, conn: Any, agent: Agent | None, what: str, message: str) -> None:
+        self.refusals["tunnel_request" if what.startswith("-R") else "channel_open"] += 1
         log.warning(
             "refused", agent_id=agent.agent_id if agent else None, what=what, reason=message
         )

@@ -23,6 +23,8 @@ class LiveStreams(Mapping[str, Stream]):
         self._live: dict[str, Stream] = {}
         self.closed_usage: Counter[tuple[str, str]] = Counter()  # (agent, tunnel) -> bytes
         self.closed_time: Counter[tuple[str, str]] = Counter()  # (agent, tunnel) -> ms open
+        # (agent, tunnel, "up" or "down") -> bytes: the per-direction totals metrics read
+        self.closed_bytes: Counter[tuple[str, str, str]] = Counter()
 
     def __getitem__(self, stream_id: str) -> Stream:
         return self._live[stream_id]
@@ -42,6 +44,8 @@ class LiveStreams(Mapping[str, Stream]):
         stream.tunnel.streams.discard(stream)
         key = (stream.tunnel.agent.agent_id, stream.tunnel.tunnel_id)
         self.closed_usage[key] += stream.bytes_up + stream.bytes_down
+        self.closed_bytes[(*key, "up")] += stream.bytes_up
+        self.closed_bytes[(*key, "down")] += stream.bytes_down
 
     def tunnel_closed(self, tunnel: Tunnel, now_ms: int) -> None:
         self.closed_time[(tunnel.agent.agent_id, tunnel.tunnel_id)] += now_ms - tunnel.opened_ms
@@ -54,6 +58,15 @@ class LiveStreams(Mapping[str, Stream]):
         for stream in self._live.values():
             key = (stream.tunnel.agent.agent_id, stream.tunnel.tunnel_id)
             totals[key] += stream.bytes_up + stream.bytes_down
+        return dict(totals)
+
+    def bytes_by_direction(self) -> dict[tuple[str, str, str], int]:
+        """Cumulative bytes per (agent, tunnel, direction), live streams included."""
+        totals: Counter[tuple[str, str, str]] = Counter(self.closed_bytes)
+        for stream in self._live.values():
+            key = (stream.tunnel.agent.agent_id, stream.tunnel.tunnel_id)
+            totals[(*key, "up")] += stream.bytes_up
+            totals[(*key, "down")] += stream.bytes_down
         return dict(totals)
 
     def tunnel_time(self, tunnels: Iterable[Tunnel], now_ms: int) -> dict[tuple[str, str], int]:

@@ -78,6 +78,7 @@ class StreamHost(Protocol):
     def record(self, stream: Stream, event: str) -> None: ...
     def dispatch(self, wakes: tuple[Meter, ...]) -> None: ...
     def check_low_water(self, bucket: Bucket) -> None: ...
+    def count_pause(self, reason: PauseReason) -> None: ...
 
 
 class Stream:
@@ -146,6 +147,7 @@ class Stream:
                 carrier.attach_peers()
             case Pause():
                 carrier.pause(action.reason, action.sides)
+                host.count_pause(action.reason)
             case Resume():
                 carrier.resume(action.reasons, action.sides)
             case CloseLegs():

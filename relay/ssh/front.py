@@ -91,6 +91,7 @@ class AgentServer(asyncssh.SSHServer):
         agent = self.hub.registry.authenticate(username, bytes(key.public_data))
         if agent is None:
             log.warning("auth_refused", username=username, peer=self.peer)
+            self.hub.refusals["auth"] += 1
             return False
         self.agent = agent
         self.key_blob = bytes(key.public_data)

@@ -215,6 +215,7 @@ class StreamLog:
         self._task: asyncio.Task[None] | None = None
         self._written = 0
         self._lost = 0
+        self.last_error: str | None = None  # the last failed write, None once one succeeds
 
     @property
     def written(self) -> int:
@@ -262,8 +263,10 @@ class StreamLog:
                 await self._write(self._db, batch)
             except sqlite3.Error as exc:
                 self._requeue(batch)
+                self.last_error = str(exc)
                 raise StreamLogError(f"stream log {self.path}: write failed: {exc}") from exc
             self._written += len(batch)
+            self.last_error = None
             if self._json_file is not None or self._json_path == Path("-"):
                 await asyncio.to_thread(self._emit_json, batch)
 

@@ -58,6 +58,11 @@ def udp_for(hub: Hub) -> UdpRelay:
     return relay
 
 
+def udp_of(hub: Hub) -> UdpRelay | None:
+    """The UDP side of `hub` if it was made (metrics read it without making one)."""
+    return _RELAYS.get(hub)
+
+
 class UdpRelay:
     """Every UDP tunnel and flow of one relay."""
 

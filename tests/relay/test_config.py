@@ -142,3 +142,27 @@ def test_ciphers_are_checked_against_what_the_ssh_stack_offers(tmp_path: Path) -
     )
     with pytest.raises(ConfigError, match=r"relay\.ciphers: unknown cipher 'rot13'"):
         load_config(_write(tmp_path, '[relay]\nciphers = "rot13"\n'))
+
+
+def test_metrics_section_defaults_off_and_is_validated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[metrics] is off by default; listen and max_agents are checked, env sets integers."""
+    config = load_config(_write(tmp_path, ""))
+    assert (config.metrics.port, config.metrics.max_agents, config.metrics.per_tunnel) == (
+        None,
+        100,
+        False,
+    )
+    monkeypatch.setenv("QUOTARELAY_METRICS_MAX_AGENTS", "7")
+    on = load_config(_write(tmp_path, '[metrics]\nlisten = "127.0.0.1:9480"\nper_tunnel = true\n'))
+    assert (on.metrics.host, on.metrics.port, on.metrics.max_agents) == ("127.0.0.1", 9480, 7)
+    assert on.metrics.per_tunnel is True
+    monkeypatch.delenv("QUOTARELAY_METRICS_MAX_AGENTS")
+    for text, key in (
+        ('[metrics]\nlisten = "9480"\n', "metrics.listen"),
+        ("[metrics]\nmax_agents = 0\n", "metrics.max_agents"),
+        ('[metrics]\nmax_agents = "ten"\n', "metrics.max_agents"),
+    ):
+        with pytest.raises(ConfigError, match=rf"^{key}"):
+            load_config(_write(tmp_path, text))

@@ -120,9 +120,14 @@ class Billing:
     proc: asyncio.subprocess.Process | None = None
     url: str = ""
     session: aiohttp.ClientSession | None = field(default=None, repr=False)
+    metrics_listen: str = ""  # "127.0.0.1:0" serves /metrics; `metrics_port` is where
+    metrics_port: int = 0
 
     async def start(self) -> Billing:
         config = write_billing_config(self.tmp, self.port, self.plan_traffic, self.package_traffic)
+        if self.metrics_listen:
+            with config.open("a") as f:
+                f.write(f'\n[metrics]\nlisten = "{self.metrics_listen}"\n')
         with (self.tmp / "billing.log").open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *billing_command(config), cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=log
@@ -132,6 +137,9 @@ class Billing:
         assert "listening on" in line, (self.tmp / "billing.log").read_text()[-3000:]
         self.url = listening_url(line)
         self.port = int(self.url.rsplit(":", 1)[1])
+        if self.metrics_listen:
+            metrics = (await asyncio.wait_for(self.proc.stdout.readline(), 30)).decode()
+            self.metrics_port = int(metrics.rsplit(":", 1)[1].split("/")[0])
         if self.session is None:
             self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
         return self

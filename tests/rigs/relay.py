@@ -88,6 +88,7 @@ class Relay:
     ssh_port: int = 0
     admin_port: int = 0
     ports: tuple[int, int] = (0, 0)
+    ready: dict[str, Any] = field(default_factory=dict)  # its relay_ready line
 
     @property
     def config_path(self) -> Path:
@@ -122,6 +123,7 @@ class Relay:
         if not line:
             raise AssertionError(f"relay exited at start: {self.log_text()}")
         self.ssh_port, self.admin_port = ready_ports(line)
+        self.ready = json.loads(line)
         return self
 
     def log_text(self) -> str:

@@ -45,7 +45,7 @@ from quota.billing.repo.leases import (
     outstanding_by_agent,
     save_leases,
 )
-from quota.billing.repo.ledger import Posting, ledger_page, post, sums
+from quota.billing.repo.ledger import Posting, counts_by_kind, ledger_page, post, sums
 from quota.billing.repo.records import (
     Answered,
     Payment,
@@ -84,6 +84,7 @@ __all__ = [
     "agents_of",
     "all_accounts",
     "all_agent_briefs",
+    "counts_by_kind",
     "create_account",
     "due_agents",
     "expire_relay",

@@ -119,3 +119,9 @@ async def sums(tx: Tx, account_id: str) -> tuple[int, dict[str, int]]:
         (account_id,),
     )
     return int(row[0] if row else 0), {str(a): int(s) for a, s in rows}
+
+
+async def counts_by_kind(tx: Tx) -> dict[str, int]:
+    """How many ledger entries of each kind exist, over all accounts (read by metrics)."""
+    rows = await tx.all("SELECT kind, COUNT(*) FROM ledger GROUP BY kind")
+    return {str(kind): int(count) for kind, count in rows}
