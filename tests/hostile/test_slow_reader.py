@@ -22,6 +22,7 @@ import pytest
 from quota.core.frames import Frame, FrameDecoder, encode
 from relay.streamlog.query import list_streams
 from tests.rigs.keys import AgentSpec, make_agent
+from tests.rigs.metrics import scrape, value
 from tests.rigs.procs import free_port
 from tests.rigs.relay import BIG_GRANT, Relay
 from tests.rigs.services import DigestService, exchange, pattern, sha
@@ -186,7 +187,11 @@ def write_buffer() -> int:
 async def relay(
     tmp_path: Path, agents: dict[str, AgentSpec], write_buffer: int
 ) -> AsyncIterator[Relay]:
-    r = Relay(tmp_path, list(agents.values()), {"relay": {"write_buffer": str(write_buffer)}})
+    sections = {
+        "relay": {"write_buffer": str(write_buffer)},
+        "metrics": {"listen": "127.0.0.1:0"},
+    }
+    r = Relay(tmp_path, list(agents.values()), sections)
     await r.start()
     try:
         for agent in ("nas-agent", "files-agent"):
@@ -263,13 +268,15 @@ async def agent_conn(relay: Relay, agent: AgentSpec) -> asyncssh.SSHClientConnec
 
 
 async def paused_in_log(relay: Relay) -> None:
-    """Wait until the stream log shows the owner's stream paused at least once."""
+    """Wait until the stream log shows the owner's stream paused; metrics name the reason."""
 
     async def paused() -> bool:
         rows = await list_streams(relay.db_path, agent="nas-agent")
         return len(rows) == 1 and rows[0]["state"] == "paused" and rows[0]["pauses"] >= 1
 
     await poll(paused, "the stalled stream's pause in the stream log")
+    samples = await scrape(relay.ready["metrics"])
+    assert (value(samples, "quotarelay_relay_pauses_total", reason="buffer") or 0) >= 1
 
 
 async def check_bounded(
