@@ -13,7 +13,9 @@ Invariants:
 - `full` is True from the transport's `pause_writing` to its `resume_writing`.
   The byte path only reads it after a write (one attribute test per chunk); a
   leg that wrote while it is True is held (`on_backlog(True)`, which pauses its
-  peer's reading) and released at `resume_writing`, once each.
+  peer's reading) and released at `resume_writing`, once each. A leg whose
+  channel closes is forgotten at once, so a connection that stays full holds
+  no reference to the streams that ended meanwhile.
 - So per stream direction the connection's buffer holds at most the high-water
   mark plus the chunks written before their writers paused (one each).
 """
@@ -42,20 +44,24 @@ class ConnBacklog:
 
     def __init__(self) -> None:
         self.full = False
-        self.held: list[Writer] = []
+        self.held: dict[Writer, None] = {}  # in the order they wrote
 
     def hold(self, leg: Writer) -> None:
         """`leg` wrote while the buffer is full: its peer stops reading until it drains."""
         leg.backed_up = True
-        self.held.append(leg)
+        self.held[leg] = None
         leg.on_backlog(True)
+
+    def forget(self, leg: Writer) -> None:
+        """`leg`'s channel closed: nothing to release it for."""
+        self.held.pop(leg, None)
 
     def pause_writing(self) -> None:
         self.full = True
 
     def resume_writing(self) -> None:
         self.full = False
-        held, self.held = self.held, []
+        held, self.held = self.held, {}
         for leg in held:
             leg.backed_up = False
             if not leg.lost:

@@ -281,6 +281,10 @@ class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
         """The SSH connection under this channel went above high water, or drained."""
         self.stream.buffer(self, full)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.backlog.forget(self)
+        super().connection_lost(exc)
+
     def _pause_transport(self) -> None:
         if self.chan is not None:
             self.chan.pause_reading()

@@ -66,4 +66,16 @@ def test_each_writer_is_held_once_and_only_living_ones_are_released() -> None:
     backlog.hold(b)
     b.lost = True
     backlog.resume_writing()
-    assert (a.told, b.told, a.backed_up, backlog.held) == ([True, False], [True], False, [])
+    assert (a.told, b.told, a.backed_up, backlog.held) == ([True, False], [True], False, {})
+
+
+def test_a_writer_whose_channel_closed_is_forgotten() -> None:
+    """A connection that stays full keeps no reference to a closed channel's leg."""
+    backlog = ConnBacklog()
+    a = FakeLeg()
+    backlog.pause_writing()
+    backlog.hold(a)
+    backlog.forget(a)
+    backlog.forget(a)
+    backlog.resume_writing()
+    assert (a.told, backlog.held) == ([True], {})
