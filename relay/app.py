@@ -1,6 +1,7 @@
 """Run a relay: SSH front, admin API, stream log, until SIGTERM or SIGINT.
 
-Invariants: SIGTERM stops accepting, closes live streams with reason
+Invariants: nothing starts while a secret is exposed or a token unfit
+(`relay.startup`). SIGTERM stops accepting, closes live streams with reason
 `relay_shutdown`, flushes the stream log and returns 0. The host key is made on
 first start (ed25519, mode 0600) and kept. A line `{"event": "relay_ready", ...}`
 on stdout says the relay listens, with the ports it got.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +26,7 @@ from quota.agent.client import BillingClient
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings
 from quota.metrics import MetricsListenError, MetricsServer
+from quota.private_files import create_private, private_folder
 from relay.admin.health import RelayHealth
 from relay.admin.metrics import RelayCollector, relay_registry
 from relay.admin.server import AdminServer
@@ -36,6 +37,7 @@ from relay.hub.control import Control
 from relay.hub.hub import Hub
 from relay.registry import Registry
 from relay.ssh.front import AgentServer
+from relay.startup import check_secrets
 from relay.streamlog.writer import StreamLog
 
 log = structlog.get_logger("relay")
@@ -44,11 +46,11 @@ log = structlog.get_logger("relay")
 def load_host_key(path: Path) -> Any:
     """Read the relay's host key, making a new one on first start."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = asyncssh.generate_private_key("ssh-ed25519")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.export_private_key())
+        try:
+            private_folder(path.parent)
+            create_private(path, asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+        except OSError as exc:
+            raise ConfigError(f"relay.host_key: cannot create {path}: {exc.strerror}") from None
         log.info("host_key_created", path=str(path))
     try:
         return asyncssh.read_private_key(str(path))
@@ -98,16 +100,22 @@ async def _metrics_server(
 
 
 async def serve(
-    config: RelayConfig, on_ready: Callable[[Hub], Awaitable[None]] | None = None
+    config: RelayConfig,
+    on_ready: Callable[[Hub], Awaitable[None]] | None = None,
+    *,
+    demo: bool = False,
 ) -> int:
-    """Run until SIGTERM/SIGINT; `on_ready` runs once the relay listens. Returns the exit code."""
+    """Run until SIGTERM/SIGINT; `on_ready` runs once the relay listens. Returns the exit code.
+
+    `demo` is for `quotarelay up` only: it lets the demo tokens pass.
+    """
+    check_secrets(config, demo=demo)
     registry = Registry(None if config.billing else config.agents_file)
     host_key = load_host_key(config.host_key)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    config.stream_log_path.parent.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
         streamlog = await stack.enter_async_context(
             StreamLog(

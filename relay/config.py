@@ -21,6 +21,7 @@ import msgspec
 
 from quota.contract.config import Address, Problems, decode_file, decode_value
 from quota.contract.files import BillingLinkSection, RelayFile
+from quota.core.shares import ShareLimits
 from quota.metrics import MetricsConfig, metrics_config
 from relay.errors import ConfigError
 
@@ -77,7 +78,10 @@ class RelayConfig:
     udp_idle_timeout_ms: int = 60_000  # a UDP flow idle this long ends
     udp_max_datagram: int = 65_507  # bigger datagrams are dropped and counted
     write_buffer: int = 256 * 1024  # high-water mark of every socket the relay writes to
+    udp_unanswered_interval_ms: int = 60_000  # one record of unanswered flows a tunnel per this
+    shares: ShareLimits = field(default_factory=ShareLimits)  # fair shares; agents may override
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
+    secret_files: tuple[tuple[str, Path], ...] = ()  # (key, file) of each file holding a token
 
 
 def parse_host_port(text: str, key: str) -> HostPort:
@@ -108,7 +112,8 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
     Every problem is reported at once ("relay.public_ports: ...; billing.url: ...").
     """
     problems = Problems()
-    f = decode_file(RelayFile, _read_toml(path, overrides), problems, os.environ)
+    raw = _read_toml(path, overrides)
+    f = decode_file(RelayFile, raw, problems, os.environ)
     base = path.resolve().parent if path is not None else Path.cwd()
 
     def rel(text: str) -> Path:
@@ -151,7 +156,10 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         udp_idle_timeout_ms=max(1, u.idle_timeout),
         udp_max_datagram=u.max_datagram,
         write_buffer=r.write_buffer,
+        udp_unanswered_interval_ms=max(1, u.unanswered_interval),
+        shares=ShareLimits(**msgspec.structs.asdict(f.shares)),
         metrics=metrics,
+        secret_files=_secret_files(raw, f, path, rel),
     )
 
 
@@ -213,3 +221,20 @@ def _ciphers(text: str, problems: Problems) -> tuple[str, ...]:
         offered = ", ".join(sorted(known))
         problems.add("relay.ciphers", f"unknown cipher {unknown[0]!r} (known: {offered})")
     return names
+
+
+def _secret_files(
+    raw: dict[str, Any], f: RelayFile, path: Path | None, rel: Callable[[str], Path]
+) -> tuple[tuple[str, Path], ...]:
+    """The files that hold this relay's tokens, each with the key that put a token there."""
+    found: list[tuple[str, Path]] = []
+    sections = [("admin", f.admin.token, f.admin.token_file)]
+    if f.billing.url:
+        sections.append(("billing", f.billing.token, f.billing.token_file))
+    for section, token, token_file in sections:
+        table = raw.get(section)
+        if path is not None and isinstance(table, dict) and table.get("token"):
+            found.append((f"{section}.token", path))  # written in the config file itself
+        elif not token and token_file:
+            found.append((f"{section}.token_file", rel(token_file)))
+    return tuple(found)

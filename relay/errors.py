@@ -10,7 +10,15 @@ class ConfigError(RelayError, ValueError):
 
 
 class Refused(RelayError):
-    """An agent asked for something it may not have; the message is shown to it."""
+    """An agent asked for something it may not have; the message is shown to it.
+
+    `cause` is set when a fair share refused it (quota.core.shares.Cause): such a
+    refusal also writes a `refused` record to the stream log.
+    """
+
+    def __init__(self, message: str, *, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class UnknownAgent(RelayError, KeyError):

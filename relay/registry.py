@@ -11,6 +11,10 @@ so operators can add agents without a restart.
     role = "client"            # client | support | dual
     keys = ["ssh-ed25519 AAAA... user@host"]
     active = true              # optional; an inactive client agent cannot open tunnels
+    limits = { public_ports_per_agent = 16 }   # optional; fair shares above the config's
+
+`limits` overrides, for this agent only, any key of the relay config's
+`[shares]` section (quota.core.shares.ShareLimits); unknown keys are refused.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 import asyncssh
 
 from quota.core.billing import AgentRole as Role  # re-exported: relay code says Role
+from quota.core.shares import Share
 from relay.errors import ConfigError
 
 __all__ = ["Agent", "Registry", "Role", "key_blob"]
@@ -40,6 +45,7 @@ class Agent:
     role: Role
     keys: frozenset[bytes]  # public key blobs
     active: bool = True
+    limits: tuple[tuple[str, int], ...] = ()  # share overrides: (ShareLimits key, limit)
 
 
 def key_blob(text: str) -> bytes | None:
@@ -64,7 +70,7 @@ def _parse_agent(entry: object, index: int) -> Agent:
     where = f"agent[{index}]"
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be a table")
-    unknown = set(entry) - {"id", "account", "role", "keys", "active"}
+    unknown = set(entry) - {"id", "account", "role", "keys", "active", "limits"}
     if unknown:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     agent_id, account = entry.get("id"), entry.get("account")
@@ -82,8 +88,27 @@ def _parse_agent(entry: object, index: int) -> Agent:
     if not isinstance(active, bool):
         raise ConfigError(f"{where}.active: true or false")
     blobs = frozenset(_parse_key(k, f"{where}.keys[{i}]") for i, k in enumerate(keys))
+    limits = _parse_limits(entry.get("limits", {}), f"{where}.limits")
     assert isinstance(agent_id, str) and isinstance(account, str)
-    return Agent(agent_id=agent_id, account=account, role=role, keys=blobs, active=active)
+    return Agent(
+        agent_id=agent_id, account=account, role=role, keys=blobs, active=active, limits=limits
+    )
+
+
+_SHARE_KEYS = frozenset(share.value for share in Share)
+
+
+def _parse_limits(table: object, where: str) -> tuple[tuple[str, int], ...]:
+    """An agent's share overrides: known keys, whole numbers >= 0."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: a table, as in limits = {{ public_ports_per_agent = 16 }}")
+    for key, value in table.items():
+        if key not in _SHARE_KEYS:
+            known = ", ".join(sorted(_SHARE_KEYS))
+            raise ConfigError(f"{where}.{key}: unknown limit (one of {known})")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where}.{key}: a whole number >= 0, got {value!r}")
+    return tuple(sorted(table.items()))
 
 
 class Registry:

@@ -2,8 +2,9 @@
 
 Invariants: settings come from `--config` (TOML, [agent] table) and flags, a
 flag winning; every spec is checked before connecting and a bad one ends as one
-`CliError` line. SIGTERM or SIGINT stops the agent with exit code 0; a refusal
-in the first session exits 1 (the relay's reason is printed).
+`CliError` line, as does a private key file open to group or others. SIGTERM or
+SIGINT stops the agent with exit code 0; a refusal in the first session exits 1
+(the relay's reason is printed).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from quota.private_files import exposed
 from tools.agent.client import Plan, run_agent
 from tools.agent.config import AgentConfigError, load_agent_config, parse_connect, parse_expose
 from tools.errors import CliError
@@ -81,6 +83,8 @@ async def _run(args: argparse.Namespace) -> int:
         cfg = load_agent_config(Path(args.config) if args.config else None, flags)
     except AgentConfigError as exc:
         raise CliError(str(exc)) from None
+    if problem := exposed(cfg.key, "agent.key"):
+        raise CliError(problem)  # as ssh refuses a private key others can read
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -39,9 +39,11 @@ async def serve(args: argparse.Namespace) -> int:
     from quota.billing.config import load_config
     from quota.billing.errors import BillingError
     from quota.billing.server import BillingServer
+    from quota.billing.startup import check_secrets
 
     try:
         config = load_config(Path(args.config))
+        check_secrets(config, Path(args.config), demo=False, env=os.environ)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         async with BillingServer(config) as server:

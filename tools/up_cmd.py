@@ -4,7 +4,8 @@ Everything lives under one folder (default ./var/demo): the billing API's config
 and SQLite file, tokens, agent keys, the relay's config, journal and stream log,
 a known_hosts file. On first start it creates an account with a balance, a
 client agent subscribed to a plan and a support agent; later starts reuse them.
-Both services run in this process; Ctrl-C stops both cleanly.
+Both services run in this process; Ctrl-C stops both cleanly. The folder is made
+with mode 0700 and every file in it with mode 0600 (`quota.private_files`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import aiohttp
 import asyncssh
 
 from quota.core.errors import InvalidValue
+from quota.core.tokens import DEMO_PREFIX
+from quota.private_files import create_private, private_folder, replace_private
 from relay.config import load_config
 from relay.errors import ConfigError
 from relay.hub.hub import Hub
@@ -88,41 +91,34 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def _secret(path: Path) -> str:
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(24) + "\n")
-        path.chmod(0o600)
+        create_private(path, (DEMO_PREFIX + secrets.token_urlsafe(24) + "\n").encode())
     return path.read_text().strip()
 
 
 def _key(path: Path) -> str:
     if not path.exists():
         key = asyncssh.generate_private_key("ssh-ed25519")
-        path.write_bytes(key.export_private_key())
-        path.chmod(0o600)
+        create_private(path, key.export_private_key())
     return str(asyncssh.read_private_key(str(path)).export_public_key().decode().strip())
 
 
 def prepare(folder: Path, args: argparse.Namespace) -> tuple[Path, Path]:
     """Write configs, tokens, keys and known_hosts; return (billing.toml, relay.toml)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    private_folder(folder)
     admin, relay_token = _secret(folder / "billing-admin.token"), _secret(folder / "relay.token")
     _secret(folder / "admin.token")
     billing = folder / "billing.toml"
-    billing.write_text(
-        BILLING_TOML.format(
-            port=args.billing_port,
-            admin=admin,
-            relay=relay_token,
-            database=folder / "billing.sqlite3",
-        )
+    text = BILLING_TOML.format(
+        port=args.billing_port, admin=admin, relay=relay_token, database=folder / "billing.sqlite3"
     )
+    replace_private(billing, text.encode())
     relay = folder / "relay.toml"
-    relay.write_text(
-        RELAY_TOML.format(ssh=args.ssh_port, admin=args.admin_port, billing=args.billing_port)
-    )
+    text = RELAY_TOML.format(ssh=args.ssh_port, admin=args.admin_port, billing=args.billing_port)
+    replace_private(relay, text.encode())
     from relay.app import load_host_key
 
     public = load_host_key(folder / "relay_host_key").export_public_key().decode().strip()
-    (folder / "known_hosts").write_text(f"[127.0.0.1]:{args.ssh_port} {public}\n")
+    replace_private(folder / "known_hosts", f"[127.0.0.1]:{args.ssh_port} {public}\n".encode())
     return billing, relay
 
 
@@ -156,7 +152,7 @@ async def demo_account(folder: Path, url: str, admin: str) -> dict[str, str]:
             agent = await call("POST", f"/v1/accounts/{account['id']}/agents", body, f"up-{role}")
             state[role] = agent["id"]
         await call("POST", f"/v1/agents/{state['client']}/subscription", {"plan": "demo"}, "up-sub")
-    state_file.write_text(json.dumps(state))
+    replace_private(state_file, json.dumps(state).encode())
     return state
 
 
@@ -207,12 +203,14 @@ async def _up(args: argparse.Namespace) -> int:
     from quota.billing.config import load_config as load_billing
     from quota.billing.errors import BillingError
     from quota.billing.server import BillingServer
+    from quota.billing.startup import check_secrets
     from relay.app import serve
 
     folder = Path(args.dir).resolve()
     try:
         billing_path, relay_path = prepare(folder, args)
         billing_config = load_billing(billing_path, env={})
+        check_secrets(billing_config, billing_path, demo=True, env={})
         relay_config = load_config(relay_path)
     except (ConfigError, InvalidValue, BillingError) as exc:
         raise CliError(str(exc)) from None
@@ -227,6 +225,6 @@ async def _up(args: argparse.Namespace) -> int:
                     await asyncio.sleep(0.05)
                 print(instructions(folder, args, state), flush=True)
 
-            return await serve(relay_config, on_ready=ready)
+            return await serve(relay_config, on_ready=ready, demo=True)
     except (ConfigError, BillingError) as exc:
         raise CliError(str(exc)) from None

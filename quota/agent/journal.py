@@ -31,6 +31,7 @@ import aiosqlite
 
 from quota.agent.errors import JournalError
 from quota.core.sync import HeldLease
+from quota.private_files import private_database
 from quota.sqlite_open import join_worker
 
 # What sqlite3 and aiosqlite raise: ValueError is aiosqlite's "no active connection".
@@ -60,12 +61,14 @@ class Journal:
         self._turn = asyncio.Lock()
 
     async def __aenter__(self) -> Journal:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        pending = aiosqlite.connect(self.path)
+        pending = None
         try:
+            private_database(self.path)
+            pending = aiosqlite.connect(self.path)
             self._db = await pending
         except Exception as exc:  # sqlite3 errors never leave this module
-            await join_worker(pending)
+            if pending is not None:
+                await join_worker(pending)
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from None
         try:
             await self._db.execute("PRAGMA journal_mode=WAL")

@@ -25,6 +25,7 @@ from typing import Any
 import aiosqlite
 
 from quota.billing.errors import StoreError, VersionConflict
+from quota.private_files import private_database
 from quota.sqlite_open import join_worker
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -215,9 +216,9 @@ class Store:
 
     async def __aenter__(self) -> Store:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_database(self.path)
         except OSError as exc:
-            raise StoreError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
+            raise StoreError(f"cannot create {self.path}: {exc.strerror}") from exc
         pending = aiosqlite.connect(self.path, isolation_level=None)
         try:
             self._conn = await pending

@@ -77,6 +77,20 @@ class StreamLogSection(Section, frozen=True, kw_only=True):
 class UdpSection(Section, frozen=True, kw_only=True):
     idle_timeout: Millis = millis("60s")
     max_datagram: Bytes = size("65507")
+    unanswered_interval: Millis = millis("60s")  # one record of unanswered flows a tunnel
+
+
+Share = Annotated[int, msgspec.Meta(ge=0, description="must be a whole number >= 0")]
+
+
+class SharesSection(Section, frozen=True, kw_only=True):
+    """Fair shares (quota.core.shares.ShareLimits); an agent's registry entry may override."""
+
+    public_ports_per_agent: Share = 8
+    endpoints_per_agent: Share = 64
+    streams_per_tunnel: Share = 512
+    connections_per_source: Share = 64
+    udp_flows_per_source: Share = 64
 
 
 class BillingLinkSection(Section, frozen=True, kw_only=True):
@@ -107,6 +121,7 @@ class RelayFile(Section, frozen=True, kw_only=True):
     quota: QuotaSection = QuotaSection()
     stream_log: StreamLogSection = StreamLogSection()
     udp: UdpSection = UdpSection()
+    shares: SharesSection = SharesSection()
     billing: BillingLinkSection = BillingLinkSection()
     metrics: RelayMetricsSection = RelayMetricsSection()
 

@@ -10,8 +10,8 @@ Invariants:
 - Activity order is kept by OrderedDicts moved to the end on every touch, so
   touch, evict and expire are O(1) amortised. `now` never goes back.
 - A flow that never got an answer is not logged on its own: when it ends it is
-  summed into one `UnansweredRow` per tunnel per interval (flows, bytes), so a
-  spoofed flood writes a row an interval, not a row a datagram.
+  summed into one `UnansweredRow` per tunnel per interval (flows, bytes passed
+  and dropped), so a spoofed flood writes a row an interval, not a row a datagram.
 """
 
 from __future__ import annotations
@@ -188,6 +188,7 @@ class UnansweredRow:
     until: int
     flows: int
     bytes_in: int
+    bytes_dropped: int = 0  # of those flows' datagrams, dropped instead of passed
 
 
 @dataclass(slots=True)
@@ -195,6 +196,7 @@ class _Tally:
     since: int
     flows: int = 0
     bytes_in: int = 0
+    bytes_dropped: int = 0
 
 
 class UnansweredSummary:
@@ -206,15 +208,21 @@ class UnansweredSummary:
         self.interval_ms = interval_ms
         self._tallies: OrderedDict[str, _Tally] = OrderedDict()  # oldest interval first
 
-    def add(self, tunnel: str, end: FlowEnd[P], *, now: int) -> None:
-        """Count an ended flow that never got an answer (answered ones are logged alone)."""
+    def add(self, tunnel: str, end: FlowEnd[P], *, now: int, dropped: int = 0) -> None:
+        """Count an ended flow that never got an answer (answered ones are logged alone).
+
+        `dropped` is what the shell dropped of the flow's datagrams (quota, size).
+        """
         if end.answered:
             raise InvalidValue(f"flow {end.peer!r} was answered: log it alone")
+        if dropped < 0:
+            raise InvalidValue(f"dropped bytes must be >= 0, not {dropped}")
         tally = self._tallies.get(tunnel)
         if tally is None:
             tally = self._tallies[tunnel] = _Tally(since=now)
         tally.flows += 1
         tally.bytes_in += end.bytes_in
+        tally.bytes_dropped += dropped
 
     def flush(self, now: int) -> list[UnansweredRow]:
         """Rows for the tunnels whose interval has ended by `now`."""
@@ -225,6 +233,10 @@ class UnansweredSummary:
                 break
             rows.append(self._row(tunnel, now))
         return rows
+
+    def __len__(self) -> int:
+        """Tunnels with a pending row."""
+        return len(self._tallies)
 
     def drain(self, now: int, tunnel: str | None = None) -> list[UnansweredRow]:
         """The pending row of `tunnel` (it ended), or every pending row (the relay stops)."""
@@ -239,4 +251,5 @@ class UnansweredSummary:
             until=now,
             flows=tally.flows,
             bytes_in=tally.bytes_in,
+            bytes_dropped=tally.bytes_dropped,
         )

@@ -6,6 +6,10 @@ TCP, UDP and SSH parts own the sockets. The hub is what they all hold.
 
 Invariants:
 - A refusal opens nothing, is logged once and its message is shown to the agent.
+  A fair share's refusal (relay.hub.shares) also writes one `refused` record;
+  its log line is written at most once per agent and cause every
+  SHARE_LOG_EVERY_MS, counting the ones left out.
+- Fair shares a stream took are given back when it closes, exactly once.
 - Every stream that opens is closed exactly once, and logged open and closed.
 - Every task the relay starts for a stream is owned here and cancelled at shutdown.
 """
@@ -29,13 +33,16 @@ from relay.errors import Refused
 from relay.hub.activity import OwnerActivity
 from relay.hub.buckets import Buckets
 from relay.hub.live import LiveStreams
-from relay.hub.recorder import StreamRecorder
+from relay.hub.recorder import Attempt, StreamRecorder
+from relay.hub.shares import FairShares
 from relay.hub.stream import Stream
 from relay.hub.tunnels import Tunnel, TunnelTable
 from relay.registry import Agent, Registry
 from relay.streamlog.writer import StreamLog
 
 log = structlog.get_logger("relay")
+
+SHARE_LOG_EVERY_MS = 10_000  # a fair share's refusals: one log line per agent and cause
 
 
 class Hub:
@@ -45,7 +52,8 @@ class Hub:
         self.config = config
         self.registry = registry
         self.buckets = Buckets(config)
-        self.tunnels = TunnelTable(config.public_ports)
+        self.shares = FairShares(config.shares)
+        self.tunnels = TunnelTable(config.public_ports, self.shares)
         self.live = LiveStreams()
         self.recorder = StreamRecorder(config.relay_id, streamlog)
         self.activity = OwnerActivity(self.buckets, self.live, config.inactive_grace_ms)
@@ -54,6 +62,7 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[Any] = set()  # logged-in agents' SSH front objects
         self.quota_counters: dict[str, int] = {}  # the quota agent's, for the status view
+        self._share_log: dict[tuple[str, str], tuple[int, int]] = {}  # -> (logged at, since)
         # read by metrics at scrape time; bumped per pause or refusal, never per chunk
         self.pauses: Counter[PauseReason] = Counter()
         self.refusals: Counter[str] = Counter()  # cause -> count
@@ -77,6 +86,8 @@ class Hub:
 
     def stream_closed(self, stream: Stream) -> None:
         self.live.closed(stream)
+        while stream.held:
+            self.shares.release(stream.held.pop())
 
     def record(self, stream: Stream, event: str) -> None:
         self.recorder.record(stream, event, self.now_ms())
@@ -92,13 +103,57 @@ class Hub:
 
     # -- tunnels ------------------------------------------------------------------------
 
-    def refuse(self, conn: Any, agent: Agent | None, what: str, message: str) -> None:
-        self.refusals["tunnel_request" if what.startswith("-R") else "channel_open"] += 1
-        log.warning(
-            "refused", agent_id=agent.agent_id if agent else None, what=what, reason=message
-        )
+    def refuse(
+        self,
+        conn: Any,
+        agent: Agent | None,
+        what: str,
+        refusal: Refused | str,
+        attempt: Attempt | None = None,
+    ) -> None:
+        """Log a refusal, show it to the agent; a fair share's also goes to the stream log."""
+        cause = refusal.cause if isinstance(refusal, Refused) else None
+        message = str(refusal)
+        kind = "tunnel_request" if what.startswith("-R") else "channel_open"
+        self.refusals[cause or kind] += 1
+        suppressed = self._unlogged(agent, cause)
+        if suppressed is not None:
+            log.warning(
+                "refused",
+                agent_id=agent.agent_id if agent else None,
+                what=what,
+                reason=message,
+                cause=cause,
+                suppressed=suppressed,
+            )
         if conn is not None:
             conn.send_debug(f"quotarelay: {message}", always_display=True)
+        if cause is not None and agent is not None and attempt is not None:
+            self.refused(cause, agent, attempt)
+
+    def _unlogged(self, agent: Agent | None, cause: str | None) -> int | None:
+        """Like refusals not logged since the last logged one; None: do not log this one.
+
+        A fair share's refusals are logged at most once per agent and cause every
+        SHARE_LOG_EVERY_MS (each still has its stream-log record), so a flood of
+        them cannot flood the log.
+        """
+        if agent is None or cause is None:
+            return 0
+        key, now = (agent.agent_id, cause), self.now_ms()
+        last, held = self._share_log.get(key, (None, 0))
+        if last is not None and 0 <= now - last < SHARE_LOG_EVERY_MS:
+            self._share_log[key] = (last, held + 1)
+            return None
+        self._share_log[key] = (now, 0)
+        return held
+
+    def refused(self, cause: str, agent: Agent, attempt: Attempt) -> None:
+        """Write the one `refused` record of a fair share's refusal."""
+        stream_id = self.stream_id()
+        self.recorder.refused(
+            stream_id=stream_id, cause=cause, agent=agent, attempt=attempt, now_ms=self.now_ms()
+        )
 
     def check_may_expose(self, agent: Agent) -> None:
         if not agent.role.may_expose:

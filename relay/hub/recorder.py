@@ -1,14 +1,26 @@
 """Stream-log records: what a stream looks like at open, pause, resume, interim and close.
 
-Invariant: a record is built from the stream's figures at the moment its event
-is decided, and goes to the debug log and, when there is one, the stream log.
+Invariants:
+- A record is built from the stream's figures at the moment its event is
+  decided, and goes to the debug log and, when there is one, the stream log.
+- A stream marked `quiet` (a UDP flow that has not been answered yet) writes
+  nothing: it is summed into an `unanswered` record instead (relay.udp).
+- Two records stand for no live stream, each written once, already closed:
+  `refused` (a fair share refused a tunnel or a stream; `close_reason` is the
+  cause) and `unanswered` (the UDP flows of one tunnel that ended without an
+  answer in one interval; `peer` says how many).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import structlog
 
+from quota.core.flowtable import UnansweredRow
 from relay.hub.stream import Stream
+from relay.hub.tunnels import Tunnel
+from relay.registry import Agent
 from relay.streamlog.writer import StreamLog, StreamRecord
 
 log = structlog.get_logger("relay")
@@ -20,6 +32,8 @@ class StreamRecorder:
         self.streamlog = streamlog
 
     def record(self, stream: Stream, event: str, now_ms: int) -> None:
+        if stream.quiet:
+            return
         tunnel = stream.tunnel
         log.debug(
             f"stream_{event}",
@@ -53,3 +67,76 @@ class StreamRecorder:
                 close_reason=stream.close_reason or None,
             )
         )
+
+    def refused(
+        self, *, stream_id: str, cause: str, agent: Agent, attempt: Attempt, now_ms: int
+    ) -> None:
+        """One record for something a fair share refused: no bytes, closed at once."""
+        log.debug("stream_refused", stream_id=stream_id, tunnel_id=attempt.tunnel_id, cause=cause)
+        if self.streamlog is None:
+            return
+        self.streamlog.record(
+            StreamRecord(
+                event="refused",
+                at_ms=now_ms,
+                stream_id=stream_id,
+                tunnel_id=attempt.tunnel_id,
+                agent_id=agent.agent_id,
+                account=agent.account,
+                relay_id=self.relay_id,
+                kind=attempt.kind,
+                peer=attempt.peer,
+                target=attempt.target,
+                opened_at_ms=now_ms,
+                bytes_up=0,
+                bytes_down=0,
+                bytes_dropped=0,
+                pauses=0,
+                paused_ms=0,
+                state="closed",
+                close_reason=cause,
+            )
+        )
+
+    def unanswered(self, *, stream_id: str, tunnel: Tunnel, row: UnansweredRow) -> None:
+        """One record for the UDP flows of `tunnel` that ended unanswered in one interval."""
+        log.debug("stream_unanswered", stream_id=stream_id, tunnel_id=tunnel.tunnel_id)
+        if self.streamlog is None:
+            return
+        self.streamlog.record(
+            StreamRecord(
+                event="unanswered",
+                at_ms=row.until,
+                stream_id=stream_id,
+                tunnel_id=tunnel.tunnel_id,
+                agent_id=tunnel.agent.agent_id,
+                account=tunnel.agent.account,
+                relay_id=self.relay_id,
+                kind=tunnel.kind,
+                peer=f"unanswered flows: {row.flows}",
+                target=tunnel.target,
+                opened_at_ms=row.since,
+                bytes_up=row.bytes_in,
+                bytes_down=0,
+                bytes_dropped=row.bytes_dropped,
+                pauses=0,
+                paused_ms=0,
+                state="closed",
+                close_reason="unanswered",
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """What was refused, as its `refused` record names it."""
+
+    tunnel_id: str
+    kind: str
+    peer: str
+    target: str
+
+    @classmethod
+    def on(cls, tunnel: Tunnel, peer: str) -> Attempt:
+        """A stream refused on an existing tunnel."""
+        return cls(tunnel_id=tunnel.tunnel_id, kind=tunnel.kind, peer=peer, target=tunnel.target)

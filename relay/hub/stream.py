@@ -13,6 +13,8 @@ Invariants:
   bytes reach.
 - `bytes_up` counts payload from the connecting side to the owner,
   `bytes_down` the way back; `bytes_dropped` only datagrams (TCP holds instead).
+- The fair shares a stream took (`held`) are given back by its host when it
+  closes, exactly once.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from quota.core.streams import (
     Side,
     StreamMachine,
 )
+from relay.hub.shares import Held
 from relay.hub.tunnels import Tunnel
 
 
@@ -99,6 +102,8 @@ class Stream:
         self.bucket = bucket
         self.machine = StreamMachine(opened_at_ms=host.now_ms(), datagrams=datagrams)
         self.carrier: Carrier  # set by the TCP pair or the UDP flow that carries it
+        self.held: list[Held] = []  # fair shares taken for this stream
+        self.quiet = False  # writes no record (an unanswered UDP flow, summed apart)
 
     # -- figures ----------------------------------------------------------------
 

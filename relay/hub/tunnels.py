@@ -9,6 +9,10 @@ Invariants:
   UDP tunnels (kinds udp_endpoint, udp_public) live in the same tables: a UDP
   endpoint's key and listen host are "udp/<name>", and a public port number is
   held by one tunnel whatever its protocol.
+- Fair shares: an agent holds at most `public_ports_per_agent` public ports and
+  `endpoints_per_agent` endpoints (TCP and UDP together). A tunnel in the table
+  holds one share, given back when it leaves the table; an endpoint taken over
+  by its own agent on a reconnect keeps the share it had.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from quota.core.shares import Share
 from relay.errors import Refused
+from relay.hub.shares import FairShares, Held
 from relay.registry import Agent
 
 ENDPOINT = "tcp_endpoint"
@@ -45,6 +51,7 @@ class Tunnel:
     server: asyncio.AbstractServer | None = None
     streams: set[Any] = field(default_factory=set)
     opened_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    held: Held | None = None  # its public port or endpoint share
 
     @property
     def target(self) -> str:
@@ -56,8 +63,9 @@ def tunnel_id(agent: Agent, kind: str, name: str, port: int) -> str:
 
 
 class TunnelTable:
-    def __init__(self, public_ports: range) -> None:
+    def __init__(self, public_ports: range, shares: FairShares | None = None) -> None:
         self.public_ports = public_ports
+        self.shares = shares or FairShares()
         self.endpoints: dict[tuple[str, str, int], Tunnel] = {}
         self.public: dict[int, Tunnel] = {}
         self._last_port: dict[str, int] = {}
@@ -77,6 +85,10 @@ class TunnelTable:
             raise Refused(
                 f"endpoint {name}:{port} is already registered by agent {old.agent.agent_id}"
             )
+        if old is not None:  # its own agent again: the share moves to the new tunnel
+            held, old.held = old.held, None
+        else:
+            held = self.shares.take(Share.ENDPOINTS_PER_AGENT, agent)
         tunnel = Tunnel(
             tunnel_id=tunnel_id(agent, kind, name, port),
             kind=kind,
@@ -85,6 +97,7 @@ class TunnelTable:
             port=port,
             listen_host=_key_name(kind, name),
             conn=conn,
+            held=held,
         )
         self.endpoints[key] = tunnel
         return tunnel
@@ -122,6 +135,7 @@ class TunnelTable:
     def add_public(
         self, agent: Agent, port: int, listen_host: str, conn: Any, kind: str = PUBLIC
     ) -> Tunnel:
+        held = self.shares.take(Share.PUBLIC_PORTS_PER_AGENT, agent)
         tunnel = Tunnel(
             tunnel_id=tunnel_id(agent, kind, "public", port),
             kind=kind,
@@ -130,21 +144,27 @@ class TunnelTable:
             port=port,
             listen_host=listen_host,
             conn=conn,
+            held=held,
         )
         self.public[port] = tunnel
         self._last_port[agent.agent_id] = port
         return tunnel
 
     def remove(self, tunnel: Tunnel) -> bool:
+        """Take `tunnel` out of the table (giving back its share); False if it was not in."""
         if tunnel.kind in (ENDPOINT, UDP_ENDPOINT):
             key = (tunnel.agent.account, _key_name(tunnel.kind, tunnel.name), tunnel.port)
-            if self.endpoints.get(key) is tunnel:
-                del self.endpoints[key]
-                return True
+            if self.endpoints.get(key) is not tunnel:
+                return False
+            del self.endpoints[key]
         elif self.public.get(tunnel.port) is tunnel:
             del self.public[tunnel.port]
-            return True
-        return False
+        else:
+            return False
+        held, tunnel.held = tunnel.held, None
+        if held is not None:
+            self.shares.release(held)
+        return True
 
 
 def is_address(host: str) -> bool:

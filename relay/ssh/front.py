@@ -22,7 +22,16 @@ import structlog
 
 from relay.errors import Refused
 from relay.hub.hub import Hub
-from relay.hub.tunnels import Tunnel, is_address
+from relay.hub.recorder import Attempt
+from relay.hub.tunnels import (
+    ENDPOINT,
+    PUBLIC,
+    UDP_ENDPOINT,
+    UDP_PUBLIC,
+    Tunnel,
+    is_address,
+    tunnel_id,
+)
 from relay.registry import Agent
 from relay.ssh.backlog import backlog_of
 from relay.tcp.tunnels import TcpTunnels
@@ -119,9 +128,26 @@ class AgentServer(asyncssh.SSHServer):
                     )
                 tunnel = self.tcp.add_endpoint(agent, listen_host, listen_port, self.conn)
         except Refused as exc:
-            self.hub.refuse(self.conn, agent, what, str(exc))
+            attempt = self._attempt(agent, listen_host, listen_port)
+            self.hub.refuse(self.conn, agent, what, exc, attempt)
             return False
         return TunnelListener(self.hub, tunnel)
+
+    def _attempt(self, agent: Agent, listen_host: str, port: int) -> Attempt:
+        """The tunnel a refused `-R` asked for, as its `refused` record names it."""
+        if listen_host.startswith(UDP_PREFIX):
+            name = listen_host[len(UDP_PREFIX) :].lower()
+            kind = UDP_ENDPOINT if name else UDP_PUBLIC
+        else:
+            public = is_public_bind(listen_host)
+            kind, name = (PUBLIC, "") if public else (ENDPOINT, listen_host.lower())
+        name = name or "public"
+        return Attempt(
+            tunnel_id=tunnel_id(agent, kind, name, port),
+            kind=kind,
+            peer=f"agent:{agent.agent_id}@{self.peer}",
+            target=f"{name}:{port}",
+        )
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -134,7 +160,7 @@ class AgentServer(asyncssh.SSHServer):
                 return udp_for(self.hub).support_session(agent, dest_host, dest_port, orig)
             tunnel = self.tcp.resolve(agent, dest_host, dest_port)
         except Refused as exc:
-            self.hub.refuse(None, agent, f"open {dest_host}:{dest_port}", str(exc))
+            self.hub.refuse(None, agent, f"open {dest_host}:{dest_port}", exc)
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"quotarelay: {exc}"
             ) from None

@@ -15,6 +15,8 @@ Invariants:
   own `at_ms`. The database is the record of truth, the lines are a copy.
 - On entry every stream of this relay still open or paused (left by a crash)
   is closed with reason "relay_restart", keeping the last figures it had.
+- The database (with its -wal and -shm files) and the JSON lines file are
+  created with mode 0600, their folders 0700 (`quota.private_files`).
 - On exit the flush task is stopped, everything queued is written and the
   database is closed, even when the exit is cancelled.
 """
@@ -38,6 +40,7 @@ import aiosqlite
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from quota.private_files import open_private_append, private_database
 from relay.errors import RelayError
 
 T = TypeVar("T")
@@ -322,12 +325,11 @@ class StreamLog:
             raise StreamLogError(f"stream log {self.path}: cannot open: {exc}") from exc
 
     def _prepare_files(self) -> IO[str] | None:
-        """Create the folders; open the JSON lines file for appending (None: none or stderr)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Create the private files; open the JSON lines file to append (None: none or stderr)."""
+        private_database(self.path)
         if self._json_path is None or self._json_path == Path("-"):
             return None
-        self._json_path.parent.mkdir(parents=True, exist_ok=True)
-        return open(self._json_path, "a", encoding="utf-8")
+        return open_private_append(self._json_path)
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")

@@ -7,6 +7,11 @@ Invariants:
 - A stream through a tunnel always ends at its owner: a forwarded-tcpip channel
   on the owner's connection. If the owner refuses it, the stream closes with
   reason "agent_refused" and the connecting side is told why.
+- Fair shares: a tunnel carries at most `streams_per_tunnel` live streams, and
+  one source address at most `connections_per_source` connections on one public
+  port (both under the owner's limits). A refused support agent is told why in
+  its channel open failure; a refused public peer is closed at once. Either
+  writes one `refused` record; the stream gives its shares back when it closes.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from typing import Any
 import asyncssh
 import structlog
 
+from quota.core.shares import Share
 from relay.errors import Refused
 from relay.hub.hub import Hub
+from relay.hub.recorder import Attempt
+from relay.hub.shares import Held
 from relay.hub.stream import Stream
 from relay.hub.tunnels import PUBLIC, Tunnel, is_address
 from relay.registry import Agent
@@ -89,12 +97,38 @@ class TcpTunnels:
         )
         return TcpPair(stream, write_buffer=hub.config.write_buffer)
 
+    def take_shares(self, tunnel: Tunnel, peer: str, *scoped: tuple[Share, object]) -> list[Held]:
+        """Take each share for a new stream of `tunnel`, all or none; a refusal is recorded."""
+        shares, held = self.hub.shares, []
+        try:
+            for share, scope in scoped:
+                held.append(shares.take(share, tunnel.agent, scope))
+        except Refused as exc:
+            for one in held:
+                shares.release(one)
+            what = f"stream of {tunnel.tunnel_id} from {peer}"
+            self.hub.refuse(None, tunnel.agent, what, exc, Attempt.on(tunnel, peer))
+            raise
+        return held
+
     async def bridge(self, support: Agent, tunnel: Tunnel, orig: tuple[str, int]) -> ChannelLeg:
         """Open the owner's forwarded-tcpip channel; return the support side's leg."""
-        pair = self._new_pair(tunnel, f"support:{support.agent_id}@{orig[0]}:{orig[1]}")
+        peer = f"support:{support.agent_id}@{orig[0]}:{orig[1]}"
+        try:
+            held = self.take_shares(tunnel, peer, (Share.STREAMS_PER_TUNNEL, tunnel.tunnel_id))
+        except Refused as exc:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"quotarelay: {exc}"
+            ) from None
+        pair = self._new_pair(tunnel, peer)
+        pair.stream.held = held
         up, down = ChannelLeg(pair, "up"), ChannelLeg(pair, "down")
         pair.bind(up, down)
-        await self._open_owner(pair, down, orig)
+        try:
+            await self._open_owner(pair, down, orig)
+        except asyncio.CancelledError:  # the support agent went away meanwhile
+            pair.stream.close("peer_closed", close_legs=False)  # gives its shares back
+            raise
         return up
 
     def _public_leg(self, tunnel: Tunnel) -> TcpLeg:
@@ -143,6 +177,19 @@ class _PublicLeg(TcpLeg):
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         orig = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
-        self.pair.stream.peer_desc = f"{orig[0]}:{orig[1]}"
-        assert self.pair.stream.tunnel.kind == PUBLIC
+        stream = self.pair.stream
+        stream.peer_desc = f"{orig[0]}:{orig[1]}"
+        tunnel = stream.tunnel
+        assert tunnel.kind == PUBLIC
+        try:
+            stream.held = self.tunnels.take_shares(
+                tunnel,
+                stream.peer_desc,
+                (Share.STREAMS_PER_TUNNEL, tunnel.tunnel_id),
+                (Share.CONNECTIONS_PER_SOURCE, (tunnel.tunnel_id, orig[0])),
+            )
+        except Refused:
+            assert self.transport is not None
+            self.transport.abort()  # closed at once: the stream never opens, nothing is owed
+            return
         self.tunnels.open_owner_later(self.pair, orig)

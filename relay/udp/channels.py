@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any, Protocol, cast
 
 import asyncssh
@@ -48,7 +49,9 @@ class FlowServer(Protocol):
     def udp(self) -> UdpSide: ...
 
     def now_ms(self) -> int: ...
-    def new_flow(self, peer_desc: str, on_close: Any) -> UdpFlow | None: ...
+    def new_flow(self, peer_desc: str, on_close: Any, source: str) -> UdpFlow | None: ...
+    def refresh(self, flow: UdpFlow) -> None: ...
+    def answered(self, flow: UdpFlow, nbytes: int) -> None: ...
     def to_owner(self, flow: UdpFlow, payload: bytes) -> None: ...
     def owner_ready(self, session: Any) -> None: ...
     def owner_lost(self, session: Any) -> None: ...
@@ -127,7 +130,7 @@ class OwnerSession(_FramedSession):
     def on_frame(self, flow_id: int, payload: bytes) -> None:
         flow = self._flow(flow_id)
         if flow is not None:
-            flow.last_ms = self.server.now_ms()
+            self.server.answered(flow, len(payload))
             if flow.reply is not None:
                 flow.reply(flow, payload)
 
@@ -159,7 +162,9 @@ class SupportSession(_FramedSession):
     def _flow(self, sflow: int) -> UdpFlow | None:
         flow = self.flows.get(sflow)
         if flow is None:
-            flow = self.server.new_flow(f"{self.peer_desc} flow {sflow}", self._forget)
+            desc = f"{self.peer_desc} flow {sflow}"
+            # its own source: the per-source share is for strangers on public ports
+            flow = self.server.new_flow(desc, self._forget, source=desc)
             if flow is not None:
                 self.flows[sflow] = flow
                 self.own_ids[flow] = sflow
@@ -208,19 +213,24 @@ class PublicUdp(asyncio.DatagramProtocol):
         server = self.server
         flow = self.by_addr.get(addr)
         if flow is None:
-            flow = server.new_flow(f"{addr[0]}:{addr[1]}", lambda f: self.by_addr.pop(addr, None))
+            forget = functools.partial(self._forget, addr)
+            flow = server.new_flow(f"{addr[0]}:{addr[1]}", forget, source=str(addr[0]))
             if flow is None:
                 return
             self.by_addr[addr] = flow
             flow.reply = lambda f, payload: self._reply(f, payload, addr)
         if len(data) > server.udp.max_datagram:
-            flow.last_ms = server.now_ms()
+            server.refresh(flow)
             flow.drop(len(data))
             server.udp.refusals.refuse(
                 "oversized", tunnel_id=server.tunnel.tunnel_id, length=len(data)
             )
             return
         server.to_owner(flow, data)
+
+    def _forget(self, addr: Any, flow: UdpFlow) -> None:
+        if self.by_addr.get(addr) is flow:
+            del self.by_addr[addr]
 
     def _reply(self, flow: UdpFlow, payload: bytes, addr: Any) -> None:
         transport = self.transport

@@ -61,10 +61,16 @@ class UdpFlow:
     """One UDP flow; `bytes_up` is payload from the connecting side to the owner."""
 
     def __init__(
-        self, stream: Stream, *, flow_id: int, on_close: Callable[[UdpFlow], None]
+        self,
+        stream: Stream,
+        *,
+        flow_id: int,
+        on_close: Callable[[UdpFlow], None],
+        source: str = "",
     ) -> None:
         self.stream = stream
         self.flow_id = flow_id
+        self.source = source  # the peer's address (public port) or support channel
         self.on_close = on_close
         bucket = stream.bucket
         self.up_meter: Meter | None = bucket.attach(self) if bucket else None

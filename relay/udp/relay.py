@@ -21,6 +21,9 @@ Invariants:
   through one `RefusalLog`; the channel, the tunnel and every other flow go on.
 - A flow idle for `udp.idle_timeout` ends; a tunnel that ends ends its flows
   (relay.udp.tunnel).
+- Flows that end without an answer are summed per tunnel
+  (quota.core.flowtable.UnansweredSummary) and written as one `unanswered`
+  record a tunnel per `udp.unanswered_interval`, and when the tunnel ends.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 
 import structlog
 
+from quota.core.flowtable import EndReason, FlowEnd, UnansweredRow, UnansweredSummary
 from quota.core.frames import MAX_FLOW_ID
 from quota.sockets import widen_buffers
 from relay.errors import Refused
@@ -70,6 +74,9 @@ class UdpRelay:
         self.hub = hub
         self.flows: dict[int, UdpFlow] = {}  # by relay flow id
         self.refusals = RefusalLog(hub.now_ms)
+        self.summary = UnansweredSummary(hub.config.udp_unanswered_interval_ms)
+        self._summed: dict[str, Tunnel] = {}  # tunnels with a pending unanswered row
+        self._flusher: asyncio.TimerHandle | None = None
         self._ids = itertools.count(1)
         self._next_flow = 0
 
@@ -89,6 +96,43 @@ class UdpRelay:
 
     def new_stream_id(self) -> str:
         return self.hub.stream_id(f"u{next(self._ids)}")
+
+    # -- flows that were never answered: one record a tunnel an interval ------------------
+
+    def unanswered(self, tunnel: Tunnel, flow: UdpFlow) -> None:
+        """Sum a flow that ended unanswered into its tunnel's pending record."""
+        end = FlowEnd(
+            peer=flow.flow_id,
+            source=flow.source,
+            reason=EndReason.CLOSED,
+            opened_at=flow.stream.opened_at_ms,
+            last_at=flow.last_ms,
+            bytes_in=flow.bytes_up,
+            bytes_out=0,
+        )
+        self.summary.add(tunnel.tunnel_id, end, now=self.hub.now_ms(), dropped=flow.bytes_dropped)
+        self._summed[tunnel.tunnel_id] = tunnel
+        if self._flusher is None:
+            every = min(max(self.summary.interval_ms // 4, 10), 1000)
+            self._flusher = asyncio.get_running_loop().call_later(every / 1000, self._flush)
+
+    def drain_unanswered(self, tunnel: Tunnel) -> None:
+        """The tunnel ends: write its pending record now."""
+        self._write(self.summary.drain(self.hub.now_ms(), tunnel.tunnel_id))
+
+    def _flush(self) -> None:
+        self._flusher = None
+        self._write(self.summary.flush(self.hub.now_ms()))
+        if len(self.summary):
+            every = min(max(self.summary.interval_ms // 4, 10), 1000)
+            self._flusher = asyncio.get_running_loop().call_later(every / 1000, self._flush)
+
+    def _write(self, rows: list[UnansweredRow]) -> None:
+        for row in rows:
+            tunnel = self._summed.pop(row.tunnel, None)
+            if tunnel is not None:
+                stream_id = self.hub.stream_id(f"n{next(self._ids)}")
+                self.hub.recorder.unanswered(stream_id=stream_id, tunnel=tunnel, row=row)
 
     # -- registration (tcpip-forward "udp/...") --------------------------------------
 

@@ -107,6 +107,8 @@ async def test_billing_serve_runs_as_a_process(tmp_path: Path) -> None:
     example = example.replace("port = 8480", "port = 0").replace(
         'database = "var/billing.sqlite3"', f'database = "{tmp_path / "b.sqlite3"}"'
     )
+    example = example.replace("change-me-", "own-secret-")  # the example's are refused
+    config.touch(mode=0o600)  # it holds tokens: billing serve refuses a wider mode
     config.write_text(example)
     env: dict[str, Any] = {**os.environ, "QUOTARELAY_LOOP": "asyncio", "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(

@@ -136,6 +136,23 @@ def test_summary_refuses_answered_flows_and_drains_one_tunnel() -> None:
     assert [r.tunnel for r in summary.drain(now=5)] == ["t1"]
 
 
+def test_summary_sums_dropped_bytes_apart_from_passed_ones() -> None:
+    """Dropped bytes of unanswered flows are summed beside the passed ones; never negative."""
+    summary = UnansweredSummary(interval_ms=10)
+    silent = FlowEnd(
+        peer=2, source="s", reason=EndReason.IDLE, opened_at=0, last_at=0, bytes_in=3, bytes_out=0
+    )
+    summary.add("t1", silent, now=0, dropped=5)
+    summary.add("t1", silent, now=1)
+    with pytest.raises(InvalidValue, match="dropped"):
+        summary.add("t1", silent, now=1, dropped=-1)
+    assert len(summary) == 1
+    assert summary.flush(now=10) == [
+        UnansweredRow(tunnel="t1", since=0, until=10, flows=2, bytes_in=6, bytes_dropped=5)
+    ]
+    assert len(summary) == 0
+
+
 HOSTS = ["a", "b", "c", "d"]
 CONFIG = FlowTableConfig(max_flows=6, per_source=3)
 

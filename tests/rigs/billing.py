@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.rigs.keys import AgentSpec, make_agent
+from tests.rigs.keys import AgentSpec, make_agent, write_private
 from tests.rigs.procs import Child, Procs
 from tests.rigs.relay import ROOT, Relay, RelayRig, Sections
 
@@ -71,12 +71,11 @@ traffic = "{package_traffic}"
 def write_billing_config(folder: Path, port: int, plan_traffic: int, package_traffic: int) -> Path:
     path = folder / "billing.toml"
     db = folder / "billing.sqlite3"
-    path.write_text(
-        BILLING_TOML.format(
-            port=port, db=db, admin=ADMIN, relay=RELAY_TOKEN,
-            plan_traffic=plan_traffic, package_traffic=package_traffic,
-        )
+    text = BILLING_TOML.format(
+        port=port, db=db, admin=ADMIN, relay=RELAY_TOKEN,
+        plan_traffic=plan_traffic, package_traffic=package_traffic,
     )  # fmt: skip
+    write_private(path, text.encode())  # it holds tokens: the service refuses a wider mode
     return path
 
 

@@ -1,12 +1,14 @@
 """Agent keys and the relay's agents file.
 
-Keys are fresh ed25519 pairs written with mode 0600 (OpenSSH refuses looser
-ones); the public line sits beside the private key, in `<key>.pub`.
+Keys are fresh ed25519 pairs written with mode 0600 from creation (OpenSSH and
+the agent refuse looser ones); the public line sits beside the private key, in
+`<key>.pub`. Files holding tokens are written the same way (`write_private`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -20,13 +22,21 @@ class AgentSpec:
     key_path: Path
     public: str
     active: bool = True
+    limits: dict[str, int] = field(default_factory=dict)  # the registry entry's `limits`
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a new `path` with mode 0600 from its creation (the services refuse wider modes)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def keypair(path: Path) -> str:
     """Write a new ed25519 key pair at `path` (and `path`.pub); return the public key line."""
     key = asyncssh.generate_private_key("ssh-ed25519")
-    path.write_bytes(key.export_private_key())
-    path.chmod(0o600)
+    write_private(path, key.export_private_key())
     public = key.export_public_key().decode().strip()
     path.with_name(path.name + ".pub").write_text(public + "\n")
     return public
@@ -44,4 +54,7 @@ def agents_toml(agents: list[AgentSpec]) -> str:
             f'[[agent]]\nid = "{a.agent_id}"\naccount = "{a.account}"\nrole = "{a.role}"\n'
             f'keys = ["{a.public}"]\nactive = {"true" if a.active else "false"}\n'
         )
+        if a.limits:
+            pairs = ", ".join(f"{k} = {v}" for k, v in a.limits.items())
+            parts[-1] += f"limits = {{ {pairs} }}\n"
     return "\n".join(parts)

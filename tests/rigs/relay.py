@@ -1,9 +1,10 @@
 """A relay process started from the console script, as an operator runs it.
 
 Invariants:
-- Its folder holds `agents.toml` and `relay.toml`, written from sections by
-  `write_relay_files`; the relay listens on 127.0.0.1, SSH and admin on port 0,
-  public ports in a range below the kernel's ephemeral ports, so none is in use.
+- Its folder holds `agents.toml` and `relay.toml` (mode 0600: it holds the admin
+  token), written from sections by `write_relay_files`; the relay listens on
+  127.0.0.1, SSH and admin on port 0, public ports in a range below the
+  kernel's ephemeral ports, so none is in use.
 - It is ready once it printed its `relay_ready` line, which names both ports.
 - `Relay` drives it from a test's event loop and reads the ready line on stdout;
   `RelayRig` drives it through a bench `Procs` and reads it from the log.
@@ -23,7 +24,7 @@ from typing import Any
 
 from relay.admin.client import AdminClient
 from relay.config import HostPort
-from tests.rigs.keys import AgentSpec, agents_toml, make_agent
+from tests.rigs.keys import AgentSpec, agents_toml, make_agent, write_private
 from tests.rigs.procs import Child, Procs, free_port
 from tests.rigs.ssh import REMOTE_READY, local_ready, ssh_cmd
 
@@ -55,7 +56,7 @@ def write_relay_files(
         lines.append(f"[{section}]")
         lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items())
     path = folder / "relay.toml"
-    path.write_text("\n".join(lines) + "\n")
+    write_private(path, ("\n".join(lines) + "\n").encode())  # it holds the admin token
     return path
 
 

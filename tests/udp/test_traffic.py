@@ -118,7 +118,10 @@ async def test_100_concurrent_flows_are_100_streams_with_their_own_totals(
 async def test_a_small_grant_drops_the_rest_and_a_grant_resumes_at_once(
     relay: Relay, agents: dict[str, AgentSpec], procs: list[AgentProc]
 ) -> None:
-    """Delivered bytes never exceed the grant; the rest is dropped and counted; a grant resumes."""
+    """Delivered bytes never exceed the grant; the rest is dropped and counted; a grant resumes.
+
+    The service never answers, so the flow is logged in its tunnel's `unanswered` record.
+    """
     grant = 10_500
     sizes = [random.Random(i).randint(100, 1500) for i in range(40)]
     async with UdpService(echo=False) as sink:
@@ -157,11 +160,12 @@ async def test_a_small_grant_drops_the_rest_and_a_grant_resumes_at_once(
         assert again["bytes_dropped"] == flow["bytes_dropped"]
         assert (await relay.call("agent", "nas-agent"))["used"] == sink.received
         p.close()
+        await agent.stop()  # the tunnel ends: its unanswered record is written
 
     async def logged() -> bool:
         rows = await list_streams(relay.db_path, agent="nas-agent")
-        return [(r["stream_id"], r["bytes_dropped"]) for r in rows] == [
-            (flow["stream_id"], flow["bytes_dropped"])
+        return [(r["last_event"], r["peer"], r["bytes_up"], r["bytes_dropped"]) for r in rows] == [
+            ("unanswered", "unanswered flows: 1", sink.received, flow["bytes_dropped"])
         ]
 
-    await poll(logged, "one stream in the log, with its dropped bytes")
+    await poll(logged, "one unanswered record in the log, with the flow's bytes")
