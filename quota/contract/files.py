@@ -51,6 +51,7 @@ class RelaySection(Section, frozen=True, kw_only=True):
     public_ports: Ports = Ports("20000-20099")
     keepalive: Millis = millis("30s")
     ciphers: str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com"
+    write_buffer: Bytes = size("256Ki")
 
 
 class AdminSection(Section, frozen=True, kw_only=True):
