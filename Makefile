@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint bench stress clean
+.PHONY: up test lint bench stress fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: lint
 # The suite on 4 parallel workers on any number of cores: load that flushes out races.
 stress: $(STAMP)
 	$(BIN)/python -m pytest -q -n 4 -p no:cacheprovider
+
+# The billing API against its OpenAPI document: schemathesis, every check, the three token
+# kinds, at least 5,000 cases (make test runs a short pass of the same test).
+fuzz: $(STAMP)
+	QUOTARELAY_FUZZ_EXAMPLES=100 QUOTARELAY_FUZZ_SECONDS=120 QUOTARELAY_FUZZ_CASES=5000 \
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider -o timeout=900 \
+		tests/billing/test_schemathesis.py
 
 up: $(STAMP)
 	$(BIN)/quotarelay up

@@ -11,7 +11,8 @@ Invariants:
   against a billing process on SQLite (`sync.ingest`) and once on PostgreSQL
   (`sync.ingest.pg`): a database of the bench run's own on 127.0.0.1:5432 (as
   the tests find it, `tests.rigs.postgres`), dropped at the end; without a
-  reachable PostgreSQL that figure is not measured, and says why.
+  reachable PostgreSQL that figure is not measured, and says why. The cost of
+  durable commits (`synchronous=FULL`) is measured by `bench.durability`.
 - A part that fails records its figures as not measured, with the reason; the
   other part still runs. Every process either part started is stopped with the
   section's `Procs`.
@@ -28,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from bench import sync_load
+from bench import durability, sync_load
 from bench.load import Sink, SinkConn, connect
 from bench.precision import _sender
 from bench.report import Results, Target
@@ -49,7 +50,11 @@ LOAD = (
     ("sync.ingest", "7", "billing API ingestion rate", "agent-deltas/s"),
 )
 LOAD_PG = (("sync.ingest.pg", "7", "billing API ingestion rate, PostgreSQL", "agent-deltas/s"),)
-FIGURES = PURCHASE + LOAD + LOAD_PG
+DURABLE = (
+    ("sync.deposit.full", "7", "deposit latency, durable (FULL, the default)", "ms"),
+    ("sync.deposit.normal", "7", "deposit latency, NORMAL", "ms"),
+)
+FIGURES = PURCHASE + LOAD + LOAD_PG  # of run_plans; DURABLE is bench.durability's
 
 PLAN_TRAFFIC = 256 * 1024  # the plan's bucket: runs dry within the first second
 PACKAGE_TRAFFIC = 64 * 1024  # each purchase lets this much through, then the stream pauses again
@@ -236,6 +241,7 @@ def run(res: Results, procs: Procs, quick: bool) -> None:
     purchase = PurchasePlan(reps=2, purchases=8) if quick else PurchasePlan()
     load = sync_load.LoadPlan(reports=4, intervals=5) if quick else sync_load.LoadPlan()
     run_plans(res, procs, purchase, load)
+    _part(res, DURABLE, lambda: durability.run(res, procs, quick))
 
 
 def run_plans(res: Results, procs: Procs, purchase: PurchasePlan, load: sync_load.LoadPlan) -> None:

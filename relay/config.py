@@ -28,6 +28,8 @@ from quota.metrics import MetricsConfig, metrics_config
 from relay.errors import ConfigError
 from relay.hub.gate import GateConfig
 
+WRITE_BUFFER_MIN, WRITE_BUFFER_MAX = 16 * 1024, 1024**3  # relay.write_buffer's range
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BillingLinkConfig:
@@ -79,6 +81,7 @@ class RelayConfig:
     billing: BillingLinkConfig | None = None
     udp_idle_timeout_ms: int = 60_000  # a UDP flow idle this long ends
     udp_max_datagram: int = 65_507  # bigger datagrams are dropped and counted
+    write_buffer: int = 256 * 1024  # high-water mark of every socket the relay writes to
     udp_unanswered_interval_ms: int = 60_000  # one record of unanswered flows a tunnel per this
     shares: ShareLimits = field(default_factory=ShareLimits)  # fair shares; agents may override
     gate: GateConfig = field(default_factory=GateConfig)  # [limits]: admission before login
@@ -127,6 +130,8 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
     admin_listen = _admin_listen(f.admin.listen, rel, problems)
     ciphers = _ciphers(r.ciphers, problems)
     billing = _billing(f.billing, rel, problems)
+    if not WRITE_BUFFER_MIN <= r.write_buffer <= WRITE_BUFFER_MAX:
+        problems.add("relay.write_buffer", f"16Ki..1Gi bytes, got {r.write_buffer}")
     m = f.metrics
     metrics = metrics_config(m.listen, problems, max_agents=m.max_agents, per_tunnel=m.per_tunnel)
     gate = _gate(f.limits, problems)
@@ -156,6 +161,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         billing=billing,
         udp_idle_timeout_ms=max(1, u.idle_timeout),
         udp_max_datagram=u.max_datagram,
+        write_buffer=r.write_buffer,
         udp_unanswered_interval_ms=max(1, u.unanswered_interval),
         shares=ShareLimits(**msgspec.structs.asdict(f.shares)),
         metrics=metrics,

@@ -3,7 +3,8 @@
 Invariants:
 - A deposit is credited once per payment id (the payment id is its idempotency
   key): sent again it is answered with the first answer; the same id with
-  another account or amount is refused with 409.
+  another account or amount is refused with 409. A refused payment is not
+  kept: sent again once it can be credited, it is (no payment is ever lost).
 - A deposit below the amount its intent announced is held for review: noticed,
   not credited.
 - A correction is a new ledger entry (signed amount and traffic), never an edit.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from quota.billing import lifecycle, repo
 from quota.billing.auth import Principal, owned_account, owned_agent, token_hash
-from quota.billing.errors import BadRequest, Conflict, NotFound
+from quota.billing.errors import Conflict, NotFound, Unprocessable
 from quota.billing.op import Op
 from quota.billing.repo import AccountRow
 from quota.billing.runner import Runner, body_of, read_body
@@ -73,8 +74,6 @@ class Accounts:
     async def deposit_intent(
         self, who: Principal, key: str, account_id: str, req: wire.DepositIntentRequest
     ) -> wire.DepositIntent:
-        if req.amount <= 0:
-            raise BadRequest("amount: must be more than zero millicoins")
 
         async def run(op: Op) -> wire.DepositIntent:
             await owned_account(op, who, account_id)
@@ -92,8 +91,6 @@ class Accounts:
 
     async def deposit(self, who: Principal, req: wire.DepositRequest) -> wire.DepositResult:
         """Credit a payment once per payment id (the payment id is the idempotency key)."""
-        if req.amount <= 0:
-            raise BadRequest("amount: must be more than zero millicoins")
 
         async def run(op: Op) -> wire.DepositResult:
             found = await repo.find_payment(op.tx, req.payment_id)
@@ -170,7 +167,7 @@ class Accounts:
             if req.agent_id is not None:
                 await _correct_traffic(op, who, account_id, req)
             elif req.traffic_bytes:
-                raise BadRequest("traffic_bytes: needs agent_id")
+                raise Unprocessable("traffic_bytes: needs agent_id")
             await op.changed_account(account_id, "correction")
             await op.post(
                 account,
@@ -226,7 +223,7 @@ async def _correct_traffic(
     if agent.account_id != account_id:
         raise NotFound(f"agent_id: no agent {req.agent_id!r} on this account")
     if agent.package_bytes + req.traffic_bytes < 0:
-        raise BadRequest("traffic_bytes: would make the agent's traffic negative")
+        raise Conflict("traffic_bytes: would make the agent's traffic negative")
     await repo.save_agent(
         op.tx, dataclasses.replace(agent, package_bytes=agent.package_bytes + req.traffic_bytes)
     )

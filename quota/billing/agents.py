@@ -19,7 +19,7 @@ from typing import Any
 from quota.billing import repo
 from quota.billing.auth import Principal, owned_account, owned_agent
 from quota.billing.config import BillingConfig
-from quota.billing.errors import BadRequest, Conflict, NotFound
+from quota.billing.errors import Conflict, NotFound, Unprocessable
 from quota.billing.op import Op, require_unfrozen
 from quota.billing.repo import AgentRow
 from quota.billing.runner import Runner
@@ -29,10 +29,10 @@ from quota.core.billing import AgentRole
 
 def _check_registration(req: wire.RegisterAgentRequest) -> None:
     if not req.name.strip():
-        raise BadRequest("name: must not be empty")
+        raise Unprocessable("name: must not be empty or blank")
     for i, pub in enumerate(req.public_keys):
         if not pub.startswith(("ssh-", "ecdsa-", "sk-")) or len(pub.split()) < 2:
-            raise BadRequest(f"public_keys[{i}]: not an OpenSSH public key line")
+            raise Unprocessable(f"public_keys[{i}]: not an OpenSSH public key line")
 
 
 def _new_agent(account_id: str, req: wire.RegisterAgentRequest, now: int) -> AgentRow:
@@ -138,5 +138,5 @@ class Agents:
         elif "topup_package" in changes and changes["topup_package"] not in (
             self._config.catalogue.packages
         ):
-            raise BadRequest(f"topup_package: unknown package {changes['topup_package']!r}")
+            raise Unprocessable(f"topup_package: unknown package {changes['topup_package']!r}")
         return changes

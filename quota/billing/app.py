@@ -5,22 +5,36 @@ Invariants:
   for the client's mistakes (a 500 only for a bug or a failed disk), and a
   refused request writes nothing (its transaction never committed).
 - A route accepts only the token kinds it lists: a valid token of another kind
-  is 403; an unknown token 401.
+  is 403; an unknown token 401. A source address that sent too many unknown
+  tokens is answered 429 with Retry-After until its window ends, before any
+  database read; the configured admin and relay tokens still pass (they are
+  checked in memory), so an attacker sharing an address cannot lock them out.
+- A 405 carries the `Allow` header of the path's methods.
 - Request bodies are parsed strictly into the route's wire message before any
   service code runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from quota.billing.errors import BadRequest, BillingError, Forbidden, Unauthorized
+from quota.billing.auth import Principal
+from quota.billing.errors import (
+    BadRequest,
+    BillingError,
+    Forbidden,
+    TooManyRequests,
+    Unauthorized,
+)
 from quota.billing.openapi import document
 from quota.billing.push import serve_events
 from quota.billing.routes import ROUTES, Route
@@ -32,11 +46,15 @@ log = structlog.get_logger("quota.billing")
 SERVICE: web.AppKey[BillingService] = web.AppKey("service", BillingService)
 MAX_BODY = 256 * 1024
 MAX_KEY = 200
+# Printable ASCII, no space at either end (HTTP strips those); the document's pattern.
+KEY_PATTERN = re.compile(r"[!-~](?:[ -~]{0,198}[!-~])?", re.ASCII)
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str) -> web.Response:
+    if len(message) > wire.MAX_STR:  # the document's maxLength: messages may quote input
+        message = message[: wire.MAX_STR - 3] + "..."
     return web.json_response(wire.dump(wire.ErrorBody(error=message)), status=status)
 
 
@@ -50,12 +68,33 @@ async def errors_middleware(request: web.Request, handler: _Handler) -> web.Stre
     except BillingError as exc:
         if exc.status >= 500:
             log.error("billing_error", path=request.path, error=str(exc))
-        return _error(exc.status, str(exc))
+        answer = _error(exc.status, str(exc))
+        if isinstance(exc, TooManyRequests):
+            answer.headers["Retry-After"] = str(exc.retry_after_s)
+        return answer
     except web.HTTPException as exc:
-        return _error(exc.status, exc.reason)
+        answer = _error(exc.status, exc.reason)
+        if "Allow" in exc.headers:  # a 405 names the methods the path takes
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
     except Exception as exc:  # a bug: answer 500 and log it, never a bare traceback
         log.exception("billing_internal_error", path=request.path)
         return _error(500, f"internal error ({type(exc).__name__})")
+
+
+def _whole_number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent: an int when whole (JSON Schema's integer).
+
+    `1.0` and `2e3` are integers to JSON Schema, so the document allows them; any
+    other such number stays a float, which the wire refuses. Long texts are not
+    expanded (`1e999999999` would cost a huge int), so they stay floats too.
+    """
+    if len(text) <= 32:
+        with contextlib.suppress(ArithmeticError, ValueError):
+            value = Decimal(text)
+            if value == value.to_integral_value() and abs(value) <= wire.MAX_INT:
+                return int(value)
+    return float(text)
 
 
 async def _body(request: web.Request, route: Route) -> Any:
@@ -67,7 +106,7 @@ async def _body(request: web.Request, route: Route) -> Any:
     if request.content_type != "application/json":
         raise BadRequest("body: send JSON with Content-Type: application/json")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_float=_whole_number)
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of 5000 digits
         raise BadRequest(f"body: malformed JSON: {exc}") from None
     except RecursionError:
@@ -87,8 +126,11 @@ def _key(request: web.Request, route: Route) -> str:
     if not route.keyed:
         return ""
     key = request.headers.get("Idempotency-Key", "")
-    if not key or len(key) > MAX_KEY or not key.isprintable():
-        raise BadRequest(f"Idempotency-Key header: required, 1..{MAX_KEY} printable characters")
+    if KEY_PATTERN.fullmatch(key) is None:
+        raise BadRequest(
+            f"Idempotency-Key header: required, 1..{MAX_KEY} printable ASCII characters"
+            " (no space at either end)"
+        )
     return key
 
 
@@ -106,12 +148,30 @@ async def _arguments(request: web.Request, route: Route) -> dict[str, Any]:
     return args
 
 
+async def _principal(service: BillingService, request: web.Request) -> Principal:
+    """Who sends this token; an unknown one counts against the source address."""
+    token = _token(request)
+    who = service.tokens.configured(token)
+    if who is not None:
+        return who
+    source, now = request.remote or "", service.runner.clock.now_ms()
+    wait_ms = service.auth_failures.retry_after_ms(source, now)
+    if wait_ms:
+        retry_after = -(-wait_ms // 1000)
+        raise TooManyRequests(
+            f"too many unknown tokens from {source}; retry after {retry_after} s", retry_after
+        )
+    who = await service.tokens.account(token)
+    if who is None:
+        service.auth_failures.failed(source, now)
+        raise Unauthorized("unknown token")
+    return who
+
+
 def _handler(route: Route) -> _Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         service = request.app[SERVICE]
-        who = await service.tokens.principal_for(_token(request))
-        if who is None:
-            raise Unauthorized("unknown token")
+        who = await _principal(service, request)
         if who.kind not in route.auth:
             raise Forbidden(
                 f"a {who.kind} token cannot {route.summary[0].lower()}"

@@ -3,6 +3,9 @@
 Invariants:
 - A token is the admin's, a configured relay's, or an account's (found by its
   hash, never stored in clear); tokens are compared in constant time.
+- An account token is looked up on the store's read-only connection (`peek`),
+  never in a write transaction: a flood of unknown tokens does not queue
+  behind, or hold up, the writers.
 - An account token only ever reaches its own account and its agents: any other
   id is answered 404, exactly like an id that does not exist.
 """
@@ -42,13 +45,21 @@ class Tokens:
         self._config = config
 
     async def principal_for(self, token: str) -> Principal | None:
+        return self.configured(token) or await self.account(token)
+
+    def configured(self, token: str) -> Principal | None:
+        """The admin or relay whose configured token this is (no database read)."""
         given = token.encode()
         if secrets.compare_digest(given, self._config.admin_token.encode()):
             return Principal(kind="admin")
         for relay in self._config.relays:
             if secrets.compare_digest(given, relay.token.encode()):
                 return Principal(kind="relay", id=relay.id)
-        async with self._store.reading() as tx:
+        return None
+
+    async def account(self, token: str) -> Principal | None:
+        """The account whose token this is, read without a write transaction."""
+        async with self._store.peek() as tx:
             account_id = await repo.account_id_by_token(tx, token_hash(token))
         return Principal(kind="account", id=account_id) if account_id else None
 

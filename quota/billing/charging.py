@@ -9,13 +9,17 @@ Invariants (each function runs inside the caller's transaction, so all or nothin
   out, with no `await` other than the store's between a decision and its effect.
 - A frozen account draws no metered traffic and buys no auto top-up: its agents
   relay only within the traffic they hold.
+- A plan change credits the unused time of the old period minus the included
+  traffic already used beyond the elapsed share, valued at the catalogue's
+  lowest price per byte (`plan_change_credit`): no sequence of plan changes
+  buys traffic below the catalogue's prices.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quota.billing.errors import BadRequest, Conflict
+from quota.billing.errors import Conflict, PaymentRequired, Unprocessable
 from quota.billing.op import (
     Op,
     check_low_balance,
@@ -29,6 +33,7 @@ from quota.contract import wire
 from quota.core.billing import (
     AgentRole,
     EntryKind,
+    Plan,
     PlanKind,
     TopupOutcome,
     decide_topup,
@@ -40,7 +45,7 @@ from quota.core.money import (
     charge_with_carry,
     format_coin,
     metered_rate,
-    prorate_credit,
+    plan_change_credit,
     tunnel_time_rate,
 )
 
@@ -54,7 +59,7 @@ async def subscribe(
     if agent.active:
         raise Conflict(f"agent {agent.name!r} already has plan {agent.plan!r}; change the plan")
     if plan.kind is PlanKind.TUNNEL_TIME and account.balance <= 0:
-        raise BadRequest("a pay-as-you-go plan needs a balance above zero")
+        raise PaymentRequired("a pay-as-you-go plan needs a balance above zero")
     agent = await save_agent(op, agent, auto_renew=auto_renew)
     op.changed([agent.id], "subscription")
     # A purchase the holder makes is not a drain: low balance is checked on charges.
@@ -75,7 +80,7 @@ async def change_plan(
     old = op.plan(agent.plan)
     credit = 0
     if old.kind is PlanKind.PERIODIC and agent.active_until is not None:
-        credit = prorate_credit(old.price, old.period_ms, agent.active_until - op.now)
+        credit = _change_credit(op, old, agent)
     account = await op.post(
         account,
         Posting(
@@ -91,6 +96,21 @@ async def change_plan(
     return await start_period(op, account, agent, new, EntryKind.SUBSCRIPTION, op.now)
 
 
+def _change_credit(op: Op, old: Plan, agent: AgentRow) -> int:
+    """The unused part of `old`, less the included bytes used beyond the elapsed time's share."""
+    assert agent.active_until is not None
+    metered = metered_rate(op.config.metered_price_per_gb)
+    return plan_change_credit(
+        price=old.price,
+        period_ms=old.period_ms,
+        remaining_ms=agent.active_until - op.now,
+        included=old.traffic,
+        # a catalogue edited since the subscription may have shrunk the plan's traffic
+        included_left=min(agent.bucket_bytes, old.traffic),
+        byte_price=op.config.catalogue.lowest_byte_price(metered),
+    )
+
+
 async def buy_packages(
     op: Op, account: AccountRow, agent: AgentRow, name: str, count: int, reason: str
 ) -> tuple[AccountRow, AgentRow]:
@@ -98,7 +118,7 @@ async def buy_packages(
     try:
         package = op.config.catalogue.package(name)
     except InvalidValue as exc:
-        raise BadRequest(str(exc)) from None
+        raise Unprocessable(str(exc)) from None
     account = await op.post(
         account,
         Posting(

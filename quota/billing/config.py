@@ -39,6 +39,8 @@ class BillingConfig:
     admin_token: str
     maintenance_interval_ms: int = 300_000
     lease_ttl_ms: int = 600_000  # how long a relay's traffic lease outlives its last sync
+    auth_failures: int = 20  # unknown tokens per address and window before 429
+    auth_window_ms: int = 60_000
     metered_price_per_gb: int = 100
     webhook_url: str | None = None
     low_balance_interval_ms: int = 7 * 86_400_000
@@ -78,6 +80,7 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
     for key, value in (
         ("server.maintenance_interval", server.maintenance_interval),
         ("server.lease_ttl", server.lease_ttl),
+        ("server.auth_window", server.auth_window),
     ):
         if value <= 0:
             problems.add(key, "must be longer than zero")
@@ -96,6 +99,8 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
         admin_token=admin,
         maintenance_interval_ms=server.maintenance_interval,
         lease_ttl_ms=server.lease_ttl,
+        auth_failures=server.auth_failures,
+        auth_window_ms=server.auth_window,
         metered_price_per_gb=f.pricing.metered_price_per_gb,
         webhook_url=notes.webhook_url or None,
         low_balance_interval_ms=notes.low_balance_interval,

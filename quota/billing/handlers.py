@@ -10,6 +10,7 @@ endpoint accepts and answers (`routes.route` checks it against the path).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from quota.billing.auth import Principal
@@ -18,6 +19,9 @@ from quota.billing.service import BillingService
 from quota.contract import wire
 
 LEDGER_QUERY = ("after", "limit", "agent_id", "kind", "since", "until")
+_DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)
+# Ids are "agt_" and 16 hex digits; the bound keeps a request line within the server's 8 KiB.
+MAX_ID = 64
 
 
 async def get_catalogue(billing: BillingService, who: Principal) -> wire.Catalogue:
@@ -66,7 +70,8 @@ def _int_query(query: Mapping[str, str], name: str, default: int, high: int) -> 
     raw = query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) > high:
+    # ASCII digits only (isdigit() takes "²" and full-width digits), 2**62 has 19 of them
+    if _DIGITS.fullmatch(raw) is None or int(raw) > high:
         raise BadRequest(f"{name}: must be an integer 0..{high}")
     return int(raw)
 
@@ -77,6 +82,8 @@ def _ledger_filters(query: Mapping[str, str]) -> dict[str, object]:
         raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
     filters: dict[str, object] = {}
     if "agent_id" in query:
+        if len(query["agent_id"]) > MAX_ID:
+            raise BadRequest(f"agent_id: longer than {MAX_ID} characters")
         filters["agent_id"] = query["agent_id"]
     if "kind" in query:
         if query["kind"] not in wire.KINDS:

@@ -6,7 +6,8 @@ Invariants:
   maintenance pass never charges a period twice.
 - A renewal the balance cannot pay lapses the agent (inactive) and freezes the
   account; a deposit that covers every lapsed auto-renew agent's price
-  unfreezes it and renews those agents at once.
+  unfreezes it and renews those agents at once. Every renewal, by maintenance
+  or by a deposit, is followed by the low-balance check.
 """
 
 from __future__ import annotations
@@ -111,4 +112,6 @@ async def after_deposit(op: Op, account: AccountRow) -> tuple[AccountRow, list[s
         account, _ = await start_period(op, account, fresh, plan, EntryKind.RENEWAL, op.now)
         renewed.append(agent.id)
         op.changed([agent.id], "renewal")
+    if renewed:  # the renewals are automatic charges: they may leave the balance low
+        account = await check_low_balance(op, account)
     return account, renewed

@@ -19,7 +19,7 @@ from typing import Any
 
 from quota.billing import repo
 from quota.billing.config import BillingConfig
-from quota.billing.errors import BadRequest, Forbidden
+from quota.billing.errors import Conflict, Forbidden, Unprocessable
 from quota.billing.repo import AccountRow, AgentRow, Posting
 from quota.billing.store import Tx
 from quota.contract import wire
@@ -84,7 +84,7 @@ class Op:
         try:
             return self.config.catalogue.plan(name)
         except InvalidValue as exc:
-            raise BadRequest(str(exc)) from None
+            raise Unprocessable(str(exc)) from None
 
     async def notice(self, account: AccountRow, kind: str, **payload: Any) -> None:
         body = {"account_id": account.id, "kind": kind, "at": self.now, **payload}
@@ -102,7 +102,7 @@ def require_unfrozen(account: AccountRow) -> None:
 
 def require_paying(agent: AgentRow) -> None:
     if not AgentRole(agent.role).pays:
-        raise BadRequest(f"agent {agent.name!r} is a support agent: it needs no plan or traffic")
+        raise Conflict(f"agent {agent.name!r} is a support agent: it needs no plan or traffic")
 
 
 async def save_agent(op: Op, agent: AgentRow, **changes: Any) -> AgentRow:

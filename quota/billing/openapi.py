@@ -15,16 +15,39 @@ from typing import Any
 
 import msgspec
 
+from quota.billing.handlers import MAX_ID
 from quota.billing.routes import ROUTES
 from quota.contract import wire
 
 ERROR_STATUSES = {
-    "400": "malformed request (the message names the field)",
+    "400": "the request breaks this document (the message names the field)",
     "401": "missing or unknown token",
     "402": "the balance cannot cover the charge; nothing changed",
     "403": "wrong token kind, or the account is frozen",
     "404": "no such id (or not yours)",
-    "409": "conflict (idempotency key or payment id reused differently, wrong state)",
+    "405": "the path does not take this method; the Allow header names those it does",
+    "409": "conflict: an idempotency key, payment id or relay seq reused for another request,"
+    " the wrong state, or a balance or counter that would pass its maximum (2**62)",
+    "413": "the request body is above 256 KiB",
+    "422": "the request matches this document but names an unknown plan or package, a blank"
+    " name or a malformed SSH key",
+    "429": "too many unknown tokens from this address; the Retry-After header says when to retry",
+}
+# Error answers that carry a header, each its own response component.
+_HEADERS = {
+    "405": ("MethodNotAllowed", "Allow", {"type": "string"}),
+    "429": ("TooManyRequests", "Retry-After", {"type": "string", "pattern": "^[0-9]+$"}),
+}
+# Printable ASCII without a space at either end (HTTP strips those): the app's KEY_PATTERN.
+_KEY = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]([ -~]*[!-~])?$"}
+_NUMBER = {"type": "integer", "minimum": 0, "maximum": wire.MAX_INT}
+_QUERY: dict[str, dict[str, Any]] = {
+    "after": _NUMBER,
+    "limit": {"type": "integer", "minimum": 0, "maximum": 1000},
+    "since": _NUMBER,
+    "until": _NUMBER,
+    "agent_id": {"type": "string", "maxLength": MAX_ID},
+    "kind": {"type": "string", "enum": list(wire.KINDS)},
 }
 REF = "#/components/schemas/{name}"
 # msgspec sorts an enum's values; the document lists them in the order the domain declares
@@ -60,7 +83,6 @@ def _components(types: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]
 
 
 def _operation(route: Any, schemas: dict[Any, dict[str, Any]]) -> dict[str, Any]:
-    error = {"$ref": "#/components/responses/Error"}
     op: dict[str, Any] = {
         "operationId": route.name,
         "summary": route.summary,
@@ -71,10 +93,7 @@ def _operation(route: Any, schemas: dict[Any, dict[str, Any]]) -> dict[str, Any]
             {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
             for p in _path_params(route.path)
         ]
-        + [
-            {"name": q, "in": "query", "required": False, "schema": {"type": "string"}}
-            for q in route.query
-        ],
+        + [{"name": q, "in": "query", "required": False, "schema": _QUERY[q]} for q in route.query],
         "responses": {
             str(route.status): {
                 "description": "switching to WebSocket; each message is this schema"
@@ -82,7 +101,7 @@ def _operation(route: Any, schemas: dict[Any, dict[str, Any]]) -> dict[str, Any]
                 else "success",
                 "content": {"application/json": {"schema": schemas[route.response]}},
             },
-            **{code: error for code in ERROR_STATUSES},
+            **{code: _error_ref(code) for code in ERROR_STATUSES},
         },
     }
     if route.keyed:
@@ -91,7 +110,7 @@ def _operation(route: Any, schemas: dict[Any, dict[str, Any]]) -> dict[str, Any]
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": True,
-                "schema": {"type": "string", "maxLength": 200},
+                "schema": _KEY,
             }
         )
     if route.request is not None:
@@ -100,6 +119,29 @@ def _operation(route: Any, schemas: dict[Any, dict[str, Any]]) -> dict[str, Any]
             "content": {"application/json": {"schema": schemas[route.request]}},
         }
     return op
+
+
+def _error_ref(code: str) -> dict[str, str]:
+    name = _HEADERS[code][0] if code in _HEADERS else "Error"
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def _error_responses(error_schema: dict[str, Any]) -> dict[str, Any]:
+    """The shared error answer, and one per error status that carries a header."""
+    content = {"application/json": {"schema": error_schema}}
+    out: dict[str, Any] = {
+        "Error": {
+            "description": "; ".join(f"{k}: {v}" for k, v in ERROR_STATUSES.items()),
+            "content": content,
+        }
+    }
+    for code, (name, header, schema) in _HEADERS.items():
+        out[name] = {
+            "description": ERROR_STATUSES[code],
+            "headers": {header: {"required": True, "schema": schema}},
+            "content": content,
+        }
+    return out
 
 
 def _path_params(path: str) -> list[str]:
@@ -133,12 +175,7 @@ def document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": components,
-            "responses": {
-                "Error": {
-                    "description": "; ".join(f"{k}: {v}" for k, v in ERROR_STATUSES.items()),
-                    "content": {"application/json": {"schema": error_schema}},
-                }
-            },
+            "responses": _error_responses(error_schema),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

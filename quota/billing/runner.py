@@ -4,11 +4,16 @@ Invariants:
 - Each operation runs in one transaction together with the record of its
   idempotency key (`once`): sent again, it is answered with the first answer
   and changes nothing; the same key with a different request is refused with
-  409. The answer is kept as JSON and read back into its message type.
+  409. The answer is kept as JSON and read back into its message type. A
+  refusal (a 4xx `ClientError`) is kept as well, so a retry under the key is
+  refused the same way even once the request could succeed (as Stripe does);
+  only a 409 for the key itself and errors of the server (5xx) are not kept.
 - A `VersionConflict` (a balance changed under us, or another replica held the
   database) rolls the whole operation back and runs it again, up to `RETRIES`,
   after a random pause that doubles up to `BACKOFF_CAP_S`, so transactions that
   collided do not collide again in step.
+- A balance or counter that would pass its maximum (`OverLimit`, from anywhere
+  in the operation) rolls it back and is answered `LimitExceeded` (409), never 500.
 - Notices leave through the notifier, and push events through the push hub,
   only after their transaction committed (never from inside one), so a slow
   webhook or relay never holds a transaction and a rolled-back operation
@@ -29,11 +34,12 @@ from quota.billing import repo
 from quota.billing.auth import Principal
 from quota.billing.clock import Clock
 from quota.billing.config import BillingConfig
-from quota.billing.errors import Conflict, VersionConflict
+from quota.billing.errors import ClientError, KeyReused, LimitExceeded, Replayed, VersionConflict
 from quota.billing.op import Notice, Op
 from quota.billing.push import PushHub
 from quota.billing.store import Store
 from quota.contract import wire
+from quota.core.money import OverLimit
 
 RETRIES = 20
 BACKOFF_CAP_S = 0.05
@@ -93,6 +99,8 @@ class Runner:
             except VersionConflict:
                 await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP_S, 0.001 * 2**attempt)))
                 continue
+            except OverLimit as exc:
+                raise LimitExceeded(str(exc)) from None
             self._announcer.committed(op)
             return result
         raise VersionConflict(f"gave up after {RETRIES} conflicting attempts")
@@ -110,21 +118,53 @@ class Runner:
         `request` is the operation's name and the request's JSON: the same key
         with another of either is refused.
         """
-        digest = fingerprint(list(request))
+        digest, scope = fingerprint(list(request)), who.scope()
 
         async def first(op: Op) -> T:
-            found = await repo.find_answer(op.tx, who.scope(), key)
+            found = await _replayed(op, scope, key, digest)
             if found is not None:
-                if found.fingerprint != digest:
-                    raise Conflict(f"idempotency key {key!r} was used for a different request")
                 return read_body(answer, found.body)
             result = await func(op)
             await repo.save_answer(
-                op.tx, who.scope(), key, repo.Answered(fingerprint=digest, body=body_of(result))
+                op.tx, scope, key, repo.Answered(fingerprint=digest, body=body_of(result))
             )
             return result
 
-        return await self.run(key, first)
+        try:
+            return await self.run(key, first)
+        except (KeyReused, Replayed):
+            raise
+        except ClientError as exc:
+            return await self._refused(scope, key, digest, answer, exc)
+
+    async def _refused(
+        self, scope: str, key: str, digest: str, answer: type[T], exc: ClientError
+    ) -> T:
+        """Keep a refusal under its key, in a transaction of its own, and answer it."""
+        body = body_of(wire.ErrorBody(error=str(exc)))
+        refused = repo.Answered(fingerprint=digest, status=exc.status, body=body)
+
+        async def keep(op: Op) -> T | None:
+            found = await _replayed(op, scope, key, digest)  # a concurrent request may have won
+            if found is not None:
+                return read_body(answer, found.body)
+            await repo.save_answer(op.tx, scope, key, refused)
+            return None
+
+        kept = await self.run(key, keep)
+        if kept is None:
+            raise Replayed(exc.status, str(exc))
+        return kept
 
     async def read(self, func: Callable[[Op], Awaitable[T]]) -> T:
         return await self.run("", func)
+
+
+async def _replayed(op: Op, scope: str, key: str, digest: str) -> repo.Answered | None:
+    """The answer kept under the key; a kept refusal is raised again (`Replayed`)."""
+    found = await repo.find_answer(op.tx, scope, key)
+    if found is not None and found.fingerprint != digest:
+        raise KeyReused(f"idempotency key {key!r} was used for a different request")
+    if found is not None and found.status >= 400:
+        raise Replayed(found.status, read_body(wire.ErrorBody, found.body).error)
+    return found

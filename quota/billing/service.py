@@ -9,6 +9,8 @@ Invariants:
   (`plans`), relay sync and leases (`relays`), renewals (`maintenance`),
   tokens (`tokens`); notices and push events leave through `push` and the
   notifier after commit.
+- `auth_failures` counts unknown tokens per source address in memory (never in
+  the database); the HTTP shell answers 429 to a source past the limit.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from quota.billing.push import PushHub
 from quota.billing.relays import Relays
 from quota.billing.runner import Announcer, Runner
 from quota.billing.store import Store
+from quota.core.authfail import AuthFailures
+
+AUTH_SOURCES = 10_000  # addresses whose unknown tokens are counted, at most (docs/security.md)
 
 
 def _no_notices(_: Notice) -> None:
@@ -48,6 +53,9 @@ class BillingService:
         self.push = PushHub()
         self.runner = Runner(store, config, clock, Announcer(notify, self.push))
         self.tokens = Tokens(store, config)
+        self.auth_failures = AuthFailures(
+            limit=config.auth_failures, window_ms=config.auth_window_ms, max_sources=AUTH_SOURCES
+        )
         self.accounts = Accounts(self.runner)
         self.agents = Agents(self.runner, config)
         self.plans = Plans(self.runner, config)

@@ -3,9 +3,10 @@
 Invariants (everything below runs inside the caller's one transaction):
 - A report `(relay_id, seq)` is applied at most once; sent again (retry,
   reorder, duplicate) it is answered with its first answer marked `duplicate`
-  and changes nothing, not even lease validity. A seq number a database
-  recorded for the old `/v1/usage` is refused (409), so one number is never
-  applied twice.
+  and changes nothing, not even lease validity. The seq is an idempotency key:
+  the same seq with another body (a digest of it is kept) is refused with 409.
+  A seq number a database recorded for the old `/v1/usage` is refused (409),
+  so one number is never applied twice.
 - Usage is charged exactly as `charging.apply_usage` charges it; every byte a
   relay reports is also added to that relay's lease `used_total`, and to the
   per-tunnel totals of the tunnel it names (`tunnel_id`).
@@ -31,14 +32,14 @@ from typing import Literal
 import structlog
 
 from quota.billing import charging, repo
-from quota.billing.errors import Conflict
+from quota.billing.errors import Conflict, KeyReused
 from quota.billing.op import Op
 from quota.billing.repo import AccountRow, AgentRow, TunnelUsage
 from quota.billing.runner import body_of, fingerprint, read_body
 from quota.contract import wire
 from quota.core.billing import AgentRole
 from quota.core.lease import LeaseTotals, capacity, grant_size, metered_reserve, shortfall
-from quota.core.money import metered_rate
+from quota.core.money import MAX_COUNTER, checked_add, metered_rate
 
 log = structlog.get_logger("quota.billing")
 
@@ -53,16 +54,21 @@ class _Ask:
     returned: int = 0
 
 
+def _sum(total: int, delta: int, what: str) -> int:
+    return checked_add(total, delta, what=what, limit=MAX_COUNTER)
+
+
 def _merge(req: wire.SyncRequest) -> dict[str, _Ask]:
+    """Each agent's part of a report; a sum past 2**62 is refused (`OverLimit`)."""
     asks: dict[str, _Ask] = {}
     for item in req.items:
         ask = asks.setdefault(item.agent_id, _Ask())
-        ask.nbytes += item.bytes
-        ask.seconds += item.tunnel_seconds
+        ask.nbytes = _sum(ask.nbytes, item.bytes, "a report's bytes of one agent")
+        ask.seconds = _sum(ask.seconds, item.tunnel_seconds, "a report's seconds of one agent")
     for lease in req.leases:
         ask = asks.setdefault(lease.agent_id, _Ask())
-        ask.want += lease.want
-        ask.returned += lease.returned
+        ask.want = _sum(ask.want, lease.want, "a report's want of one agent")
+        ask.returned = _sum(ask.returned, lease.returned, "a report's returns of one agent")
     return asks
 
 
@@ -209,8 +215,12 @@ async def _answered(op: Op, relay_id: str, req: wire.SyncRequest) -> wire.SyncAn
         return None
     if found.kind != "sync":
         raise Conflict(f"seq: {req.seq} of relay {relay_id} was a /v1/usage report")
-    if found.fingerprint != fingerprint(wire.dump(req)):  # answered, but worth an alarm
+    if found.fingerprint != fingerprint(wire.dump(req)):
         log.warning("billing_sync_seq_reused", relay_id=relay_id, seq=req.seq)
+        raise KeyReused(
+            f"seq: {req.seq} of relay {relay_id} was already applied with another body;"
+            " a report is sent again unchanged or under a new seq"
+        )
     first = read_body(wire.SyncAnswer, found.body)
     return wire.SyncAnswer(
         relay_id=first.relay_id,

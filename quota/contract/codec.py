@@ -29,9 +29,14 @@ T = TypeVar("T")
 
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 """An integer 0..2**62: bytes, seconds, millicoins, sequence numbers, times."""
+Positive = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+"""An integer 1..2**62: an amount that must move something (a deposit)."""
 Signed = Annotated[int, msgspec.Meta(ge=-MAX_INT, le=MAX_INT)]
 """An integer that may be negative (corrections, ledger amounts)."""
-Text = Annotated[str, msgspec.Meta(max_length=MAX_STR)]
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, msgspec.Meta(max_length=MAX_STR, pattern=NO_NUL)]
+"""Text up to 8192 characters without NUL, which PostgreSQL cannot store (SQLite could):
+refused alike on both backends, and the OpenAPI document says so."""
 Items = Annotated[list[T], msgspec.Meta(max_length=MAX_ITEMS)]
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>.*)`)?$", re.DOTALL)
@@ -133,6 +138,8 @@ def _problem(msg: str, base: Any, meta: msgspec.Meta | None, value: Any, literal
     if meta is not None and meta.description and msg.startswith("Expected `"):
         secret = bool(meta.extra and meta.extra.get("secret"))
         return meta.description if secret else f"{meta.description}, got {value!r}"
+    if meta is not None and meta.pattern == NO_NUL and "matching regex" in msg:
+        return "holds a NUL character"
     if found := re.fullmatch(r"Expected `(\w+)` of length <= (\d+)", msg):
         if found[1] == "array":
             return f"too many items ({len(value)} > {found[2]})"

@@ -51,6 +51,7 @@ class RelaySection(Section, frozen=True, kw_only=True):
     public_ports: Ports = Ports("20000-20099")
     keepalive: Millis = millis("30s")
     ciphers: str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com"
+    write_buffer: Bytes = size("256Ki")
 
 
 class AdminSection(Section, frozen=True, kw_only=True):
@@ -155,6 +156,11 @@ class ServerSection(Section, frozen=True, kw_only=True):
     admin_token: str = ""  # or QUOTARELAY_BILLING_ADMIN_TOKEN
     maintenance_interval: Millis = millis("5m")
     lease_ttl: Millis = millis("10m")
+    # unknown tokens one address may send per window before it is answered 429
+    auth_failures: Annotated[
+        int, msgspec.Meta(ge=1, le=1_000_000, description="must be 1..1000000")
+    ] = 20
+    auth_window: Millis = millis("60s")
 
 
 class PricingSection(Section, frozen=True, kw_only=True):

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from quota.contract.codec import MAX_INT, MAX_STR, Count, Items, Signed, Text, explain
+from quota.contract.codec import MAX_INT, MAX_STR, Count, Items, Positive, Signed, Text, explain
 from quota.core.billing import AgentRole, EntryKind, PlanKind
 from quota.core.errors import InvalidValue
 
@@ -77,7 +77,7 @@ class AccountCreated(Message, frozen=True, kw_only=True):
 
 
 class DepositIntentRequest(Message, frozen=True, kw_only=True):
-    amount: Count
+    amount: Positive
 
 
 class DepositIntent(Message, frozen=True, kw_only=True):
@@ -90,7 +90,7 @@ class DepositIntent(Message, frozen=True, kw_only=True):
 class DepositRequest(Message, frozen=True, kw_only=True):
     account_id: Text
     payment_id: Text
-    amount: Count
+    amount: Positive
     intent_id: Text | None = None
 
 

@@ -16,6 +16,8 @@ Invariants:
 - An expired lease is written off (`expire`): its unused remainder counts as
   returned, so a relay that comes back cannot revive bytes already promised to
   another relay.
+- Each total stays within `MAX_COUNTER` (2**62): a delta that would pass it
+  is refused with `OverLimit`, never wrapped or saturated.
 No I/O, no clock: `now` is a parameter (integer milliseconds).
 """
 
@@ -25,7 +27,11 @@ import dataclasses
 from dataclasses import dataclass
 
 from quota.core.errors import InvalidValue
-from quota.core.money import Rate, units_affordable
+from quota.core.money import MAX_COUNTER, Rate, checked_add, units_affordable
+
+
+def _add(total: int, delta: int, what: str) -> int:
+    return checked_add(total, delta, what=what, limit=MAX_COUNTER)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,14 +64,15 @@ class LeaseTotals:
             raise InvalidValue("used and returned must not be negative")
         return dataclasses.replace(
             self,
-            used_total=self.used_total + used,
-            returned_total=self.returned_total + returned,
+            used_total=_add(self.used_total, used, "lease used_total"),
+            returned_total=_add(self.returned_total, returned, "lease returned_total"),
         )
 
     def expire(self, now: int) -> LeaseTotals:
         """Write off the remainder of a lease that expired (no-op while valid)."""
         if self.valid_until > now:
             return self
+        # remaining <= granted_total - returned_total: the sum stays within granted_total
         return dataclasses.replace(self, returned_total=self.returned_total + self.remaining())
 
     def extend(self, valid_until: int) -> LeaseTotals:
@@ -74,7 +81,8 @@ class LeaseTotals:
     def grant(self, nbytes: int) -> LeaseTotals:
         if nbytes < 0:
             raise InvalidValue("a grant must not be negative")
-        return dataclasses.replace(self, granted_total=self.granted_total + nbytes)
+        total = _add(self.granted_total, nbytes, "lease granted_total")
+        return dataclasses.replace(self, granted_total=total)
 
 
 def metered_reserve(excess: int, rate: Rate) -> int:

@@ -17,7 +17,8 @@ from quota.core.errors import IllegalTransition
 class PauseReason(enum.Enum):
     """Why one side of a stream is not being read."""
 
-    FLOW = "flow"  # the other side's write buffer is full
+    FLOW = "flow"  # the SSH channel toward the other side has no window left and its buffer is full
+    BUFFER = "buffer"  # the relay's write buffer toward the other side's socket is above high water
     QUOTA = "quota"  # the owner's bucket is empty
     INACTIVE = "inactive"  # the owner has no active subscription
     OPERATOR = "operator"  # an operator paused it

@@ -14,6 +14,11 @@ Invariants (checked by the playbook and property tests):
   not pass; it resumes (`LogRecord("resume")` first, then `Resume`) only when
   no side holds any. Flow-control pauses are their own reason and never undo a
   quota pause (they are separate members of each leg's pause set).
+- A write buffer above its high-water mark (`BufferFull`) pauses the other
+  side for BUFFER until it drains, whatever window the peer advertised. Such a
+  pause is logged only once two interim ticks found it (it spans an interval):
+  a busy stream's many short ones never are, a peer that stopped reading is.
+  A stream is PAUSED while a logged reason (quota or buffer) holds.
 - A datagram stream never pauses a socket: a dropped datagram marks it paused
   in the log, the next one that passes marks it open again.
 - Log records: "open" once, "pause"/"resume" on each edge, "interim" while
@@ -110,6 +115,22 @@ class FlowResumed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BufferFull:
+    """The relay's write buffer toward `side` went above its high-water mark."""
+
+    side: Side
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BufferDrained:
+    """The relay's write buffer toward `side` drained to its low-water mark."""
+
+    side: Side
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Datagram:
     """A datagram stream's datagram passed the bucket whole, or was dropped."""
 
@@ -133,6 +154,8 @@ Event = (
     | HeldCleared
     | FlowPaused
     | FlowResumed
+    | BufferFull
+    | BufferDrained
     | Datagram
     | Interim
 )
@@ -194,7 +217,19 @@ Action = Register | AttachPeers | Pause | Resume | CloseLegs | LogRecord | Close
 class StreamMachine:
     """The decisions of one stream (two legs, or one datagram flow)."""
 
-    __slots__ = ("clock", "close_reason", "datagrams", "opened", "opened_at_ms", "state")
+    __slots__ = (
+        "_buffer_logged",
+        "_full",
+        "_full_seen",
+        "_full_since",
+        "_quota_paused",
+        "clock",
+        "close_reason",
+        "datagrams",
+        "opened",
+        "opened_at_ms",
+        "state",
+    )
 
     def __init__(self, *, opened_at_ms: int, datagrams: bool = False) -> None:
         self.state = StreamState.OPENING
@@ -203,6 +238,11 @@ class StreamMachine:
         self.datagrams = datagrams  # UDP: nothing is held, no socket is paused
         self.opened = False
         self.close_reason = ""
+        self._quota_paused = False  # a logged quota (or inactive) pause holds
+        self._full: set[Side] = set()  # sides whose write buffer is above high water
+        self._full_since = 0  # when `_full` last became non-empty
+        self._full_seen = False  # an interim tick found the running buffer pause
+        self._buffer_logged = False  # the running buffer pause was logged
 
     def handle(self, event: Event) -> tuple[Action, ...]:
         """Apply one event; return what the relay must do, in order."""
@@ -229,10 +269,14 @@ class StreamMachine:
             case FlowResumed():
                 flow = Resume(reasons=(PauseReason.FLOW,), sides=(other(event.side),))
                 return self._flow(flow)
+            case BufferFull():
+                return self._buffer_full(event)
+            case BufferDrained():
+                return self._buffer_drained(event)
             case Datagram():
                 return self._datagram(event)
             case Interim():
-                return (LogRecord(event="interim"),)
+                return (*self._buffer_check(), LogRecord(event="interim"))
 
     # -- one method per kind of event ---------------------------------------------------
 
@@ -255,17 +299,59 @@ class StreamMachine:
         if self.datagrams:
             return ()  # nothing to pause: datagrams that do not fit are dropped as they come
         reason = PauseReason.INACTIVE if event.inactive else PauseReason.QUOTA
-        actions: tuple[Action, ...] = (Pause(reason=reason),)
-        if self.state is StreamState.OPEN:
-            self._mark_paused(event.now_ms)
-            actions += (LogRecord(event="pause"),)
-        return actions
+        pause = Pause(reason=reason)
+        if self.state is StreamState.OPENING:
+            return (pause,)
+        self._quota_paused = True
+        return (pause, *self._enter(event.now_ms))
 
     def _cleared(self, event: HeldCleared) -> tuple[Action, ...]:
-        if self.datagrams or event.holding or self.state is not StreamState.PAUSED:
+        if self.datagrams or event.holding or not self._quota_paused:
             return ()
-        self._mark_open(event.now_ms)
-        return (LogRecord(event="resume"), Resume())
+        self._quota_paused = False
+        return (*self._leave(event.now_ms), Resume())
+
+    def _buffer_full(self, event: BufferFull) -> tuple[Action, ...]:
+        if self.state is StreamState.OPENING:
+            return ()  # the legs are not joined: nothing was written toward a side yet
+        if not self._full:
+            self._full_since, self._full_seen = event.now_ms, False
+        self._full.add(event.side)
+        return (Pause(reason=PauseReason.BUFFER, sides=(other(event.side),)),)
+
+    def _buffer_drained(self, event: BufferDrained) -> tuple[Action, ...]:
+        if event.side not in self._full:
+            return ()
+        self._full.discard(event.side)
+        resume = Resume(reasons=(PauseReason.BUFFER,), sides=(other(event.side),))
+        if self._full or not self._buffer_logged:
+            return (resume,)
+        self._buffer_logged = False
+        return (*self._leave(event.now_ms), resume)
+
+    def _buffer_check(self) -> tuple[Action, ...]:
+        """At an interim tick: log a buffer pause the previous tick already found running."""
+        if not self._full or self._buffer_logged:
+            return ()
+        if not self._full_seen:
+            self._full_seen = True
+            return ()
+        self._buffer_logged = True
+        return self._enter(self._full_since)
+
+    def _enter(self, since_ms: int) -> tuple[Action, ...]:
+        """A logged pause reason began: an open stream is paused from `since_ms`."""
+        if self.state is not StreamState.OPEN:
+            return ()
+        self._mark_paused(since_ms)
+        return (LogRecord(event="pause"),)
+
+    def _leave(self, now_ms: int) -> tuple[Action, ...]:
+        """A logged pause reason ended: the stream is open again once none holds."""
+        if self.state is not StreamState.PAUSED or self._quota_paused or self._buffer_logged:
+            return ()
+        self._mark_open(now_ms)
+        return (LogRecord(event="resume"),)
 
     def _flow(self, action: Action) -> tuple[Action, ...]:
         # Before the legs are joined neither has a peer whose buffer could fill.

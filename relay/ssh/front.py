@@ -43,6 +43,7 @@ from relay.hub.tunnels import (
     tunnel_id,
 )
 from relay.registry import Agent
+from relay.ssh.backlog import backlog_of
 from relay.tcp.tunnels import TcpTunnels
 from relay.udp.relay import UDP_PREFIX, udp_for
 
@@ -93,6 +94,7 @@ class AgentServer(asyncssh.SSHServer):
 
     def connection_made(self, conn: Any) -> None:
         self.conn = conn
+        backlog_of(conn, self.hub.config.write_buffer)  # before anything is written to it
         peer = conn.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
         host = str(peer[0]) if isinstance(peer, tuple) else ""

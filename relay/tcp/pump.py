@@ -4,8 +4,11 @@ Invariants:
 - A leg forwards only bytes its meter allows: out of `meter.allowance` on the hot
   path (two integer operations), else through `Bucket.take`, which splits a chunk
   at the grant. The remainder is held (at most one chunk) and the stream pauses.
-- A leg reads only while its pause set is empty. Flow control (the peer's write
-  buffer is full) and quota pauses are separate reasons: neither undoes the other.
+- A leg reads only while its pause set is empty. Flow control (the SSH channel
+  toward the peer has no window), a full write buffer (the peer's socket, or its
+  SSH connection's, above the `write_buffer` high-water mark: relay.ssh.backlog)
+  and quota pauses are separate reasons: none undoes another. So whatever window
+  a peer advertises, what a leg charged but the kernel has not taken is bounded.
 - Held bytes are written before reading resumes, because resuming may deliver
   buffered data inside the call and newer bytes must not overtake held ones.
 - Bytes that arrive before the other leg is connected wait in `pending`
@@ -26,6 +29,7 @@ import asyncssh
 
 from quota.core.bucket import Meter
 from quota.core.stream import PauseReason, PauseSet
+from relay.ssh.backlog import NEVER_FULL, backlog_of
 
 
 class LegStream(Protocol):
@@ -38,6 +42,9 @@ class LegStream(Protocol):
     def after_take(self, wakes: tuple[Meter, ...]) -> None: ...
     def maybe_finish(self) -> None: ...
     def flow(self, leg: Leg, paused: bool) -> None: ...
+    def buffer(self, leg: Leg, full: bool) -> None: ...
+    @property
+    def write_buffer(self) -> int: ...
 
 
 class Leg:
@@ -203,12 +210,19 @@ class TcpLeg(Leg, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peername = f"{peer[0]}:{peer[1]}"
+        self.transport.set_write_buffer_limits(high=self.stream.write_buffer)
         if self.reasons:
             self.transport.pause_reading()
         self.stream.leg_connected(self)
 
     def data_received(self, data: bytes) -> None:
         self.on_data(data)
+
+    def on_pause_writing(self) -> None:
+        self.stream.buffer(self, full=True)
+
+    def on_resume_writing(self) -> None:
+        self.stream.buffer(self, full=False)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.lost:
@@ -238,11 +252,14 @@ class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
     def __init__(self, stream: LegStream, name: str) -> None:
         self._init_leg(stream, name)
         self.chan: Any = None
+        self.backlog = NEVER_FULL
+        self.backed_up = False  # held by `backlog` until its transport drains
 
     def connection_made(self, chan: Any) -> None:
         self.chan = chan
         self.connected = True
         quicken(chan)
+        self.backlog = backlog_of(chan.get_connection(), self.stream.write_buffer)
         if self.reasons:
             chan.pause_reading()
         self.stream.leg_connected(self)
@@ -253,10 +270,20 @@ class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
     def write(self, data: bytes) -> None:
         if self.chan is not None and not self.lost:
             self.chan.write(data)
+            if self.backlog.full and not self.backed_up:
+                self.backlog.hold(self)
 
     def write_eof(self) -> None:
         if self.chan is not None and not self.chan.is_closing():
             self.chan.write_eof()
+
+    def on_backlog(self, full: bool) -> None:
+        """The SSH connection under this channel went above high water, or drained."""
+        self.stream.buffer(self, full)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.backlog.forget(self)
+        super().connection_lost(exc)
 
     def _pause_transport(self) -> None:
         if self.chan is not None:

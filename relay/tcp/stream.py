@@ -4,6 +4,8 @@ Invariants:
 - Both legs share the owner's quota state: while either leg holds bytes the
   bucket could not pass, both legs are paused (reason QUOTA, or INACTIVE when
   the owner has no subscription); when neither holds any, both may read again.
+- A leg whose write buffer (its socket's, or its SSH connection's) went above
+  `write_buffer` pauses the other leg (reason BUFFER) until it drained.
 - What a leg reports (connected, lost, holding, flushed, EOF both ways, its
   write buffer full or drained) becomes one quota.core.streams event; the
   decision and its effect happen in `Stream.handle`, never here. The byte path
@@ -15,6 +17,8 @@ from __future__ import annotations
 from quota.core.bucket import Meter
 from quota.core.stream import PauseReason
 from quota.core.streams import (
+    BufferDrained,
+    BufferFull,
     BytesHeld,
     EofBothWays,
     FlowPaused,
@@ -25,14 +29,16 @@ from quota.core.streams import (
     Side,
 )
 from relay.hub.stream import Stream, detach_meters
+from relay.ssh.backlog import DEFAULT_WRITE_BUFFER
 from relay.tcp.pump import Leg
 
 
 class TcpPair:
     """`up` is the connecting side (support channel or public socket), `down` the owner's."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, *, write_buffer: int = DEFAULT_WRITE_BUFFER) -> None:
         self.stream = stream
+        self.write_buffer = write_buffer  # the high-water mark of each leg's write buffer
         self.up: Leg
         self.down: Leg
 
@@ -88,6 +94,11 @@ class TcpPair:
     def flow(self, leg: Leg, paused: bool) -> None:
         side = self._side(leg)
         self.stream.handle(FlowPaused(side=side) if paused else FlowResumed(side=side))
+
+    def buffer(self, leg: Leg, full: bool) -> None:
+        side, now = self._side(leg), self._now()
+        event = BufferFull(side=side, now_ms=now) if full else BufferDrained(side=side, now_ms=now)
+        self.stream.handle(event)
 
     # -- Carrier: what the dispatcher does to the legs -----------------------------------
 

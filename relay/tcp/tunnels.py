@@ -98,7 +98,7 @@ class TcpTunnels:
         stream = Stream(
             hub, stream_id=hub.stream_id(), tunnel=tunnel, peer_desc=peer_desc, bucket=bucket
         )
-        return TcpPair(stream)
+        return TcpPair(stream, write_buffer=hub.config.write_buffer)
 
     def take_shares(self, tunnel: Tunnel, peer: str, *scoped: tuple[Share, object]) -> list[Held]:
         """Take each share for a new stream of `tunnel`, all or none; a refusal is recorded."""

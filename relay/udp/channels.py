@@ -9,7 +9,8 @@ Invariants:
   a support channel names flows with its own ids, mapped here to the relay's.
 - Metering happens as a datagram is written on: `admit_up` toward the owner,
   `admit_down` toward the connecting side. A channel whose write buffer is
-  full (`pause_writing`) drops datagrams, counted as dropped, never as used.
+  full (`pause_writing`), or whose SSH connection's is (relay.ssh.backlog),
+  drops datagrams, counted as dropped, never as used.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncssh
 
 from quota.core.frames import FramedProtocol, Malformed, encode
 from relay.hub.tunnels import Tunnel
+from relay.ssh.backlog import NEVER_FULL, backlog_of
 from relay.udp.flow import RefusalLog, UdpFlow
 
 
@@ -33,6 +35,8 @@ class UdpSide(Protocol):
 
     @property
     def max_datagram(self) -> int: ...
+    @property
+    def write_buffer(self) -> int: ...
 
 
 class FlowServer(Protocol):
@@ -60,6 +64,20 @@ class _FramedSession(FramedProtocol, asyncssh.SSHTCPSession[bytes]):
         super().__init__(server.udp.max_datagram)
         self.server = server
         self.udp = server.udp
+        self.backlog = NEVER_FULL
+
+    @property
+    def congested(self) -> bool:
+        """The channel has no window and its buffer is full, or its connection's buffer is."""
+        return self._channel_full or self.backlog.full
+
+    @congested.setter
+    def congested(self, full: bool) -> None:
+        self._channel_full = full  # FramedProtocol's pause_writing and resume_writing
+
+    def connection_made(self, chan: Any) -> None:
+        super().connection_made(chan)
+        self.backlog = backlog_of(chan.get_connection(), self.udp.write_buffer)
 
     def on_malformed(self, reason: str) -> None:
         self.refuse("malformed", reason=reason)

@@ -84,6 +84,10 @@ class UdpRelay:
     def max_datagram(self) -> int:
         return self.hub.config.udp_max_datagram
 
+    @property
+    def write_buffer(self) -> int:
+        return self.hub.config.write_buffer
+
     def new_flow_id(self) -> int:
         while True:
             self._next_flow = self._next_flow % MAX_FLOW_ID + 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import precision, sync
+from bench import precision, slow_reader, sync
 from bench.__main__ import SECTIONS, main
 from bench.load import Sink, bulk
 from bench.report import Results, markdown
@@ -60,3 +60,16 @@ def test_main_writes_both_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert {f["key"] for f in data["figures"]} >= {"resume.purchase.p99", "sync.ingest"}
     assert data["machine"]["cores"] and data["versions"]["python"]
     assert (tmp_path / "RESULTS.md").read_text().startswith("# quotarelay benchmark results")
+
+
+def test_slow_reader_section_records_speeds_memory_and_overcharge(tmp_path: Path) -> None:
+    """Tiny transfers beside a stalled support agent: every figure and the ratio are recorded."""
+    res = Results(quick=True, argv=["bench"])
+    procs = Procs(tmp_path)
+    try:
+        slow_reader.measure(res, procs, slow_reader.Plan(total=4 * 2**20, reps=1))
+    finally:
+        procs.close()
+    for key in ("quiet", "stalled", "rss", "overcharge"):
+        assert len(res.figures[f"stall.{key}"].samples) == 1, key
+    assert [r.name for r in res.ratios] == ["legit transfer: beside a stalled reader / quiet"]

@@ -16,6 +16,8 @@ uvloop = pytest.importorskip("uvloop")
 class _Stream:
     """A stream whose other leg never connects: the leg stays paused (CONNECTING)."""
 
+    write_buffer = 256 * 1024
+
     def __init__(self) -> None:
         self.legs: list[TcpLeg] = []
 

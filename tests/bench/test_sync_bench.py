@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import sync, sync_load
+from bench import durability, sync, sync_load
 from bench.report import Results
 from tests.rigs.procs import Procs
 
@@ -35,3 +35,13 @@ def test_fleet_never_uses_more_than_its_lease() -> None:
         fleet.traffic()
     assert fleet.used["b"] == 0 and fleet.used["a"] <= 1_500_000
     assert set(fleet.needs()) == {"a", "b"} and nudged
+
+
+def test_durability_figures_compare_full_with_normal(tmp_path: Path) -> None:
+    """Deposits with synchronous FULL and NORMAL both give figures and a ratio."""
+    res = Results(quick=True, argv=["bench"])
+    with Procs(tmp_path) as procs:
+        durability.run_plan(res, procs, rounds=1, count=5)
+    for key, *_ in sync.DURABLE:
+        assert len(res.figures[key].samples) == 1, key
+    assert "x the latency of NORMAL" in res.info["sync.deposit FULL/NORMAL"]

@@ -40,7 +40,7 @@ async def test_client_needs_a_plan_and_support_needs_none(api: Api, server: Bill
     status, answer = await api.call(
         "POST", f"/v1/agents/{support['id']}/subscription", token, {"plan": "pro"}
     )
-    assert status == 400 and "support" in answer["error"]
+    assert status == 409 and "support" in answer["error"]
     status, answer = await api.call(
         "POST", f"/v1/agents/{client['id']}/subscription", token, {"plan": "pro"}
     )

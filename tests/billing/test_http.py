@@ -197,10 +197,16 @@ async def test_openapi_document_matches_the_routes_and_messages(
     assert deposit["required"] == ["account_id", "payment_id", "amount"]
     assert deposit["properties"]["amount"] == {
         "type": "integer",
-        "minimum": 0,
+        "minimum": 1,
         "maximum": wire.MAX_INT,
     }
     assert schemas["LedgerEntry"]["properties"]["kind"]["enum"] == list(wire.KINDS)
+    allow = doc["components"]["responses"]["MethodNotAllowed"]["headers"]["Allow"]
+    retry = doc["components"]["responses"]["TooManyRequests"]["headers"]["Retry-After"]
+    assert allow["required"] and retry["required"]
+    for route in ROUTES:
+        codes = doc["paths"][route.path][route.method.lower()]["responses"]
+        assert {"405", "413", "422", "429"} <= set(codes), route.name
 
 
 async def test_admin_token_is_refused_nowhere_it_is_listed(api: Api, server: BillingServer) -> None:

@@ -1,4 +1,10 @@
-"""A seeded simulation: random billing operations, with the ledger invariants after each step."""
+"""A seeded simulation: random billing operations, with the ledger invariants after each step.
+
+Besides the ledger adding up, every account has paid for the traffic it relayed
+at least the catalogue's lowest price per byte: no sequence of subscribes, plan
+changes, packages, top-ups, usage and time buys traffic cheaper (issue 9's plan
+flipping did, through a refund that ignored the included traffic already used).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from quota.billing.errors import ClientError
 from quota.billing.service import BillingService
 from quota.billing.store import open_store
 from quota.contract import wire
+from quota.core.money import charge_with_carry, metered_rate
 from tests.billing.api import DAY, make_config
 from tests.rigs.postgres import BACKENDS, TestDatabase
 
@@ -175,10 +182,31 @@ class BillingMachine(RuleBasedStateMachine):
         credited = self.call(self._deposits())
         assert credited == sum(amount for _, amount in self.payments.values())
 
+    @invariant()
+    def no_byte_below_the_lowest_price(self) -> None:
+        config = self.svc.config
+        lowest = config.catalogue.lowest_byte_price(metered_rate(config.metered_price_per_gb))
+        for acc in self.accounts:
+            deposited, used = self.call(self._paid_and_used(acc))
+            spent = deposited - self.call(self.svc.accounts.audit(acc)).balance
+            # each of the account's 2 agents carries below a millicoin of metered charge
+            assert spent >= charge_with_carry(used, lowest, 0).amount - 2, (spent, used)
+
     async def _deposits(self) -> int:
         async with self.store.reading() as tx:
             row = await tx.one("SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE kind='deposit'")
         return int(row[0]) if row else 0
+
+    async def _paid_and_used(self, account_id: str) -> tuple[int, int]:
+        """Coin deposited into the account and bytes relayed by its agents."""
+        async with self.store.reading() as tx:
+            row = await tx.one(
+                "SELECT COALESCE(SUM(CASE WHEN kind='deposit' THEN amount ELSE 0 END), 0),"
+                " COALESCE(SUM(used_bytes), 0) FROM ledger WHERE account_id = ?",
+                (account_id,),
+            )
+        assert row is not None
+        return int(row[0]), int(row[1])
 
 
 def _req(field: str, value: str) -> wire.CreateAccountRequest:

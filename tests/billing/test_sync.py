@@ -54,7 +54,7 @@ async def _paying(api: Api, coins: int = 5, plan: str = "basic", **settings: Any
 async def test_each_seq_applies_once_under_replay_reorder_and_duplicates(
     api: Api, server: BillingServer
 ) -> None:
-    """Replays, an old seq after newer ones and duplicates leave totals exact."""
+    """Replays, an old seq after newer ones, duplicates and reused seqs leave totals exact."""
     acc, _, agt = await _paying(api)
     sent = {1: 10 * M, 2: 20 * M, 3: 30 * M, 5: 50 * M, 4: 40 * M}
     first: dict[int, Any] = {}
@@ -67,9 +67,10 @@ async def test_each_seq_applies_once_under_replay_reorder_and_duplicates(
         assert first[seq]["duplicate"] is False
         again = await _sync(api, seq, items, [{"agent_id": agt, "want": M}])
         assert again == {**first[seq], "duplicate": True}
-    for seq in (2, 1, 4, 5, 3):  # late duplicates, with other bodies: still nothing changes
-        replay = await _sync(api, seq, [{"agent_id": agt, "bytes": G}])
-        assert replay == {**first[seq], "duplicate": True}
+    for seq in (2, 1, 4, 5, 3):  # late duplicates with other bodies: 409, nothing changes
+        body = {"seq": seq, "items": [{"agent_id": agt, "bytes": G}], "leases": []}
+        status, answer = await api.call("POST", "/v1/sync", RELAY, body)
+        assert status == 409 and "another body" in answer["error"]
     used = sum(sent.values())
     agent = await api.ok("GET", f"/v1/agents/{agt}")
     assert agent["traffic_remaining"] == G - used

@@ -67,3 +67,12 @@ def test_every_key_of_the_schemas_is_documented() -> None:
     undocumented = [k for k in _keys(RelayFile) + _keys(BillingFile) if f"`{k}`" not in readme]
     undocumented += [k for k in _keys(AgentFile) if f"\n{k.split('.')[1]} = " not in readme]
     assert undocumented == []
+
+
+def test_text_with_a_nul_is_refused_on_the_wire_for_every_backend() -> None:
+    """A NUL in a text field is a 400 naming the field, so SQLite and PostgreSQL answer alike."""
+    from quota.contract import wire
+
+    with pytest.raises(wire.WireError, match=r"name: holds a NUL character"):
+        wire.parse(wire.CreateAccountRequest, {"name": "a\x00b"})
+    assert wire.parse(wire.CreateAccountRequest, {"name": "ab"}).name == "ab"

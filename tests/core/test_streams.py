@@ -7,10 +7,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from quota.core.bucket import Bucket, Meter
-from quota.core.stream import PauseReason, StreamState
+from quota.core.stream import PauseReason, PauseSet, StreamState
 from quota.core.streams import (
     Action,
     AttachPeers,
+    BufferDrained,
+    BufferFull,
     BytesHeld,
     Close,
     CloseLegs,
@@ -32,9 +34,11 @@ from quota.core.streams import (
     Side,
     StreamMachine,
     WantGrant,
+    other,
 )
 
 QUOTA = (PauseReason.QUOTA, PauseReason.INACTIVE)
+BUFFER_FLOW = frozenset({PauseReason.BUFFER, PauseReason.FLOW})
 
 
 def opened(datagrams: bool = False) -> StreamMachine:
@@ -101,6 +105,86 @@ def test_flow_control_pauses_the_other_side_only_once_joined() -> None:
     assert m.handle(FlowResumed(side=Side.DOWN)) == (
         Resume(reasons=(PauseReason.FLOW,), sides=(Side.UP,)),
     )
+
+
+def _apply(legs: dict[Side, PauseSet], actions: tuple[Action, ...]) -> None:
+    """Carry out Pause and Resume on the legs' pause sets, as relay.tcp.stream does."""
+    for action in actions:
+        if isinstance(action, Pause):
+            for side in action.sides:
+                legs[side].add(action.reason)
+        elif isinstance(action, Resume):
+            for side in action.sides:
+                for reason in action.reasons:
+                    legs[side].discard(reason)
+
+
+def test_a_buffer_pause_composes_with_quota_and_flow_pauses() -> None:
+    """A full write buffer pauses the other side for BUFFER; it reads once every reason is gone."""
+    m = opened()
+    legs = {side: PauseSet() for side in Side}
+    steps: list[tuple[Event, frozenset[PauseReason]]] = [
+        (BufferFull(side=Side.UP, now_ms=1), frozenset({PauseReason.BUFFER})),
+        (FlowPaused(side=Side.UP), BUFFER_FLOW),
+        (BytesHeld(inactive=False, now_ms=2), frozenset({*QUOTA[:1], *BUFFER_FLOW})),
+        (HeldCleared(holding=False, now_ms=3), BUFFER_FLOW),
+        (FlowResumed(side=Side.UP), frozenset({PauseReason.BUFFER})),
+        (BufferDrained(side=Side.UP, now_ms=4), frozenset()),
+    ]
+    for event, down in steps:
+        _apply(legs, m.handle(event))
+        assert legs[Side.DOWN].reasons == down, event
+    assert not legs[Side.UP]  # the quota pause and resume touched both legs
+    assert m.handle(BufferDrained(side=Side.UP, now_ms=5)) == ()  # nothing was full
+
+
+def test_a_buffer_pause_is_logged_once_it_spans_an_interim_interval() -> None:
+    """The second interim tick to find a buffer pause logs it from its start; draining resumes."""
+    m = opened()
+    assert m.handle(BufferFull(side=Side.DOWN, now_ms=100)) == (
+        Pause(reason=PauseReason.BUFFER, sides=(Side.UP,)),
+    )
+    assert m.handle(Interim(now_ms=1000)) == (LogRecord(event="interim"),)
+    assert m.handle(Interim(now_ms=2000)) == (LogRecord(event="pause"), LogRecord(event="interim"))
+    assert m.state is StreamState.PAUSED
+    assert m.handle(Interim(now_ms=3000)) == (LogRecord(event="interim"),)
+    assert m.handle(BufferDrained(side=Side.DOWN, now_ms=3500)) == (
+        LogRecord(event="resume"),
+        Resume(reasons=(PauseReason.BUFFER,), sides=(Side.UP,)),
+    )
+    assert (m.state, m.clock.count, m.clock.paused_ms) == (StreamState.OPEN, 1, 3400)
+
+
+def test_short_buffer_pauses_are_never_logged() -> None:
+    """A buffer pause that ends before the next interim tick leaves no record, however many."""
+    m = opened()
+    for tick in range(1, 4):
+        m.handle(BufferFull(side=Side.UP, now_ms=tick * 1000 - 500))
+        assert m.handle(Interim(now_ms=tick * 1000)) == (LogRecord(event="interim"),)
+        assert LogRecord(event="resume") not in m.handle(
+            BufferDrained(side=Side.UP, now_ms=tick * 1000 + 1)
+        )
+    assert (m.state, m.clock.count) == (StreamState.OPEN, 0)
+
+
+def test_a_logged_buffer_pause_and_a_quota_pause_log_one_pause_and_one_resume() -> None:
+    """Quota and buffer pauses overlapping: "pause" at the first, "resume" after the last."""
+    m = opened()
+    m.handle(BytesHeld(inactive=False, now_ms=0))
+    m.handle(BufferFull(side=Side.UP, now_ms=10))
+    m.handle(Interim(now_ms=1000))
+    assert m.handle(Interim(now_ms=2000)) == (LogRecord(event="interim"),)
+    assert m.handle(HeldCleared(holding=False, now_ms=2500)) == (Resume(reasons=QUOTA),)
+    assert m.state is StreamState.PAUSED
+    assert m.handle(BufferDrained(side=Side.UP, now_ms=3000))[0] == LogRecord(event="resume")
+    assert (m.state, m.clock.count, m.clock.paused_ms) == (StreamState.OPEN, 1, 3000)
+
+
+def test_buffer_events_before_the_legs_are_joined_do_nothing() -> None:
+    """A stream still connecting has written nothing toward a side: no buffer pause."""
+    m = StreamMachine(opened_at_ms=0)
+    assert m.handle(BufferFull(side=Side.UP, now_ms=1)) == ()
+    assert m.handle(BufferDrained(side=Side.UP, now_ms=2)) == ()
 
 
 def test_a_lost_leg_closes_the_other_and_the_stream_once() -> None:
@@ -226,6 +310,8 @@ class _Stream:
         self.legs = {side: _Leg(self, side, bucket) for side in Side}
         self.closes: list[str] = []
         self.close_records = 0
+        self.full: set[Side] = set()  # sides whose write buffer is above high water
+        self.edges: list[str] = []  # the "pause" and "resume" records, in order
         self.handle(LegConnected(all_connected=True, now_ms=0))
 
     def holding(self) -> bool:
@@ -245,6 +331,8 @@ class _Stream:
                     self.legs[side].reasons.difference_update(action.reasons)
             case LogRecord(event="close"):
                 self.close_records += 1
+            case LogRecord(event="pause" | "resume"):
+                self.edges.append(action.event)
             case Close():
                 self.closes.append(action.reason)
                 wakes: tuple[Meter, ...] = ()
@@ -260,6 +348,7 @@ class StreamSim(RuleBasedStateMachine):
         super().__init__()
         self.bucket = Bucket("agt", low_water=0, slice_bytes=4096)
         self.granted = 0
+        self.now = 0
         self.streams = [_Stream(self, self.bucket) for _ in range(3)]
 
     def wake(self, wakes: tuple[Meter, ...]) -> None:
@@ -287,6 +376,23 @@ class StreamSim(RuleBasedStateMachine):
     def close(self, i: int, lost: bool, side: Side) -> None:
         event = LegLost(side=side, now_ms=0) if lost else CloseRequested(reason="x", now_ms=0)
         self.streams[i].handle(event)
+
+    @rule(i=st.integers(0, 2), side=st.sampled_from(Side), full=st.booleans())
+    def buffer(self, i: int, side: Side, full: bool) -> None:
+        stream = self.streams[i]
+        self.now += 1
+        if full:
+            stream.handle(BufferFull(side=side, now_ms=self.now))
+            stream.full.add(side)
+        else:
+            stream.handle(BufferDrained(side=side, now_ms=self.now))
+            stream.full.discard(side)
+
+    @rule()
+    def tick(self) -> None:
+        self.now += 1
+        for s in self.streams:
+            s.handle(Interim(now_ms=self.now))
 
     @rule(active=st.booleans())
     def owner(self, active: bool) -> None:
@@ -320,6 +426,25 @@ class StreamSim(RuleBasedStateMachine):
             if s.machine.state is StreamState.CLOSED or s.holding() or self.bucket.inactive:
                 continue
             assert all(not leg.reasons & set(QUOTA) for leg in s.legs.values())
+
+    @invariant()
+    def a_full_buffer_pauses_the_other_side_for_buffer(self) -> None:
+        for s in self.streams:
+            if s.machine.state is StreamState.CLOSED:
+                continue
+            for side, leg in s.legs.items():
+                assert (PauseReason.BUFFER in leg.reasons) == (other(side) in s.full)
+
+    @invariant()
+    def pause_and_resume_records_alternate_and_match_the_state(self) -> None:
+        for s in self.streams:
+            assert s.edges == ["pause", "resume"] * (len(s.edges) // 2) + ["pause"] * (
+                len(s.edges) % 2
+            )
+            assert s.machine.clock.count == s.edges.count("pause")
+            if s.machine.state is not StreamState.CLOSED:
+                paused = s.machine.state is StreamState.PAUSED
+                assert paused == (s.edges[-1:] == ["pause"])
 
     @rule()
     def shutdown(self) -> None:

@@ -62,6 +62,13 @@ def test_a_reserve_above_the_descriptor_limit_is_refused_at_start() -> None:
         config.gate.admission(1024)
 
 
+def test_write_buffer_defaults_to_256_kib_and_takes_a_size(tmp_path: Path) -> None:
+    """relay.write_buffer, the high-water mark of every socket the relay writes to."""
+    assert load_config(_write(tmp_path, "")).write_buffer == 256 * 1024
+    config = load_config(_write(tmp_path, '[relay]\nwrite_buffer = "1Mi"\n'))
+    assert config.write_buffer == 1024 * 1024
+
+
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """QUOTARELAY_<SECTION>_<KEY> wins over the file, typed like the key."""
     monkeypatch.setenv("QUOTARELAY_QUOTA_METERING", "false")
@@ -84,6 +91,9 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
         ('[billing]\nurl = "http://127.0.0.1:1"\n', "billing.token: the relay token is required"),
         ('[billing]\nurl = "ftp://x"\ntoken = "t"\n', "billing.url"),
         ('[billing]\nurl = "http://x:1"\ntoken = "t"\noffline = "maybe"\n', "billing.offline"),
+        ('[relay]\nwrite_buffer = "1K"\n', "relay.write_buffer: 16Ki..1Gi bytes, got 1000"),
+        ('[relay]\nwrite_buffer = "2Gi"\n', "relay.write_buffer: 16Ki..1Gi bytes"),
+        ('[relay]\nwrite_buffer = "big"\n', "relay.write_buffer: not a size"),
         ("[relay\n", "not valid TOML"),
         (
             '[limits]\nmax_startups = "10:30"\n',

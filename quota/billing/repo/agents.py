@@ -5,6 +5,8 @@ Invariants:
   `agent_name_taken`).
 - A key is never deleted: revoking stamps `revoked_at` once, and a second
   revocation keeps the first time.
+- An agent's traffic (bucket plus packages) is never saved past `MAX_COUNTER`
+  (2**62): `save_agent` refuses it with `OverLimit`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from quota.billing.repo.common import Row, chunks, marks
 from quota.billing.store import Tx
 from quota.contract import wire
 from quota.core.billing import AgentRole
+from quota.core.money import MAX_COUNTER, checked_add
 
 _AGENT_COLS = (
     "id, account_id, name, role, plan, active, lapsed, active_until, auto_renew, allow_metered,"
@@ -149,6 +152,8 @@ async def insert_agent(tx: Tx, agent: AgentRow) -> None:
 
 async def save_agent(tx: Tx, agent: AgentRow) -> None:
     """Write the agent's row (held: sent with the transaction's next statement, batched)."""
+    # bucket + packages is answered as traffic_remaining: it must stay within the wire's maximum
+    checked_add(agent.bucket_bytes, agent.package_bytes, what="agent traffic", limit=MAX_COUNTER)
     tx.later(_AGENT_UPDATE, [*(getattr(agent, n) for n in _AGENT_SAVED), agent.id])
 
 

@@ -4,12 +4,15 @@ Invariants:
 - A balance changes only through `post`, which writes the new balance with the
   account's optimistic version check and appends the one ledger entry that
   explains it, in the caller's transaction.
-- `post` refuses (402) an entry that would take the balance below zero.
+- `post` refuses (402) an entry that would take the balance below zero, and
+  (`OverLimit`) one that would take it past `MAX_MILLICOINS` (2**62).
 - Entries are never updated or deleted (triggers in the store refuse it);
   corrections are new entries.
 - An entry posted with `numbered=False` is held and sent in a batch with the
   transaction's next statement; its id is not read back, so the entry handed
   back carries id 0 (for operations that answer no one with their entries).
+- A reason is at most `wire.MAX_STR` characters, the document's maxLength: a
+  reason that quotes a long name or payment id is cut.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from quota.billing.repo.common import Row
 from quota.billing.store import Tx
 from quota.contract import wire
 from quota.core.billing import EntryKind
-from quota.core.money import format_coin
+from quota.core.money import MAX_MILLICOINS, checked_add, format_coin
 
 _ENTRY_COLS = (
     "id, account_id, agent_id, kind, amount, balance_after, traffic_bytes, used_bytes,"
@@ -56,6 +59,8 @@ async def post(
 ) -> tuple[AccountRow, wire.LedgerEntry]:
     """Apply `posting` to the balance (version-checked) and append its ledger entry."""
     balance = account.balance + posting.amount
+    if posting.amount > 0:
+        checked_add(account.balance, posting.amount, what="balance", limit=MAX_MILLICOINS)
     if balance < 0:
         raise PaymentRequired(
             f"balance {format_coin(account.balance)} cannot cover {format_coin(-posting.amount)}"
@@ -63,6 +68,9 @@ async def post(
         )
     if posting.amount:
         account = await save_account(tx, account, dataclasses.replace(account, balance=balance))
+    reason = posting.reason
+    if len(reason) > wire.MAX_STR:
+        reason = reason[: wire.MAX_STR - 3] + "..."
     row = (
         account.id,
         posting.agent_id,
@@ -72,7 +80,7 @@ async def post(
         posting.traffic_bytes,
         posting.used_bytes,
         key,
-        posting.reason,
+        reason,
         at,
     )
     entry_id = 0
@@ -90,7 +98,7 @@ async def post(
         traffic_bytes=posting.traffic_bytes,
         used_bytes=posting.used_bytes,
         idempotency_key=key,
-        reason=posting.reason,
+        reason=reason,
         at=at,
     )
     return account, entry

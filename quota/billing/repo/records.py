@@ -3,7 +3,8 @@
 Invariants:
 - An answer is recorded in the transaction that produced it, so it exists if and
   only if the request's effects were committed; a retry finds it and changes
-  nothing.
+  nothing. A refusal (4xx) is recorded too, in a transaction of its own after
+  the refused one rolled back, and changes nothing either.
 - Keys are unique by table: (scope, key), payment id, (relay id, seq); the
   bodies are the JSON text of the first answer, kept as sent.
 """
@@ -21,6 +22,7 @@ class Answered:
 
     fingerprint: str
     body: str
+    status: int = 200  # a 4xx: the body is the error answered, replayed as it was
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,15 +41,16 @@ class Report:
 
 async def find_answer(tx: Tx, scope: str, key: str) -> Answered | None:
     row = await tx.one(
-        "SELECT fingerprint, body FROM idempotency WHERE scope = ? AND key = ?", (scope, key)
+        "SELECT fingerprint, body, status FROM idempotency WHERE scope = ? AND key = ?",
+        (scope, key),
     )
-    return Answered(fingerprint=row[0], body=row[1]) if row else None
+    return Answered(fingerprint=row[0], body=row[1], status=row[2]) if row else None
 
 
 async def save_answer(tx: Tx, scope: str, key: str, answered: Answered) -> None:
     await tx.run(
-        "INSERT INTO idempotency (scope, key, fingerprint, status, body) VALUES (?, ?, ?, 200, ?)",
-        (scope, key, answered.fingerprint, answered.body),
+        "INSERT INTO idempotency (scope, key, fingerprint, status, body) VALUES (?, ?, ?, ?, ?)",
+        (scope, key, answered.fingerprint, answered.status, answered.body),
     )
 
 

@@ -5,6 +5,8 @@ Invariants:
   deltas in the transaction that charges them, so a report applied once is
   counted once, and the tunnels of an agent add up to everything reported
   for that agent.
+- A total never passes `MAX_COUNTER` (2**62): a report that would take one
+  past it is refused with `OverLimit` (the caller's transaction rolls back).
 - Tunnel ids are the relay's own (stable across reconnects); an item sent
   without one counts under the empty id.
 """
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from quota.billing.repo.common import chunks, marks
 from quota.billing.store import Tx
+from quota.core.money import MAX_COUNTER, OverLimit
 
 _ADD = (
     "INSERT INTO tunnel_usage (agent_id, tunnel_id, bytes, tunnel_seconds, first_at, last_at)"
@@ -47,6 +51,15 @@ async def add_tunnel_usage(tx: Tx, deltas: list[TunnelUsage]) -> None:
             for u in deltas
         ],
     )
+    # A sum past 2**63 - 1 turns REAL in SQLite (an error elsewhere): look for any past the max.
+    for ids in chunks(sorted({u.agent_id for u in deltas})):
+        over = await tx.one(
+            f"SELECT 1 FROM tunnel_usage WHERE agent_id IN ({marks(ids)})"
+            " AND (bytes > ? OR tunnel_seconds > ?) LIMIT 1",
+            [*ids, MAX_COUNTER, MAX_COUNTER],
+        )
+        if over is not None:
+            raise OverLimit("a tunnel's usage total", MAX_COUNTER)
 
 
 async def tunnel_usage_of(tx: Tx, agent_id: str) -> list[TunnelUsage]:

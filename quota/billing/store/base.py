@@ -125,6 +125,10 @@ class Store(ABC):
     def reading(self) -> AbstractAsyncContextManager[Tx]:
         """Reads of a consistent snapshot (a transaction that writes nothing)."""
 
+    def peek(self) -> AbstractAsyncContextManager[Tx]:
+        """Single-statement reads that never wait for a writer (the token check of a request)."""
+        return self.reading()
+
     async def ping(self) -> None:
         """Read one row: raises StoreError when the database does not answer (readiness)."""
         async with self.reading() as tx:
