@@ -63,7 +63,7 @@ def _rss(res: Results, key: str, name: str, pid: int, base: int, n: int) -> None
 
 def _run_idle(res: Results, procs: Procs, counts: tuple[int, ...]) -> None:
     holder = _holder(procs)
-    rig = RelayRig(procs, "relay_idle").start()
+    rig = RelayRig(procs, "relay_idle", roomy=True).start()
     rig.grant(BIG_GRANT)
     res.command("relay for memory", rig.command())
     client, port = rig.expose_public(holder)
@@ -84,7 +84,7 @@ def _run_idle(res: Results, procs: Procs, counts: tuple[int, ...]) -> None:
 
 def _run_paused(res: Results, procs: Procs, n: int) -> None:
     holder = _holder(procs)
-    rig = RelayRig(procs, "relay_paused").start()  # no grant: every stream pauses
+    rig = RelayRig(procs, "relay_paused", roomy=True).start()  # no grant: every stream pauses
     _client, port = rig.expose_public(holder)
     time.sleep(0.5)
     base = rss_bytes(rig.pid)

@@ -46,7 +46,7 @@ def _n(n: int) -> str:
 
 
 def _relay(procs: Procs, res: Results, name: str, sink: Sink, **kw: object) -> RelayRig:
-    rig = RelayRig(procs, name, **kw).start()  # type: ignore[arg-type]
+    rig = RelayRig(procs, name, roomy=True, **kw).start()  # type: ignore[arg-type]
     if rig.metering:
         rig.grant(BIG_GRANT)
     res.command(f"relay {name}", rig.command())
