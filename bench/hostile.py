@@ -7,7 +7,9 @@ Invariants:
 - The hostile peers are 2,000 silent connections to the SSH port (never
   logging in) and 1,000 slow connections to a public port (one byte each,
   then nothing), opened in batches from 127.0.0.2 on, each batch waited for
-  in the relay's status; every one is closed when the section ends.
+  in the relay's status; every one is closed when the section ends. With them
+  stands one support agent that opened a channel with a 2 GiB window to an
+  endpoint that pours data, and reads nothing.
 - Figures: throughput quiet and hostile, relay RSS and descriptors before and
   with the peers, refusals by cause (from `GET /v1/status`).
 """
@@ -21,6 +23,7 @@ from typing import Any
 from bench.load import Sink, bulk
 from bench.memory import _holder
 from bench.report import Results
+from bench.slow_reader import Pour, start_stalled_reader
 from bench.stats import rss_bytes
 from tests.rigs.flood import Flood
 from tests.rigs.procs import Procs
@@ -67,12 +70,13 @@ def _gauges(res: Results, key: str, name: str, pid: int) -> None:
 
 def run(res: Results, procs: Procs, quick: bool) -> None:
     total = (20 if quick else 200) * 2**20
-    sink = Sink()
+    sink, pour = Sink(), Pour()
     holder = _holder(procs)
     rig = RelayRig(procs, "relay_hostile").start()
     rig.grant(BIG_GRANT)
     res.command("relay for hostile", rig.command())
     rig.expose_endpoint(sink.port, "svc")
+    rig.expose_endpoint(pour.port, name="pour")  # what the non-reading support agent asks for
     _client, lport = rig.support_forward("svc")
     _public, port = rig.expose_public(holder)
     time.sleep(0.5)
@@ -83,7 +87,13 @@ def run(res: Results, procs: Procs, quick: bool) -> None:
     with Flood() as flood:
         _flood(rig, flood, rig.ssh_port, 2000, 0, b"")
         _flood(rig, flood, port, 1000, 20, b"x")
-        _gauges(res, "flood", "2,000 silent pre-auth + 1,000 slow public peers", rig.pid)
+        start_stalled_reader(res, procs, rig)  # one support agent with a 2 GiB window, not reading
+        _gauges(
+            res,
+            "flood",
+            "2,000 silent pre-auth, 1,000 slow public peers, 1 non-reading agent",
+            rig.pid,
+        )
         loaded = res.figure("hostile.flood", "9", "legitimate transfer, under the peers", "MB/s")
         loaded.samples.extend(round(bulk(lport, 1, total, sink), 1) for _ in range(reps))
         refused: dict[str, int] = rig.status()["connections"]["refused"]
@@ -93,3 +103,4 @@ def run(res: Results, procs: Procs, quick: bool) -> None:
             ).samples.append(n)
     res.ratio("legitimate transfer under hostile peers / quiet", "hostile.flood", "hostile.quiet")
     sink.close()
+    pour.close()

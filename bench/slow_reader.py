@@ -79,7 +79,7 @@ def _transfers(res: Results, key: str, name: str, port: int, sink: Sink, plan: P
         fig.samples.append(round(bulk(port, 1, plan.total, sink), 1))
 
 
-def _stall(res: Results, procs: Procs, rig: RelayRig) -> int:
+def start_stalled_reader(res: Results, procs: Procs, rig: RelayRig) -> int:
     """Start the stalled support agent; the payload bytes it read before it stopped."""
     tech = rig.agents["tech"]
     cmd = [sys.executable, "-m", "bench.stall", str(rig.ssh_port), "tech", str(tech.key_path)]
@@ -102,7 +102,7 @@ def measure(res: Results, procs: Procs, plan: Plan) -> None:
         rig.expose_endpoint(pour.port, name="pour")
         _transfers(res, "quiet", "legit transfer, public TCP port, quiet relay", port, sink, plan)
         used, base = _used(rig), rss_bytes(rig.pid)
-        read = _stall(res, procs, rig)
+        read = start_stalled_reader(res, procs, rig)
         name = "legit transfer, public TCP port, beside a stalled 2 GiB-window support agent"
         _transfers(res, "stalled", name, port, sink, plan)
         res.ratio("legit transfer: beside a stalled reader / quiet", "stall.stalled", "stall.quiet")
