@@ -167,6 +167,8 @@ _STREAM_COLUMNS = (
     ("UP", "bytes_up"),
     ("DOWN", "bytes_down"),
     ("PAUSES", "pauses"),
+    ("PAUSED_MS", "paused_ms"),
+    ("PAUSED_FOR", "pause_reason"),
 )
 _BYTE_KEYS = frozenset({"granted", "used", "remaining", "bytes_up", "bytes_down"})
 

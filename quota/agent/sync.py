@@ -49,6 +49,7 @@ class QuotaHost(Protocol):
     def needs(self) -> dict[str, int]: ...  # agent -> bytes short, for buckets wanting more
     def add_lease(self, agent_id: str, nbytes: int) -> None: ...
     def set_status(self, agent_id: str, active: bool) -> None: ...
+    def lease_answered(self, agent_id: str, exhausted: bool) -> None: ...  # got less than asked?
     def take_back_idle(self, idle_ms: int) -> dict[str, int]: ...  # agent -> bytes given back
     def drop_lease(self, agent_id: str) -> int: ...  # an expired lease: unused bytes dropped
     def set_agents(self, agents: list[wire.RelayAgent]) -> None: ...
@@ -260,6 +261,8 @@ class QuotaAgent:
             if update.grant:
                 self.host.add_lease(update.agent_id, update.grant)
             self.host.set_status(update.agent_id, update.active)
+            if update.exhausted is not None:
+                self.host.lease_answered(update.agent_id, update.exhausted)
         for note in answer.topups:
             log.info("auto_topup", agent_id=note.agent_id, package=note.package, count=note.count)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import structlog
 
+from quota.core.stream import LOGGED_REASONS
 from relay.errors import UnknownAgent
 from relay.hub.hub import Hub
+from relay.hub.recorder import paused_by_reason
 from relay.registry import Agent
 
 log = structlog.get_logger("relay")
@@ -63,6 +65,7 @@ class Control:
         return [self._view(agent) for agent in self.hub.registry]
 
     def streams(self) -> list[dict[str, object]]:
+        now = self.hub.now_ms()
         return [
             {
                 "stream_id": s.stream_id,
@@ -76,6 +79,9 @@ class Control:
                 "bytes_down": s.bytes_down,
                 "bytes_dropped": s.bytes_dropped,
                 "pauses": s.clock.count,
+                "paused_ms": s.clock.total_ms(now),
+                "pause_reason": None if s.clock.reason is None else LOGGED_REASONS[s.clock.reason],
+                **paused_by_reason(s.clock, now),
             }
             for s in self.hub.live.values()
         ]

@@ -60,7 +60,7 @@ class StreamRecord:
     other than "closed" counts as still alive, and is closed on restart.
     """
 
-    event: str  # "open" | "interim" | "pause" | "resume" | "close"
+    event: str  # "open" | "interim" | "pause" | "reason" | "resume" | "close" | ...
     at_ms: int  # unix epoch milliseconds of the event
     stream_id: str
     tunnel_id: str
@@ -78,6 +78,13 @@ class StreamRecord:
     paused_ms: int
     state: str  # "open" | "paused" | "closed"
     close_reason: str | None = None
+    pause_reason: str | None = None  # why it is paused now (quota.core.stream.LOGGED_REASONS)
+    # paused time per reason; the five add up to `paused_ms`
+    paused_quota_ms: int = 0
+    paused_lease_wait_ms: int = 0
+    paused_inactive_ms: int = 0
+    paused_operator_ms: int = 0
+    paused_flow_ms: int = 0
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(StreamRecord))
@@ -113,13 +120,28 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX stream_events_stream ON stream_events (stream_id);
     CREATE INDEX stream_events_at ON stream_events (at_ms);
     """,
+    # 2: why a stream is paused, and its paused time per reason
+    "".join(
+        f"ALTER TABLE {table} ADD COLUMN pause_reason TEXT;"
+        + "".join(
+            f" ALTER TABLE {table} ADD COLUMN paused_{name}_ms INTEGER NOT NULL DEFAULT 0;"
+            for name in ("quota", "lease_wait", "inactive", "operator", "flow")
+        )
+        for table in ("streams", "stream_events")
+    ),
 )
 
 _INSERT_EVENT = (
     f"INSERT INTO stream_events ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
 )
 _STREAM_COLUMNS = ("last_event", "updated_at_ms", *FIELDS[2:], "closed_at_ms")
-_COUNTERS = ("bytes_up", "bytes_down", "bytes_dropped", "pauses", "paused_ms")
+_COUNTERS = (
+    "bytes_up",
+    "bytes_down",
+    "bytes_dropped",
+    "pauses",
+    *(f for f in FIELDS if f.startswith("paused_")),  # paused_ms and its share per reason
+)
 _UPSERT_STREAM = (
     f"INSERT INTO streams ({', '.join(_STREAM_COLUMNS)})"
     f" VALUES ({', '.join('?' * len(_STREAM_COLUMNS))})"
@@ -360,7 +382,7 @@ class StreamLog:
         now = self._clock_ms()
         for row in rows:
             values = dict(zip(FIELDS[2:], row, strict=True))
-            values.update(state="closed", close_reason="relay_restart")
+            values.update(state="closed", close_reason="relay_restart", pause_reason=None)
             self.record(StreamRecord(event="close", at_ms=now, **values))
         await self.flush()
 
