@@ -22,7 +22,8 @@ from quota.core.stream import LOGGED_REASONS, PauseClock
 from relay.hub.stream import Stream
 from relay.hub.tunnels import Tunnel
 from relay.registry import Agent
-from relay.streamlog.writer import StreamLog, StreamRecord
+from relay.streamlog.record import StreamRecord
+from relay.streamlog.writer import StreamLog
 
 log = structlog.get_logger("relay")
 

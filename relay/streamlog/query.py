@@ -24,7 +24,8 @@ from typing import Any, Literal, TypedDict, Unpack
 
 import aiosqlite
 
-from relay.streamlog.writer import FIELDS, StreamLogError
+from relay.streamlog.record import FIELDS
+from relay.streamlog.writer import StreamLogError
 
 PAUSED_BY: tuple[str, ...] = tuple(
     f for f in FIELDS if f.startswith("paused_") and f != "paused_ms"
