@@ -1,4 +1,4 @@
-"""One stream-log record: an event in a stream's life, with its cumulative figures."""
+"""One stream-log record: an event in a stream's life, with its cumulative figures; its schema."""
 
 from __future__ import annotations
 
@@ -41,3 +41,44 @@ class StreamRecord:
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(StreamRecord))
+
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE streams (
+        stream_id TEXT PRIMARY KEY,
+        tunnel_id TEXT NOT NULL, agent_id TEXT NOT NULL, account TEXT NOT NULL,
+        relay_id TEXT NOT NULL, kind TEXT NOT NULL, peer TEXT NOT NULL, target TEXT NOT NULL,
+        opened_at_ms INTEGER NOT NULL, closed_at_ms INTEGER, updated_at_ms INTEGER NOT NULL,
+        last_event TEXT NOT NULL,
+        bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL, bytes_dropped INTEGER NOT NULL,
+        pauses INTEGER NOT NULL, paused_ms INTEGER NOT NULL,
+        state TEXT NOT NULL, close_reason TEXT
+    );
+    CREATE INDEX streams_agent ON streams (agent_id, opened_at_ms);
+    CREATE INDEX streams_account ON streams (account, opened_at_ms);
+    CREATE INDEX streams_tunnel ON streams (tunnel_id, opened_at_ms);
+    CREATE INDEX streams_opened ON streams (opened_at_ms);
+    CREATE INDEX streams_relay_state ON streams (relay_id, state);
+    CREATE TABLE stream_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event TEXT NOT NULL, at_ms INTEGER NOT NULL,
+        stream_id TEXT NOT NULL, tunnel_id TEXT NOT NULL, agent_id TEXT NOT NULL,
+        account TEXT NOT NULL, relay_id TEXT NOT NULL, kind TEXT NOT NULL,
+        peer TEXT NOT NULL, target TEXT NOT NULL, opened_at_ms INTEGER NOT NULL,
+        bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL, bytes_dropped INTEGER NOT NULL,
+        pauses INTEGER NOT NULL, paused_ms INTEGER NOT NULL,
+        state TEXT NOT NULL, close_reason TEXT
+    );
+    CREATE INDEX stream_events_stream ON stream_events (stream_id);
+    CREATE INDEX stream_events_at ON stream_events (at_ms);
+    """,
+    # 2: why a stream is paused, and its paused time per reason
+    "".join(
+        f"ALTER TABLE {table} ADD COLUMN pause_reason TEXT;"
+        + "".join(
+            f" ALTER TABLE {table} ADD COLUMN paused_{name}_ms INTEGER NOT NULL DEFAULT 0;"
+            for name in ("quota", "lease_wait", "inactive", "operator", "flow")
+        )
+        for table in ("streams", "stream_events")
+    ),
+)

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from relay.streamlog.query import follow, last_event_id, list_streams, totals
-from relay.streamlog.record import StreamRecord
-from relay.streamlog.writer import _MIGRATIONS, StreamLog, StreamLogError
+from relay.streamlog.record import _MIGRATIONS, StreamRecord
+from relay.streamlog.writer import StreamLog, StreamLogError
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_795_000_000_000  # a fixed epoch ms: 2026-11-18T11:06:40Z
