@@ -35,7 +35,7 @@ from aiohttp import web
 from quota.core.errors import InvalidValue
 from quota.core.units import MAX_BYTES, parse_size
 from relay.config import HostPort
-from relay.errors import ConfigError, UnknownAgent
+from relay.errors import ConfigError, UnknownAgent, UnknownStream
 
 MAX_BODY = 64 * 1024
 SHUTDOWN_TIMEOUT_S = 2.0
@@ -55,6 +55,8 @@ class RelayControl(Protocol):
     def agents(self) -> list[dict[str, object]]: ...
 
     def streams(self) -> list[dict[str, object]]: ...
+
+    def pause_stream(self, stream_id: str, paused: bool) -> dict[str, object]: ...
 
     def status(self) -> dict[str, object]: ...
 
@@ -137,6 +139,7 @@ class _Routes:
         app.router.add_post("/v1/agents/{agent_id}/grant", self.grant)
         app.router.add_post("/v1/agents/{agent_id}/revoke", self.revoke)
         app.router.add_post("/v1/agents/{agent_id}/state", self.state)
+        app.router.add_post("/v1/streams/{stream_id}/pause", self.pause)
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self.control.status())
@@ -178,6 +181,14 @@ class _Routes:
         if not isinstance(active, bool):
             raise _Problem(400, f'"active" must be true or false, got {active!r}')
         return web.json_response(self.control.set_active(request.match_info["agent_id"], active))
+
+    async def pause(self, request: web.Request) -> web.Response:
+        body = await _read_object(request, frozenset({"paused"}))
+        paused = body.get("paused")
+        if not isinstance(paused, bool):
+            raise _Problem(400, f'"paused" must be true or false, got {paused!r}')
+        stream_id = request.match_info["stream_id"]
+        return web.json_response(self.control.pause_stream(stream_id, paused))
 
 
 # -- the server ----------------------------------------------------------------------
@@ -285,7 +296,7 @@ class AdminServer:
             return await handler(request)
         except _Problem as exc:
             return _error(exc.status, exc.message)
-        except UnknownAgent as exc:
+        except (UnknownAgent, UnknownStream) as exc:
             return _error(404, str(exc))
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"request body larger than {MAX_BODY} bytes")

@@ -1,8 +1,9 @@
 """The stream log says why each stream paused, and for how long per reason.
 
 A spent grant with nothing more to come is `quota`; waiting for a lease the
-account can pay for is `lease_wait`; a deactivated owner is `inactive`. (A peer
-that stops reading, `flow`, is shown in tests/hostile/test_slow_reader.py.)
+account can pay for is `lease_wait`; a deactivated owner is `inactive`; an
+operator's pause is `operator`. (A peer that stops reading, `flow`, is shown in
+tests/hostile/test_slow_reader.py.)
 """
 
 from __future__ import annotations
@@ -92,6 +93,39 @@ async def test_a_spent_grant_is_quota_and_a_deactivated_owner_is_inactive(
     paused_only_for(first, "quota")
     paused_only_for(second, "inactive")
     assert first["pause_reason"] is None and (first["pauses"], second["pauses"]) == (1, 1)
+
+
+async def test_an_operator_pause_holds_a_stream_until_resumed(
+    relay: Relay, agents: dict[str, AgentSpec], clients: list[Ssh]
+) -> None:
+    """`relay pause` stops the stream (reason `operator`), `relay resume` lets the rest through."""
+    await relay.call("grant", "nas-agent", 1 * MB)
+    async with DigestService(half_close=False) as service:
+        await expose(relay, agents["nas"], f"nas:22:127.0.0.1:{service.port}", clients)
+        port = free_port()
+        await local_forward(relay, agents["tech"], port, "nas:22", clients)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"a" * 100)
+        await poll(lambda: bool(service.conns) and service.conns[0].received == 100, "100 B")
+        [live] = await relay.call("streams")
+        view = await relay.call("pause_stream", live["stream_id"], True)
+        assert (view["state"], view["pause_reason"]) == ("paused", "operator")
+        writer.write(b"b" * 100)
+        await poll(lambda: _one_stream(relay, "paused"), "the paused stream")
+        assert service.conns[0].received == 100  # nothing read while paused
+        await relay.call("pause_stream", live["stream_id"], False)
+        writer.write_eof()
+        await asyncio.wait_for(service.conns[0].eof.wait(), 30)
+        assert service.conns[0].received == 200
+        writer.close()
+
+    async def closed() -> bool:
+        rows = await _rows(relay)
+        return len(rows) == 1 and rows[0]["state"] == "closed"
+
+    await poll(closed, "the close record")
+    [row] = await _rows(relay)
+    paused_only_for(row, "operator")
 
 
 async def _synced(tmp_path: Path, billing: Billing, deposit: int) -> tuple[AgentSpec, AgentSpec]:
