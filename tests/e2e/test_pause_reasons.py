@@ -137,49 +137,45 @@ async def _synced(tmp_path: Path, billing: Billing, deposit: int) -> tuple[Agent
     return client, support
 
 
-async def _run_synced(
-    relay: Relay, client: AgentSpec, support: AgentSpec, clients: list[Ssh], size: int
-) -> tuple[DigestService, asyncio.StreamWriter, bytes]:
-    """Start the relay, wait for the agent's first lease, then send `size` bytes through."""
+async def _tunnel(
+    relay: Relay, client: AgentSpec, support: AgentSpec, clients: list[Ssh]
+) -> tuple[DigestService, int]:
+    """Start the relay, expose a digest service through `client`, forward to it as `support`."""
     await relay.start()
-
-    async def leased() -> bool:
-        views = {a["agent_id"]: a for a in await relay.call("agents")}
-        return client.agent_id in views and views[client.agent_id]["granted"] > 0
-
     service = DigestService(half_close=False)
     await service.__aenter__()
     await expose(relay, client, f"nas:22:127.0.0.1:{service.port}", clients)
-    await poll(leased, "the first lease", timeout=20)
     port = free_port()
     await local_forward(relay, support, port, "nas:22", clients)
-    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    payload = pattern(size, 32)
-    writer.write(payload)
-    return service, writer, payload
+    return service, port
 
 
 async def test_a_plan_billing_has_nothing_more_for_pauses_for_quota(
     tmp_path: Path, clients: list[Ssh]
 ) -> None:
-    """Billing granted less than asked (the plan is all there is): the pause is `quota` only."""
+    """Once billing granted less than asked (the plan is all there is), a pause is `quota` only."""
     billing = await Billing(tmp_path, plan_traffic=2 * MB).start()
     relay = synced_relay(tmp_path, billing, min_want="100M")
     try:
         client, support = await _synced(tmp_path, billing, deposit=10_000)
-        service, writer, _ = await _run_synced(relay, client, support, clients, 3 * MB)
+        service, port = await _tunnel(relay, client, support, clients)
+        _reader, first = await asyncio.open_connection("127.0.0.1", port)
+        first.write(pattern(3 * MB, 32))  # spends the plan: billing says there is no more
         await poll(lambda: _one_stream(relay, "paused"), "the stream to pause at the plan's end")
-        assert service.conns[0].received == 2 * MB
+        await poll(lambda: service.conns[0].received == 2 * MB, "the plan's 2 MB")
+        _reader, second = await asyncio.open_connection("127.0.0.1", port)
+        second.write(b"x" * 1000)  # waits from its first byte: billing said there is no more
 
         async def logged() -> bool:
             rows = await _rows(relay)
-            return len(rows) == 1 and rows[0]["paused_quota_ms"] > 0
+            return len(rows) == 2 and rows[1]["paused_quota_ms"] > 0
 
         await poll(logged, "an interim record of the paused stream")
-        [row] = await _rows(relay)
-        assert (row["state"], row["pause_reason"]) == ("paused", "quota")
+        row = (await _rows(relay))[1]
+        assert (row["state"], row["pause_reason"], row["bytes_up"]) == ("paused", "quota", 0)
         paused_only_for(row, "quota")
-        writer.close()
+        first.close()
+        second.close()
         await service.__aexit__(None, None, None)
     finally:
         await relay.stop()
@@ -194,8 +190,10 @@ async def test_a_lease_on_its_way_pauses_for_lease_wait(tmp_path: Path, clients:
         async with SyncProxy(billing.url, delay_s=0.3) as proxy:
             relay = synced_relay(tmp_path, billing, url=proxy.url, min_want="1M")
             try:
-                size = 3 * MB
-                service, writer, payload = await _run_synced(relay, client, support, clients, size)
+                service, port = await _tunnel(relay, client, support, clients)
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                payload = pattern(3 * MB, 33)
+                writer.write(payload)
                 writer.write_eof()
                 await poll(lambda: bool(service.conns), "the service's connection")
                 await asyncio.wait_for(service.conns[0].eof.wait(), 60)
