@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import sqlite3
 from pathlib import Path
 
 from relay.streamlog.query import list_streams, totals
@@ -44,6 +45,15 @@ async def _known(relay: Relay, *agents: AgentSpec) -> bool:
     return all(a.agent_id in listed for a in agents)
 
 
+def _journaled(relay: Relay) -> int:
+    """Streams whose figures the relay's journal holds (read-only, beside the running relay)."""
+    uri = f"{(relay.tmp / 'var' / 'journal.db').as_uri()}?mode=ro"
+    with sqlite3.connect(uri, uri=True) as db:
+        (count,) = db.execute("SELECT count(*) FROM stream_figures").fetchone()
+    db.close()
+    return int(count)
+
+
 async def _outbox_empty(relay: Relay) -> bool:
     sync = (await relay.call("status")).get("sync", {})
     written, acked = sync.get("reports_written", 0), sync.get("reports_acked", 0)
@@ -79,12 +89,15 @@ async def test_after_sigkill_each_agents_stream_log_total_equals_its_billed_usag
                 w.write_eof()
                 await poll(lambda i=i: len(b.conns) > i and b.conns[i].eof.is_set(), "a short one")
                 w.close()
+            # closed, counted in a report and committed to the log: the journal lets them go
+            await poll(lambda: _journaled(relay) == 0, "the short streams to settle")
             pacers = []
             for name in ("nas", "web", "nas"):
                 _, w = await asyncio.open_connection("127.0.0.1", ports[name])
                 pacers.append(Pacer(w, 16 * 1024, 0.01))
             tasks = [asyncio.create_task(p.run()) for p in pacers]
             await poll(lambda: sum(c.received for c in a.conns) > 3 * MB, "3 MB through nas")
+            assert _journaled(relay) == 3  # the live streams, as the last report counted them
             assert await relay.signal(signal.SIGKILL) == -signal.SIGKILL
             for p, t in zip(pacers, tasks, strict=True):
                 p.stop.set()
