@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from quota.agent.journal import JournaledStreams, StreamFigures
 from relay.hub.figures import StreamBook
 from relay.streamlog.query import list_streams
@@ -61,8 +63,11 @@ async def test_a_restart_gives_each_stream_the_bytes_the_journal_counted(tmp_pat
         },
         settled_ms=T0 + 40,
     )
-    async with StreamLog(db, relay_id="r1", journaled=journaled):
-        pass
+    with capture_logs() as logs:
+        async with StreamLog(db, relay_id="r1", journaled=journaled):
+            pass
+    [line] = [e for e in logs if e["event"] == "stream_log_restart"]
+    assert (line["closed"], line["corrected"], line["journal"]) == (4, 2, True)
     every = await list_streams(db)
     rows = {
         r["stream_id"][len(RUN) :]: r
