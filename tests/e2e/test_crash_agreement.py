@@ -6,15 +6,20 @@ import asyncio
 import signal
 import socket
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from relay.streamlog.query import list_streams, totals
+from tests.rigs.agent import AgentProc, start
 from tests.rigs.billing import Billing, synced_relay
 from tests.rigs.keys import AgentSpec
 from tests.rigs.relay import Relay
 from tests.rigs.services import DigestService, pattern
 from tests.rigs.ssh import Ssh, expose, local_forward
 from tests.rigs.waits import poll
+from tests.udp.helpers import UdpService, datagram, echo_round_trips, peer
 
 MB = 1_000_000
 
@@ -38,6 +43,15 @@ class Pacer:
             self.writer.write(data)
             await self.writer.drain()
             await asyncio.sleep(self.tick)  # the pace of the transfer, not a wait for a condition
+
+
+@pytest.fixture
+async def procs() -> AsyncIterator[list[AgentProc]]:
+    """Agent processes a test starts, stopped at the end."""
+    started: list[AgentProc] = []
+    yield started
+    for p in started:
+        await p.stop()
 
 
 async def _known(relay: Relay, *agents: AgentSpec) -> bool:
@@ -117,6 +131,56 @@ async def test_after_sigkill_each_agents_stream_log_total_equals_its_billed_usag
         rows = await list_streams(relay.db_path)
         assert [r["close_reason"] for r in rows].count("relay_restart") == 3
         assert all(r["state"] == "closed" for r in rows)
+    finally:
+        await relay.stop()
+        await billing.close()
+
+
+async def test_after_sigkill_unanswered_udp_flows_agree_with_billing_too(
+    tmp_path: Path, procs: list[AgentProc]
+) -> None:
+    """UDP flows never answered (summed per tunnel, not yet written) count after a SIGKILL too."""
+    billing = await Billing(tmp_path, plan_traffic=200 * MB).start()
+    account = await billing.account("acme", 10_000)
+    nas = await billing.agent(tmp_path, account, "nas", "client")
+    await billing.api("POST", f"/v1/agents/{nas.agent_id}/subscription", {"plan": "small"})
+    relay = synced_relay(tmp_path, billing, interval="300ms")
+    relay.extra["stream_log"] = {"interim": "60s", "flush": "200ms"}
+    relay.extra["udp"] = {"unanswered_interval": "60s"}
+    await relay.start()
+    try:
+        await poll(lambda: _known(relay, nas), "the agent from the billing API")
+        async with UdpService(echo=False) as sink, UdpService() as echo:
+            quiet = AgentProc(relay, nas, "expose", "--udp", f"0:127.0.0.1:{sink.port}")
+            await start(procs, quiet)
+            port = (await quiet.wait_for("tunnel_ready"))["port"]
+            sent = 0
+            for i in range(60):  # sixty flows nobody answers, one datagram each
+                p = await peer(port)
+                p.send(datagram(i, 500))
+                p.close()
+                sent += 500
+            await poll(lambda: sink.received == sent, "the datagrams at the silent service")
+            answered = AgentProc(relay, nas, "expose", "--udp", f"0:127.0.0.1:{echo.port}")
+            await start(procs, answered)
+            port = (await answered.wait_for("tunnel_ready", lambda e: e["port"] != port))["port"]
+            p = await peer(port)
+            await echo_round_trips(p, [datagram(i, 300) for i in range(50)])
+            p.close()
+            total = sent + 2 * 50 * 300
+
+            async def billed_all() -> bool:
+                return await billing.usage_total(account, nas.agent_id) == total
+
+            await poll(billed_all, "billing to be told every byte")
+            assert await relay.signal(signal.SIGKILL) == -signal.SIGKILL
+        await relay.start()
+        await poll(lambda: _outbox_empty(relay), "the journal's outbox to drain")
+        [logged] = await totals(relay.db_path, by="agent")
+        billed = await billing.usage_total(account, nas.agent_id)
+        assert logged["bytes_total"] == billed == total
+        rows = await list_streams(relay.db_path)
+        assert any(r["close_reason"] == "unanswered" and r["bytes_up"] == sent for r in rows)
     finally:
         await relay.stop()
         await billing.close()
