@@ -28,6 +28,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from quota.billing.auth import Principal
+from quota.billing.console.web import console_app
 from quota.billing.errors import (
     BadRequest,
     BillingError,
@@ -221,4 +222,5 @@ def make_app(service: BillingService, middlewares: Sequence[Middleware] = ()) ->
     app.router.add_get("/readyz", _readyz)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _handler(route), name=route.name)
+    app.add_subapp("/console/", console_app(service))  # HTML pages for account holders
     return app
