@@ -17,7 +17,7 @@ from tests.console.client import Setup, Visitor
 @pytest.fixture
 async def setup(tmp_path: Path, database: str) -> AsyncIterator[Setup]:
     """An account with 20 coin, a client agent on plan basic (1G) and a support agent."""
-    clock = ManualClock(start_ms=1_796_000_000_000)  # 2026-11-29
+    clock = ManualClock(start_ms=1_796_000_000_000)  # 2026-11-30 00:53:20 UTC
     config = make_config(tmp_path, database=database)
     async with (
         BillingServer(config, clock=clock, maintenance=False) as server,

@@ -88,14 +88,14 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _coin_field(fields: dict[str, str], name: str) -> int | None:
+def _coin_field(fields: dict[str, str], name: str, label: str) -> int | None:
     raw = fields.get(name, "").strip()
     if not raw:
         return None
     try:
         return parse_coin(raw)
     except InvalidValue as exc:
-        raise Refused(400, f"{name.replace('_', ' ')}: {exc}") from None
+        raise Refused(400, f"{label}: {exc}") from None
 
 
 async def agent_settings(request: web.Request) -> web.StreamResponse:
@@ -106,7 +106,7 @@ async def agent_settings(request: web.Request) -> web.StreamResponse:
     settings = wire.AgentSettingsRequest(
         auto_renew=fields.get("auto_renew") == "on",
         topup_package=fields.get("topup_package", ""),
-        topup_limit=_coin_field(fields, "topup_limit"),
+        topup_limit=_coin_field(fields, "topup_limit", "top-up limit"),
     )
     await service_of(request).agents.update_settings(who, _key(fields), agent_id, settings)
     return redirect(f"/overview?notice=saved#{agent_id}")

@@ -197,7 +197,7 @@ def csv_row(entry: wire.LedgerEntry, names: dict[str, str]) -> list[str]:
     return [
         str(entry.id),
         when(entry.at).removesuffix(" UTC"),
-        entry.kind.value,
+        str(entry.kind),
         entry.agent_id or "",
         csv_text(agent),
         format_coin(entry.amount),

@@ -70,11 +70,11 @@ class DayUsage:
 
 async def usage_by_day(tx: Tx, account_id: str, since: int) -> list[DayUsage]:
     """Bytes used per agent and UTC day, from the ledger entries at or after `since`."""
-    rows = await tx.all(
-        "SELECT agent_id, at / ? AS day, CAST(SUM(used_bytes) AS BIGINT) FROM ledger"
+    rows = await tx.all(  # the divisor is written out: PostgreSQL groups by equal text
+        f"SELECT agent_id, at / {DAY_MS} AS day, CAST(SUM(used_bytes) AS BIGINT) FROM ledger"
         " WHERE account_id = ? AND at >= ? AND agent_id IS NOT NULL AND used_bytes > 0"
-        " GROUP BY agent_id, at / ? ORDER BY day, agent_id",
-        (DAY_MS, account_id, since, DAY_MS),
+        f" GROUP BY agent_id, at / {DAY_MS} ORDER BY day, agent_id",
+        (account_id, since),
     )
     return [DayUsage(agent_id=str(a), day=int(d), bytes=int(b)) for a, d, b in rows]
 
