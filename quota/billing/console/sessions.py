@@ -8,16 +8,12 @@ Invariants:
 - A session acts as its account's own token would: `principal()` is an
   account principal, so every ownership check of the API applies unchanged.
 - A CSRF token is derived from the secret its form is bound to (the session
-  token, or before sign-in the pre-session cookie): HMAC-SHA256, compared in
-  constant time. A page of another site can read neither cookie (HttpOnly,
-  SameSite=Strict), so it cannot forge the token.
+  token, or before sign-in the pre-session cookie; `quota.webpages.csrf_token`).
+  A page of another site can read neither cookie (HttpOnly, SameSite=Strict),
+  so it cannot forge the token.
 """
 
 from __future__ import annotations
-
-import hashlib
-import hmac
-import secrets
 
 from quota.billing import repo
 from quota.billing.auth import Principal, owned_account, token_hash
@@ -26,24 +22,12 @@ from quota.billing.repo import console as rows
 from quota.billing.runner import Runner
 from quota.billing.store import Store
 from quota.contract import wire
+from quota.webpages import new_token
 
 LINK_TTL_MS = 15 * 60_000
 SESSION_TTL_MS = 12 * 3_600_000
 LINK_PREFIX = "/console/link/"
 _MAX_TOKEN = 100  # a token is 43 characters; longer input is refused before hashing
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(32)
-
-
-def csrf_token(secret: str) -> str:
-    """The CSRF token of the forms bound to `secret` (a session or pre-session token)."""
-    return hmac.new(secret.encode(), b"quotarelay-console-csrf", hashlib.sha256).hexdigest()
-
-
-def csrf_ok(secret: str, given: str) -> bool:
-    return bool(secret) and hmac.compare_digest(csrf_token(secret).encode(), given.encode())
 
 
 class ConsoleSessions:

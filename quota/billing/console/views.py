@@ -18,20 +18,12 @@ from dataclasses import dataclass
 from quota.billing.repo.console import DAY_MS, DayUsage, KindTotal
 from quota.contract import wire
 from quota.core.money import format_coin
+from quota.webpages import size, when
+
+__all__ = ["size", "when"]  # the shared filters, used here and by the templates
 
 USAGE_DAYS = 30
 _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})", re.ASCII)
-_UNITS = (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3))
-
-
-def size(nbytes: int) -> str:
-    """Bytes for people, one decimal, rounded down: 4_250_000 -> "4.2 MB", 999 -> "999 B"."""
-    sign, n = ("-" if nbytes < 0 else ""), abs(nbytes)
-    for unit, scale in _UNITS:
-        if n >= scale:
-            tenths = n * 10 // scale
-            return f"{sign}{tenths // 10}.{tenths % 10} {unit}"
-    return f"{sign}{n} B"
 
 
 def coin(millicoins: int) -> str:
@@ -40,14 +32,6 @@ def coin(millicoins: int) -> str:
 
 def signed_coin(millicoins: int) -> str:
     return ("+" if millicoins > 0 else "") + format_coin(millicoins)
-
-
-def when(ms: int | None) -> str:
-    """Milliseconds since the epoch as "2026-12-02 09:41:05 UTC"; a dash for none."""
-    if ms is None:
-        return "-"
-    moment = dt.datetime.fromtimestamp(ms // 1000, dt.UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def day_label(day: int) -> str:

@@ -22,16 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp_jinja2
-import jinja2
 import structlog
 from aiohttp import web
 
 from quota.billing.auth import Principal
 from quota.billing.console import views
-from quota.billing.console.sessions import SESSION_TTL_MS, csrf_ok, csrf_token, new_token
+from quota.billing.console.sessions import SESSION_TTL_MS
 from quota.billing.errors import BillingError
 from quota.billing.service import BillingService
 from quota.core.errors import InvalidValue
+from quota.webpages import (
+    SECURITY_HEADERS,
+    csrf_ok,
+    csrf_token,
+    new_token,
+    set_cookie,
+    setup_templates,
+)
 
 log = structlog.get_logger("quota.billing.console")
 
@@ -39,17 +46,6 @@ HERE = Path(__file__).parent
 PREFIX = "/console"
 SESSION_COOKIE = "qr_console"
 PRE_COOKIE = "qr_pre"
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-}
 # The pages in the navigation bar, in order: (path under /console, label).
 # Webhook deliveries are to be listed on a page of their own, added here.
 NAV = (
@@ -102,7 +98,7 @@ async def signed_in(request: web.Request) -> Principal:
 def with_pre_session(request: web.Request, response: web.Response) -> web.Response:
     """Keep the pre-session cookie the sign-in forms' CSRF tokens are bound to."""
     if request.cookies.get(PRE_COOKIE) != request.get(CSRF_SECRET):
-        set_cookie(request, response, PRE_COOKIE, request[CSRF_SECRET], 3600)
+        set_cookie(request, response, PRE_COOKIE, request[CSRF_SECRET], max_age=3600, path=PREFIX)
     return response
 
 
@@ -110,23 +106,11 @@ def pre_session(request: web.Request) -> None:
     request[CSRF_SECRET] = request.cookies.get(PRE_COOKIE) or new_token()
 
 
-def set_cookie(
-    request: web.Request, response: web.StreamResponse, name: str, value: str, max_age: int
-) -> None:
-    response.set_cookie(
-        name,
-        value,
-        max_age=max_age,
-        path=PREFIX,
-        httponly=True,
-        samesite="Strict",
-        secure=request.secure,
-    )
-
-
 def start_session(request: web.Request, session: str) -> web.Response:
     response = redirect("/overview")
-    set_cookie(request, response, SESSION_COOKIE, session, SESSION_TTL_MS // 1000)
+    set_cookie(
+        request, response, SESSION_COOKIE, session, max_age=SESSION_TTL_MS // 1000, path=PREFIX
+    )
     response.del_cookie(PRE_COOKIE, path=PREFIX)
     return response
 
@@ -178,16 +162,10 @@ def console_app(service: BillingService) -> web.Application:
 
     app = web.Application(middlewares=[guard])
     app[SERVICE] = service
-    env = aiohttp_jinja2.setup(
-        app,
-        loader=jinja2.FileSystemLoader(HERE / "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
+    env = setup_templates(
+        app, HERE / "templates", {"coin": views.coin, "signed_coin": views.signed_coin}
     )
     env.globals["form_key"] = forms.form_key
-    env.filters.update(
-        size=views.size, coin=views.coin, signed_coin=views.signed_coin, when=views.when
-    )
     app.router.add_static("/static", HERE / "static")
     pages.add_routes(app.router)
     forms.add_routes(app.router)
