@@ -28,7 +28,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from quota.billing.auth import Principal
-from quota.billing.console.web import console_app
+from quota.billing.console.app import console_app
 from quota.billing.errors import (
     BadRequest,
     BillingError,

@@ -26,19 +26,11 @@ import structlog
 from aiohttp import web
 
 from quota.billing.auth import Principal
-from quota.billing.console import views
 from quota.billing.console.sessions import SESSION_TTL_MS
 from quota.billing.errors import BillingError
 from quota.billing.service import BillingService
 from quota.core.errors import InvalidValue
-from quota.webpages import (
-    SECURITY_HEADERS,
-    csrf_ok,
-    csrf_token,
-    new_token,
-    set_cookie,
-    setup_templates,
-)
+from quota.webpages import SECURITY_HEADERS, csrf_ok, csrf_token, new_token, set_cookie
 
 log = structlog.get_logger("quota.billing.console")
 
@@ -154,19 +146,3 @@ async def guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
 
 def _failure(request: web.Request, status: int, message: str) -> web.Response:
     return render(request, "error.html", {"status": status, "message": message}, status=status)
-
-
-def console_app(service: BillingService) -> web.Application:
-    """The console, to be mounted at /console on the billing API's application."""
-    from quota.billing.console import forms, pages
-
-    app = web.Application(middlewares=[guard])
-    app[SERVICE] = service
-    env = setup_templates(
-        app, HERE / "templates", {"coin": views.coin, "signed_coin": views.signed_coin}
-    )
-    env.globals["form_key"] = forms.form_key
-    app.router.add_static("/static", HERE / "static")
-    pages.add_routes(app.router)
-    forms.add_routes(app.router)
-    return app
