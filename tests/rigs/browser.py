@@ -38,9 +38,9 @@ SKIP_PREFIX = "browser tests skipped"
 T = TypeVar("T")
 
 
-def missing() -> str | None:
+def missing(paths: tuple[str, ...] = (CHROMIUM, CHROMEDRIVER)) -> str | None:
     """None when Chromium and its driver are installed, else what is missing."""
-    absent = [p for p in (CHROMIUM, CHROMEDRIVER) if shutil.which(p) is None]
+    absent = [p for p in paths if shutil.which(p) is None]
     if absent:
         return f"not installed: {', '.join(absent)} (apt-get install chromium chromium-driver)"
     return None
