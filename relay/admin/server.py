@@ -221,6 +221,7 @@ class AdminServer:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
         _Routes(self.control, self.health).add_to(app)
         if self._token:
+            app.router.add_get(CONSOLE.rstrip("/"), _to_console)  # before the sub-application
             app.add_subapp(CONSOLE, OperatorView(self.control, self._token, self.stream_log).app())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
@@ -288,8 +289,9 @@ class AdminServer:
         return response
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        console = request.path.startswith(CONSOLE) and bool(self._token)
-        if request.path not in OPEN_PATHS and not console and not self._authorized(request):
+        path = request.path
+        console = (path.startswith(CONSOLE) or path == CONSOLE.rstrip("/")) and bool(self._token)
+        if path not in OPEN_PATHS and not console and not self._authorized(request):
             return _error(401, "missing or wrong admin token (send Authorization: Bearer <token>)")
         try:
             return await handler(request)
@@ -311,6 +313,10 @@ class AdminServer:
         except Exception:
             log.exception("admin_error", method=request.method, path=request.path)
             return _error(500, "internal error in the relay (see its log)")
+
+
+async def _to_console(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=308, headers={"Location": CONSOLE})
 
 
 def _bind_unix(path: Path) -> socket.socket:

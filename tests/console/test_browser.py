@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 
@@ -124,3 +125,21 @@ async def test_tab_reaches_every_control_in_order_and_enter_submits(
 
 async def _saved(browser: Browser) -> bool:
     return "Settings saved" in await browser.source()
+
+
+async def test_every_page_loads_with_no_policy_violation_or_error(
+    browser: Browser, lone_setup: Setup
+) -> None:
+    """Each page renders under the strict policy: the browser logs no refusal and no error."""
+    await lone_setup.api.usage(1, [{"agent_id": lone_setup.agent, "bytes": 123_000_000}])
+    await _sign_in(browser, lone_setup)
+    for page in ("overview", "usage", "ledger", "statement"):
+        await browser.get(f"{lone_setup.server.url}/console/{page}")
+        assert await browser.errors() == [], page
+        await browser.do(lambda d, page=page: d.find_element(By.CSS_SELECTOR, "main h1"))
+        await asyncio.to_thread(browser.screenshot, f"console_{page}")
+    bars = await browser.do(lambda d: d.find_elements(By.CSS_SELECTOR, "#usage-chart rect.bar"))
+    assert bars == []  # the statement page has no chart; the usage page had one bar
+    await browser.get(f"{lone_setup.server.url}/console/usage")
+    bars = await browser.do(lambda d: d.find_elements(By.CSS_SELECTOR, "#usage-chart rect.bar"))
+    assert len(bars) == 1

@@ -72,6 +72,7 @@ async def test_the_view_needs_the_admin_token_and_keeps_the_api_closed(
     relay: Relay, operator: Visitor
 ) -> None:
     """No session: pages send to sign-in; a wrong token is 401; the JSON API still needs one."""
+    assert (await operator.get("/console")).url.endswith("/console/sign-in")
     assert (await operator.get("/console/")).url.endswith("/console/sign-in")
     assert (await operator.get("/console/streams.json")).url.endswith("/console/sign-in")
     wrong = await operator.submit(
@@ -80,6 +81,7 @@ async def test_the_view_needs_the_admin_token_and_keeps_the_api_closed(
     assert wrong.status == 401 and "wrong admin token" in wrong.text
     await _signed_in(operator)
     assert (await operator.get("/v1/agents")).status == 401  # the cookie is no bearer token
+    assert (await operator.get("/consolex")).status == 401  # only the view's own paths are open
     page = await operator.get("/console/")
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
     assert '<script src="/console/static/live.js" defer></script>' in page.text
@@ -167,6 +169,7 @@ async def test_live_streams_refresh_on_their_own(
         await poll(lambda: _has(browser, "Granted."), "the grant notice")
         writer.close()
     assert (await relay.call("agent", "nas-agent"))["granted"] == 15 * MB
+    assert await browser.errors() == []  # live.js ran under the policy, fetches allowed
 
 
 async def _has(browser: Browser, text: str) -> bool:

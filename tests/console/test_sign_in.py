@@ -8,7 +8,7 @@ from tests.console.client import Setup, Visitor
 
 async def test_pages_without_a_session_send_the_visitor_to_sign_in(visitor: Visitor) -> None:
     """Every page redirects to the sign-in page until the visitor signs in."""
-    for path in ("/console/", "/console/overview", "/console/usage", "/console/ledger",
+    for path in ("/console", "/console/", "/console/overview", "/console/usage", "/console/ledger",
                  "/console/ledger.csv", "/console/statement"):  # fmt: skip
         page = await visitor.get(path)
         assert page.url.endswith("/console/sign-in"), path

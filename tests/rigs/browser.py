@@ -81,6 +81,7 @@ class Browser:
         options.add_experimental_option(
             "prefs", {"download.default_directory": str(self.downloads)}
         )
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP reports, errors
         service = Service(executable_path=CHROMEDRIVER, log_output=str(folder / "chromedriver.log"))
         self.driver = webdriver.Chrome(options=options, service=service)
         self.driver.execute_cdp_cmd(
@@ -106,6 +107,11 @@ class Browser:
 
     async def url(self) -> str:
         return await self.do(lambda d: d.current_url)
+
+    async def errors(self) -> list[str]:
+        """The page errors the browser logged since the last call (CSP refusals, script errors)."""
+        entries = await self.do(lambda d: d.get_log("browser"))
+        return [str(e["message"]) for e in entries if e.get("level") == "SEVERE"]
 
     def screenshot(self, name: str) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
