@@ -136,7 +136,7 @@ async def test_every_page_loads_with_no_policy_violation_or_error(
     for page in ("overview", "usage", "ledger", "statement"):
         await browser.get(f"{lone_setup.server.url}/console/{page}")
         assert await browser.errors() == [], page
-        await browser.do(lambda d, page=page: d.find_element(By.CSS_SELECTOR, "main h1"))
+        assert await browser.text("main h1"), page
         await asyncio.to_thread(browser.screenshot, f"console_{page}")
     bars = await browser.do(lambda d: d.find_elements(By.CSS_SELECTOR, "#usage-chart rect.bar"))
     assert bars == []  # the statement page has no chart; the usage page had one bar

@@ -76,7 +76,7 @@ async def test_buying_a_package_in_the_console_resumes_the_paused_stream(
             await local_forward(relay, support, port, "nas:22", clients)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(payload)
-            await poll(lambda: _states(relay), "the stream", timeout=20)
+            await poll(lambda: _opened(relay), "the stream", timeout=20)
             await poll(lambda: _paused(relay), "the stream to pause on quota", timeout=60)
             conn = service.conns[0]
             assert conn.received <= 4 * MB and not reader.at_eof()
@@ -107,6 +107,10 @@ async def test_buying_a_package_in_the_console_resumes_the_paused_stream(
         await relay.stop()
     ledger = await billing.api("GET", f"/v1/accounts/{account}/ledger?kind=package")
     assert [e["reason"] for e in ledger["entries"]] == ["bought: 1 x pack"]
+
+
+async def _opened(relay: Relay) -> bool:
+    return bool(await _states(relay))
 
 
 async def _paused(relay: Relay) -> bool:

@@ -12,6 +12,9 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
+from relay.admin.server import AdminServer
+from relay.config import HostPort
+from relay.errors import UnknownAgent
 from tests.console.client import Visitor
 from tests.rigs.browser import Browser
 from tests.rigs.keys import AgentSpec, make_agent
@@ -21,6 +24,7 @@ from tests.rigs.ssh import Ssh, expose, local_forward
 from tests.rigs.waits import poll
 
 MB = 1_000_000
+LOCAL = HostPort(host="127.0.0.1", port=0)
 
 
 @pytest.fixture
@@ -178,3 +182,50 @@ async def _has(browser: Browser, text: str) -> bool:
 
 async def _live_text(browser: Browser, text: str) -> bool:
     return text in await browser.text("#live-streams")
+
+
+class _NoAgents:
+    """A relay with no agents and no streams."""
+
+    def grant(self, agent_id: str, nbytes: int) -> dict[str, object]:
+        raise UnknownAgent(agent_id)
+
+    def revoke(self, agent_id: str, nbytes: int) -> dict[str, object]:
+        raise UnknownAgent(agent_id)
+
+    def set_active(self, agent_id: str, active: bool) -> dict[str, object]:
+        raise UnknownAgent(agent_id)
+
+    def status(self) -> dict[str, object]:
+        return {}
+
+    def agents(self) -> list[dict[str, object]]:
+        return []
+
+    def streams(self) -> list[dict[str, object]]:
+        return []
+
+
+async def test_a_missing_stream_log_or_agent_is_a_clear_page(tmp_path: Path) -> None:
+    """Searching a stream log that is not there answers 503 naming it; an unknown agent 404."""
+    missing = tmp_path / "nowhere.sqlite3"
+    server = AdminServer(_NoAgents(), LOCAL, TOKEN, stream_log=missing)
+    async with server:
+        operator = Visitor(f"http://127.0.0.1:{server.port}")
+        try:
+            await _signed_in(operator)
+            page = await operator.get("/console/log", agent="nas-agent")
+            assert page.status == 503 and f"stream log not found: {missing}" in page.text
+            index = await operator.get("/console/")
+            grant = await operator.post(
+                "/console/agents/ghost/grant", {"csrf": _csrf(index.text), "bytes": "1M"}
+            )
+            assert grant.status == 404 and "ghost" in grant.text
+        finally:
+            await operator.close()
+
+
+def _csrf(text: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]{64})"', text)
+    assert found is not None
+    return found.group(1)

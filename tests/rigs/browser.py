@@ -22,7 +22,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -110,7 +110,7 @@ class Browser:
 
     async def errors(self) -> list[str]:
         """The page errors the browser logged since the last call (CSP refusals, script errors)."""
-        entries = await self.do(lambda d: d.get_log("browser"))
+        entries: list[dict[str, Any]] = await self.do(lambda d: d.get_log("browser"))  # type: ignore[no-untyped-call]
         return [str(e["message"]) for e in entries if e.get("level") == "SEVERE"]
 
     def screenshot(self, name: str) -> Path:
