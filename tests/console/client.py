@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from quota.billing.clock import ManualClock
 from quota.billing.server import BillingServer
-from tests.billing.api import Api
+from tests.billing.api import Api, make_config
 
 _INPUT = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)">')
 _FORM = re.compile(r'<form method="post" action="([^"]+)"[^>]*>(.*?)</form>', re.S)
@@ -68,3 +71,21 @@ class Setup:
 
     def visitor(self) -> Visitor:
         return Visitor(self.server.url)
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, database: str) -> AsyncIterator[Setup]:
+    """An account with 20 coin, a client agent on plan basic (1G) and a support agent."""
+    clock = ManualClock(start_ms=1_796_000_000_000)  # 2026-11-30 00:53:20 UTC
+    config = make_config(tmp_path, database=database)
+    async with (
+        BillingServer(config, clock=clock, maintenance=False) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        api = Api(session, server.url)
+        account, token = await api.account("acme")
+        await api.deposit(account, 20_000, "pay-1")
+        agent = (await api.agent(account, token, "nas"))["id"]
+        support = (await api.agent(account, token, "tech", "support"))["id"]
+        await api.ok("POST", f"/v1/agents/{agent}/subscription", token, {"plan": "basic"})
+        yield Setup(server, api, clock, account, token, agent, support)
