@@ -97,6 +97,8 @@ async def test_grant_and_deactivate_buttons_change_the_relay(
     """Grant adds to the bucket; Deactivate makes the agent inactive; a forged form does nothing."""
     text = await _signed_in(operator)
     assert re.search(r'<tr id="agent-nas-agent">\s*<td>nas-agent</td><td>acme</td>', text)
+    tech = text.split('<tr id="agent-tech">', 1)[1].split("</tr>", 1)[0]
+    assert '<td class="state">n/a (pays nothing)</td>' in tech  # support agents pay nothing
     index = await operator.get("/console/")
     granted = await operator.submit(index, "/console/agents/nas-agent/grant", bytes="10M")
     assert granted.status == 200 and "Granted." in granted.text
