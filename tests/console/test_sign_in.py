@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from quota.billing.auth import token_hash
-from tests.console.client import Setup, Visitor
+from quota.billing.server import BillingServer
+from tests.billing.api import make_config
+from tests.console.client import Setup, Visitor, serving
+from tests.rigs.postgres import TestDatabase
 
 
 async def test_pages_without_a_session_send_the_visitor_to_sign_in(visitor: Visitor) -> None:
@@ -144,3 +149,22 @@ async def test_a_session_ends_after_12_hours(setup: Setup, visitor: Visitor) -> 
     await visitor.sign_in(setup.token)
     setup.clock.advance(12 * 3_600_000)
     assert (await visitor.get("/console/overview")).url.endswith("/sign-in")
+
+
+async def test_a_session_opened_on_one_replica_works_on_another(
+    tmp_path: Path, postgresql_db: TestDatabase
+) -> None:
+    """Sessions live in the shared database: a second billing process over it knows them."""
+    url = postgresql_db.fresh_url()
+    async with serving(tmp_path, url) as first:
+        config = make_config(tmp_path / "second", database=url)
+        async with BillingServer(config, clock=first.clock, maintenance=False) as second:
+            visitor = first.visitor()
+            try:
+                await visitor.sign_in(first.token)
+                page = await visitor.session.get(second.url + "/console/overview")
+                async with page:
+                    assert page.status == 200 and 'id="balance"' in await page.text()
+                    assert str(page.url).startswith(second.url)
+            finally:
+                await visitor.close()
