@@ -6,6 +6,7 @@ import csv
 import io
 import re
 
+from quota.billing.repo.console import previous_cursor
 from tests.console.client import Setup, Visitor
 
 MB = 1_000_000
@@ -163,7 +164,7 @@ async def test_usage_older_than_30_days_is_left_out(setup: Setup, visitor: Visit
 
 
 async def test_ledger_pages_by_50_with_readable_values(setup: Setup, visitor: Visitor) -> None:
-    """The ledger shows 50 entries a page, times in UTC, coins and sizes for people."""
+    """50 entries a page, next and previous, times in UTC, coins and sizes for people."""
     for i in range(55):
         await setup.api.deposit(setup.account, 1_250, f"pay-x{i}")
     await _signed_in(setup, visitor)
@@ -176,6 +177,8 @@ async def test_ledger_pages_by_50_with_readable_values(setup: Setup, visitor: Vi
     second = await visitor.get("/console/ledger", after=following.group(1))
     assert len(re.findall(r"<tr>\s*<td>(\d+)</td>", second.text)) == 57 - 50
     assert 'id="next-page"' not in second.text
+    assert 'href="/console/ledger?after=0" id="previous-page"' in second.text
+    assert 'id="previous-page"' not in first.text
     deposits = await visitor.get("/console/ledger", kind="deposit")
     assert len(re.findall(r"<tr>\s*<td>(\d+)</td>", deposits.text)) == 50
     assert (await visitor.get("/console/ledger", kind="nope")).status == 400
@@ -214,3 +217,14 @@ async def test_statement_adds_up_the_month(setup: Setup, visitor: Visitor) -> No
     assert "Statement for 2026-12" in dec.text
     assert 'id="opening">15.000 coin' in dec.text and 'id="closing">17.000 coin' in dec.text
     assert (await visitor.get("/console/statement", month="2026-13")).status == 400
+
+
+async def test_previous_cursor_steps_back_one_page(setup: Setup) -> None:
+    """With pages of 2, the page before "after 5" is "after 3" (entries 4 and 5)."""
+    for i in range(4):
+        await setup.api.deposit(setup.account, 1_000, f"pay-p{i}")  # entries 3..6
+    async with setup.server.store.peek() as tx:
+        got = [await previous_cursor(tx, setup.account, after, 2, None) for after in (0, 1, 2, 5)]
+        deposits = await previous_cursor(tx, setup.account, 5, 2, "deposit")
+    assert got == [None, 0, 0, 3]
+    assert deposits == 3  # deposits 1, 3, 4, 5 and 6: the page before "after 5" is 4 and 5

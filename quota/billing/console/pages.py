@@ -117,14 +117,21 @@ def _kind_filter(request: web.Request) -> dict[str, object]:
 
 async def ledger(request: web.Request) -> web.StreamResponse:
     who = await signed_in(request)
-    filters = _kind_filter(request)
-    page = await service_of(request).accounts.ledger(
-        who, who.id, after=_after(request), limit=LEDGER_PAGE, filters=filters
+    filters, after = _kind_filter(request), _after(request)
+    service = service_of(request)
+    page = await service.accounts.ledger(
+        who, who.id, after=after, limit=LEDGER_PAGE, filters=filters
     )
+
+    async def read_previous(op: Op) -> int | None:
+        kind = str(filters["kind"]) if filters else None
+        return await rows.previous_cursor(op.tx, who.id, after, LEDGER_PAGE, kind)
+
     context = {
         "page": "/ledger",
         "entries": page.entries,
         "next_cursor": page.next_cursor,
+        "previous_cursor": await service.runner.read(read_previous),
         "kind": filters.get("kind", ""),
         "kinds": wire.KINDS,
         "names": await _names(request, who),

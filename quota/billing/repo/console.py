@@ -111,3 +111,19 @@ async def balance_before(tx: Tx, account_id: str, at: int) -> int:
         (account_id, at),
     )
     return int(row[0]) if row else 0
+
+
+async def previous_cursor(
+    tx: Tx, account_id: str, after: int, limit: int, kind: str | None
+) -> int | None:
+    """The `after` cursor of the page before the one that starts after `after` (None: first)."""
+    if after <= 0:
+        return None
+    where, params = "account_id = ? AND id <= ?", [account_id, after]
+    if kind:
+        where += " AND kind = ?"
+        params.append(kind)
+    row = await tx.one(
+        f"SELECT id FROM ledger WHERE {where} ORDER BY id DESC LIMIT 1 OFFSET ?", [*params, limit]
+    )
+    return int(row[0]) if row else 0
