@@ -48,7 +48,25 @@ class LegStream(Protocol):
 
 
 class Leg:
-    """What both kinds of leg share: metering, holding, pausing, EOF."""
+    """What both kinds of leg share: metering, holding, pausing, EOF.
+
+    Every leg class is slotted (an idle stream costs two legs): no per-leg dict,
+    and `pending` is a list only while bytes wait for the other leg.
+    """
+
+    __slots__ = (
+        "connected",
+        "eof_in",
+        "eof_sent",
+        "held",
+        "lost",
+        "meter",
+        "name",
+        "peer",
+        "pending",
+        "reasons",
+        "stream",
+    )
 
     stream: LegStream
     peer: Leg | None
@@ -62,7 +80,7 @@ class Leg:
         self.meter = None
         self.reasons = PauseSet()
         self.held = b""
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] | None = None  # bytes read before the peer was attached
         self.eof_in = False  # EOF read from this leg
         self.eof_sent = False  # EOF forwarded to the peer
         self.connected = False
@@ -103,6 +121,8 @@ class Leg:
     def on_data(self, data: bytes) -> None:
         peer = self.peer
         if peer is None:
+            if self.pending is None:
+                self.pending = []
             self.pending.append(data)
             self._pause_transport()  # uvloop reads despite pause_reading() in connection_made
             return
@@ -158,8 +178,8 @@ class Leg:
     def attach_peer(self, peer: Leg) -> None:
         """The other leg is connected: drain what arrived early, then read."""
         self.peer = peer
-        pending, self.pending = self.pending, []
-        for data in pending:
+        pending, self.pending = self.pending, None
+        for data in pending or ():
             self.on_data(data)
         if self.eof_in and not self.held:
             self._forward_eof()
@@ -192,6 +212,8 @@ class Leg:
 
 class TcpLeg(Leg, asyncio.Protocol):
     """A TCP socket: a public-port client, or a plain target."""
+
+    __slots__ = ("peername", "transport")
 
     transport: asyncio.Transport | None
 
@@ -248,6 +270,8 @@ class TcpLeg(Leg, asyncio.Protocol):
 
 class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
     """An SSH channel: a support agent's direct-tcpip, or a client's forwarded-tcpip."""
+
+    __slots__ = ("backed_up", "backlog", "chan")
 
     def __init__(self, stream: LegStream, name: str) -> None:
         self._init_leg(stream, name)
