@@ -1,11 +1,15 @@
-"""The bench's OpenSSH anchors: sshd's public `-R` port moves bytes, and its CPU is all counted."""
+"""The bench's anchors and counters: sshd's public `-R` port, its CPU, callgrind's counts."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pytest
+
+from bench import instructions
 from bench.load import Sink, bulk
+from bench.report import Results
 from bench.stats import cpu_seconds, tree_cpu_seconds
 from tests.rigs.contenders import SshdRig, listening
 from tests.rigs.procs import Procs
@@ -35,3 +39,26 @@ def test_tree_cpu_counts_descendants() -> None:
     """A process tree's CPU is at least its root's own."""
     me = os.getpid()
     assert tree_cpu_seconds(me) >= cpu_seconds(me) > 0
+
+
+def test_callgrind_dump_is_read_by_its_trigger(tmp_path: Path) -> None:
+    """The instruction count comes from the dump made for that transfer, not another one."""
+    for n, (trigger, total) in enumerate((("a.0", 100), ("b.0", 250)), start=1):
+        (tmp_path / f"callgrind.42.{n}").write_text(
+            f"version: 1\ndesc: Trigger: dump {trigger}\nsummary: {total}\ntotals: {total}\n"
+        )
+    assert instructions._dumped(tmp_path, 42, "b.0") == 250
+    with pytest.raises(RuntimeError, match="no callgrind dump"):
+        instructions._dumped(tmp_path, 42, "c.0")
+
+
+def test_instruction_ratio_judges_the_three_percent_goal() -> None:
+    """Metering on/off instructions per byte: 1.02 meets the 3 % goal, 1.05 does not."""
+    res = Results(quick=True, argv=["bench"])
+    for kind, on in (("public", 20.4), ("ssh", 31.5)):
+        res.figure(f"{kind}.relay.instr", "3", "on", "instr/byte").samples.append(on)
+        res.figure(f"{kind}.relay_nometer.instr", "3", "off", "instr/byte").samples.append(
+            20.0 if kind == "public" else 30.0
+        )
+    instructions.judge(res)
+    assert [t.met for t in res.targets] == [True, False]
