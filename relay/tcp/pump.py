@@ -30,6 +30,7 @@ import asyncssh
 from quota.core.bucket import Meter
 from quota.core.stream import PauseReason, PauseSet
 from relay.ssh.backlog import NEVER_FULL, backlog_of
+from relay.ssh.fastsend import FastSender, fast_sender
 
 
 class LegStream(Protocol):
@@ -271,18 +272,20 @@ class TcpLeg(Leg, asyncio.Protocol):
 class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
     """An SSH channel: a support agent's direct-tcpip, or a client's forwarded-tcpip."""
 
-    __slots__ = ("backed_up", "backlog", "chan")
+    __slots__ = ("backed_up", "backlog", "chan", "fast")
 
     def __init__(self, stream: LegStream, name: str) -> None:
         self._init_leg(stream, name)
         self.chan: Any = None
         self.backlog = NEVER_FULL
         self.backed_up = False  # held by `backlog` until its transport drains
+        self.fast: FastSender | None = None  # AES-GCM packets built in one step
 
     def connection_made(self, chan: Any) -> None:
         self.chan = chan
         self.connected = True
         quicken(chan)
+        self.fast = fast_sender(chan.get_connection())
         self.backlog = backlog_of(chan.get_connection(), self.stream.write_buffer)
         if self.reasons:
             chan.pause_reading()
@@ -293,7 +296,10 @@ class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
 
     def write(self, data: bytes) -> None:
         if self.chan is not None and not self.lost:
-            self.chan.write(data)
+            if self.fast is not None:
+                self.fast.send(self.chan, data)
+            else:
+                self.chan.write(data)
             if self.backlog.full and not self.backed_up:
                 self.backlog.hold(self)
 
