@@ -30,6 +30,7 @@ import asyncssh
 from quota.core.bucket import Meter
 from quota.core.stream import PauseReason, PauseSet
 from relay.ssh.backlog import NEVER_FULL, backlog_of
+from relay.ssh.fastrecv import install as install_receiver
 from relay.ssh.fastsend import FastSender, fast_sender
 
 
@@ -408,11 +409,17 @@ def _no_log(*args: object) -> None:
     pass
 
 
+def _takes_views(chan: Any) -> bool:
+    """A relayed channel's leg forwards memoryviews as they are (no copy into bytes)."""
+    return isinstance(chan._session, ChannelLeg)
+
+
 def quicken(chan: Any) -> None:
     """Trim asyncssh's per-packet work for a relayed channel and its connection.
 
     Writes each MSG_IGNORE with the packet that follows it (`_JoinIgnore`), feeds
-    reads in slices (`_FeedInSlices`) and, while asyncssh's packet logging is off
+    reads in slices (`_FeedInSlices`) behind the AES-GCM receive path
+    (relay.ssh.fastrecv) and, while asyncssh's packet logging is off
     (debug level below 3), skips the log calls that format a message for every
     packet only to drop it. All are per-object overrides of asyncssh internals,
     skipped if those names change; measured by `make bench` (bench/RESULTS.md,
@@ -428,6 +435,7 @@ def quicken(chan: Any) -> None:
         joiner = _JoinIgnore(conn)
         conn._send, conn.send_packet = joiner, joiner.send_packet
         conn.data_received = _FeedInSlices(conn.data_received)
+        install_receiver(conn, _takes_views)
         if conn._transport:  # uvloop keeps the protocol's bound data_received: renew it
             conn._transport.set_protocol(conn)
         if quiet and hasattr(conn, "log_sent_packet"):

@@ -47,8 +47,12 @@ class _Echo(asyncssh.SSHTCPSession[bytes]):
 
 
 class _Server(asyncssh.SSHServer):
-    def __init__(self, senders: list[FastSender], fast: bool) -> None:
-        self.senders, self.fast = senders, fast
+    def __init__(self, senders: list[FastSender], fast: bool, on_conn: Any = None) -> None:
+        self.senders, self.fast, self.on_conn = senders, fast, on_conn
+
+    def connection_made(self, conn: Any) -> None:
+        if self.on_conn is not None:
+            self.on_conn(conn)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -72,10 +76,10 @@ class _EchoServer:
         return sum(s.packets for s in self.senders)
 
 
-async def _serve(rekey_bytes: int, fast: bool = True) -> _EchoServer:
+async def _serve(rekey_bytes: int, fast: bool = True, on_conn: Any = None) -> _EchoServer:
     senders: list[FastSender] = []
     server = await asyncssh.create_server(
-        lambda: _Server(senders, fast),
+        lambda: _Server(senders, fast, on_conn),
         "127.0.0.1",
         0,
         server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
@@ -108,15 +112,16 @@ async def _round_trip(port: int, payload: bytes) -> bytes:
     return got
 
 
-async def _through_openssh(tmp_path: Path, port: int, payload: bytes) -> bytes:
+async def _through_openssh(tmp_path: Path, port: int, payload: bytes, *opts: str) -> bytes:
     key = tmp_path / "client_key"
     keypair(key)
     lport = free_port()
-    cmd = ssh_cmd(key, "echo", port, "-L", f"127.0.0.1:{lport}:echo:1")
+    cmd = ssh_cmd(key, "echo", port, *opts, "-L", f"127.0.0.1:{lport}:echo:1")
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
     assert proc.stderr is not None
+    drain: asyncio.Task[bytes] | None = None
     try:
         seen = ""
         for needle in local_ready(lport):
@@ -130,7 +135,8 @@ async def _through_openssh(tmp_path: Path, port: int, payload: bytes) -> bytes:
     finally:
         proc.terminate()
         await proc.wait()
-        drain.cancel()
+        if drain is not None:
+            drain.cancel()
 
 
 async def test_openssh_client_gets_fast_packets_byte_exact(
