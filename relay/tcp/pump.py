@@ -20,7 +20,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import Callable
 from typing import Any, Protocol, cast
@@ -30,8 +29,8 @@ import asyncssh
 from quota.core.bucket import Meter
 from quota.core.stream import PauseReason, PauseSet
 from relay.ssh.backlog import NEVER_FULL, backlog_of
-from relay.ssh.fastrecv import install as install_receiver
 from relay.ssh.fastsend import FastSender, fast_sender
+from relay.ssh.quicken import quicken
 
 
 class LegStream(Protocol):
@@ -285,7 +284,7 @@ class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
     def connection_made(self, chan: Any) -> None:
         self.chan = chan
         self.connected = True
-        quicken(chan)
+        quicken(chan, _takes_views)
         self.fast = fast_sender(chan.get_connection())
         self.backlog = backlog_of(chan.get_connection(), self.stream.write_buffer)
         if self.reasons:
@@ -332,111 +331,6 @@ class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
 LegFactory = Callable[[], Leg]
 
 
-class _JoinIgnore:
-    """asyncssh's `_send` and `send_packet` for one connection: MSG_IGNORE goes out with its packet.
-
-    asyncssh sends an empty MSG_IGNORE before every packet once encryption is on (a
-    CBC-era countermeasure), each in its own transport write: two syscalls and two
-    TCP segments per 32 KiB of payload. Inside a `send_packet` call, a tiny packet
-    is held until the next one and both go out in one `writelines` (one writev on
-    uvloop, no copy); whatever is still held when the outermost call returns is
-    written then. Nothing is held past a `send_packet` call; the bytes on the wire
-    and their order are unchanged.
-    """
-
-    __slots__ = ("conn", "depth", "held", "orig")
-
-    SMALL = 128  # an encrypted empty MSG_IGNORE is 36 to 64 bytes
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.orig = conn.send_packet
-        self.held = b""
-        self.depth = 0
-
-    def send_packet(self, pkttype: int, *args: bytes, handler: Any = None) -> None:
-        self.depth += 1
-        try:
-            self.orig(pkttype, *args, handler=handler)
-        finally:
-            self.depth -= 1
-            if not self.depth and self.held:
-                self(b"")
-
-    def __call__(self, data: bytes) -> None:
-        transport = self.conn._transport
-        held = self.held
-        if not transport:
-            self.held = b""
-        elif held:
-            self.held = b""
-            with contextlib.suppress(ConnectionError):  # as asyncssh's own _send does
-                transport.writelines((held, data) if data else (held,))
-        elif self.depth and len(data) <= self.SMALL:
-            self.held = data
-        else:
-            with contextlib.suppress(ConnectionError):
-                transport.write(data)
-
-
-class _FeedInSlices:
-    """asyncssh's `data_received` for one connection, fed at most `SLICE` bytes at a time.
-
-    asyncssh appends each read to a bytes buffer and, per packet, slices the
-    rest of that buffer off: a 256 KiB read of 32 KiB packets copies the buffer
-    about nine times over. Fed in memoryview slices of about two packets, it
-    copies each byte about twice. The bytes asyncssh sees are the same.
-    """
-
-    __slots__ = ("orig",)
-
-    SLICE = 64 * 1024
-
-    def __init__(self, orig: Callable[..., None]) -> None:
-        self.orig = orig
-
-    def __call__(self, data: bytes, datatype: object = None) -> None:
-        n, step = len(data), self.SLICE
-        if n <= step:
-            self.orig(data)
-            return
-        view = memoryview(data)
-        for i in range(0, n, step):
-            self.orig(view[i : i + step])
-
-
-def _no_log(*args: object) -> None:
-    pass
-
-
 def _takes_views(chan: Any) -> bool:
     """A relayed channel's leg forwards memoryviews as they are (no copy into bytes)."""
     return isinstance(chan._session, ChannelLeg)
-
-
-def quicken(chan: Any) -> None:
-    """Trim asyncssh's per-packet work for a relayed channel and its connection.
-
-    Writes each MSG_IGNORE with the packet that follows it (`_JoinIgnore`), feeds
-    reads in slices (`_FeedInSlices`) behind the AES-GCM receive path
-    (relay.ssh.fastrecv) and, while asyncssh's packet logging is off
-    (debug level below 3), skips the log calls that format a message for every
-    packet only to drop it. All are per-object overrides of asyncssh internals,
-    skipped if those names change; measured by `make bench` (bench/RESULTS.md,
-    summed up in the README's Benchmarks section).
-    """
-    quiet = getattr(asyncssh.logger, "_debug_level", 3) < 3
-    conn = chan.get_connection()
-    if quiet and hasattr(chan, "log_sent_packet"):
-        chan.log_sent_packet = chan.log_received_packet = _no_log
-    if conn is None or not hasattr(conn, "_send") or not hasattr(conn, "_transport"):
-        return
-    if not isinstance(conn.__dict__.get("_send"), _JoinIgnore):
-        joiner = _JoinIgnore(conn)
-        conn._send, conn.send_packet = joiner, joiner.send_packet
-        conn.data_received = _FeedInSlices(conn.data_received)
-        install_receiver(conn, _takes_views)
-        if conn._transport:  # uvloop keeps the protocol's bound data_received: renew it
-            conn._transport.set_protocol(conn)
-        if quiet and hasattr(conn, "log_sent_packet"):
-            conn.log_sent_packet = conn.log_received_packet = _no_log

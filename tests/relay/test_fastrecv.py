@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import asyncssh
 
 from relay.ssh.fastrecv import FastReceiver, install
+from relay.ssh.quicken import quicken
 from tests.relay.test_fastsend import SIZE, _round_trip, _serve, _through_openssh
 
 
@@ -129,8 +131,11 @@ async def test_a_flipped_byte_closes_the_connection_and_delivers_nothing_forged(
         finally:
             writer.close()
 
+    writers: list[asyncio.StreamWriter] = []
+
     async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_r, up_w = await asyncio.open_connection("127.0.0.1", srv.port)
+        writers.extend((writer, up_w))
         await asyncio.gather(pipe(reader, up_w, True), pipe(up_r, writer, False))
 
     mitm = await asyncio.start_server(proxy, "127.0.0.1", 0)
@@ -142,6 +147,11 @@ async def test_a_flipped_byte_closes_the_connection_and_delivers_nothing_forged(
         assert made[0].packets > 0
     finally:
         mitm.close()
+        for w in writers:
+            w.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await w.wait_closed()
+        await mitm.wait_closed()
         srv.server.close()
         await srv.server.wait_closed()
 
@@ -154,3 +164,41 @@ async def _through_openssh_or_cut(tmp_path: Path, port: int, payload: bytes) -> 
 
 
 _ = _round_trip
+
+
+async def test_a_quickened_channel_closes_and_its_waiters_wake() -> None:
+    """`quicken` swaps the channel's close Event for a lazy one; wait_closed still returns."""
+    chans: list[Any] = []
+    made = asyncio.Event()
+
+    class Session(asyncssh.SSHTCPSession[bytes]):
+        def connection_made(self, chan: Any) -> None:
+            quicken(chan, lambda c: False)
+            chans.append(chan)
+            made.set()
+
+    class Server(asyncssh.SSHServer):
+        def begin_auth(self, username: str) -> bool:
+            return False
+
+        def connection_requested(self, *args: Any) -> Any:
+            return Session()
+
+    server = await asyncssh.create_server(
+        Server, "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")]
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncssh.connect("127.0.0.1", port, username="u", known_hosts=None) as conn:
+            _reader, writer = await conn.open_connection("x", 1)
+            await asyncio.wait_for(made.wait(), 10)
+            chan = chans[0]
+            assert type(chan._close_event).__name__ == "_LazyClosed"
+            waiter = asyncio.create_task(chan.wait_closed())
+            await asyncio.sleep(0)
+            writer.close()
+            await asyncio.wait_for(waiter, 10)
+            assert chan._close_event.is_set()
+    finally:
+        server.close()
+        await server.wait_closed()
