@@ -112,7 +112,10 @@ async def _round_trip(port: int, payload: bytes) -> bytes:
     return got
 
 
-async def _through_openssh(tmp_path: Path, port: int, payload: bytes, *opts: str) -> bytes:
+async def _through_openssh(
+    tmp_path: Path, port: int, payload: bytes, *opts: str, then: bytes = b""
+) -> bytes:
+    """Round trip `payload` through `ssh -L` (and `then` on a second channel, same connection)."""
     key = tmp_path / "client_key"
     keypair(key)
     lport = free_port()
@@ -131,6 +134,8 @@ async def _through_openssh(tmp_path: Path, port: int, payload: bytes, *opts: str
                 seen += line.decode(errors="replace")
         drain = asyncio.create_task(proc.stderr.read())  # keep ssh -v from blocking on stderr
         got = await _round_trip(lport, payload)
+        if then:
+            got += await _round_trip(lport, then)
         return got
     finally:
         proc.terminate()
@@ -172,11 +177,12 @@ async def test_rekeying_mid_transfer_falls_back_and_carries_on(tmp_path: Path) -
     """With a rekey every 256 KiB, data crosses key exchanges intact, fast again after one."""
     srv = await _serve(rekey_bytes=256 * 1024)
     try:
-        payload = os.urandom(SIZE)
-        got = await _through_openssh(tmp_path, srv.port, payload)
-        assert got == payload
+        payload, then = os.urandom(SIZE), os.urandom(100_000)
+        got = await _through_openssh(tmp_path, srv.port, payload, then=then)
+        assert got == payload + then
         assert srv.packets > 0
-        assert [s.keys >= 2 for s in srv.senders] == [True]  # fast again under a new key
+        assert len({id(s) for s in srv.senders}) == 1  # one connection, one sender
+        assert srv.senders[0].keys >= 2  # fast again under a new key
     finally:
         srv.server.close()
         await srv.server.wait_closed()
