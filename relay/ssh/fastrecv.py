@@ -47,7 +47,7 @@ _DATA = struct.Struct(">BBII")  # padding length, message type, recipient channe
 class FastReceiver:
     """One SSH connection's `data_received`: GCM channel data here, everything else asyncssh's."""
 
-    __slots__ = ("aead", "cipher", "conn", "orig", "packets", "tail", "wants_view")
+    __slots__ = ("aead", "cipher", "conn", "keys", "orig", "packets", "tail", "wants_view")
 
     def __init__(self, conn: Any, orig: Callable[[Any], None]) -> None:
         self.conn = conn
@@ -56,6 +56,7 @@ class FastReceiver:
         self.aead: AESGCM | None = None
         self.tail = bytearray()  # a packet split between reads, while this path runs
         self.packets = 0  # taken by the fast path (for tests and the bench)
+        self.keys = 0  # incoming keys it has used (a rekey makes a new one)
         self.wants_view: Callable[[Any], bool] = _never  # sessions that accept a memoryview
 
     def __call__(self, data: bytes, datatype: object = None) -> None:
@@ -153,6 +154,7 @@ class FastReceiver:
             if type(cipher) is not GcmCipher:
                 return None
             self.cipher, self.aead = cipher, AESGCM(cipher._key)
+            self.keys += 1
         return self.aead
 
     def _take(self, aead: AESGCM, packet: memoryview) -> bool:
