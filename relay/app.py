@@ -171,7 +171,13 @@ async def serve(
         health = RelayHealth(streamlog, quota, offline)
         health.listening = bool(server.sockets)
         admin = await stack.enter_async_context(
-            AdminServer(Control(hub), config.admin_listen, config.admin_token, health)
+            AdminServer(
+                Control(hub),
+                config.admin_listen,
+                config.admin_token,
+                health,
+                stream_log=config.stream_log_path,
+            )
         )
         metrics = await stack.enter_async_context(_metrics_server(config, hub, quota))
         ssh_port = server.sockets[0].getsockname()[1]

@@ -133,8 +133,16 @@ class Bucket:
         return len(self._meters)
 
     def wants_grant(self) -> bool:
-        """True when remaining bytes fell below the low-water mark (ask for more now)."""
-        return not self.inactive and (self.remaining < self.low_water or bool(self._waiters))
+        """True when remaining bytes fell below the low-water mark (ask for more now).
+
+        Checked on the byte path at every slice: `free` (never above `remaining`)
+        answers without walking the meters unless the bucket is near low water.
+        """
+        if self.inactive:
+            return False
+        if self._waiters:
+            return True
+        return self.granted - self.charged < self.low_water and self.remaining < self.low_water
 
     # -- meters ------------------------------------------------------------------
 

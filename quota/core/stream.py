@@ -57,35 +57,43 @@ def held_reason(*, inactive: bool, can_pay: bool) -> PauseReason:
 
 
 class PauseSet:
-    """A set of pause reasons; reports only the edges (started / stopped pausing)."""
+    """A set of pause reasons; reports only the edges (started / stopped pausing).
 
-    __slots__ = ("_reasons",)
+    Held as bits of one int (no set object per stream side: idle streams stay small).
+    """
+
+    __slots__ = ("_bits",)
 
     def __init__(self) -> None:
-        self._reasons: set[PauseReason] = set()
+        self._bits = 0
 
     def add(self, reason: PauseReason) -> bool:
         """Add `reason`; True when this turned a reading side into a paused one."""
-        was_empty = not self._reasons
-        self._reasons.add(reason)
+        was_empty = not self._bits
+        self._bits |= _BIT[reason]
         return was_empty
 
     def discard(self, reason: PauseReason) -> bool:
         """Remove `reason`; True when this left the set empty (the side may read)."""
-        if reason not in self._reasons:
+        bit = _BIT[reason]
+        if not self._bits & bit:
             return False
-        self._reasons.discard(reason)
-        return not self._reasons
+        self._bits &= ~bit
+        return not self._bits
 
     def __contains__(self, reason: object) -> bool:
-        return reason in self._reasons
+        bit = _BIT.get(reason) if isinstance(reason, PauseReason) else None
+        return bit is not None and bool(self._bits & bit)
 
     def __bool__(self) -> bool:
-        return bool(self._reasons)
+        return bool(self._bits)
 
     @property
     def reasons(self) -> frozenset[PauseReason]:
-        return frozenset(self._reasons)
+        return frozenset(r for r, bit in _BIT.items() if self._bits & bit)
+
+
+_BIT = {reason: 1 << i for i, reason in enumerate(PauseReason)}
 
 
 class StreamState(enum.Enum):

@@ -12,6 +12,9 @@ Invariants:
   read and validated in full before the relay is called.
 - Answers are JSON; errors are `{"error": "<message naming the problem>"}`.
 - Each request is logged once as `admin_request` (method, path, status).
+- With a token, `/console/` serves the operator view (relay.admin.console):
+  its pages check a session cookie opened with that same token instead of
+  the bearer header, and a CSRF token on every form.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from aiohttp import web
 
 from quota.core.errors import InvalidValue
 from quota.core.units import MAX_BYTES, parse_size
+from relay.admin.console.web import OperatorView
 from relay.config import HostPort
 from relay.errors import ConfigError, UnknownAgent, UnknownStream
 
@@ -66,6 +70,7 @@ class Readiness(Protocol):
 
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # answered without a token
+CONSOLE = "/console/"  # the operator view: its own session check (relay.admin.console)
 
 
 class _Problem(Exception):
@@ -203,9 +208,11 @@ class AdminServer:
         listen: HostPort | Path,
         token: str,
         health: Readiness | None = None,
+        stream_log: Path | None = None,
     ) -> None:
         self.control = control
         self.health = health
+        self.stream_log = stream_log
         self.listen = listen
         self.port: int | None = None  # the bound TCP port (useful with port 0)
         self._token = token.encode()
@@ -224,6 +231,9 @@ class AdminServer:
             raise ConfigError("admin.token is required when admin.listen is a TCP address")
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
         _Routes(self.control, self.health).add_to(app)
+        if self._token:
+            app.router.add_get(CONSOLE.rstrip("/"), _to_console)  # before the sub-application
+            app.add_subapp(CONSOLE, OperatorView(self.control, self._token, self.stream_log).app())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         try:
@@ -290,7 +300,9 @@ class AdminServer:
         return response
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS and not self._authorized(request):
+        path = request.path
+        console = (path.startswith(CONSOLE) or path == CONSOLE.rstrip("/")) and bool(self._token)
+        if path not in OPEN_PATHS and not console and not self._authorized(request):
             return _error(401, "missing or wrong admin token (send Authorization: Bearer <token>)")
         try:
             return await handler(request)
@@ -312,6 +324,10 @@ class AdminServer:
         except Exception:
             log.exception("admin_error", method=request.method, path=request.path)
             return _error(500, "internal error in the relay (see its log)")
+
+
+async def _to_console(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=308, headers={"Location": CONSOLE})
 
 
 def _bind_unix(path: Path) -> socket.socket:

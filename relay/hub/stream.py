@@ -86,6 +86,18 @@ class StreamHost(Protocol):
 
 
 class Stream:
+    __slots__ = (
+        "bucket",
+        "carrier",
+        "held",
+        "host",
+        "machine",
+        "peer_desc",
+        "quiet",
+        "stream_id",
+        "tunnel",
+    )
+
     def __init__(
         self,
         host: StreamHost,

@@ -37,6 +37,8 @@ from relay.tcp.pump import Leg
 class TcpPair:
     """`up` is the connecting side (support channel or public socket), `down` the owner's."""
 
+    __slots__ = ("down", "stream", "up", "write_buffer")
+
     def __init__(self, stream: Stream, *, write_buffer: int = DEFAULT_WRITE_BUFFER) -> None:
         self.stream = stream
         self.write_buffer = write_buffer  # the high-water mark of each leg's write buffer
