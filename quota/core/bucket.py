@@ -82,6 +82,11 @@ class Bucket:
         self.granted = 0
         self.charged = 0  # bytes handed to meters: passed plus outstanding allowances
         self.inactive = False
+        # A lease is on its way when the bucket runs dry: billing grants this relay
+        # leases and its last answer to an ask gave all that was asked. False once
+        # it gave less (the account can pay for nothing more), and always on a relay
+        # without a billing API. Says only why streams wait (quota.core.stream.held_reason).
+        self.can_pay = False
         self._meters: set[Meter] = set()
         self._waiters: deque[Meter] = deque()
         self._detached_passed = 0

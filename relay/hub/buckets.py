@@ -56,6 +56,7 @@ class Buckets(Mapping[str, Bucket]):
                 slice_bytes=self.config.slice_bytes,
             )
             bucket.inactive = not agent.active
+            bucket.can_pay = self.config.billing is not None  # until billing says otherwise
             self._by_agent[agent.agent_id] = bucket
         return bucket
 
