@@ -120,6 +120,7 @@ class BillingLinkSection(Section, frozen=True, kw_only=True):
     interval: Millis = millis("1s")
     timeout: Millis = millis("5s")
     min_want: Bytes = size("10M")
+    max_want: Bytes = size("1G")
     offline: Literal["pause", "continue"] = "pause"
     offline_allowance: Bytes = size("0")
     idle_return: Millis = millis("5m")

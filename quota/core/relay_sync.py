@@ -7,13 +7,21 @@ Invariants:
   process) is taken as new.
 - `TimeCarry` turns milliseconds into whole seconds, carrying the remainder, so
   reported seconds never exceed the time elapsed and lose less than a second.
-- `want_bytes` asks for enough to cover the agent's waiting streams plus two
-  intervals of its recent rate, never less than the floor.
+- Leases follow traffic (`LeaseRules`): a relay asks for an agent's lease only
+  while one of its streams waits for bytes or its rate was measured (bytes
+  moved since the previous report), never for an agent whose lease goes back
+  in the same report; the ask tops the lease up to `target`: the measured rate
+  over one sync interval plus two round trips, within `floor` and `ceiling`,
+  plus what waiting streams lack. A lease goes back once its agent holds no
+  tunnel on the relay, or has had no stream and no traffic for `idle_return_ms`.
+- Low water follows the rate: two round trips of the measured rate, at least
+  the configured mark, so a funded stream's next lease is asked for in time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 
 
 class Deltas:
@@ -45,3 +53,76 @@ class TimeCarry:
 def want_bytes(*, short: int, recent: int, floor: int) -> int:
     """Bytes to ask for: the waiting streams' shortfall plus two intervals of recent use."""
     return max(floor, short + 2 * recent)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Holding:
+    """One agent's bucket on this relay, as a sync round reads it."""
+
+    remaining: int = 0  # granted bytes not used yet
+    short: int = 0  # bytes its waiting streams lack (0: no stream waits)
+    streams: int = 0  # streams drawing on it now
+    tunnels: bool = True  # it holds a tunnel on this relay
+
+
+def rate_per_s(nbytes: int, elapsed_ms: int) -> int:
+    """Bytes per second of `nbytes` moved in `elapsed_ms` (integer; 0 for nothing moved)."""
+    return nbytes * 1000 // max(1, elapsed_ms) if nbytes > 0 else 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseRules:
+    """How big a relay's lease of one agent should be, and when it goes back."""
+
+    interval_ms: int = 1000  # the sync interval
+    floor: int = 10_000_000  # the least a relay asks for
+    ceiling: int = 1_000_000_000  # the most a relay holds for one agent from its rate
+    low_water: int = 0  # the configured least low-water mark
+    round_floor_ms: int = 25  # a round trip is never taken as shorter than this
+    idle_return_ms: int = 300_000
+
+    def target(self, rate: int, round_ms: int) -> int:
+        """The lease to hold at `rate` bytes/s: one interval plus two round trips of it."""
+        span = self.interval_ms + 2 * max(round_ms, self.round_floor_ms)
+        return max(self.floor, min(self.ceiling, rate * span // 1000))
+
+    def low_water_at(self, rate: int, round_ms: int) -> int:
+        """Below this many remaining bytes a sync round starts at once."""
+        return max(
+            self.low_water, min(self.ceiling, rate * 2 * max(round_ms, self.round_floor_ms) // 1000)
+        )
+
+    def want(self, held: Holding, rate: int, round_ms: int) -> int:
+        """Bytes to ask for now (0: ask nothing): only for a waiting stream or a measured rate."""
+        if held.short <= 0 and rate <= 0:
+            return 0
+        top_up = max(0, self.target(rate, round_ms) - held.remaining)
+        if held.short <= 0 and top_up == 0:
+            return 0
+        return held.short + top_up
+
+    def gives_back(self, held: Holding, idle_ms: int) -> bool:
+        """Does this lease go back now: no tunnel here, or idle for `idle_return_ms`?"""
+        if held.remaining <= 0 or held.short > 0:
+            return False
+        if not held.tunnels and held.streams == 0:
+            return True
+        return held.streams == 0 and idle_ms >= self.idle_return_ms
+
+
+def asks(
+    rules: LeaseRules,
+    holdings: Mapping[str, Holding],
+    rates: Mapping[str, int],
+    round_ms: int,
+    returned: Mapping[str, int],
+) -> dict[str, int]:
+    """The lease asks of one report: agent -> bytes wanted, none for a lease going back."""
+    wants = {}
+    for agent_id, held in holdings.items():
+        if agent_id in returned:
+            continue
+        want = rules.want(held, rates.get(agent_id, 0), round_ms)
+        if want > 0:
+            wants[agent_id] = want
+    return wants

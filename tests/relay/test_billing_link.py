@@ -7,6 +7,7 @@ import pytest
 
 from quota.contract import wire
 from quota.core.bucket import Bucket
+from quota.core.relay_sync import Holding
 from relay.config import load_config
 from relay.hub.billing import BillingLink, to_agent
 from relay.hub.hub import Hub
@@ -45,25 +46,31 @@ def test_remote_agents_become_registry_entries() -> None:
     )
 
 
-def test_leases_fill_buckets_and_needs_follow_the_low_water_mark() -> None:
-    """A lease grows the bucket; a bucket below its low-water mark asks for more."""
+def test_leases_fill_buckets_and_holdings_describe_them() -> None:
+    """A lease grows the bucket; holdings report remaining, waiting bytes, streams and tunnels."""
     hub, link = _link()
     _bucket(hub)
-    assert link.needs() == {"agt_a": 0}
     link.add_lease("agt_a", 5_000_000)
     link.add_lease("agt_unknown", 10)  # not in the registry: ignored
     assert hub.buckets["agt_a"].granted == 5_000_000 and "agt_unknown" not in hub.buckets
-    assert link.needs() == {}
+    assert link.holdings() == {
+        "agt_a": Holding(remaining=5_000_000, short=0, streams=0, tunnels=False)
+    }
+    link.set_low_water("agt_a", 123)
+    assert hub.buckets["agt_a"].low_water == 123
 
 
-def test_idle_agent_gives_its_unused_lease_back() -> None:
-    """An agent with no stream and no use since the last look returns what it holds."""
+def test_a_bucket_nobody_needs_is_dropped_and_answers_create_none() -> None:
+    """No tunnel, stream or bytes: the bucket goes; a status for an unserved agent adds none."""
     hub, link = _link()
     _bucket(hub)
     link.add_lease("agt_a", 7_000)
-    assert link.take_back_idle(0) == {}  # first look: remembered
-    assert link.take_back_idle(0) == {"agt_a": 7_000}
+    assert link.take_back("agt_a", 10_000) == 7_000
     assert hub.buckets["agt_a"].remaining == 0
+    assert link.holdings() == {} and "agt_a" not in hub.buckets
+    link.set_status("agt_a", False)
+    link.set_status("agt_s", True)
+    assert len(hub.buckets) == 0
 
 
 async def test_status_from_billing_pauses_and_refuses() -> None:
