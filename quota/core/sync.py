@@ -17,7 +17,8 @@ Invariants:
   on their own clock, and counting goes on meanwhile (deltas just grow).
 - Leases follow traffic (quota.core.relay_sync.LeaseRules): an agent is asked
   for only while a stream of it waits or its rate was measured, never in the
-  report that gives its lease back; leases go back only while the billing API
+  report that gives its lease back, nor while a report asking for it waits for
+  its answer (reports queued in an outage ask once); leases go back only while the billing API
   answers (it must take them).
 - Offline ("continue" policy, billing unreachable): an agent the relay would
   ask for gets what is left of `offline_allowance` at once, at most the
@@ -194,6 +195,9 @@ class SyncMachine:
         self._last_flush: int | None = None
         self._idle_since: dict[str, int] = {}  # agent -> when it last had no stream
         self._offline_given: Counter[str] = Counter()
+        # agent -> the report asking for it that no answer has reached yet: no second ask
+        # meanwhile, or reports queued in an outage would each be granted when it ends
+        self._unanswered: dict[str, int] = {}
         self._quiet = 0
         self._next_try = 0
         self._journal_failures = 0
@@ -265,7 +269,9 @@ class SyncMachine:
         going_back = {**self._carry_returned, **returned}
         asked = asks(self.rules, holdings, self._rates, round_ms, going_back)
         offline = self._offline_grants(asked)
-        wants: dict[str, list[int]] = {a: [w, 0] for a, w in asked.items()}
+        wants: dict[str, list[int]] = {
+            a: [w, 0] for a, w in asked.items() if a not in self._unanswered
+        }
         for agent_id in self._pushed:  # ask for its state, and bytes if it waits
             wants.setdefault(agent_id, [0, 0])
         self._pushed.clear()
@@ -329,6 +335,9 @@ class SyncMachine:
         if report is not self._in_flight:
             raise IllegalTransition(f"report {report.seq} is not the one being written")
         self._next_seq, self._in_flight = report.seq + 1, None
+        for ask in report.leases:
+            if ask.want:
+                self._unanswered.setdefault(ask.agent_id, report.seq)
 
     def unwritten(self, report: Report) -> None:
         """The journal did not take `report`: its contents go into the next one, same number."""
@@ -355,6 +364,7 @@ class SyncMachine:
             )
         # The outage is over: bytes handed out offline are paid back from this answer's
         # grants, and what those do not cover is taken back from the buckets.
+        self._unanswered = {a: n for a, n in self._unanswered.items() if n > seq}
         owing, self._offline_given = self._offline_given, Counter()
         updates, applied = [], {}
         for lease in answer.leases:

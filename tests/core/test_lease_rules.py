@@ -256,3 +256,20 @@ def test_leases_follow_traffic_and_never_pass_a_byte_beyond_a_grant(
         assert w.bucket.used <= w.granted + w.offline_given
         assert w.bucket.remaining >= 0
     assert w.bucket.passed_total == w.bucket.used
+
+
+def test_reports_queued_in_an_outage_ask_for_an_agent_once() -> None:
+    """While a report asking for an agent waits for its answer, later reports do not ask again."""
+    m = machine(min_want=MB)
+    waiting = {"a": Holding(short=100, streams=1)}
+    seqs = []
+    for now in (0, 1000, 2000):
+        report = m.flush(usage={}, tunnel_time={}, holdings=waiting, returned={}, now=now).report
+        if report is not None:
+            m.written(report)
+            m.failed(seq=report.seq, reason="down", now=now)
+        seqs.append([ask.want for ask in report.leases] if report else [])
+    assert seqs == [[100 + MB], [], []]
+    m.answered(seq=1, answer=_Answer(1, ()), now=3000)
+    step = m.flush(usage={}, tunnel_time={}, holdings=waiting, returned={}, now=3000)
+    assert step.report is not None and [a.want for a in step.report.leases] == [100 + MB]
