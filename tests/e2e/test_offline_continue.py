@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
+from typing import Any
 
 from relay.streamlog.query import totals
 from tests.e2e.test_sync import Pacer, _setup, _start, _tunnel
@@ -60,6 +62,8 @@ async def test_offline_continue_hands_out_the_allowance_at_once_then_bills_every
             writer.close()
         status = await relay.call("status")
         assert status["sync"]["offline_bytes"] == ALLOWANCE
+        used = [e["bytes"] for e in _events(relay, "offline_allowance_used")]
+        assert used == [ALLOWANCE]  # handed out in one go, not one held chunk a round
 
         async def billed() -> bool:
             return await billing.usage_total(account, client.agent_id) == pacer.sent
@@ -81,3 +85,10 @@ async def test_offline_continue_hands_out_the_allowance_at_once_then_bills_every
 
 async def _paused(relay: Relay) -> bool:
     return [s["state"] for s in await relay.call("streams")] == ["paused"]
+
+
+def _events(relay: Relay, name: str) -> list[dict[str, Any]]:
+    """The relay's log lines of event `name`."""
+    lines = (relay.tmp / "relay.log").read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    return [e for e in events if e.get("event") == name]
