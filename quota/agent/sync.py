@@ -286,6 +286,8 @@ class QuotaAgent:
                 self.counters["offline_bytes_reclaimed"] += back
                 log.info("offline_allowance_reclaimed", agent_id=agent_id, bytes=back)
         for update in applied.updates:
+            if update.low_water:
+                self.host.set_low_water(update.agent_id, update.low_water)
             if update.grant:
                 self.host.add_lease(update.agent_id, update.grant)
             self.host.set_status(update.agent_id, update.active)

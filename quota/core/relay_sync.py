@@ -14,8 +14,11 @@ Invariants:
   over one sync interval plus two round trips, within `floor` and `ceiling`,
   plus what waiting streams lack. A lease goes back once its agent holds no
   tunnel on the relay, or has had no stream and no traffic for `idle_return_ms`.
-- Low water follows the rate: two round trips of the measured rate, at least
-  the configured mark, so a funded stream's next lease is asked for in time.
+- Low water follows the rate: two round trips (at least a quarter interval) of
+  the measured rate, at least the configured mark, and the target holds it on
+  top, so a funded stream's next lease is asked for in time;
+  before any rate is measured (a stream just started), three quarters of the
+  first grant, the rate then measured from that grant on.
 """
 
 from __future__ import annotations
@@ -75,22 +78,37 @@ class LeaseRules:
     """How big a relay's lease of one agent should be, and when it goes back."""
 
     interval_ms: int = 1000  # the sync interval
-    floor: int = 10_000_000  # the least a relay asks for
+    floor: int = 64_000_000  # the least a relay asks for
     ceiling: int = 1_000_000_000  # the most a relay holds for one agent from its rate
     low_water: int = 0  # the configured least low-water mark
-    round_floor_ms: int = 25  # a round trip is never taken as shorter than this
+    round_floor_ms: int = 100  # a round trip is never taken as shorter (a busy host's rounds)
     idle_return_ms: int = 300_000
 
+    def _margin_ms(self, round_ms: int) -> int:
+        """The time low water must last: two round trips, at least a quarter interval."""
+        return max(2 * max(round_ms, self.round_floor_ms), self.interval_ms // 4)
+
     def target(self, rate: int, round_ms: int) -> int:
-        """The lease to hold at `rate` bytes/s: one interval plus two round trips of it."""
+        """The lease to hold at `rate` bytes/s: one interval plus two round trips, plus low water.
+
+        With low water on top, the round of the next interval comes before low water
+        is crossed: a steady stream costs one round an interval, not two.
+        """
         span = self.interval_ms + 2 * max(round_ms, self.round_floor_ms)
-        return max(self.floor, min(self.ceiling, rate * span // 1000))
+        held = rate * span // 1000 + self.low_water_at(rate, round_ms)
+        return max(self.floor, min(self.ceiling, held))
 
     def low_water_at(self, rate: int, round_ms: int) -> int:
         """Below this many remaining bytes a sync round starts at once."""
-        return max(
-            self.low_water, min(self.ceiling, rate * 2 * max(round_ms, self.round_floor_ms) // 1000)
-        )
+        return max(self.low_water, min(self.ceiling, rate * self._margin_ms(round_ms) // 1000))
+
+    def low_water_after(self, grant: int) -> int:
+        """Low water after a grant made before any rate was measured: three quarters of it.
+
+        The next round then comes as soon as a quarter is used, and measures the rate
+        from the grant on, while three quarters still flow.
+        """
+        return max(self.low_water, min(self.ceiling, grant * 3 // 4))
 
     def want(self, held: Holding, rate: int, round_ms: int) -> int:
         """Bytes to ask for now (0: ask nothing): only for a waiting stream or a measured rate."""

@@ -52,7 +52,7 @@ _FIRST_BACKOFF_MS = 250
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SyncSettings:
     interval_ms: int = 1000
-    min_want: int = 10_000_000  # the lease floor
+    min_want: int = 64_000_000  # the lease floor
     max_want: int = 1_000_000_000  # the lease ceiling (what a rate may ask for)
     low_water: int = 0  # the least low-water mark of a bucket
     offline_policy: str = "pause"  # or "continue"
@@ -118,6 +118,7 @@ class LeaseUpdate:
     agent_id: str
     grant: int  # bytes to add to the bucket (0: none)
     active: bool
+    low_water: int = 0  # the bucket's low-water mark from now on (0: keep it)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,6 +193,7 @@ class SyncMachine:
         self._valid_until: dict[str, int] = {}
         self._pushed: set[str] = set()
         self._rates: dict[str, int] = {}  # agent -> bytes/s measured at the last flush
+        self._flowing_since: dict[str, int] = {}  # agent -> when a first lease reached it
         self._last_flush: int | None = None
         self._idle_since: dict[str, int] = {}  # agent -> when it last had no stream
         self._offline_given: Counter[str] = Counter()
@@ -261,11 +263,8 @@ class SyncMachine:
         if self._in_flight is not None:  # its write never finished: fold it in
             self.unwritten(self._in_flight)
         items, recent = self._deltas(usage, tunnel_time)
-        elapsed = now - self._last_flush if self._last_flush is not None else 0
-        self._last_flush = now
-        self._rates = {
-            a: rate_per_s(n, elapsed or self.settings.interval_ms) for a, n in recent.items()
-        }
+        self._rates = {a: rate_per_s(n, self._window(a, now)) for a, n in recent.items()}
+        self._last_flush, self._flowing_since = now, {}
         going_back = {**self._carry_returned, **returned}
         asked = asks(self.rules, holdings, self._rates, round_ms, going_back)
         offline = self._offline_grants(asked)
@@ -299,6 +298,15 @@ class SyncMachine:
             if s := self._secs.seconds(key, self._ms.delta(key, total_ms)):
                 items.setdefault(key, [0, 0])[1] += s
         return items, dict(recent)
+
+    def _window(self, agent_id: str, now: int) -> int:
+        """The ms an agent's bytes since the last flush took: from its first lease, if later."""
+        start = max(self._last_flush or 0, self._flowing_since.get(agent_id, 0))
+        return (
+            now - start
+            if self._last_flush is not None and now > start
+            else (self.settings.interval_ms)
+        )
 
     def _offline_grants(self, asked: Mapping[str, int]) -> dict[str, int]:
         """Offline with "continue": what is left of each asking agent's allowance, at once."""
@@ -379,9 +387,17 @@ class SyncMachine:
             owed = owing.get(lease.agent_id, 0)
             paid = min(grant, owed)
             owing[lease.agent_id] = owed - paid
+            # no rate measured yet (a stream just started): low water at half of this grant
+            rate = self._rates.get(lease.agent_id, 0)
+            low = self.rules.low_water_after(grant - paid) if grant - paid and not rate else 0
+            if low:  # its bytes start flowing now: measure its rate from here
+                self._flowing_since[lease.agent_id] = now
             updates.append(
                 LeaseUpdate(
-                    agent_id=lease.agent_id, grant=grant - paid, active=lease.status == "active"
+                    agent_id=lease.agent_id,
+                    grant=grant - paid,
+                    active=lease.status == "active",
+                    low_water=low,
                 )
             )
         reclaim = {a: n for a, n in owing.items() if n > 0}

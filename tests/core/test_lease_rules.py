@@ -13,7 +13,9 @@ from quota.core.relay_sync import Holding, LeaseRules, asks, rate_per_s
 from quota.core.sync import Applied, LeaseAsk, Report, SyncMachine, SyncSettings
 
 MB = 1_000_000
-RULES = LeaseRules(interval_ms=1000, floor=MB, ceiling=500 * MB, low_water=200_000)
+RULES = LeaseRules(
+    interval_ms=1000, floor=MB, ceiling=500 * MB, low_water=200_000, round_floor_ms=25
+)
 
 
 def test_no_stream_and_no_rate_asks_nothing_however_low_the_bucket() -> None:
@@ -31,22 +33,30 @@ def test_a_waiting_stream_asks_its_need_plus_the_floor() -> None:
 
 
 def test_lease_size_follows_the_rate_within_floor_and_ceiling() -> None:
-    """The target is one interval plus two round trips of the rate, between floor and ceiling."""
-    assert RULES.target(rate=100 * MB, round_ms=50) == 110 * MB
-    assert RULES.target(rate=100 * MB, round_ms=1) == 105 * MB  # round trips of at least 25 ms
+    """The target: one interval and two round trips of the rate, plus low water, within bounds."""
+    assert RULES.target(rate=100 * MB, round_ms=50) == 110 * MB + 25 * MB
+    assert RULES.target(rate=100 * MB, round_ms=1) == 105 * MB + 25 * MB  # trips of 25 ms at least
     assert RULES.target(rate=1000, round_ms=50) == MB  # the floor
     assert RULES.target(rate=10_000 * MB, round_ms=50) == 500 * MB  # the ceiling
     running = Holding(remaining=60 * MB, streams=1)
-    assert RULES.want(running, rate=100 * MB, round_ms=50) == 50 * MB  # topped up to the target
-    full = Holding(remaining=120 * MB, streams=1)
+    assert RULES.want(running, rate=100 * MB, round_ms=50) == 75 * MB  # topped up to the target
+    full = Holding(remaining=140 * MB, streams=1)
     assert RULES.want(full, rate=100 * MB, round_ms=50) == 0
 
 
 def test_low_water_is_two_round_trips_of_the_rate_at_least_the_configured_mark() -> None:
-    """Low water follows the rate, so the next lease is asked for before the bucket runs dry."""
-    assert RULES.low_water_at(rate=100 * MB, round_ms=50) == 10 * MB
+    """Low water: two round trips of the rate (a quarter interval at least): no bucket runs dry."""
+    assert RULES.low_water_at(rate=100 * MB, round_ms=50) == 25 * MB  # a quarter interval
+    assert RULES.low_water_at(rate=100 * MB, round_ms=200) == 40 * MB  # two round trips
     assert RULES.low_water_at(rate=0, round_ms=50) == 200_000
     assert RULES.low_water_at(rate=10**6 * MB, round_ms=50) == 500 * MB
+
+
+def test_before_any_rate_low_water_is_half_the_grant_and_round_trips_have_a_floor() -> None:
+    """A first grant sets low water at three quarters; round trips count as 100 ms at least."""
+    assert RULES.low_water_after(10 * MB) == 7_500_000
+    assert RULES.low_water_after(100_000) == 200_000  # never below the configured mark
+    assert LeaseRules(floor=MB).target(rate=100 * MB, round_ms=5) == 120 * MB + 25 * MB
 
 
 def test_rate_is_integer_bytes_per_second() -> None:
@@ -100,10 +110,29 @@ def test_flush_sets_low_water_from_the_measured_rate() -> None:
     held = {"a": Holding(remaining=MB, streams=1)}
     m.flush(usage={}, tunnel_time={}, holdings=held, returned={}, now=0)
     step = m.flush(usage={("a", "t"): 50 * MB}, tunnel_time={}, holdings=held, returned={}, now=500)
-    assert step.low_water == {"a": 100 * MB * 50 // 1000}  # 100 MB/s, two 25 ms round trips
+    assert step.low_water == {"a": 25 * MB}  # 100 MB/s, a quarter interval
     assert step.report is not None
     (ask,) = step.report.leases
-    assert ask.want == 100 * MB * 1050 // 1000 - MB
+    assert ask.want == 145 * MB - MB  # interval, two round trips and low water, less held
+    lease = _Lease(agent_id="a", granted_total=119 * MB, valid_until=10**9)
+    applied = m.answered(seq=step.report.seq, answer=_Answer(step.report.seq, (lease,)), now=500)
+    assert isinstance(applied, Applied) and applied.updates[0].low_water == 0  # rate known
+
+
+def test_a_first_grant_before_any_rate_sets_low_water_at_three_quarters() -> None:
+    """A stream that just started waits: its first lease starts a round again at half."""
+    m = machine(min_want=10 * MB, low_water=MB)
+    waiting = {"a": Holding(short=4096, streams=1)}
+    report = m.flush(usage={}, tunnel_time={}, holdings=waiting, returned={}, now=0).report
+    assert report is not None and report.leases[0].want == 10 * MB + 4096
+    lease = _Lease(agent_id="a", granted_total=10 * MB + 4096, valid_until=10**9)
+    applied = m.answered(seq=report.seq, answer=_Answer(report.seq, (lease,)), now=10)
+    assert isinstance(applied, Applied) and applied.updates[0].low_water == 7_503_072
+    m.written(report)
+    # a quarter used 20 ms after the grant: the rate is measured from the grant, not the ask
+    used = {("a", "t"): 2_500_000}
+    step = m.flush(usage=used, tunnel_time={}, holdings=waiting, returned={}, now=30)
+    assert step.low_water == {"a": 125 * MB // 4}  # 125 MB/s, a quarter interval
 
 
 # -- property: a relay, its bucket, its streams and a billing API ------------------------
