@@ -10,6 +10,7 @@ from quota.core.bucket import Bucket
 from quota.core.relay_sync import Holding
 from relay.config import load_config
 from relay.hub.billing import BillingLink, to_agent
+from relay.hub.control import Control
 from relay.hub.hub import Hub
 from relay.registry import Registry, Role
 
@@ -94,3 +95,16 @@ def test_a_lease_builds_no_admin_view(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub.live, "values", walked)
     link.add_lease("agt_a", 7_000)
     assert hub.buckets["agt_a"].granted == 7_000
+
+
+def test_admin_reads_create_no_bucket() -> None:
+    """`relay agents` and an agent's view read every agent and create nothing: empty views."""
+    hub, _ = _link()
+    control = Control(hub)
+    views = {v["agent_id"]: v for v in control.agents()}
+    assert views["agt_a"]["state"] == "depleted" and views["agt_a"]["granted"] == 0
+    assert views["agt_s"]["remaining"] == 0
+    assert control.revoke("agt_a", 10)["granted"] == 0
+    assert len(hub.buckets) == 0
+    assert control.grant("agt_a", 10)["granted"] == 10  # an operator's grant makes one
+    assert list(hub.buckets) == ["agt_a"]
