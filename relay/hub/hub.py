@@ -71,6 +71,7 @@ class Hub:
         self.pauses: Counter[PauseReason] = Counter()
         self.refusals: Counter[str] = Counter()  # cause -> count
         self.gate = Gate(config.gate.admission(descriptor_limit()))  # before login
+        self.closing = False  # close_all was called: the relay is stopping
 
     @staticmethod
     def now_ms() -> int:
@@ -181,8 +182,8 @@ class Hub:
     def _maybe_left(self, agent_id: str) -> None:
         """The agent's last tunnel here went: sync now, so its lease follows it elsewhere."""
         bucket = self.buckets.get(agent_id)
-        if bucket is None or bucket.remaining == 0 or self.holds_tunnels(agent_id):
-            return
+        if self.closing or bucket is None or bucket.remaining == 0 or self.holds_tunnels(agent_id):
+            return  # closing: the final round reports it, no round may race that one
         if self.buckets.on_want is not None:
             self.buckets.on_want(agent_id)
 
@@ -199,6 +200,7 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     def close_all(self, reason: str) -> None:
+        self.closing = True
         for stream in list(self.live.values()):
             stream.close(reason)
         for tunnel in self.tunnels.all():
