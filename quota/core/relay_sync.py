@@ -23,7 +23,8 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -51,11 +52,6 @@ class TimeCarry:
         total = self._carry.get(key, 0) + max(0, elapsed_ms)
         self._carry[key] = total % 1000
         return total // 1000
-
-
-def want_bytes(*, short: int, recent: int, floor: int) -> int:
-    """Bytes to ask for: the waiting streams' shortfall plus two intervals of recent use."""
-    return max(floor, short + 2 * recent)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,3 +140,100 @@ def asks(
         if want > 0:
             wants[agent_id] = want
     return wants
+
+
+class LeaseBook:
+    """What a relay's lease decisions remember between rounds, for every agent it serves.
+
+    Rates measured at each flush, when each agent last had no stream (its idle
+    clock), the offline bytes handed out in the current outage, and which agents
+    a report still unanswered asks for. Every method is a decision; none does I/O.
+    """
+
+    def __init__(self, rules: LeaseRules, offline_allowance: int) -> None:
+        self.rules, self.offline_allowance = rules, offline_allowance
+        self.rates: dict[str, int] = {}  # agent -> bytes/s measured at the last flush
+        self._last_flush: int | None = None
+        self._flowing_since: dict[str, int] = {}  # agent -> when a first lease reached it
+        self._idle_since: dict[str, int] = {}  # agent -> since when it has had no stream
+        self._offline_given: Counter[str] = Counter()
+        # agent -> the report asking for it that no answer has reached yet: no second ask
+        # meanwhile, or reports queued in an outage would each be granted when it ends
+        self._unanswered: dict[str, int] = {}
+
+    def returns(self, holdings: Mapping[str, Holding], now: int) -> dict[str, int]:
+        """Leases that go back now: agent -> bytes."""
+        for agent_id, held in holdings.items():
+            if held.streams or held.short:
+                self._idle_since.pop(agent_id, None)
+            else:
+                self._idle_since.setdefault(agent_id, now)
+        for agent_id in [a for a in self._idle_since if a not in holdings]:
+            del self._idle_since[agent_id]
+        return {
+            agent_id: held.remaining
+            for agent_id, held in holdings.items()
+            if self.rules.gives_back(held, now - self._idle_since.get(agent_id, now))
+        }
+
+    def measure(self, moved: Mapping[str, int], now: int) -> None:
+        """Bytes each agent moved since the last flush: its rate from now on."""
+        self.rates = {a: rate_per_s(n, self._window(a, now)) for a, n in moved.items()}
+        self._last_flush, self._flowing_since = now, {}
+
+    def _window(self, agent_id: str, now: int) -> int:
+        """The ms an agent's bytes since the last flush took: from its first lease, if later."""
+        if self._last_flush is None:
+            return self.rules.interval_ms
+        start = max(self._last_flush, self._flowing_since.get(agent_id, 0))
+        return now - start if now > start else self.rules.interval_ms
+
+    def asks(
+        self, holdings: Mapping[str, Holding], round_ms: int, going_back: Mapping[str, int]
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Agents that need bytes (agent -> want), and those of them a report may ask for."""
+        needed = asks(self.rules, holdings, self.rates, round_ms, going_back)
+        return needed, {a: w for a, w in needed.items() if a not in self._unanswered}
+
+    def low_waters(self, holdings: Mapping[str, Holding], round_ms: int) -> dict[str, int]:
+        return {a: self.rules.low_water_at(self.rates.get(a, 0), round_ms) for a in holdings}
+
+    def offline_grants(self, needed: Iterable[str]) -> dict[str, int]:
+        """Billing away, "continue": what is left of each needing agent's allowance, at once."""
+        grants = {}
+        for agent_id in needed:
+            room = self.offline_allowance - self._offline_given[agent_id]
+            if room > 0:
+                self._offline_given[agent_id] += room
+                grants[agent_id] = room
+        return grants
+
+    def written(self, seq: int, asked: Iterable[str]) -> None:
+        """Report `seq` asking for `asked` is in the journal: none is asked again till answered."""
+        for agent_id in asked:
+            self._unanswered.setdefault(agent_id, seq)
+
+    def answered(self, seq: int) -> Counter[str]:
+        """Report `seq` was answered: the outage is over; the offline bytes still owed."""
+        self._unanswered = {a: n for a, n in self._unanswered.items() if n > seq}
+        owing, self._offline_given = self._offline_given, Counter()
+        return owing
+
+    def granted(self, agent_id: str, nbytes: int, now: int) -> int:
+        """`nbytes` reached the agent's bucket: its new low water (0: keep it).
+
+        Before any rate was measured (a stream just started), low water is set at
+        three quarters of the grant and the rate is measured from now on.
+        """
+        if not nbytes or self.rates.get(agent_id, 0):
+            return 0
+        self._flowing_since[agent_id] = now
+        return self.rules.low_water_after(nbytes)
+
+    def dropped(self, agent_id: str, nbytes: int) -> None:
+        """An expired lease's `nbytes` were dropped: offline bytes among them are owed no more.
+
+        A bucket is used lease first, so its unused bytes are offline ones first.
+        """
+        if owing := self._offline_given.get(agent_id, 0):
+            self._offline_given[agent_id] = owing - min(owing, nbytes)

@@ -18,8 +18,8 @@ Invariants:
 - Leases follow traffic (quota.core.relay_sync.LeaseRules): an agent is asked
   for only while a stream of it waits or its rate was measured, never in the
   report that gives its lease back, nor while a report asking for it waits for
-  its answer (reports queued in an outage ask once); leases go back only while the billing API
-  answers (it must take them).
+  its answer (reports queued in an outage ask once); leases go back only while
+  the billing API answers (it must take them).
 - Offline ("continue" policy, billing unreachable): an agent the relay would
   ask for gets what is left of `offline_allowance` at once, at most the
   allowance per outage. The first answer after the outage nets them out: its
@@ -38,7 +38,7 @@ from typing import Protocol
 
 from quota.core.backoff import backoff_ms
 from quota.core.errors import IllegalTransition
-from quota.core.relay_sync import Deltas, Holding, LeaseRules, TimeCarry, asks, rate_per_s
+from quota.core.relay_sync import Deltas, Holding, LeaseBook, LeaseRules, TimeCarry
 
 Key = tuple[str, str]  # (agent_id, tunnel_id)
 
@@ -174,13 +174,14 @@ class SyncMachine:
 
     def __init__(self, settings: SyncSettings, draw: Callable[[], float]) -> None:
         self.settings, self._draw = settings, draw
-        self.rules = LeaseRules(
+        rules = LeaseRules(
             interval_ms=settings.interval_ms,
             floor=settings.min_want,
             ceiling=max(settings.min_want, settings.max_want),
             low_water=settings.low_water,
             idle_return_ms=settings.idle_return_ms,
         )
+        self.leases = LeaseBook(rules, settings.offline_allowance)
         self.online = False  # the last send succeeded
         self.offline = False  # the last send failed (unknown at start: neither)
         self.failures = 0
@@ -192,14 +193,6 @@ class SyncMachine:
         self._applied: dict[str, int] = {}
         self._valid_until: dict[str, int] = {}
         self._pushed: set[str] = set()
-        self._rates: dict[str, int] = {}  # agent -> bytes/s measured at the last flush
-        self._flowing_since: dict[str, int] = {}  # agent -> when a first lease reached it
-        self._last_flush: int | None = None
-        self._idle_since: dict[str, int] = {}  # agent -> when it last had no stream
-        self._offline_given: Counter[str] = Counter()
-        # agent -> the report asking for it that no answer has reached yet: no second ask
-        # meanwhile, or reports queued in an outage would each be granted when it ends
-        self._unanswered: dict[str, int] = {}
         self._quiet = 0
         self._next_try = 0
         self._journal_failures = 0
@@ -228,20 +221,8 @@ class SyncMachine:
 
     def returns(self, holdings: Mapping[str, Holding], now: int) -> dict[str, int]:
         """Leases to give back now: agent -> bytes (only while the billing API answers)."""
-        for agent_id, held in holdings.items():
-            if held.streams or held.short:
-                self._idle_since.pop(agent_id, None)
-            else:
-                self._idle_since.setdefault(agent_id, now)
-        for agent_id in [a for a in self._idle_since if a not in holdings]:
-            del self._idle_since[agent_id]
-        if not self.online:
-            return {}
-        return {
-            agent_id: held.remaining
-            for agent_id, held in holdings.items()
-            if self.rules.gives_back(held, now - self._idle_since.get(agent_id, now))
-        }
+        back = self.leases.returns(holdings, now)
+        return back if self.online else {}
 
     def flush(
         self,
@@ -262,22 +243,19 @@ class SyncMachine:
             raise IllegalTransition("flush before start: the next report number is unknown")
         if self._in_flight is not None:  # its write never finished: fold it in
             self.unwritten(self._in_flight)
-        items, recent = self._deltas(usage, tunnel_time)
-        self._rates = {a: rate_per_s(n, self._window(a, now)) for a, n in recent.items()}
-        self._last_flush, self._flowing_since = now, {}
+        items, moved = self._deltas(usage, tunnel_time)
+        self.leases.measure(moved, now)
         going_back = {**self._carry_returned, **returned}
-        asked = asks(self.rules, holdings, self._rates, round_ms, going_back)
-        offline = self._offline_grants(asked)
-        wants: dict[str, list[int]] = {
-            a: [w, 0] for a, w in asked.items() if a not in self._unanswered
-        }
+        needed, asked = self.leases.asks(holdings, round_ms, going_back)
+        offline = self._offline_grants(needed)
+        wants: dict[str, list[int]] = {a: [w, 0] for a, w in asked.items()}
         for agent_id in self._pushed:  # ask for its state, and bytes if it waits
             wants.setdefault(agent_id, [0, 0])
         self._pushed.clear()
         self._carry_returned.update(returned)
         for agent_id, nbytes in self._carry_returned.items():
             wants.setdefault(agent_id, [0, 0])[1] += nbytes
-        low = {a: self.rules.low_water_at(self._rates.get(a, 0), round_ms) for a in holdings}
+        low = self.leases.low_waters(holdings, round_ms)
         self._quiet = 0 if (items or wants) else self._quiet + 1
         if not items and not wants and self._quiet % self.settings.heartbeat_every:
             return Flush(report=None, offline_grants=offline, low_water=low)
@@ -299,26 +277,10 @@ class SyncMachine:
                 items.setdefault(key, [0, 0])[1] += s
         return items, dict(recent)
 
-    def _window(self, agent_id: str, now: int) -> int:
-        """The ms an agent's bytes since the last flush took: from its first lease, if later."""
-        start = max(self._last_flush or 0, self._flowing_since.get(agent_id, 0))
-        return (
-            now - start
-            if self._last_flush is not None and now > start
-            else (self.settings.interval_ms)
-        )
-
-    def _offline_grants(self, asked: Mapping[str, int]) -> dict[str, int]:
-        """Offline with "continue": what is left of each asking agent's allowance, at once."""
+    def _offline_grants(self, needed: Mapping[str, int]) -> dict[str, int]:
         if not (self.offline and self.settings.offline_policy == "continue"):
             return {}
-        grants = {}
-        for agent_id in asked:
-            room = self.settings.offline_allowance - self._offline_given[agent_id]
-            if room > 0:
-                self._offline_given[agent_id] += room
-                grants[agent_id] = room
-        return grants
+        return self.leases.offline_grants(needed)
 
     @staticmethod
     def _report(seq: int, items: dict[Key, list[int]], wants: dict[str, list[int]]) -> Report:
@@ -343,9 +305,7 @@ class SyncMachine:
         if report is not self._in_flight:
             raise IllegalTransition(f"report {report.seq} is not the one being written")
         self._next_seq, self._in_flight = report.seq + 1, None
-        for ask in report.leases:
-            if ask.want:
-                self._unanswered.setdefault(ask.agent_id, report.seq)
+        self.leases.written(report.seq, [ask.agent_id for ask in report.leases if ask.want])
 
     def unwritten(self, report: Report) -> None:
         """The journal did not take `report`: its contents go into the next one, same number."""
@@ -372,8 +332,7 @@ class SyncMachine:
             )
         # The outage is over: bytes handed out offline are paid back from this answer's
         # grants, and what those do not cover is taken back from the buckets.
-        self._unanswered = {a: n for a, n in self._unanswered.items() if n > seq}
-        owing, self._offline_given = self._offline_given, Counter()
+        owing = self.leases.answered(seq)
         updates, applied = [], {}
         for lease in answer.leases:
             if lease.status == "unknown":
@@ -387,11 +346,7 @@ class SyncMachine:
             owed = owing.get(lease.agent_id, 0)
             paid = min(grant, owed)
             owing[lease.agent_id] = owed - paid
-            # no rate measured yet (a stream just started): low water at half of this grant
-            rate = self._rates.get(lease.agent_id, 0)
-            low = self.rules.low_water_after(grant - paid) if grant - paid and not rate else 0
-            if low:  # its bytes start flowing now: measure its rate from here
-                self._flowing_since[lease.agent_id] = now
+            low = self.leases.granted(lease.agent_id, grant - paid, now)
             updates.append(
                 LeaseUpdate(
                     agent_id=lease.agent_id,
@@ -461,12 +416,8 @@ class SyncMachine:
         return gone
 
     def dropped(self, agent_id: str, nbytes: int) -> None:
-        """An expired lease's `nbytes` were dropped: offline bytes among them are owed no more.
-
-        A bucket is used lease first, so its unused bytes are offline ones first.
-        """
-        if owing := self._offline_given.get(agent_id, 0):
-            self._offline_given[agent_id] = owing - min(owing, nbytes)
+        """An expired lease's `nbytes` were dropped (offline bytes among them, first)."""
+        self.leases.dropped(agent_id, nbytes)
 
     def push(self, *, kind: str, reason: str, agent_ids: Sequence[str]) -> bool:
         """A push event: ask for these agents' state next report; True to re-read the registry."""
