@@ -6,6 +6,7 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.rigs.keys import AgentSpec
 from tests.rigs.relay import TOKEN, Relay
 from tests.rigs.services import DigestService, pattern, sha
 from tests.rigs.ssh import Ssh, expose, local_forward
+from tests.rigs.sync_proxy import SyncProxy
 from tests.rigs.waits import poll
 
 PLAN = 100_000  # the client agent's plan: 100 KB, no metered traffic
@@ -53,24 +55,41 @@ async def _cast(tmp_path: Path, billing: Billing) -> Cast:
     return Cast(a, s, b, t, acme)
 
 
+@dataclass
+class Three:
+    """Three relays, each reporting to the billing API through a counting proxy."""
+
+    relays: list[Relay] = field(default_factory=list)
+    proxies: list[SyncProxy] = field(default_factory=list)
+
+    def asked(self, n: int) -> set[str]:
+        """The agents relay `n` (1-3) ever asked a lease for (want > 0)."""
+        bodies = [body for _, body in self.proxies[n - 1].syncs]
+        return {a["agent_id"] for body in bodies for a in body["leases"] if a["want"] > 0}
+
+
 @pytest.fixture
-async def relays(tmp_path: Path, billing: Billing) -> AsyncIterator[list[Relay]]:
+async def three(tmp_path: Path, billing: Billing) -> AsyncIterator[Three]:
     """r1 (`idle_return = "5s"`, as in the issue), r2 and r3: `relay-<n>` of the billing API."""
-    started = []
+    fleet = Three()
     try:
         for n in (1, 2, 3):
             folder = tmp_path / f"r{n}"
             folder.mkdir()
-            keys: dict[str, Any] = {"interval": "1s", "min_want": "1M"}
+            proxy = await SyncProxy(billing.url).__aenter__()
+            fleet.proxies.append(proxy)
+            keys: dict[str, Any] = {"interval": "1s", "min_want": "1M", "url": proxy.url}
             if n == 1:
                 keys["idle_return"] = "5s"
             relay = synced_relay(folder, billing, relay=n, **keys)
-            started.append(relay)
+            fleet.relays.append(relay)
             await relay.start()
-        yield started
+        yield fleet
     finally:
-        for relay in started:
+        for relay in fleet.relays:
             await relay.stop()
+        for proxy in fleet.proxies:
+            await proxy.__aexit__(None, None, None)
 
 
 async def _knows(relay: Relay, *agents: AgentSpec) -> None:
@@ -129,10 +148,11 @@ async def _send(path: Route, payload: bytes, within: float) -> float:
 
 
 async def test_an_admin_read_on_one_relay_takes_no_lease_from_the_relay_the_agent_uses(
-    tmp_path: Path, billing: Billing, relays: list[Relay], clients: list[Ssh]
+    tmp_path: Path, billing: Billing, three: Three, clients: list[Ssh]
 ) -> None:
     """`relay agents` on r1, which A never used, leaves r1 holding nothing; A's bytes flow on r2."""
     cast = await _cast(tmp_path, billing)
+    relays = three.relays
     r1, r2, r3 = relays
     for relay in relays:
         await _knows(relay, cast.a, cast.s, cast.b, cast.t)
@@ -153,13 +173,17 @@ async def test_an_admin_read_on_one_relay_takes_no_lease_from_the_relay_the_agen
     assert {a for a, v in views[2].items() if v["granted"]} <= {cast.b.agent_id}
     assert views[1][cast.a.agent_id]["used"] == WANT
     assert all(v["granted"] == 0 for a, v in views[1].items() if a != cast.a.agent_id)
+    # a lease is asked only for a waiting stream: none on r1 (read only), none on r3 (B's
+    # tunnel carries nothing), none for a support agent; on r2 only for A
+    assert (three.asked(1), three.asked(2), three.asked(3)) == (set(), {cast.a.agent_id}, set())
 
 
 async def test_an_agent_that_moves_finds_its_bytes_on_each_new_relay(
-    tmp_path: Path, billing: Billing, relays: list[Relay], clients: list[Ssh]
+    tmp_path: Path, billing: Billing, three: Three, clients: list[Ssh]
 ) -> None:
     """A sends 10 KB through r1, moves to r2 (50 KB), then to r3 (30 KB); billed = logged."""
     cast = await _cast(tmp_path, billing)
+    relays = three.relays
     r1 = relays[0]
     for relay in relays:
         await _knows(relay, cast.a, cast.s)
