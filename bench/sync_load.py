@@ -122,6 +122,9 @@ class Fleet:
     def set_low_water(self, agent_id: str, nbytes: int) -> None:
         pass  # the simulated agents nudge at LOW_WATER
 
+    def lease_answered(self, agent_id: str, exhausted: bool) -> None:
+        pass
+
     def drop_lease(self, agent_id: str) -> int:
         dropped = max(0, self.remaining(agent_id))
         self.leased[agent_id] -= dropped

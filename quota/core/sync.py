@@ -119,6 +119,7 @@ class LeaseUpdate:
     grant: int  # bytes to add to the bucket (0: none)
     active: bool
     low_water: int = 0  # the bucket's low-water mark from now on (0: keep it)
+    exhausted: bool | None = None  # asked for more and got less (None: nothing was asked)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,6 +198,7 @@ class SyncMachine:
         self._next_try = 0
         self._journal_failures = 0
         self._journal_next_try = 0
+        self._asked: dict[int, dict[str, int]] = {}  # seq -> agent -> bytes that report wants
 
     # -- start -------------------------------------------------------------------
 
@@ -306,6 +308,7 @@ class SyncMachine:
             raise IllegalTransition(f"report {report.seq} is not the one being written")
         self._next_seq, self._in_flight = report.seq + 1, None
         self.leases.written(report.seq, [ask.agent_id for ask in report.leases if ask.want])
+        self._asked[report.seq] = {a.agent_id: a.want for a in report.leases if a.want}
 
     def unwritten(self, report: Report) -> None:
         """The journal did not take `report`: its contents go into the next one, same number."""
@@ -334,6 +337,7 @@ class SyncMachine:
         # grants, and what those do not cover is taken back from the buckets.
         owing = self.leases.answered(seq)
         updates, applied = [], {}
+        asked = self._asked.pop(seq, {})
         for lease in answer.leases:
             if lease.status == "unknown":
                 continue
@@ -347,12 +351,14 @@ class SyncMachine:
             paid = min(grant, owed)
             owing[lease.agent_id] = owed - paid
             low = self.leases.granted(lease.agent_id, grant - paid, now)
+            want = asked.get(lease.agent_id)
             updates.append(
                 LeaseUpdate(
                     agent_id=lease.agent_id,
                     grant=grant - paid,
                     active=lease.status == "active",
                     low_water=low,
+                    exhausted=None if want is None else grant < want,
                 )
             )
         reclaim = {a: n for a, n in owing.items() if n > 0}

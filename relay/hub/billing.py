@@ -78,6 +78,15 @@ class BillingLink:
         if bucket.inactive == active:  # a change
             self.hub.activity.set_active(agent, active)
 
+    def lease_answered(self, agent_id: str, exhausted: bool) -> None:
+        """Billing gave less than asked (nothing more to come) or all of it: why streams wait."""
+        bucket = self.hub.buckets.get(agent_id)
+        if bucket is None or bucket.can_pay is not exhausted:
+            return
+        bucket.can_pay = not exhausted
+        for stream in self.hub.live.of_agent(agent_id):
+            stream.bucket_changed()
+
     def take_back(self, agent_id: str, nbytes: int) -> int:
         """Take back up to `nbytes` unused bytes of `agent_id`'s bucket; how many."""
         bucket = self.hub.buckets.get(agent_id)

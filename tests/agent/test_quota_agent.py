@@ -63,6 +63,9 @@ class Host:
     def set_low_water(self, agent_id: str, nbytes: int) -> None:
         self.low_water[agent_id] = nbytes
 
+    def lease_answered(self, agent_id: str, exhausted: bool) -> None:
+        pass
+
     def drop_lease(self, agent_id: str) -> int:
         dropped, self.leased[agent_id] = self.leased[agent_id], 0
         return dropped
