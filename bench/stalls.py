@@ -104,6 +104,7 @@ def _record(
         f" 10,000 coin); pauses and paused_ms from the stream log's closing record;"
         f" {reports} relay reports in {took:.1f} s; speed {', '.join(f'{s:.0f}' for s in speeds)}"
         f" MB/s; paused_ms {', '.join(str(r['paused_ms']) for r in rows)}"
+        f" (by reason: {'; '.join(_by_reason(r) for r in rows)})"
     )
     fig = res.figure(KEY, "10", "funded transfer: pauses (stream log)", "pauses")
     fig.note = note + (
@@ -131,3 +132,13 @@ def _record(
 
 def run(res: Results, procs: Procs, quick: bool) -> None:
     measure(res, procs, Plan(total=256 * 2**20 if quick else 2 * 10**9))
+
+
+def _by_reason(row: dict[str, Any]) -> str:
+    """The stream log's paused ms per reason that held any (`paused_lease_wait_ms` ...)."""
+    parts = [
+        f"{key[len('paused_') : -len('_ms')]} {value}"
+        for key, value in row.items()
+        if key.startswith("paused_") and key.endswith("_ms") and key != "paused_ms" and value
+    ]
+    return ", ".join(parts) or "none"
