@@ -108,3 +108,24 @@ def test_admin_reads_create_no_bucket() -> None:
     assert len(hub.buckets) == 0
     assert control.grant("agt_a", 10)["granted"] == 10  # an operator's grant makes one
     assert list(hub.buckets) == ["agt_a"]
+
+
+def test_the_last_tunnel_leaving_starts_a_round_but_not_while_closing() -> None:
+    """An agent leaving with bytes held nudges the sync (its lease goes back); closing does not."""
+    hub, _ = _link()
+    agent = hub.registry.get("agt_a")
+    assert agent is not None
+    nudged: list[str] = []
+    hub.buckets.on_want = nudged.append
+    for closing in (False, True):
+        first = hub.tunnels.add_endpoint(agent, "nas", 22, conn=None)
+        second = hub.tunnels.add_endpoint(agent, "cam", 22, conn=None)
+        hub.buckets.grant(agent, 1000)
+        nudged.clear()
+        hub.remove_tunnel(first)
+        assert nudged == []  # it still holds a tunnel here
+        if closing:
+            hub.close_all("relay_shutdown")
+        else:
+            hub.remove_tunnel(second)
+        assert nudged == ([] if closing else ["agt_a"])
