@@ -10,15 +10,17 @@ Invariants:
 - Leases follow traffic (`LeaseRules`): a relay asks for an agent's lease only
   while one of its streams waits for bytes or its rate was measured (bytes
   moved since the previous report), never for an agent whose lease goes back
-  in the same report; the ask tops the lease up to `target`: the measured rate
-  over one sync interval plus two round trips, within `floor` and `ceiling`,
-  plus what waiting streams lack. A lease goes back once its agent holds no
-  tunnel on the relay, or has had no stream and no traffic for `idle_return_ms`.
+  in the same report; the ask tops the lease up to `target` (the measured rate
+  over one sync interval plus two round trips, plus low water, within `floor`
+  and `ceiling`) and adds what waiting streams lack. A lease goes back once
+  its agent holds no tunnel on the relay and no stream, or has had no stream
+  for `idle_return_ms`; never while a stream of it waits.
 - Low water follows the rate: two round trips (at least a quarter interval) of
-  the measured rate, at least the configured mark, and the target holds it on
-  top, so a funded stream's next lease is asked for in time;
-  before any rate is measured (a stream just started), three quarters of the
-  first grant, the rate then measured from that grant on.
+  the measured rate, at least the configured mark, so a funded stream's next
+  lease is asked for in time. Before any rate is measured (a stream just
+  started), it is three quarters of the first grant, and the rate is measured
+  from that grant on (`LeaseBook`).
+- All sizes are integers (bytes, ms, bytes per second): no float.
 """
 
 from __future__ import annotations
