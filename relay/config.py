@@ -42,6 +42,7 @@ class BillingLinkConfig:
     interval_ms: int
     timeout_ms: int
     min_want: int
+    max_want: int
     offline: str
     offline_allowance: int
     idle_return_ms: int
@@ -236,6 +237,7 @@ def _billing(
         interval_ms=max(10, b.interval),
         timeout_ms=max(10, b.timeout),
         min_want=b.min_want,
+        max_want=max(b.min_want, b.max_want),
         offline=b.offline,
         offline_allowance=b.offline_allowance,
         idle_return_ms=b.idle_return,

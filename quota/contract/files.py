@@ -119,7 +119,8 @@ class BillingLinkSection(Section, frozen=True, kw_only=True):
     journal: str = "var/journal.db"
     interval: Millis = millis("1s")
     timeout: Millis = millis("5s")
-    min_want: Bytes = size("10M")
+    min_want: Bytes = size("64M")
+    max_want: Bytes = size("1G")
     offline: Literal["pause", "continue"] = "pause"
     offline_allowance: Bytes = size("0")
     idle_return: Millis = millis("5m")
