@@ -39,7 +39,9 @@ class Control:
             "granted": bucket.granted,
             "used": bucket.used,
             "remaining": bucket.remaining,
-            "streams": sum(1 for s in self.hub.live.values() if s.tunnel.agent is agent),
+            "streams": len(
+                self.hub.live.of_agent(agent.agent_id)
+            ),  # by id: a refresh makes new Agents
             "waiting": bucket.waiting,
         }
 

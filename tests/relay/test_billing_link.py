@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import cast
+
 import asyncssh
 import pytest
 
@@ -9,7 +12,9 @@ from quota.contract import wire
 from quota.core.bucket import Bucket
 from relay.config import load_config
 from relay.hub.billing import BillingLink, to_agent
+from relay.hub.control import Control
 from relay.hub.hub import Hub
+from relay.hub.stream import Stream
 from relay.registry import Registry, Role
 
 
@@ -87,3 +92,23 @@ def test_a_lease_builds_no_admin_view(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub.live, "values", walked)
     link.add_lease("agt_a", 7_000)
     assert hub.buckets["agt_a"].granted == 7_000
+
+
+class _Stream:
+    """A live stream as the admin view reads it (hashable, as the tunnel's set needs)."""
+
+    stream_id: str
+    tunnel: SimpleNamespace
+
+
+def test_admin_view_counts_streams_after_a_registry_refresh() -> None:
+    """`relay agents` counts an agent's live stream after the registry built new Agent objects."""
+    hub, link = _link()
+    agent = hub.registry.get("agt_a")
+    stream = _Stream()
+    stream.stream_id, stream.tunnel = "s-1", SimpleNamespace(agent=agent, streams=set())
+    hub.live.opened(cast(Stream, stream))
+    link.set_agents([_remote("agt_a"), _remote("agt_s", role="support")])  # a refresh
+    assert hub.registry.get("agt_a") is not agent
+    views = {view["agent_id"]: view["streams"] for view in Control(hub).agents()}
+    assert views == {"agt_a": 1, "agt_s": 0}
