@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from quota.private_files import exposed
-from tools.agent.client import Plan, run_agent
+from tools.agent.client import Plan, emit, run_agent
 from tools.agent.config import AgentConfigError, load_agent_config, parse_connect, parse_expose
 from tools.errors import CliError
 
@@ -85,6 +85,7 @@ async def _run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if problem := exposed(cfg.key, "agent.key"):
         raise CliError(problem)  # as ssh refuses a private key others can read
+    emit("config_from_env", keys=list(cfg.env_keys))  # names only, never values
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

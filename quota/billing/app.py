@@ -169,7 +169,7 @@ async def _principal(service: BillingService, request: web.Request) -> Principal
 
 
 def _a(kind: str) -> str:
-    """"an admin token", "an account token", "a relay token"."""
+    """ "an admin token", "an account token", "a relay token"."""
     return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} token"
 
 

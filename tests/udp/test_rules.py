@@ -96,6 +96,14 @@ def test_specs_parse_or_name_the_mistake(tmp_path: Path) -> None:
         tmp_path / "k",
         None,
     )
+    env = {"QUOTARELAY_AGENT_AGENT_USER": "env-agent", "QUOTARELAY_AGENT_AGENT_KEY": "e"}
+    env["QUOTARELAY_RELAY_AGENT_KEY"] = "not-the-agents"
+    cfg = load_agent_config(config, {"user": "flag-agent"}, env=env)
+    assert (cfg.user, cfg.key, cfg.env_keys) == (  # a flag beats the variable
+        "flag-agent",
+        tmp_path / "e",
+        ("QUOTARELAY_AGENT_AGENT_KEY",),
+    )
     config.write_text('[agent]\nrelay = "x:1"\nusr = "a"\n')
     with pytest.raises(AgentConfigError, match=r"agent\.usr"):
         load_agent_config(config, {})
