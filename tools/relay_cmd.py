@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from relay.config import HostPort, load_config
 from relay.errors import ConfigError
 from tools.errors import CliError
 from tools.log_options import add_log_options
+from tools.render import block, column, size, table
 
 TOKEN_ENV = "QUOTARELAY_ADMIN_TOKEN"
 
@@ -120,7 +121,7 @@ def _emit(args: argparse.Namespace, data: object, human: str) -> None:
 
 
 def _summary(view: dict[str, Any]) -> str:
-    return f"remaining {view.get('remaining')} bytes (state {view.get('state')})"
+    return f"{size(view.get('remaining', 0))} bytes remaining, state {view.get('state')}"
 
 
 async def _grant(client: AdminClient, args: argparse.Namespace) -> None:
@@ -145,30 +146,35 @@ async def _deactivate(client: AdminClient, args: argparse.Namespace) -> None:
     _emit(args, view, f"deactivated {args.agent}: {_summary(view)}")
 
 
-_AGENT_COLUMNS = (
-    ("AGENT", "agent_id"),
-    ("ACCOUNT", "account"),
-    ("ROLE", "role"),
-    ("STATE", "state"),
-    ("GRANTED", "granted"),
-    ("USED", "used"),
-    ("REMAINING", "remaining"),
-    ("STREAMS", "streams"),
-    ("WAITING", "waiting"),
+_AGENT_COLUMNS = tuple(
+    column(header, key)
+    for header, key in (
+        ("AGENT", "agent_id"),
+        ("ACCOUNT", "account"),
+        ("ROLE", "role"),
+        ("STATE", "state"),
+        ("GRANTED", "granted"),
+        ("USED", "used"),
+        ("REMAINING", "remaining"),
+        ("STREAMS", "streams"),
+        ("WAITING", "waiting"),
+    )
 )
-_STREAM_COLUMNS = (
-    ("STREAM", "stream_id"),
-    ("TUNNEL", "tunnel_id"),
-    ("AGENT", "agent_id"),
-    ("KIND", "kind"),
-    ("PEER", "peer"),
-    ("TARGET", "target"),
-    ("STATE", "state"),
-    ("UP", "bytes_up"),
-    ("DOWN", "bytes_down"),
-    ("PAUSES", "pauses"),
+_STREAM_COLUMNS = tuple(
+    column(header, key)
+    for header, key in (
+        ("STREAM", "stream_id"),
+        ("TUNNEL", "tunnel_id"),
+        ("AGENT", "agent_id"),
+        ("KIND", "kind"),
+        ("PEER", "peer"),
+        ("TARGET", "target"),
+        ("STATE", "state"),
+        ("UP", "bytes_up"),
+        ("DOWN", "bytes_down"),
+        ("PAUSES", "pauses"),
+    )
 )
-_BYTE_KEYS = frozenset({"granted", "used", "remaining", "bytes_up", "bytes_down"})
 
 
 async def _agents(client: AdminClient, args: argparse.Namespace) -> None:
@@ -183,55 +189,4 @@ async def _streams(client: AdminClient, args: argparse.Namespace) -> None:
 
 async def _status(client: AdminClient, args: argparse.Namespace) -> None:
     status = await client.status()
-    lines = []
-    for key, value in status.items():
-        if key == "uptime_ms" and isinstance(value, int):
-            key, value = "uptime", duration(value)
-        lines.append(f"{key + ':':<10} {value}")
-    _emit(args, status, "\n".join(lines))
-
-
-# -- rendering -----------------------------------------------------------------------
-
-
-def readable(nbytes: int) -> str:
-    """Bytes for people, never rounded up: 1500 -> "1500 (1.5K)", 10**7 -> "10000000 (10M)"."""
-    for suffix, scale in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)):
-        if nbytes >= scale:
-            whole, rest = divmod(nbytes, scale)
-            short = f"{whole}{suffix}" if rest == 0 else f"{whole}.{rest * 10 // scale}{suffix}"
-            return f"{nbytes} ({short})"
-    return str(nbytes)
-
-
-def duration(ms: int) -> str:
-    seconds, _ = divmod(ms, 1000)
-    days, seconds = divmod(seconds, 86400)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s")]
-    shown = [f"{n}{unit}" for n, unit in parts if n]
-    return " ".join(shown) if shown else f"{ms}ms"
-
-
-def table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> str:
-    """Aligned columns; numbers right-aligned, byte counts also shown readable."""
-    cells = [[_cell(key, row.get(key, "")) for _, key in columns] for row in rows]
-    numeric = [all(isinstance(row.get(key), int) for row in rows) for _, key in columns]
-    widths = [
-        max(len(title), *(len(line[i]) for line in cells)) for i, (title, _) in enumerate(columns)
-    ]
-    out = []
-    for line in [[title for title, _ in columns], *cells]:
-        padded = [
-            text.rjust(width) if right else text.ljust(width)
-            for text, width, right in zip(line, widths, numeric, strict=True)
-        ]
-        out.append("  ".join(padded).rstrip())
-    return "\n".join(out)
-
-
-def _cell(key: str, value: object) -> str:
-    if key in _BYTE_KEYS and isinstance(value, int) and not isinstance(value, bool):
-        return readable(value)
-    return "-" if value is None else str(value)
+    _emit(args, status, block(status))

@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from relay.errors import ConfigError
 from relay.streamlog.query import follow, list_streams, totals
 from relay.streamlog.writer import StreamLogError, iso_ms, wall_clock_ms
 from tools.errors import CliError
+from tools.render import Column, column, duration, table
 
 DEFAULT_LIMIT = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -143,7 +144,7 @@ def _emit(
     rows: list[dict[str, Any]],
     *,
     as_json: bool,
-    render: Callable[[list[dict[str, Any]]], list[str]],
+    render: Callable[[list[dict[str, Any]]], str],
 ) -> None:
     if as_json:
         for row in rows:
@@ -151,31 +152,13 @@ def _emit(
     elif not rows:
         print("(nothing matches)")
     else:
-        print("\n".join(render(rows)))
+        print(render(rows))
 
 
 def _silence_stdout() -> None:
     """Stop writing to a closed pipe (`... | head`) without a traceback at exit."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-
-
-def format_time(ms: int | None) -> str:
-    """Epoch ms as "2026-11-23T16:46:03Z" (to the second), or "-" for none."""
-    return "-" if ms is None else iso_ms(ms)[:19] + "Z"
-
-
-def format_duration(ms: int) -> str:
-    """A duration for people: "850ms", "12.3s", "4m05s", "2h03m"."""
-    if ms < 1000:
-        return f"{ms}ms"
-    if ms < 60_000:
-        return f"{ms // 1000}.{ms % 1000 // 100}s"
-    minutes, seconds = divmod(ms // 1000, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def format_event(e: dict[str, Any]) -> str:
@@ -191,72 +174,48 @@ def format_event(e: dict[str, Any]) -> str:
         f"down={e['bytes_down']}",
         f"dropped={e['bytes_dropped']}",
         f"pauses={e['pauses']}",
-        f"paused={format_duration(e['paused_ms'])}",
+        f"paused={duration(e['paused_ms'])}",
     ]
     if e["close_reason"] is not None:
         pairs.append(f"reason={e['close_reason']}")
     return f"{iso_ms(e['at_ms'])}  {e['event']:<7}  {e['stream_id']}  " + " ".join(pairs)
 
 
-_NUMERIC = {"UP", "DOWN", "TOTAL", "DROPPED", "PAUSES", "PAUSED", "STREAMS", "OPEN"}
-
-# (header, key, how to render the value)
-Column = tuple[str, str, Callable[[Any], str]]
 _STREAM_COLUMNS: tuple[Column, ...] = (
-    ("STREAM", "stream_id", str),
-    ("AGENT", "agent_id", str),
-    ("TUNNEL", "tunnel_id", str),
-    ("TARGET", "target", str),
-    ("PEER", "peer", str),
-    ("STATE", "state", str),
-    ("UP", "bytes_up", str),
-    ("DOWN", "bytes_down", str),
-    ("DROPPED", "bytes_dropped", str),
-    ("PAUSES", "pauses", str),
-    ("PAUSED", "paused_ms", format_duration),
-    ("OPENED", "opened_at_ms", format_time),
-    ("CLOSED", "closed_at_ms", format_time),
-    ("REASON", "close_reason", lambda v: "-" if v is None else str(v)),
+    *(column(h, k) for h, k in (("STREAM", "stream_id"), ("AGENT", "agent_id"))),
+    *(column(h, k) for h, k in (("TUNNEL", "tunnel_id"), ("TARGET", "target"))),
+    *(column(h, k) for h, k in (("PEER", "peer"), ("STATE", "state"), ("UP", "bytes_up"))),
+    *(column(h, k) for h, k in (("DOWN", "bytes_down"), ("DROPPED", "bytes_dropped"))),
+    *(column(h, k) for h, k in (("PAUSES", "pauses"), ("PAUSED", "paused_ms"))),
+    *(column(h, k) for h, k in (("OPENED", "opened_at_ms"), ("CLOSED", "closed_at_ms"))),
+    column("REASON", "close_reason"),
 )
-_SUM_COLUMNS: tuple[Column, ...] = (
-    ("STREAMS", "streams", str),
-    ("OPEN", "open_streams", str),
-    ("UP", "bytes_up", str),
-    ("DOWN", "bytes_down", str),
-    ("TOTAL", "bytes_total", str),
-    ("DROPPED", "bytes_dropped", str),
-    ("PAUSES", "pauses", str),
-    ("PAUSED", "paused_ms", format_duration),
+_SUM_COLUMNS: tuple[Column, ...] = tuple(
+    column(header, key)
+    for header, key in (
+        ("STREAMS", "streams"),
+        ("OPEN", "open_streams"),
+        ("UP", "bytes_up"),
+        ("DOWN", "bytes_down"),
+        ("TOTAL", "bytes_total"),
+        ("DROPPED", "bytes_dropped"),
+        ("PAUSES", "pauses"),
+        ("PAUSED", "paused_ms"),
+    )
 )
-_AGENT_COLUMNS: tuple[Column, ...] = (("ACCOUNT", "account", str), ("AGENT", "agent_id", str))
-_TUNNEL_COLUMNS: tuple[Column, ...] = (
-    ("TUNNEL", "tunnel_id", str),
+_AGENT_COLUMNS = (column("ACCOUNT", "account"), column("AGENT", "agent_id"))
+_TUNNEL_COLUMNS = (
+    column("TUNNEL", "tunnel_id"),
     *_AGENT_COLUMNS,
-    ("KIND", "kind", str),
-    ("TARGET", "target", str),
+    column("KIND", "kind"),
+    column("TARGET", "target"),
 )
 
 
-def table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Aligned columns with a header line; numeric columns are right-aligned."""
-    headers = [header for header, _, _ in columns]
-    cells = [[render(row[key]) for _, key, render in columns] for row in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-
-    def line(values: Sequence[str]) -> str:
-        parts = (
-            v.rjust(w) if h in _NUMERIC else v.ljust(w)
-            for v, w, h in zip(values, widths, headers, strict=True)
-        )
-        return "  ".join(parts).rstrip()
-
-    return [line(headers), *(line(c) for c in cells)]
-
-
-def _streams_table(rows: list[dict[str, Any]]) -> list[str]:
+def _streams_table(rows: list[dict[str, Any]]) -> str:
     return table(_STREAM_COLUMNS, rows)
 
 
-def _totals_table(rows: list[dict[str, Any]]) -> list[str]:
+def _totals_table(rows: list[dict[str, Any]]) -> str:
     keys = _TUNNEL_COLUMNS if "tunnel_id" in rows[0] else _AGENT_COLUMNS
     return table((*keys, *_SUM_COLUMNS), rows)

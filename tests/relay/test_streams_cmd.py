@@ -15,7 +15,8 @@ import pytest
 from relay.streamlog.writer import StreamLog, iso_ms
 from tests.relay.test_streamlog import ROOT, T0, rec, seed_mixed
 from tools.cli import main
-from tools.streams_cmd import format_duration, format_event, parse_since
+from tools.render import duration
+from tools.streams_cmd import format_event, parse_since
 
 Capture = pytest.CaptureFixture[str]
 
@@ -167,11 +168,12 @@ def test_event_line_and_durations() -> None:
     line = format_event({"id": 1, **asdict(record)})
     assert line.startswith("2026-11-18T11:06:40.000Z  close    s9  agent=alice ")
     assert "up=5 " in line and "paused=1m05s" in line and line.endswith("reason=revoked")
-    assert [format_duration(ms) for ms in (850, 12_345, 245_000, 7_380_000)] == [
+    assert [duration(ms) for ms in (850, 12_345, 245_000, 7_380_000, 90_000_000)] == [
         "850ms",
         "12.3s",
         "4m05s",
         "2h03m",
+        "1d01h",
     ]
 
 
