@@ -18,12 +18,14 @@ from typing import Any
 from quota.private_files import exposed
 from tools.agent.client import Plan, emit, run_agent
 from tools.agent.config import AgentConfigError, load_agent_config, parse_connect, parse_expose
-from tools.errors import CliError
+from tools.errors import WHAT_TO_DO, CliError
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     agent = subparsers.add_parser("agent", help="the project's own agent (UDP and TCP tunnels)")
-    actions = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
+    actions = agent.add_subparsers(
+        dest="agent_command", required=True, metavar="ACTION", help=WHAT_TO_DO
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="agent config file (TOML, an [agent] table)")
     common.add_argument("--relay", help="the relay's SSH front, HOST:PORT")

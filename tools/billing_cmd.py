@@ -1,12 +1,14 @@
 """`quotarelay billing ...`: run the billing API, and talk to a running one.
 
-`serve --config F` runs the service. The client commands (account, agent,
-plan, subscribe, deposit, package, ledger) take `--url` and `--token` (or
-QUOTARELAY_BILLING_URL / QUOTARELAY_BILLING_TOKEN) and print a summary, or the
-API's JSON answer with `--json`. Amounts are coin ("19", "0.125"), sizes are
+`serve --config F` runs the service; `check-config F` reports every problem
+of a config at once. The client commands (account, agent, plan, subscribe,
+deposit, package, ledger) take `--url` and `--token` (or the command line's own
+QUOTARELAY_BILLING_URL / QUOTARELAY_BILLING_TOKEN) and print tables with
+readable sizes, coin and times (`tools.render`), or the API's JSON answer,
+unchanged, with `--json`. Amounts are coin ("19", "0.125"), sizes are
 "10G"-style; both go through the shared parsers, never through floats. Every
-mutation carries an idempotency key (`--key`, random by default), so a retried
-command never applies twice.
+mutation, and only a mutation, carries an idempotency key (`--key`, random by
+default), so a retried command never applies twice.
 """
 
 from __future__ import annotations
@@ -16,20 +18,24 @@ import asyncio
 import json
 import os
 import signal
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from quota.contract import wire
 from quota.core.errors import InvalidValue
-from quota.core.money import format_coin, parse_coin
+from quota.core.money import parse_coin
 from quota.core.units import parse_size
-from tools.errors import CliError
+from tools.errors import WHAT_TO_DO, CliError
 from tools.log_options import add_log_options
+from tools.render import block, check_report, column, field, parse_when, table
 
 URL_ENV = "QUOTARELAY_BILLING_URL"
 TOKEN_ENV = "QUOTARELAY_BILLING_TOKEN"
-MONEY_FIELDS = {"balance", "amount", "price", "balance_after", "topup_limit", "topup_spent"}
 TIMEOUT = aiohttp.ClientTimeout(total=15)
 
 
@@ -91,7 +97,9 @@ async def request(
     token = args.token or os.environ.get(TOKEN_ENV)
     if not url or not token:
         raise CliError(f"set --url and --token (or {URL_ENV} and {TOKEN_ENV})")
-    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": args.key or str(uuid.uuid4())}
+    headers = {"Authorization": f"Bearer {token}"}
+    if method != "GET":  # only a change has something to apply once
+        headers["Idempotency-Key"] = getattr(args, "key", None) or str(uuid.uuid4())
     try:
         async with (
             aiohttp.ClientSession(timeout=TIMEOUT) as session,
@@ -106,33 +114,134 @@ async def request(
         raise CliError(f"cannot reach the billing API at {url}: {exc!r}") from exc
 
 
-def _human(value: Any, indent: str = "") -> list[str]:
-    lines = []
-    for key, item in value.items():
-        if isinstance(item, dict):
-            lines += [f"{indent}{key}:", *_human(item, indent + "  ")]
-        elif isinstance(item, list) and item and isinstance(item[0], dict):
-            lines.append(f"{indent}{key}:")
-            for row in item:
-                lines += [*_human(row, indent + "  "), ""]
-        elif key in MONEY_FIELDS and isinstance(item, int):
-            lines.append(f"{indent}{key}: {format_coin(item)}")
-        else:
-            lines.append(f"{indent}{key}: {item}")
-    return lines
-
-
 def _show(args: argparse.Namespace, payload: Any) -> int:
     if args.json:
         print(json.dumps(payload, indent=2, sort_keys=True))
     else:
-        print("\n".join(_human(payload)).rstrip())
+        print(args.human(payload))
     return 0
 
 
+# -- what people read ------------------------------------------------------------------
+
+Human = Callable[[Any], str]
+
+
+def _columns(*pairs: tuple[str, str]) -> tuple[tuple[str, str, Callable[[Any], str]], ...]:
+    return tuple(column(header, key) for header, key in pairs)
+
+
+_ENTRY_COLUMNS = _columns(
+    ("ID", "id"),
+    ("AT", "at"),
+    ("KIND", "kind"),
+    ("AGENT", "agent_id"),
+    ("AMOUNT", "amount"),
+    ("BALANCE", "balance_after"),
+    ("TRAFFIC", "traffic_bytes"),
+    ("USED", "used_bytes"),
+    ("REASON", "reason"),
+)
+_AGENT_COLUMNS = _columns(
+    ("AGENT", "id"),
+    ("NAME", "name"),
+    ("ROLE", "role"),
+    ("STATUS", "status"),
+    ("PLAN", "plan"),
+    ("UNTIL", "active_until"),
+    ("REMAINING", "traffic_remaining"),
+    ("AUTO-RENEW", "auto_renew"),
+    ("METERED", "allow_metered"),
+)
+_KEY_COLUMNS = _columns(("KEY", "id"), ("REVOKED", "revoked"), ("PUBLIC KEY", "public_key"))
+_PLAN_COLUMNS = _columns(
+    ("PLAN", "name"), ("KIND", "kind"), ("PRICE", "price"), ("PERIOD", "period_ms"),
+    ("TRAFFIC", "traffic"),
+)  # fmt: skip
+_PACKAGE_COLUMNS = _columns(("PACKAGE", "name"), ("PRICE", "price"), ("TRAFFIC", "traffic"))
+
+
+def _entries(entries: list[dict[str, Any]]) -> str:
+    return table(_ENTRY_COLUMNS, entries) if entries else "no ledger entries"
+
+
+def _account(p: dict[str, Any]) -> str:
+    return block(p)
+
+
+def _account_created(p: dict[str, Any]) -> str:
+    return f"{block(p['account'])}\ntoken:         {p['token']}   (shown once: keep it)"
+
+
+def _agent(p: dict[str, Any]) -> str:
+    keys = p.get("keys") or []
+    shown = block(p, skip=("keys",))
+    return shown + ("\n\n" + table(_KEY_COLUMNS, keys) if keys else "\nkeys:              -")
+
+
+def _agents(p: dict[str, Any]) -> str:
+    agents = p["agents"]
+    return table(_AGENT_COLUMNS, agents) if agents else "no agents"
+
+
+def _catalogue(p: dict[str, Any]) -> str:
+    plans = table(_PLAN_COLUMNS, p["plans"]) if p["plans"] else "no plans"
+    packages = table(_PACKAGE_COLUMNS, p["packages"]) if p["packages"] else "no packages"
+    metered = field("metered_price_per_gb", p["metered_price_per_gb"])
+    return f"{plans}\n\n{packages}\n\nmetered traffic: {metered} coin per GB (10^9 bytes)"
+
+
+def _charge(p: dict[str, Any]) -> str:
+    agent, account = p["agent"], p["account"]
+    summary = block(
+        {
+            "agent": agent["id"],
+            "plan": agent["plan"],
+            "status": agent["status"],
+            "active_until": agent["active_until"],
+            "traffic_remaining": agent["traffic_remaining"],
+            "balance": account["balance"],
+        }
+    )
+    return f"{summary}\n\n{_entries(p['entries'])}"
+
+
+def _deposit(p: dict[str, Any]) -> str:
+    summary = block(
+        {
+            "status": p["status"],
+            "payment_id": p["payment_id"],
+            "amount": p["amount"],
+            "account": p["account"]["id"],
+            "balance": p["account"]["balance"],
+            "renewed": p["renewed"],
+        }
+    )
+    entry = p.get("entry")
+    return summary + (f"\n\n{_entries([entry])}" if entry else "")
+
+
+def _ledger(p: dict[str, Any]) -> str:
+    shown = _entries(p["entries"])
+    cursor = p.get("next_cursor")
+    return shown + (f"\n\nmore entries: add --after {cursor}" if cursor is not None else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One API call of a command, built from its parsed arguments."""
+
+    method: str
+    path: Callable[[argparse.Namespace], str]
+    body: Callable[[argparse.Namespace], Any] | None = None
+    params: Callable[[argparse.Namespace], dict[str, str]] | None = None
+
+
 async def _call(args: argparse.Namespace) -> int:
-    method, path, body, params = args.build(args)
-    return _show(args, await request(args, method, path, body, params))
+    call: Call = args.call
+    body = call.body(args) if call.body else None
+    params = call.params(args) if call.params else None
+    return _show(args, await request(args, call.method, call.path(args), body, params))
 
 
 def _settings(a: argparse.Namespace) -> dict[str, Any]:
@@ -158,63 +267,100 @@ def _ledger_params(a: argparse.Namespace) -> dict[str, str]:
         params["agent_id"] = a.agent
     if a.kind:
         params["kind"] = a.kind
+    now = _now_ms()
+    for flag, text in (("since", a.since), ("until", a.until)):
+        if text is not None:
+            params[flag] = str(parse_when(text, now, f"--{flag}"))
     return params
 
 
-def _client_options() -> argparse.ArgumentParser:
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _client_options(*, keyed: bool) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help=f"billing API URL (default ${URL_ENV})")
     common.add_argument("--token", help=f"bearer token (default ${TOKEN_ENV})")
     common.add_argument("--json", action="store_true", help="print the API's JSON answer")
-    common.add_argument("--key", help="idempotency key (default: a random one)")
+    if keyed:
+        common.add_argument(
+            "--key", help="idempotency key: a retry with the same key applies once (default: new)"
+        )
     return common
 
 
+class _Parents:
+    """The client options of a command that reads and of one that changes something."""
+
+    def __init__(self) -> None:
+        self.read = _client_options(keyed=False)
+        self.change = _client_options(keyed=True)
+
+
 def _leaf(
-    group: Any, name: str, common: argparse.ArgumentParser, help_text: str, build: Any
+    group: Any, name: str, parents: _Parents, help_text: str, call: Call, human: Human
 ) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help_text)
-    parser.set_defaults(func=_call, build=build)
+    common = parents.read if call.method == "GET" else parents.change
+    parser: argparse.ArgumentParser = group.add_parser(
+        name, parents=[common], help=help_text, description=help_text[0].upper() + help_text[1:]
+    )
+    parser.set_defaults(func=_call, call=call, human=human)
     return parser
 
 
-def _register_account(sub: Any, common: argparse.ArgumentParser) -> None:
-    group = sub.add_parser("account", help="accounts").add_subparsers(required=True)
+ACCOUNT = "account id (acc_...)"
+AGENT = "agent id (agt_...)"
+
+
+def _register_account(sub: Any, parents: _Parents) -> None:
+    group = sub.add_parser("account", help="create and show accounts").add_subparsers(
+        required=True, metavar="ACTION", help=WHAT_TO_DO
+    )
     p = _leaf(
         group,
         "create",
-        common,
-        "create an account (admin); prints its token",
-        lambda a: ("POST", "/v1/accounts", {"name": a.name}, None),
+        parents,
+        "create an account (admin); prints its token once",
+        Call("POST", lambda a: "/v1/accounts", lambda a: {"name": a.name}),
+        _account_created,
     )
-    p.add_argument("name")
+    p.add_argument("name", help="the account's name")
     p = _leaf(
         group,
         "show",
-        common,
-        "balance and state",
-        lambda a: ("GET", f"/v1/accounts/{a.account}", None, None),
+        parents,
+        "an account's balance and state",
+        Call("GET", lambda a: f"/v1/accounts/{a.account}"),
+        _account,
     )
-    p.add_argument("account")
+    p.add_argument("account", help=ACCOUNT)
 
 
-def _register_agent(sub: Any, common: argparse.ArgumentParser) -> None:
-    group = sub.add_parser("agent", help="agents").add_subparsers(required=True)
+def _register_agent(sub: Any, parents: _Parents) -> None:
+    group = sub.add_parser("agent", help="register, list, show and set agents").add_subparsers(
+        required=True, metavar="ACTION", help=WHAT_TO_DO
+    )
     p = _leaf(
         group,
         "register",
-        common,
+        parents,
         "register an agent",
-        lambda a: (
+        Call(
             "POST",
-            f"/v1/accounts/{a.account}/agents",
-            {"name": a.name, "role": a.role, "public_keys": a.key_line or []},
-            None,
+            lambda a: f"/v1/accounts/{a.account}/agents",
+            lambda a: {"name": a.name, "role": a.role, "public_keys": a.key_line or []},
         ),
+        _agent,
     )
-    p.add_argument("account")
-    p.add_argument("name")
-    p.add_argument("--role", choices=("client", "support", "dual"), default="client")
+    p.add_argument("account", help=ACCOUNT)
+    p.add_argument("name", help="the agent's name in the account")
+    p.add_argument(
+        "--role",
+        choices=("client", "support", "dual"),
+        default="client",
+        help="client (exposes, pays), support (reaches), or dual (default client)",
+    )
     p.add_argument(
         "--public-key",
         dest="key_line",
@@ -224,24 +370,26 @@ def _register_agent(sub: Any, common: argparse.ArgumentParser) -> None:
     p = _leaf(
         group,
         "list",
-        common,
+        parents,
         "the account's agents",
-        lambda a: ("GET", f"/v1/accounts/{a.account}/agents", None, None),
+        Call("GET", lambda a: f"/v1/accounts/{a.account}/agents"),
+        _agents,
     )
-    p.add_argument("account")
+    p.add_argument("account", help=ACCOUNT)
     p = _leaf(
-        group, "show", common, "one agent", lambda a: ("GET", f"/v1/agents/{a.agent}", None, None)
+        group, "show", parents, "one agent", Call("GET", lambda a: f"/v1/agents/{a.agent}"), _agent
     )
-    p.add_argument("agent")
+    p.add_argument("agent", help=AGENT)
     p = _leaf(
         group,
         "set",
-        common,
-        "billing settings",
-        lambda a: ("PATCH", f"/v1/agents/{a.agent}", _settings(a), None),
+        parents,
+        "change an agent's billing settings",
+        Call("PATCH", lambda a: f"/v1/agents/{a.agent}", _settings),
+        _agent,
     )
-    p.add_argument("agent")
-    p.add_argument("--auto-renew", choices=("on", "off"))
+    p.add_argument("agent", help=AGENT)
+    p.add_argument("--auto-renew", choices=("on", "off"), help="renew the plan at period end")
     p.add_argument("--metered", choices=("on", "off"), help="draw traffic from the balance")
     p.add_argument("--topup-package", help='auto top-up package ("" turns it off)')
     p.add_argument("--topup-limit", help="coin per period auto top-up may spend")
@@ -249,101 +397,140 @@ def _register_agent(sub: Any, common: argparse.ArgumentParser) -> None:
     p = _leaf(
         group,
         "revoke-key",
-        common,
+        parents,
         "revoke an SSH key",
-        lambda a: ("DELETE", f"/v1/agents/{a.agent}/keys/{a.key_id}", None, None),
+        Call("DELETE", lambda a: f"/v1/agents/{a.agent}/keys/{a.key_id}"),
+        _agent,
     )
-    p.add_argument("agent")
-    p.add_argument("key_id")
+    p.add_argument("agent", help=AGENT)
+    p.add_argument("key_id", help="the key's id (KEY in `agent show`)")
 
 
-def _register_money(sub: Any, common: argparse.ArgumentParser) -> None:
-    group = sub.add_parser("plan", help="plans").add_subparsers(required=True)
+def _register_money(sub: Any, parents: _Parents) -> None:
+    group = sub.add_parser("plan", help="plans and plan changes").add_subparsers(
+        required=True, metavar="ACTION", help=WHAT_TO_DO
+    )
     _leaf(
         group,
         "list",
-        common,
+        parents,
         "plans, packages and prices",
-        lambda a: ("GET", "/v1/catalogue", None, None),
+        Call("GET", lambda a: "/v1/catalogue"),
+        _catalogue,
     )
     p = _leaf(
         group,
         "change",
-        common,
+        parents,
         "change an agent's plan (prorated)",
-        lambda a: ("POST", f"/v1/agents/{a.agent}/plan", {"plan": a.plan}, None),
+        Call("POST", lambda a: f"/v1/agents/{a.agent}/plan", lambda a: {"plan": a.plan}),
+        _charge,
     )
-    p.add_argument("agent")
-    p.add_argument("plan")
+    p.add_argument("agent", help=AGENT)
+    p.add_argument("plan", help="the new plan's name (see `plan list`)")
     p = _leaf(
         sub,
         "subscribe",
-        common,
+        parents,
         "subscribe an agent to a plan",
-        lambda a: (
+        Call(
             "POST",
-            f"/v1/agents/{a.agent}/subscription",
-            {"plan": a.plan, "auto_renew": not a.no_auto_renew},
-            None,
+            lambda a: f"/v1/agents/{a.agent}/subscription",
+            lambda a: {"plan": a.plan, "auto_renew": not a.no_auto_renew},
         ),
+        _charge,
     )
-    p.add_argument("agent")
-    p.add_argument("plan")
-    p.add_argument("--no-auto-renew", action="store_true")
+    p.add_argument("agent", help=AGENT)
+    p.add_argument("plan", help="the plan's name (see `plan list`)")
+    p.add_argument("--no-auto-renew", action="store_true", help="let the plan end after a period")
     p = _leaf(
         sub,
         "deposit",
-        common,
+        parents,
         "record a payment (admin / payment webhook)",
-        lambda a: (
+        Call(
             "POST",
-            "/v1/deposits",
-            {
+            lambda a: "/v1/deposits",
+            lambda a: {
                 "account_id": a.account,
                 "payment_id": a.payment_id,
                 "amount": _coin(a.amount),
                 **({"intent_id": a.intent} if a.intent else {}),
             },
-            None,
         ),
+        _deposit,
     )
-    p.add_argument("account")
+    p.add_argument("account", help=ACCOUNT)
     p.add_argument("amount", help='coin, e.g. "50" or "0.125"')
     p.add_argument("--payment-id", required=True, help="the provider's payment id")
     p.add_argument("--intent", help="the deposit intent this payment answers")
-    group = sub.add_parser("package", help="traffic packages").add_subparsers(required=True)
+    group = sub.add_parser("package", help="traffic packages").add_subparsers(
+        required=True, metavar="ACTION", help=WHAT_TO_DO
+    )
     p = _leaf(
         group,
         "buy",
-        common,
+        parents,
         "buy a traffic package for an agent",
-        lambda a: ("POST", f"/v1/agents/{a.agent}/packages", {"package": a.package}, None),
+        Call("POST", lambda a: f"/v1/agents/{a.agent}/packages", lambda a: {"package": a.package}),
+        _charge,
     )
-    p.add_argument("agent")
-    p.add_argument("package")
+    p.add_argument("agent", help=AGENT)
+    p.add_argument("package", help="the package's name (see `plan list`)")
     p = _leaf(
         sub,
         "ledger",
-        common,
-        "ledger entries, oldest first",
-        lambda a: ("GET", f"/v1/accounts/{a.account}/ledger", None, _ledger_params(a)),
+        parents,
+        "an account's ledger entries, oldest first",
+        Call("GET", lambda a: f"/v1/accounts/{a.account}/ledger", params=_ledger_params),
+        _ledger,
     )
-    p.add_argument("account")
-    p.add_argument("--agent")
-    p.add_argument("--kind")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("account", help=ACCOUNT)
+    p.add_argument("--agent", metavar="ID", help="only entries of this agent")
+    p.add_argument(
+        "--kind",
+        choices=wire.KINDS,
+        metavar="KIND",
+        help=f"only entries of this kind: {', '.join(wire.KINDS)}",
+    )
+    p.add_argument("--since", metavar="WHEN", help="entries at or after: 2h, 7d, or ISO-8601")
+    p.add_argument("--until", metavar="WHEN", help="entries before: 2h, 7d, or ISO-8601")
+    p.add_argument("--limit", type=int, default=100, help="at most this many entries (100)")
     p.add_argument("--after", type=int, default=0, help="next_cursor of the previous page")
+
+
+async def check_config(args: argparse.Namespace) -> int:
+    """Every problem of a billing config at once (the secrets' too); exit 0 or 2."""
+    from pathlib import Path
+
+    from quota.billing.config import load_config
+    from quota.billing.errors import ConfigError
+    from quota.billing.startup import check_secrets
+
+    path = Path(args.file)
+    problems: list[str] = []
+    try:
+        config = load_config(path)
+        check_secrets(config, path, demo=False, env=os.environ)
+    except ConfigError as exc:
+        problems = str(exc).split("; ")
+    return check_report(str(path), problems)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add `billing` and its subcommands."""
-    billing = subparsers.add_parser("billing", help="the central billing API")
-    sub = billing.add_subparsers(dest="billing_command", required=True, metavar="COMMAND")
+    billing = subparsers.add_parser("billing", help="run the billing API, or talk to one")
+    sub = billing.add_subparsers(
+        dest="billing_command", required=True, metavar="COMMAND", help=WHAT_TO_DO
+    )
     p = sub.add_parser("serve", help="run the billing API")
     p.add_argument("--config", required=True, help="billing TOML file")
     add_log_options(p)
     p.set_defaults(func=serve, serves=True)
-    common = _client_options()
-    _register_account(sub, common)
-    _register_agent(sub, common)
-    _register_money(sub, common)
+    p = sub.add_parser("check-config", help="report every problem of a billing config, then exit")
+    p.add_argument("file", help="billing TOML file")
+    p.set_defaults(func=check_config)
+    parents = _Parents()
+    _register_account(sub, parents)
+    _register_agent(sub, parents)
+    _register_money(sub, parents)

@@ -24,9 +24,9 @@ from quota.core.units import format_size, parse_size
 from relay.admin.client import AdminClient, AdminError, parse_admin_target
 from relay.config import HostPort, load_config
 from relay.errors import ConfigError
-from tools.errors import CliError
+from tools.errors import WHAT_TO_DO, CliError
 from tools.log_options import add_log_options
-from tools.render import block, column, size, table
+from tools.render import block, check_report, column, size, table
 
 TOKEN_ENV = "QUOTARELAY_ADMIN_TOKEN"
 
@@ -35,12 +35,20 @@ Command = Callable[[AdminClient, argparse.Namespace], Awaitable[Any]]
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     relay = subparsers.add_parser("relay", help="run the relay or drive a running one")
-    commands = relay.add_subparsers(dest="relay_command", required=True, metavar="ACTION")
+    commands = relay.add_subparsers(
+        dest="relay_command", required=True, metavar="ACTION", help=WHAT_TO_DO
+    )
 
     run = commands.add_parser("run", help="run the relay in the foreground")
     run.add_argument("--config", default="relay.toml", help="relay config (default relay.toml)")
     add_log_options(run)
     run.set_defaults(func=_run, serves=True)
+
+    check = commands.add_parser(
+        "check-config", help="report every problem of a relay config, then exit"
+    )
+    check.add_argument("file", help="relay TOML file")
+    check.set_defaults(func=_check_config)
 
     admin = argparse.ArgumentParser(add_help=False)
     admin.add_argument("--config", default="relay.toml", help="relay config (default relay.toml)")
@@ -74,6 +82,19 @@ async def _run(args: argparse.Namespace) -> int:
         return int(await serve(config))
     except ConfigError as exc:
         raise CliError(str(exc)) from None
+
+
+async def _check_config(args: argparse.Namespace) -> int:
+    """Every problem of a relay config at once (its secrets' too); exit 0 or 2."""
+    from relay.startup import check_secrets
+
+    path = Path(args.file)
+    problems: list[str] = []
+    try:
+        check_secrets(load_config(path), demo=False)
+    except ConfigError as exc:
+        problems = str(exc).split("; ")
+    return check_report(str(path), problems)
 
 
 # -- talking to the admin API --------------------------------------------------------

@@ -11,11 +11,15 @@ Invariants:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from quota.core.errors import InvalidValue
 from quota.core.money import format_coin
+from quota.core.units import parse_duration_ms
+from tools.errors import CliError
 
 Render = Callable[[Any], str]
 # (header, key, how to render the value); a column of numbers is right-aligned
@@ -43,6 +47,27 @@ def when(ms: int | None) -> str:
     if ms is None:
         return "-"
     return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_when(text: str, now_ms: int, flag: str) -> int:
+    """Epoch ms of a time a user typed: a duration ago ("30m", "2d") or ISO-8601 (naive = UTC)."""
+    try:
+        return now_ms - parse_duration_ms(text)
+    except InvalidValue:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CliError(
+            f"{flag}: expected a time ago (30m, 2h, 1d) or an ISO-8601 time"
+            f" (2026-11-23T16:00:00Z), got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def duration(ms: int) -> str:
@@ -143,3 +168,15 @@ def block(values: Mapping[str, Any], skip: Sequence[str] = (), indent: str = "")
         else:
             lines.append(f"{indent}{label:<{width}} {field(key, item)}".rstrip())
     return "\n".join(lines)
+
+
+def check_report(source: str, problems: Sequence[str]) -> int:
+    """`check-config`'s answer: "FILE: ok" (0), or every problem on its own line (2)."""
+    if not problems:
+        print(f"{source}: ok")
+        return 0
+    count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
+    print(f"{source}: {count}", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 2

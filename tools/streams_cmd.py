@@ -17,18 +17,16 @@ import os
 import sys
 from collections.abc import Callable
 from contextlib import aclosing
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from quota.core.errors import InvalidValue
-from quota.core.units import parse_duration_ms
 from relay.config import load_config
 from relay.errors import ConfigError
 from relay.streamlog.query import follow, list_streams, totals
 from relay.streamlog.writer import StreamLogError, iso_ms, wall_clock_ms
 from tools.errors import CliError
-from tools.render import Column, column, duration, table
+from tools.render import Column, column, duration, parse_when, table
 
 DEFAULT_LIMIT = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -107,20 +105,7 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def parse_since(text: str, now_ms: int) -> int:
     """Epoch ms of `--since`: a duration ago ("30m") or an ISO-8601 time (naive = UTC)."""
-    try:
-        return now_ms - parse_duration_ms(text)
-    except InvalidValue:
-        pass
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise CliError(
-            f"--since: expected a time ago (30m, 2h, 1d) or an ISO-8601 time"
-            f" (2026-11-23T16:00:00Z), got {text!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return (when - _EPOCH) // timedelta(milliseconds=1)
+    return parse_when(text, now_ms, "--since")
 
 
 def _db_path(args: argparse.Namespace) -> Path:
