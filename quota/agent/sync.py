@@ -308,14 +308,15 @@ class QuotaAgent:
                 self._registry_ok = False
                 log.warning("registry_refresh_failed", error=str(exc))
             else:
-                self.host.set_agents(listing.agents)
-                self.counters["registry_refreshes"] += 1
-                self._registry_ok = True
-                if self.machine.online:
-                    self._announce_online()
+                # cached first: once the relay knows a listing, a restart finds it too
                 try:
                     await self.journal.save_agents([wire.dump(a) for a in listing.agents])
                 except JournalError as exc:  # the cache stays stale; the next refresh writes it
                     self.counters["journal_errors"] += 1
                     log.error("journal_error", error=str(exc))
+                self.host.set_agents(listing.agents)
+                self.counters["registry_refreshes"] += 1
+                self._registry_ok = True
+                if self.machine.online:
+                    self._announce_online()
             await wait_event(self._refresh, self.settings.registry_refresh_ms)
