@@ -32,7 +32,7 @@ from quota.core.money import parse_coin
 from quota.core.units import parse_size
 from tools.errors import WHAT_TO_DO, CliError
 from tools.log_options import add_log_options
-from tools.render import block, check_report, column, field, parse_when, table
+from tools.render import block, check_report, column, field, parse_when, problems_of, table
 
 URL_ENV = "QUOTARELAY_BILLING_URL"
 TOKEN_ENV = "QUOTARELAY_BILLING_TOKEN"
@@ -513,7 +513,7 @@ async def check_config(args: argparse.Namespace) -> int:
         config = load_config(path)
         check_secrets(config, path, demo=False, env=os.environ)
     except ConfigError as exc:
-        problems = str(exc).split("; ")
+        problems = problems_of(str(exc))
     return check_report(str(path), problems)
 
 

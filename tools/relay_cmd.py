@@ -26,7 +26,7 @@ from relay.config import HostPort, load_config
 from relay.errors import ConfigError
 from tools.errors import WHAT_TO_DO, CliError
 from tools.log_options import add_log_options
-from tools.render import block, check_report, column, size, table
+from tools.render import block, check_report, column, problems_of, size, table
 
 TOKEN_ENV = "QUOTARELAY_ADMIN_TOKEN"
 
@@ -93,7 +93,7 @@ async def _check_config(args: argparse.Namespace) -> int:
     try:
         check_secrets(load_config(path), demo=False)
     except ConfigError as exc:
-        problems = str(exc).split("; ")
+        problems = problems_of(str(exc))
     return check_report(str(path), problems)
 
 

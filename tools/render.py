@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -168,6 +169,15 @@ def block(values: Mapping[str, Any], skip: Sequence[str] = (), indent: str = "")
         else:
             lines.append(f"{indent}{label:<{width}} {field(key, item)}".rstrip())
     return "\n".join(lines)
+
+
+# "; " before "key: " (or "key (--flag): ", "config file: ") starts the next problem
+_NEXT_PROBLEM = re.compile(r"; (?=[\w.\[\]-]+(?: [\w.]+)?(?: \([^)]*\))?: )")
+
+
+def problems_of(message: str) -> list[str]:
+    """The problems of a config error's message, which joins them with "; " (`Problems`)."""
+    return _NEXT_PROBLEM.split(message)
 
 
 def check_report(source: str, problems: Sequence[str]) -> int:

@@ -146,9 +146,15 @@ def test_billing_check_config_reports_every_problem(
         *("server.port", "server.admin_token", "pricing.nope"),
     }
     example = (ROOT / "examples" / "billing.toml").read_text()
+    published = tmp_path / "published.toml"
+    published.write_text(example)
+    published.chmod(0o600)
+    monkeypatch.chdir(tmp_path)
+    assert main(["billing", "check-config", str(published)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all("; set a secret one of your own" in line for line in err[1:])
     good = tmp_path / "billing.toml"
     good.write_text(example.replace("change-me-", "own-secret-"))
     good.chmod(0o600)
-    monkeypatch.chdir(tmp_path)
     assert main(["billing", "check-config", str(good)]) == 0
     assert capsys.readouterr().out == f"{good}: ok\n"
