@@ -163,6 +163,13 @@ async def test_billing_serve_runs_as_a_process(tmp_path: Path) -> None:
     config.touch(mode=0o600)  # it holds tokens: billing serve refuses a wider mode
     config.write_text(example)
     env: dict[str, Any] = {**os.environ, "QUOTARELAY_LOOP": "asyncio", "PYTHONPATH": str(ROOT)}
+    admin = "from-the-environment-0123456789"
+    env.update(
+        QUOTARELAY_BILLING_SERVER_ADMIN_TOKEN=admin,  # its own prefix: taken, named in the log
+        QUOTARELAY_BILLING_URL="http://127.0.0.1:9",  # the CLI's: not the service's
+        QUOTARELAY_BILLING_TOKEN="the-cli-token-0123456789",
+    )
+    log = (tmp_path / "billing.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -172,6 +179,7 @@ async def test_billing_serve_runs_as_a_process(tmp_path: Path) -> None:
         "--config",
         str(config),
         stdout=asyncio.subprocess.PIPE,
+        stderr=log,
         env=env,
         cwd=tmp_path,
     )
@@ -181,9 +189,18 @@ async def test_billing_serve_runs_as_a_process(tmp_path: Path) -> None:
         url = line.rsplit(" ", 1)[1].strip()
         async with aiohttp.ClientSession() as session, session.get(url + "/openapi.json") as r:
             assert r.status == 200 and (await r.json())["openapi"] == "3.1.0"
+        headers = {"Authorization": f"Bearer {admin}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url + "/v1/catalogue", headers=headers) as r:
+                assert r.status == 200  # the environment's admin token is the service's
         proc.terminate()  # SIGTERM: a clean shutdown, exit code 0
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        log.close()
+    lines = [json.loads(x) for x in (tmp_path / "billing.log").read_text().splitlines()]
+    (started,) = [e for e in lines if e["event"] == "config_from_env"]
+    assert started["keys"] == ["QUOTARELAY_BILLING_SERVER_ADMIN_TOKEN"]
+    assert admin not in (tmp_path / "billing.log").read_text()
