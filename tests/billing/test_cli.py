@@ -190,9 +190,11 @@ async def test_billing_serve_runs_as_a_process(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as session, session.get(url + "/openapi.json") as r:
             assert r.status == 200 and (await r.json())["openapi"] == "3.1.0"
         headers = {"Authorization": f"Bearer {admin}"}
-        async with aiohttp.ClientSession() as session:
-            async with session.get(url + "/v1/catalogue", headers=headers) as r:
-                assert r.status == 200  # the environment's admin token is the service's
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(url + "/v1/catalogue", headers=headers) as r,
+        ):
+            assert r.status == 200  # the environment's admin token is the service's
         proc.terminate()  # SIGTERM: a clean shutdown, exit code 0
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
