@@ -87,11 +87,11 @@ async def _run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if problem := exposed(cfg.key, "agent.key"):
         raise CliError(problem)  # as ssh refuses a private key others can read
-    emit("config_from_env", keys=list(cfg.env_keys))  # names only, never values
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    emit("config_from_env", keys=list(cfg.env_keys))  # names only, never values
     runner = asyncio.create_task(run_agent(cfg, plan), name="agent-sessions")
     stopper = asyncio.create_task(stop.wait(), name="agent-stop")
     await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
