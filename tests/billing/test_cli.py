@@ -104,6 +104,8 @@ async def test_ledger_reads_as_a_table_filtered_by_time_and_agent(
     assert lines[-1] == "more entries: add --after 1"
     raw = json.loads(await _run(capsys, "ledger", acc, "--json"))
     assert [e["kind"] for e in raw["entries"]] == ["deposit", "subscription"]
+    reason = raw["entries"][1]["reason"]  # the period's start as a time, not epoch ms
+    assert re.fullmatch(r".*, period from 20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ", reason)
     assert raw["next_cursor"] is None  # the API's answer as it came
     last_at = raw["entries"][-1]["at"]
     iso = datetime.fromtimestamp(last_at / 1000, UTC).isoformat()
