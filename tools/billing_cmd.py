@@ -30,9 +30,10 @@ from quota.contract import wire
 from quota.core.errors import InvalidValue
 from quota.core.money import parse_coin
 from quota.core.units import parse_size
+from tools import billing_views as views
 from tools.errors import WHAT_TO_DO, CliError
 from tools.log_options import add_log_options
-from tools.render import block, check_report, column, field, parse_when, problems_of, table
+from tools.render import check_report, parse_when, problems_of
 
 URL_ENV = "QUOTARELAY_BILLING_URL"
 TOKEN_ENV = "QUOTARELAY_BILLING_TOKEN"
@@ -122,111 +123,6 @@ def _show(args: argparse.Namespace, payload: Any) -> int:
     return 0
 
 
-# -- what people read ------------------------------------------------------------------
-
-Human = Callable[[Any], str]
-
-
-def _columns(*pairs: tuple[str, str]) -> tuple[tuple[str, str, Callable[[Any], str]], ...]:
-    return tuple(column(header, key) for header, key in pairs)
-
-
-_ENTRY_COLUMNS = _columns(
-    ("ID", "id"),
-    ("AT", "at"),
-    ("KIND", "kind"),
-    ("AGENT", "agent_id"),
-    ("AMOUNT", "amount"),
-    ("BALANCE", "balance_after"),
-    ("TRAFFIC", "traffic_bytes"),
-    ("USED", "used_bytes"),
-    ("REASON", "reason"),
-)
-_AGENT_COLUMNS = _columns(
-    ("AGENT", "id"),
-    ("NAME", "name"),
-    ("ROLE", "role"),
-    ("STATUS", "status"),
-    ("PLAN", "plan"),
-    ("UNTIL", "active_until"),
-    ("REMAINING", "traffic_remaining"),
-    ("AUTO-RENEW", "auto_renew"),
-    ("METERED", "allow_metered"),
-)
-_KEY_COLUMNS = _columns(("KEY", "id"), ("REVOKED", "revoked"), ("PUBLIC KEY", "public_key"))
-_PLAN_COLUMNS = _columns(
-    ("PLAN", "name"), ("KIND", "kind"), ("PRICE", "price"), ("PERIOD", "period_ms"),
-    ("TRAFFIC", "traffic"),
-)  # fmt: skip
-_PACKAGE_COLUMNS = _columns(("PACKAGE", "name"), ("PRICE", "price"), ("TRAFFIC", "traffic"))
-
-
-def _entries(entries: list[dict[str, Any]]) -> str:
-    return table(_ENTRY_COLUMNS, entries) if entries else "no ledger entries"
-
-
-def _account(p: dict[str, Any]) -> str:
-    return block(p)
-
-
-def _account_created(p: dict[str, Any]) -> str:
-    return f"{block(p['account'])}\ntoken:         {p['token']}   (shown once: keep it)"
-
-
-def _agent(p: dict[str, Any]) -> str:
-    keys = p.get("keys") or []
-    shown = block(p, skip=("keys",))
-    return shown + ("\n\n" + table(_KEY_COLUMNS, keys) if keys else "\nkeys:              -")
-
-
-def _agents(p: dict[str, Any]) -> str:
-    agents = p["agents"]
-    return table(_AGENT_COLUMNS, agents) if agents else "no agents"
-
-
-def _catalogue(p: dict[str, Any]) -> str:
-    plans = table(_PLAN_COLUMNS, p["plans"]) if p["plans"] else "no plans"
-    packages = table(_PACKAGE_COLUMNS, p["packages"]) if p["packages"] else "no packages"
-    metered = field("metered_price_per_gb", p["metered_price_per_gb"])
-    return f"{plans}\n\n{packages}\n\nmetered traffic: {metered} coin per GB (10^9 bytes)"
-
-
-def _charge(p: dict[str, Any]) -> str:
-    agent, account = p["agent"], p["account"]
-    summary = block(
-        {
-            "agent": agent["id"],
-            "plan": agent["plan"],
-            "status": agent["status"],
-            "active_until": agent["active_until"],
-            "traffic_remaining": agent["traffic_remaining"],
-            "balance": account["balance"],
-        }
-    )
-    return f"{summary}\n\n{_entries(p['entries'])}"
-
-
-def _deposit(p: dict[str, Any]) -> str:
-    summary = block(
-        {
-            "status": p["status"],
-            "payment_id": p["payment_id"],
-            "amount": p["amount"],
-            "account": p["account"]["id"],
-            "balance": p["account"]["balance"],
-            "renewed": p["renewed"],
-        }
-    )
-    entry = p.get("entry")
-    return summary + (f"\n\n{_entries([entry])}" if entry else "")
-
-
-def _ledger(p: dict[str, Any]) -> str:
-    shown = _entries(p["entries"])
-    cursor = p.get("next_cursor")
-    return shown + (f"\n\nmore entries: add --after {cursor}" if cursor is not None else "")
-
-
 @dataclass(frozen=True, slots=True)
 class Call:
     """One API call of a command, built from its parsed arguments."""
@@ -299,7 +195,7 @@ class _Parents:
 
 
 def _leaf(
-    group: Any, name: str, parents: _Parents, help_text: str, call: Call, human: Human
+    group: Any, name: str, parents: _Parents, help_text: str, call: Call, human: views.Human
 ) -> argparse.ArgumentParser:
     common = parents.read if call.method == "GET" else parents.change
     parser: argparse.ArgumentParser = group.add_parser(
@@ -323,7 +219,7 @@ def _register_account(sub: Any, parents: _Parents) -> None:
         parents,
         "create an account (admin); prints its token once",
         Call("POST", lambda a: "/v1/accounts", lambda a: {"name": a.name}),
-        _account_created,
+        views.account_created,
     )
     p.add_argument("name", help="the account's name")
     p = _leaf(
@@ -332,7 +228,7 @@ def _register_account(sub: Any, parents: _Parents) -> None:
         parents,
         "an account's balance and state",
         Call("GET", lambda a: f"/v1/accounts/{a.account}"),
-        _account,
+        views.account,
     )
     p.add_argument("account", help=ACCOUNT)
 
@@ -351,7 +247,7 @@ def _register_agent(sub: Any, parents: _Parents) -> None:
             lambda a: f"/v1/accounts/{a.account}/agents",
             lambda a: {"name": a.name, "role": a.role, "public_keys": a.key_line or []},
         ),
-        _agent,
+        views.agent,
     )
     p.add_argument("account", help=ACCOUNT)
     p.add_argument("name", help="the agent's name in the account")
@@ -373,12 +269,11 @@ def _register_agent(sub: Any, parents: _Parents) -> None:
         parents,
         "the account's agents",
         Call("GET", lambda a: f"/v1/accounts/{a.account}/agents"),
-        _agents,
+        views.agents,
     )
     p.add_argument("account", help=ACCOUNT)
-    p = _leaf(
-        group, "show", parents, "one agent", Call("GET", lambda a: f"/v1/agents/{a.agent}"), _agent
-    )
+    show = Call("GET", lambda a: f"/v1/agents/{a.agent}")
+    p = _leaf(group, "show", parents, "one agent", show, views.agent)
     p.add_argument("agent", help=AGENT)
     p = _leaf(
         group,
@@ -386,7 +281,7 @@ def _register_agent(sub: Any, parents: _Parents) -> None:
         parents,
         "change an agent's billing settings",
         Call("PATCH", lambda a: f"/v1/agents/{a.agent}", _settings),
-        _agent,
+        views.agent,
     )
     p.add_argument("agent", help=AGENT)
     p.add_argument("--auto-renew", choices=("on", "off"), help="renew the plan at period end")
@@ -400,7 +295,7 @@ def _register_agent(sub: Any, parents: _Parents) -> None:
         parents,
         "revoke an SSH key",
         Call("DELETE", lambda a: f"/v1/agents/{a.agent}/keys/{a.key_id}"),
-        _agent,
+        views.agent,
     )
     p.add_argument("agent", help=AGENT)
     p.add_argument("key_id", help="the key's id (KEY in `agent show`)")
@@ -416,7 +311,7 @@ def _register_money(sub: Any, parents: _Parents) -> None:
         parents,
         "plans, packages and prices",
         Call("GET", lambda a: "/v1/catalogue"),
-        _catalogue,
+        views.catalogue,
     )
     p = _leaf(
         group,
@@ -424,7 +319,7 @@ def _register_money(sub: Any, parents: _Parents) -> None:
         parents,
         "change an agent's plan (prorated)",
         Call("POST", lambda a: f"/v1/agents/{a.agent}/plan", lambda a: {"plan": a.plan}),
-        _charge,
+        views.charge,
     )
     p.add_argument("agent", help=AGENT)
     p.add_argument("plan", help="the new plan's name (see `plan list`)")
@@ -438,7 +333,7 @@ def _register_money(sub: Any, parents: _Parents) -> None:
             lambda a: f"/v1/agents/{a.agent}/subscription",
             lambda a: {"plan": a.plan, "auto_renew": not a.no_auto_renew},
         ),
-        _charge,
+        views.charge,
     )
     p.add_argument("agent", help=AGENT)
     p.add_argument("plan", help="the plan's name (see `plan list`)")
@@ -458,7 +353,7 @@ def _register_money(sub: Any, parents: _Parents) -> None:
                 **({"intent_id": a.intent} if a.intent else {}),
             },
         ),
-        _deposit,
+        views.deposit,
     )
     p.add_argument("account", help=ACCOUNT)
     p.add_argument("amount", help='coin, e.g. "50" or "0.125"')
@@ -473,7 +368,7 @@ def _register_money(sub: Any, parents: _Parents) -> None:
         parents,
         "buy a traffic package for an agent",
         Call("POST", lambda a: f"/v1/agents/{a.agent}/packages", lambda a: {"package": a.package}),
-        _charge,
+        views.charge,
     )
     p.add_argument("agent", help=AGENT)
     p.add_argument("package", help="the package's name (see `plan list`)")
@@ -483,7 +378,7 @@ def _register_money(sub: Any, parents: _Parents) -> None:
         parents,
         "an account's ledger entries, oldest first",
         Call("GET", lambda a: f"/v1/accounts/{a.account}/ledger", params=_ledger_params),
-        _ledger,
+        views.ledger,
     )
     p.add_argument("account", help=ACCOUNT)
     p.add_argument("--agent", metavar="ID", help="only entries of this agent")
