@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tools.cli import DESCRIPTION, build_parser, main
+from tools.render import duration, field, problems_of, size
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "tools.cli"]
@@ -158,3 +159,18 @@ def test_billing_check_config_reports_every_problem(
     good.chmod(0o600)
     assert main(["billing", "check-config", str(good)]) == 0
     assert capsys.readouterr().out == f"{good}: ok\n"
+
+
+def test_figures_read_the_same_everywhere() -> None:
+    """Sizes keep their exact bytes, coin three decimals, times UTC, None a dash."""
+    assert [size(n) for n in (999, 1500, 10**7, -5_000_752)] == [
+        *("999", "1500 (1.5K)", "10000000 (10M)", "-5000752 (-5.0M)"),
+    ]
+    assert (field("amount", -500), field("metered_price_per_gb", 100)) == ("-0.500", "0.100")
+    assert field("at", 1796185649424) == "2026-12-02T04:27:29Z"
+    assert (field("agent_id", None), field("next_cursor", None), field("frozen", False)) == (
+        *("-", "-", "no"),
+    )
+    assert duration(90_000_000) == "1d01h"
+    text = "a.b: x; set y; c (--c): z"
+    assert problems_of(text) == ["a.b: x; set y", "c (--c): z"]
