@@ -92,6 +92,7 @@ class RelayConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
     secret_files: tuple[tuple[str, Path], ...] = ()  # (key, file) of each file holding a token
     env_keys: tuple[str, ...] = ()  # the environment variables that set keys (names only)
+    env_ignored: tuple[str, ...] = ()  # variables with the prefix that name no key
 
 
 def parse_host_port(text: str, key: str) -> HostPort:
@@ -179,6 +180,7 @@ def load_config(
         gate=gate,
         secret_files=_secret_files(raw, f, path, rel),
         env_keys=tuple(sorted(environment.used)),
+        env_ignored=environment.ignored(),
     )
 
 

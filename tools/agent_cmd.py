@@ -91,7 +91,7 @@ async def _run(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    emit("config_from_env", keys=list(cfg.env_keys))  # names only, never values
+    emit("config_from_env", keys=list(cfg.env_keys), ignored=list(cfg.env_ignored))
     runner = asyncio.create_task(run_agent(cfg, plan), name="agent-sessions")
     stopper = asyncio.create_task(stop.wait(), name="agent-stop")
     await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)

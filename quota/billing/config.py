@@ -55,6 +55,7 @@ class BillingConfig:
     catalogue: PriceList = field(default_factory=lambda: PriceList(plans={}, packages={}))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
     env_keys: tuple[str, ...] = ()  # the environment variables that set keys (names only)
+    env_ignored: tuple[str, ...] = ()  # variables with the prefix that name no key
 
 
 def _database(value: str, problems: Problems) -> Path | str:
@@ -117,6 +118,7 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
         catalogue=catalogue,
         metrics=metrics,
         env_keys=tuple(sorted(environment.used)),
+        env_ignored=environment.ignored(),
     )
 
 

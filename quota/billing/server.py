@@ -55,7 +55,11 @@ class BillingServer:
         return f"http://{self.config.host}:{self.port}"
 
     async def __aenter__(self) -> BillingServer:
-        log.info("config_from_env", keys=list(self.config.env_keys))  # names only, never values
+        log.info(  # names only, never values
+            "config_from_env",
+            keys=list(self.config.env_keys),
+            ignored=list(self.config.env_ignored),
+        )
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
             await stack.enter_async_context(self.store.fan_out(self.service.push.hear))

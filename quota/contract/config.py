@@ -146,23 +146,33 @@ class Problems:
 class Environment:
     """The overrides of one program: `QUOTARELAY_<PROGRAM>_<SECTION>_<KEY>`, upper case.
 
-    `used` lists the variable names read (never their values), for the start log.
+    `used` lists the variable names read (never their values), for the start log;
+    `ignored` the variables with the prefix that name no key (a typo, or another
+    program's setting), which nothing reads.
     """
 
     def __init__(self, program: str, env: Mapping[str, str]) -> None:
         self.prefix = f"QUOTARELAY_{program}_".upper()
         self.env = env
         self.used: list[str] = []
+        self._asked: set[str] = set()
 
     def name(self, section: str, key: str) -> str:
         return f"{self.prefix}{section}_{key}".upper()
 
     def get(self, section: str, key: str) -> str | None:
         name = self.name(section, key)
+        self._asked.add(name)
         text = self.env.get(name)
         if text is not None:
             self.used.append(name)
         return text
+
+    def ignored(self) -> tuple[str, ...]:
+        """Variables with this prefix that no key asked for (call after decoding)."""
+        return tuple(
+            sorted(k for k in self.env if k.startswith(self.prefix) and k not in self._asked)
+        )
 
 
 def decode_value(tp: Any, value: Any, key: str, problems: Problems, strict: bool = True) -> Any:

@@ -207,4 +207,5 @@ async def test_billing_serve_runs_as_a_process(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (tmp_path / "billing.log").read_text().splitlines()]
     (started,) = [e for e in lines if e["event"] == "config_from_env"]
     assert started["keys"] == ["QUOTARELAY_BILLING_SERVER_ADMIN_TOKEN"]
+    assert started["ignored"] == ["QUOTARELAY_BILLING_TOKEN", "QUOTARELAY_BILLING_URL"]
     assert admin not in (tmp_path / "billing.log").read_text()

@@ -53,7 +53,7 @@ async def test_the_cli_billing_settings_are_not_the_relays(
         status = await relay.call("status")
         assert status["sync"] == {}  # no quota agent: the relay has no billing link
         (started,) = _events(relay, "config_from_env")
-        assert started["keys"] == []
+        assert (started["keys"], started["ignored"]) == ([], [])
     finally:
         await relay.stop()
 
@@ -67,13 +67,14 @@ async def test_relay_prefix_sets_billing_and_names_only_are_logged(
         "QUOTARELAY_RELAY_BILLING_TOKEN": RELAY_TOKEN,
         "QUOTARELAY_RELAY_BILLING_REGISTRY_REFRESH": "200ms",
     }
-    relay = Relay(tmp_path, [], extra={"billing": {"interval": "100ms"}}, env=env)
+    typo = {"QUOTARELAY_RELAY_BILLING_INTERVALL": "5s"}  # named as ignored, not read
+    relay = Relay(tmp_path, [], extra={"billing": {"interval": "100ms"}}, env={**env, **typo})
     await relay.start()
     try:
         await _registry_answers(relay, "registry_refreshes", 1)
         await poll(lambda: bool(_events(relay, "billing_online")), "billing_online")
         (started,) = _events(relay, "config_from_env")
-        assert started["keys"] == sorted(env)
+        assert (started["keys"], started["ignored"]) == (sorted(env), sorted(typo))
         assert RELAY_TOKEN not in (relay.tmp / "relay.log").read_text()
     finally:
         await relay.stop()

@@ -85,9 +85,11 @@ def test_other_programs_variables_are_not_the_relays(tmp_path: Path) -> None:
         "QUOTARELAY_BILLING_TOKEN": "admin-token-0123456789",
         "QUOTARELAY_ADMIN_TOKEN": "the-cli-admin-token",
         "QUOTARELAY_BILLING_SERVER_PORT": "9",
+        "QUOTARELAY_RELAY_BILING_URL": "http://127.0.0.1:8480",  # a typo: named, not read
     }
     config = load_config(_write(tmp_path, '[admin]\ntoken = "from-file"\n'), env=env)
     assert (config.billing, config.admin_token, config.env_keys) == (None, "from-file", ())
+    assert config.env_ignored == ("QUOTARELAY_RELAY_BILING_URL",)
 
 
 @pytest.mark.parametrize(

@@ -161,6 +161,7 @@ async def test_the_agent_names_the_variables_it_took(tmp_path: Path) -> None:
         "QUOTARELAY_AGENT_AGENT_KEY": str(key),
         "QUOTARELAY_AGENT_AGENT_KNOWN_HOSTS": "ignore",
         "QUOTARELAY_RELAY_AGENT_USER": "a-relay-variable",  # another program's: not read
+        "QUOTARELAY_AGENT_AGENT_USR": "a-typo",  # its prefix, no key: named as ignored
     }
     proc = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "tools.cli", "agent", "expose", "--relay", "127.0.0.1:9"),
@@ -176,6 +177,7 @@ async def test_the_agent_names_the_variables_it_took(tmp_path: Path) -> None:
         assert first == {
             "event": "config_from_env",
             "keys": ["QUOTARELAY_AGENT_AGENT_KEY", "QUOTARELAY_AGENT_AGENT_KNOWN_HOSTS"],
+            "ignored": ["QUOTARELAY_AGENT_AGENT_USR"],
         }
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 20) == 0

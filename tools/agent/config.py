@@ -45,6 +45,7 @@ class AgentConfig:
     backoff_max_ms: int
     idle_timeout_ms: int
     env_keys: tuple[str, ...] = field(default=())  # variables that set keys (names only)
+    env_ignored: tuple[str, ...] = field(default=())  # variables with the prefix, no key
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,4 +168,5 @@ def load_agent_config(
         backoff_max_ms=max(100, a.backoff_max),
         idle_timeout_ms=max(1, a.idle_timeout),
         env_keys=tuple(sorted(environment.used)),
+        env_ignored=environment.ignored(),
     )
