@@ -142,9 +142,10 @@ def load_agent_config(
     if given:
         table = raw.get("agent", {})
         raw["agent"] = dict(table) | given if isinstance(table, dict) else table
-    environment = Environment(ENV_PROGRAM, os.environ if env is None else env)
-    flagged = {environment.name("agent", key) for key in given}  # a flag beats the variable
-    environment.env = {k: v for k, v in environment.env.items() if k not in flagged}
+    names = Environment(ENV_PROGRAM, {})
+    flagged = {names.name("agent", key) for key in given}  # a flag beats the variable
+    variables = os.environ if env is None else env
+    environment = Environment(ENV_PROGRAM, {k: v for k, v in variables.items() if k not in flagged})
     problems = Problems()
     a = decode_file(AgentFile, raw, problems, environment).agent
     base = path.resolve().parent if path is not None else Path.cwd()
