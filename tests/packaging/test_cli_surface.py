@@ -102,7 +102,26 @@ def test_zsh_completion_runs_the_bash_function() -> None:
     assert "complete -F _quotarelay quotarelay" in script
     if shutil.which("zsh") is None:
         return  # the script's bash part is the one sourced above
-    subprocess.run(["zsh", "-f", "-c", "source /dev/stdin"], input=script, text=True, check=True)
+    # zsh calls the function through bashcompinit in sh emulation, then filters by prefix
+    probe = (
+        "autoload -U compinit && compinit -u -D; source /dev/stdin;"
+        ' probe() { emulate -L sh; COMP_WORDS=("$@"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1));'
+        ' _quotarelay; printf "%s\\n" "${COMPREPLY[@]}"; }; probe "$@"'
+    )
+
+    def offered(*words: str) -> list[str]:
+        done = subprocess.run(
+            ["zsh", "-f", "-c", probe, "zsh", "quotarelay", *words],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+        return [line for line in done.stdout.splitlines() if line]
+
+    assert "ledger" in offered("billing", "le") and "run" not in offered("billing", "le")
+    assert offered("relay", "run", "--log-level", "") == ["debug", "info", "warning", "error"]
 
 
 BAD_RELAY = """\
