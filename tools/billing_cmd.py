@@ -429,3 +429,26 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     _register_account(sub, parents)
     _register_agent(sub, parents)
     _register_money(sub, parents)
+    _register_console_link(sub, parents)
+
+
+async def _console_link(args: argparse.Namespace) -> int:
+    """Print a one-time sign-in URL for the web console (first line: the URL alone)."""
+    payload = await request(args, "POST", f"/v1/accounts/{args.account}/console-links")
+    if args.json:
+        return _show(args, payload)
+    import datetime as dt
+
+    base = (args.url or os.environ.get(URL_ENV) or "").rstrip("/")
+    until = dt.datetime.fromtimestamp(payload["expires_at"] // 1000, dt.UTC)
+    print(f"{base}{payload['path']}")
+    print(f"works once, until {until:%Y-%m-%d %H:%M:%S} UTC")
+    return 0
+
+
+def _register_console_link(sub: Any, parents: _Parents) -> None:
+    p = sub.add_parser(
+        "console-link", parents=[parents.change], help="a one-time sign-in link to the web console"
+    )
+    p.add_argument("account", help=ACCOUNT)
+    p.set_defaults(func=_console_link)

@@ -23,7 +23,7 @@ from quota.core.units import parse_duration_ms
 from tools.errors import CliError
 
 Render = Callable[[Any], str]
-# (header, key, how to render the value); a column of numbers is right-aligned
+# (header, key, how to render the value; key "" renders the whole row); numbers right-aligned
 Column = tuple[str, str, Render]
 
 
@@ -140,8 +140,11 @@ def column(header: str, key: str) -> Column:
 def table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
     """Aligned columns under a header line; a column of numbers is right-aligned."""
     headers = [header for header, _, _ in columns]
-    cells = [[render(row.get(key)) for _, key, render in columns] for row in rows]
-    right = [bool(rows) and all(_number(row.get(key)) for row in rows) for _, key, _ in columns]
+    cells = [[render(row.get(key) if key else row) for _, key, render in columns] for row in rows]
+    right = [  # a column of the whole row (key "") is text
+        bool(key) and bool(rows) and all(_number(row.get(key)) for row in rows)
+        for _, key, _ in columns
+    ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     out = []
     for line in [headers, *cells]:

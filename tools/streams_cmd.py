@@ -23,7 +23,7 @@ from typing import Any
 
 from relay.config import load_config
 from relay.errors import ConfigError
-from relay.streamlog.query import follow, list_streams, totals
+from relay.streamlog.query import PAUSED_BY, follow, list_streams, totals
 from relay.streamlog.writer import StreamLogError, iso_ms, wall_clock_ms
 from tools.errors import CliError
 from tools.render import Column, column, duration, parse_when, table
@@ -161,32 +161,51 @@ def format_event(e: dict[str, Any]) -> str:
         f"pauses={e['pauses']}",
         f"paused={duration(e['paused_ms'])}",
     ]
+    if e["pause_reason"] is not None:
+        pairs.append(f"paused_for={e['pause_reason']}")
+    if e["paused_ms"]:
+        pairs.append(f"paused_by={paused_by(e)}")
     if e["close_reason"] is not None:
         pairs.append(f"reason={e['close_reason']}")
     return f"{iso_ms(e['at_ms'])}  {e['event']:<7}  {e['stream_id']}  " + " ".join(pairs)
 
 
+def paused_by(row: dict[str, Any]) -> str:
+    """Paused time per reason, the reasons that took any: "quota:15.8s,lease_wait:12ms"."""
+    parts = [
+        f"{key[len('paused_') : -len('_ms')]}:{duration(row[key])}"
+        for key in PAUSED_BY
+        if row.get(key)
+    ]
+    return ",".join(parts) or "-"
+
+
+_PAUSED_BY: Column = ("PAUSED_BY", "", paused_by)  # key "": the whole row
 _STREAM_COLUMNS: tuple[Column, ...] = (
     *(column(h, k) for h, k in (("STREAM", "stream_id"), ("AGENT", "agent_id"))),
     *(column(h, k) for h, k in (("TUNNEL", "tunnel_id"), ("TARGET", "target"))),
     *(column(h, k) for h, k in (("PEER", "peer"), ("STATE", "state"), ("UP", "bytes_up"))),
     *(column(h, k) for h, k in (("DOWN", "bytes_down"), ("DROPPED", "bytes_dropped"))),
     *(column(h, k) for h, k in (("PAUSES", "pauses"), ("PAUSED", "paused_ms"))),
+    _PAUSED_BY,
     *(column(h, k) for h, k in (("OPENED", "opened_at_ms"), ("CLOSED", "closed_at_ms"))),
     column("REASON", "close_reason"),
 )
-_SUM_COLUMNS: tuple[Column, ...] = tuple(
-    column(header, key)
-    for header, key in (
-        ("STREAMS", "streams"),
-        ("OPEN", "open_streams"),
-        ("UP", "bytes_up"),
-        ("DOWN", "bytes_down"),
-        ("TOTAL", "bytes_total"),
-        ("DROPPED", "bytes_dropped"),
-        ("PAUSES", "pauses"),
-        ("PAUSED", "paused_ms"),
-    )
+_SUM_COLUMNS: tuple[Column, ...] = (
+    *(
+        column(header, key)
+        for header, key in (
+            ("STREAMS", "streams"),
+            ("OPEN", "open_streams"),
+            ("UP", "bytes_up"),
+            ("DOWN", "bytes_down"),
+            ("TOTAL", "bytes_total"),
+            ("DROPPED", "bytes_dropped"),
+            ("PAUSES", "pauses"),
+            ("PAUSED", "paused_ms"),
+        )
+    ),
+    _PAUSED_BY,
 )
 _AGENT_COLUMNS = (column("ACCOUNT", "account"), column("AGENT", "agent_id"))
 _TUNNEL_COLUMNS = (
