@@ -122,6 +122,9 @@ async def serve(
     `demo` is for `quotarelay up` only: it lets the demo tokens pass.
     """
     check_secrets(config, demo=demo)
+    log.info(  # names only, never values
+        "config_from_env", keys=list(config.env_keys), ignored=list(config.env_ignored)
+    )
     limit = raise_nofile()
     registry = Registry(None if config.billing else config.agents_file)
     host_key = load_host_key(config.host_key)

@@ -121,11 +121,18 @@ class QuotaAgent:
         self._trips: deque[int] = deque(maxlen=TRIPS_KEPT)  # recent sync round trips, ms
         self._nudge = asyncio.Event()
         self._refresh = asyncio.Event()
+        self._registry_ok = False  # the last registry call succeeded
+        self._unannounced: int | None = None  # billing_online waits for the registry
 
     @property
     def online(self) -> bool:
         """The last send succeeded."""
         return self.machine.online
+
+    @property
+    def registry_ok(self) -> bool:
+        """The last agent-registry call succeeded (logins can be checked)."""
+        return self._registry_ok
 
     @property
     def offline(self) -> bool:
@@ -269,7 +276,14 @@ class QuotaAgent:
                 return
         after = self.machine.caught_up()
         if after is not None:
-            log.info("billing_online", after_failures=after)
+            self._unannounced = after
+        self._announce_online()
+
+    def _announce_online(self) -> None:
+        """`billing_online` once a sync and the agent registry both answered."""
+        if self._unannounced is not None and self._registry_ok:
+            log.info("billing_online", after_failures=self._unannounced)
+            self._unannounced = None
 
     async def _send_one(self, seq: int, body: bytes) -> bool:
         """Send one report and apply its answer; False if the round must stop."""
@@ -338,6 +352,9 @@ class QuotaAgent:
                 listing = await self.client.relay_agents()
             except BillingUnavailable as exc:
                 self.counters["registry_failures"] += 1
+                if self._registry_ok and self._unannounced is None:
+                    self._unannounced = 0  # announced before: announce the return too
+                self._registry_ok = False
                 log.warning("registry_refresh_failed", error=str(exc))
             else:
                 # cached first: once the relay knows a listing, a restart finds it too
@@ -348,4 +365,7 @@ class QuotaAgent:
                     log.error("journal_error", error=str(exc))
                 self.host.set_agents(listing.agents)
                 self.counters["registry_refreshes"] += 1
+                self._registry_ok = True
+                if self.machine.online:
+                    self._announce_online()
             await wait_event(self._refresh, self.settings.registry_refresh_ms)

@@ -51,7 +51,9 @@ class Control:
             "granted": granted,
             "used": used,
             "remaining": remaining,
-            "streams": sum(1 for s in self.hub.live.values() if s.tunnel.agent is agent),
+            "streams": len(
+                self.hub.live.of_agent(agent.agent_id)
+            ),  # by id: a refresh makes new Agents
             "waiting": waiting,
         }
 

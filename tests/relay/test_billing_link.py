@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import cast
+
 import asyncssh
 import pytest
 
@@ -12,6 +15,7 @@ from relay.config import load_config
 from relay.hub.billing import BillingLink, to_agent
 from relay.hub.control import Control
 from relay.hub.hub import Hub
+from relay.hub.stream import Stream
 from relay.registry import Registry, Role
 
 
@@ -129,3 +133,23 @@ def test_the_last_tunnel_leaving_starts_a_round_but_not_while_closing() -> None:
         else:
             hub.remove_tunnel(second)
         assert nudged == ([] if closing else ["agt_a"])
+
+
+class _Stream:
+    """A live stream as the admin view reads it (hashable, as the tunnel's set needs)."""
+
+    stream_id: str
+    tunnel: SimpleNamespace
+
+
+def test_admin_view_counts_streams_after_a_registry_refresh() -> None:
+    """`relay agents` counts an agent's live stream after the registry built new Agent objects."""
+    hub, link = _link()
+    agent = hub.registry.get("agt_a")
+    stream = _Stream()
+    stream.stream_id, stream.tunnel = "s-1", SimpleNamespace(agent=agent, streams=set())
+    hub.live.opened(cast(Stream, stream))
+    link.set_agents([_remote("agt_a"), _remote("agt_s", role="support")])  # a refresh
+    assert hub.registry.get("agt_a") is not agent
+    views = {view["agent_id"]: view["streams"] for view in Control(hub).agents()}
+    assert views == {"agt_a": 1, "agt_s": 0}
