@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from quota.billing import repo
@@ -111,6 +112,11 @@ async def save_agent(op: Op, agent: AgentRow, **changes: Any) -> AgentRow:
     return agent
 
 
+def _utc(ms: int) -> str:
+    """Epoch ms as people read it in a ledger reason: "2026-12-02T09:48:07Z"."""
+    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 async def start_period(
     op: Op, account: AccountRow, agent: AgentRow, plan: Plan, kind: EntryKind, start: int
 ) -> tuple[AccountRow, AgentRow]:
@@ -125,7 +131,7 @@ async def start_period(
             traffic_bytes=(plan.traffic if prepaid else 0) - agent.bucket_bytes,
             reason=f"{kind.value} of {agent.name} to plan {plan.name}"
             + (f" ({format_coin(plan.price)})" if prepaid else " (pay-as-you-go)")
-            + f", period from {start}",
+            + f", period from {_utc(start)}",
         ),
     )
     agent = await save_agent(

@@ -144,6 +144,9 @@ ROUTES: tuple[Route, ...] = (
         OWNER,
         h.get_ledger,
         query=LEDGER_QUERY,
+        description="Filters: agent_id, kind, and a time range in epoch milliseconds "
+        "(since: at >= since; until: at < until). At most `limit` entries; next_cursor is "
+        "null on the last page.",
     ),
     route(
         "POST",

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from types import TracebackType
 
+import structlog
 from aiohttp import web
 
 from quota.billing.app import make_app
@@ -25,6 +26,8 @@ from quota.billing.notifier import Notifier
 from quota.billing.service import BillingService
 from quota.billing.store import open_store
 from quota.metrics import MetricsListenError, MetricsServer
+
+log = structlog.get_logger("quota.billing")
 
 
 class BillingServer:
@@ -52,6 +55,11 @@ class BillingServer:
         return f"http://{self.config.host}:{self.port}"
 
     async def __aenter__(self) -> BillingServer:
+        log.info(  # names only, never values
+            "config_from_env",
+            keys=list(self.config.env_keys),
+            ignored=list(self.config.env_ignored),
+        )
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
             await stack.enter_async_context(self.store.fan_out(self.service.push.hear))

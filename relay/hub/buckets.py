@@ -1,7 +1,10 @@
 """The buckets of one relay: one per paying agent, and what a grant wakes.
 
 Invariants:
-- One bucket per paying agent, created on first use, kept across reconnects.
+- One bucket per client agent that registers a tunnel here (or that an operator
+  grants bytes to), kept across reconnects; reading creates none (`get`).
+  `forget_unused` drops a bucket whose agent holds no tunnel, no stream and no
+  bytes here, so the relay keeps buckets only for agents it serves.
 - A grant reaches a bucket only through `grant`, which wakes the meters it
   handed bytes to and checks the low-water mark once.
 - The quota agent is nudged once per crossing of the low-water mark
@@ -59,6 +62,18 @@ class Buckets(Mapping[str, Bucket]):
             bucket.can_pay = self.config.billing is not None  # until billing says otherwise
             self._by_agent[agent.agent_id] = bucket
         return bucket
+
+    def forget_unused(self, served: set[str]) -> list[str]:
+        """Drop the buckets of agents not in `served` that hold no stream and no bytes."""
+        gone = [
+            agent_id
+            for agent_id, b in self._by_agent.items()
+            if agent_id not in served and b.meters == 0 and b.remaining == 0
+        ]
+        for agent_id in gone:
+            del self._by_agent[agent_id]
+            self._watch.forget(agent_id)
+        return gone
 
     def dispatch(self, wakes: tuple[Meter, ...]) -> None:
         for meter in wakes:
