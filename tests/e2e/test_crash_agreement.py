@@ -19,7 +19,7 @@ from tests.rigs.relay import Relay
 from tests.rigs.services import DigestService, pattern
 from tests.rigs.ssh import Ssh, expose, local_forward
 from tests.rigs.waits import poll
-from tests.udp.helpers import UdpService, datagram, echo_round_trips, peer
+from tests.udp.helpers import UdpService, datagram, peer
 
 MB = 1_000_000
 
@@ -150,24 +150,19 @@ async def test_after_sigkill_unanswered_udp_flows_agree_with_billing_too(
     await relay.start()
     try:
         await poll(lambda: _known(relay, nas), "the agent from the billing API")
-        async with UdpService(echo=False) as sink, UdpService() as echo:
+        async with UdpService(echo=False) as sink:
             quiet = AgentProc(relay, nas, "expose", "--udp", f"0:127.0.0.1:{sink.port}")
             await start(procs, quiet)
             port = (await quiet.wait_for("tunnel_ready"))["port"]
-            sent = 0
+            # A datagram that finds no lease is dropped and asks for none (no stream waits):
+            # an operator's grant gives the bucket bytes, and billing is told what passes.
+            await relay.call("grant", nas.agent_id, 1 * MB)
             for i in range(60):  # sixty flows nobody answers, one datagram each
                 p = await peer(port)
-                p.send(datagram(i, 500))
+                p.send(datagram(1000 + i, 500))
                 p.close()
-                sent += 500
-            await poll(lambda: sink.received == sent, "the datagrams at the silent service")
-            answered = AgentProc(relay, nas, "expose", "--udp", f"0:127.0.0.1:{echo.port}")
-            await start(procs, answered)
-            port = (await answered.wait_for("tunnel_ready", lambda e: e["port"] != port))["port"]
-            p = await peer(port)
-            await echo_round_trips(p, [datagram(i, 300) for i in range(50)])
-            p.close()
-            total = sent + 2 * 50 * 300
+                await asyncio.sleep(0.01)  # the pace of the flows, not a wait for a condition
+            total = sink.received  # what passed; a dropped datagram costs nothing
 
             async def billed_all() -> bool:
                 return await billing.usage_total(account, nas.agent_id) == total
@@ -180,7 +175,8 @@ async def test_after_sigkill_unanswered_udp_flows_agree_with_billing_too(
         billed = await billing.usage_total(account, nas.agent_id)
         assert logged["bytes_total"] == billed == total
         rows = await list_streams(relay.db_path)
-        assert any(r["close_reason"] == "unanswered" and r["bytes_up"] == sent for r in rows)
+        unanswered = [r["bytes_up"] for r in rows if r["close_reason"] == "unanswered"]
+        assert sum(unanswered) == total == 60 * 500  # all of it was still pending at the kill
     finally:
         await relay.stop()
         await billing.close()
