@@ -198,6 +198,23 @@ class Accounts:
 
         return await self._runner.read(run)
 
+    async def webhook_deliveries(
+        self, who: Principal, account_id: str, *, after: int, limit: int
+    ) -> wire.WebhookDeliveryPage:
+        """The account's notices oldest first, each with its delivery state and attempts."""
+
+        async def run(op: Op) -> wire.WebhookDeliveryPage:
+            await owned_account(op, who, account_id)
+            rows = await repo.webhooks.notices_page(op.tx, account_id, after, limit + 1)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return wire.WebhookDeliveryPage(
+                deliveries=[_delivery(r) for r in rows],
+                next_cursor=rows[-1].id if more else None,
+            )
+
+        return await self._runner.read(run)
+
     async def audit(self, account_id: str) -> Audit:
         """Balance, ledger sum, each agent's traffic and its ledger sum (for invariant checks)."""
 
@@ -212,6 +229,20 @@ class Accounts:
             )
 
         return await self._runner.read(run)
+
+
+def _delivery(row: repo.Outgoing) -> wire.WebhookDelivery:
+    pending = row.state == repo.webhooks.PENDING
+    return wire.WebhookDelivery(
+        id=row.event_id,
+        kind=row.kind,
+        at=row.at,
+        state=row.state,  # type: ignore[arg-type]  # the column holds only the four states
+        attempts=row.attempts,
+        next_attempt_at=row.next_at if pending else None,
+        delivered_at=row.delivered_at,
+        last_error=row.last_error,
+    )
 
 
 async def _correct_traffic(

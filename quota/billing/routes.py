@@ -146,6 +146,20 @@ ROUTES: tuple[Route, ...] = (
         query=LEDGER_QUERY,
     ),
     route(
+        "GET",
+        "/v1/accounts/{account_id}/webhooks",
+        "getWebhookDeliveries",
+        "Webhook notices oldest first, each with its delivery state; page with after=next_cursor",
+        OWNER,
+        h.get_webhook_deliveries,
+        query=h.PAGE_QUERY,
+        description="Every notice of the account (low_balance, account_frozen, account_unfrozen, "
+        "deposit_review) as kept in the outbox: pending (next_attempt_at says when it is tried "
+        "again), delivered (delivered_at), failed (given up after notifications.retries; "
+        "last_error says why) or none (no webhook was configured when it was made). id is the "
+        "event id the receiver gets in the body and the Quotarelay-Event-Id header.",
+    ),
+    route(
         "POST",
         "/v1/accounts/{account_id}/agents",
         "registerAgent",
