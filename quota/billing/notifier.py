@@ -127,9 +127,10 @@ class Notifier:
                 if notice.next_at > now:
                     return min(POLL_MS, notice.next_at - now)
                 if not await self._attempt(notice):
-                    return POLL_MS  # retried or claimed elsewhere: the head's next_at says when
-            if len(head) < BATCH:
-                return POLL_MS
+                    break  # to be retried, or claimed elsewhere: read the head's new next_at
+            else:
+                if len(head) < BATCH:
+                    return POLL_MS
 
     async def _attempt(self, notice: Outgoing) -> bool:
         """One claimed attempt; True when the notice left the head of the queue."""
