@@ -35,7 +35,7 @@ class Control:
             "agent_id": agent.agent_id,
             "account": agent.account,
             "role": agent.role.value,
-            "state": bucket.state.value,
+            "state": agent.role.shown_state(bucket.state.value),
             "granted": bucket.granted,
             "used": bucket.used,
             "remaining": bucket.remaining,
@@ -87,7 +87,9 @@ class Control:
             "uptime_ms": hub.now_ms() - hub.started_ms,
             "tunnels": len(hub.tunnels),
             "streams": len(hub.live),
-            "depleted": hub.buckets.depleted(),
+            "depleted": hub.buckets.depleted(
+                paying={a.agent_id for a in hub.registry if a.role.pays}
+            ),
             "sync": dict(hub.quota_counters),
             "connections": self.connections(),
         }
