@@ -253,6 +253,8 @@ def instructions(
             f"   curl -o /dev/null http://127.0.0.1:{local}/bytes/6M",
             f"4. Buy a {DEMO_PACKAGE}B package (0.5 coin): the paused download resumes at once:",
             f"   {env} quotarelay billing package buy {state['client']} {DEMO_PACKAGE}",
+            "5. Or the client agent opens a public port (the relay prints which):",
+            f"   {ssh('client', f'-R 0:localhost:{svc}')}",
             "",
             "Watch and pay:",
             f"   quotarelay streams --follow --config {shlex.quote(str(folder / 'relay.toml'))}",
