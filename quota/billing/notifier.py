@@ -104,6 +104,10 @@ class Notifier:
             notice=notice.kind,
             event_id=notice.payload.get("id"),
         )
+        self.wake()
+
+    def wake(self) -> None:
+        """Look at the outbox now rather than at the next poll."""
         self._wake.set()
 
     async def _worker(self) -> None:

@@ -326,3 +326,31 @@ async def test_billing_sigkilled_with_pending_notices_delivers_them_after_restar
         await billing.close()
         await hook.stop()
     assert len(hook.got) == 2
+
+
+async def test_two_replicas_on_one_database_deliver_each_notice_once(
+    tmp_path: Path, clock: ManualClock, database: str, receiver: Receiver
+) -> None:
+    """Two billing processes share the outbox: every notice reaches the receiver exactly once."""
+    other = make_config(tmp_path, webhook=receiver.url, database=database)
+    async with (
+        served(tmp_path, clock, receiver.url, database) as (srv, api),
+        BillingServer(other, clock=clock, maintenance=False) as second,
+    ):
+        for notifier in (srv.notifier, second.notifier):
+            notifier.backoff_first_ms = 10
+        acc, token = await api.account()
+        for n in range(6):
+            await _review(api, acc, token, n)
+            second.notifier.wake()  # the other replica looks at once too, not at its next poll
+
+        async def all_delivered() -> bool:
+            rows = (await _deliveries(api, acc, token))["deliveries"]
+            return all(r["state"] == "delivered" for r in rows)
+
+        await poll(all_delivered, "six notices delivered", timeout=30)
+        rows = (await _deliveries(api, acc, token))["deliveries"]
+        assert sorted(receiver.ids()) == sorted(r["id"] for r in rows)
+        assert len(receiver.ids()) == 6 and all(r["attempts"] == 1 for r in rows)
+        await srv.metrics.collector.refresh()
+        assert srv.metrics.collector.webhooks_pending == 0
