@@ -123,6 +123,13 @@ async def get_webhook_deliveries(
     )
 
 
+async def redeliver_webhook(
+    billing: BillingService, who: Principal, *, account_id: str, event_id: str
+) -> wire.WebhookDelivery:
+    """Not keyed: queueing a notice again twice is queueing it once."""
+    return await billing.accounts.redeliver_webhook(who, account_id, event_id)
+
+
 async def register_agent(
     billing: BillingService,
     who: Principal,

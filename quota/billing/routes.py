@@ -161,6 +161,18 @@ ROUTES: tuple[Route, ...] = (
     ),
     route(
         "POST",
+        "/v1/accounts/{account_id}/webhooks/{event_id}/redeliver",
+        "redeliverWebhook",
+        "Queue a failed or never sent webhook notice again, with a fresh round of retries",
+        ADMIN,
+        h.redeliver_webhook,
+        description="A failed notice (or one made while no webhook was configured) becomes "
+        "pending, due now, attempts back to 0; a pending one stays as it is; a delivered "
+        "one is 409, as is any notice while notifications.webhook_url is not set. The "
+        "receiver gets the same body and event id as before.",
+    ),
+    route(
+        "POST",
         "/v1/accounts/{account_id}/agents",
         "registerAgent",
         "Register an agent",

@@ -237,7 +237,7 @@ async def test_receiver_down_then_up_gets_each_notice_once_in_order(
 async def test_a_notice_refused_past_its_retries_is_kept_as_failed_and_the_next_goes_on(
     tmp_path: Path, clock: ManualClock, receiver: Receiver
 ) -> None:
-    """retries = 3: four 500 answers mark the notice failed (kept, with the error); then on."""
+    """retries = 3: four 500s mark it failed (kept, with the error); the next goes on; redeliver."""
     receiver.status = 500
     async with served(tmp_path, clock, receiver.url) as (srv, api):
         srv.notifier.backoff_first_ms = 10
@@ -255,15 +255,37 @@ async def test_a_notice_refused_past_its_retries_is_kept_as_failed_and_the_next_
         rows = (await _deliveries(api, acc, token))["deliveries"]
         assert (rows[0]["attempts"], rows[0]["last_error"]) == (4, "webhook answered 500")
         assert rows[0]["next_attempt_at"] is None and rows[0]["delivered_at"] is None
-    assert len(receiver.got) == 5  # the failed one is never sent again
+        assert len(receiver.got) == 5  # the failed one is not sent again on its own
+        first = rows[0]["id"]
+        redeliver = f"/v1/accounts/{acc}/webhooks/{first}/redeliver"
+        status, _ = await api.call("POST", redeliver, token)
+        assert status == 403  # the operator decides what goes to the operator's endpoint
+        again = await api.ok("POST", redeliver)
+        assert (again["state"], again["attempts"]) == ("pending", 0)
+        await poll(lambda: len(receiver.got) == 6, "the redelivered notice")
+        assert receiver.ids()[-1] == first
+        assert receiver.got[-1][0] == receiver.got[0][0]  # the same body as at first
+
+        async def delivered() -> bool:
+            return bool(
+                (await _deliveries(api, acc, token))["deliveries"][0]["state"] == "delivered"
+            )
+
+        await poll(delivered, "the redelivered notice marked delivered")
+        status, body = await api.call("POST", redeliver)
+        assert status == 409 and "delivered already" in body["error"]
+        status, _ = await api.call("POST", f"/v1/accounts/{acc}/webhooks/evt_none/redeliver")
+        assert status == 404
 
 
 async def test_without_a_webhook_notices_are_kept_with_state_none(api: Api) -> None:
-    """No webhook configured: the notice is listed with state none and no attempts."""
+    """No webhook configured: the notice is listed with state none; redelivery is 409."""
     acc, token = await api.account()
     await _review(api, acc, token, 1)
     (row,) = (await _deliveries(api, acc, token))["deliveries"]
     assert (row["kind"], row["state"], row["attempts"]) == ("deposit_review", "none", 0)
+    status, body = await api.call("POST", f"/v1/accounts/{acc}/webhooks/{row['id']}/redeliver")
+    assert status == 409 and "notifications.webhook_url" in body["error"]
     status, body = await api.call(
         "GET", f"/v1/accounts/{acc}/webhooks", token, params={"cursor": "1"}
     )

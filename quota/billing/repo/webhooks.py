@@ -102,6 +102,22 @@ async def attempt_failed(tx: Tx, notice_id: int, error: str, next_at: int | None
         )
 
 
+async def find_notice(tx: Tx, account_id: str, event_id: str) -> Outgoing | None:
+    row = await tx.one(
+        f"SELECT {_COLS} FROM notices WHERE account_id = ? AND event_id = ?",
+        (account_id, event_id),
+    )
+    return _outgoing(row) if row else None
+
+
+async def requeue(tx: Tx, notice_id: int) -> None:
+    """Put a notice back in the queue, due now, with a fresh round of retries."""
+    await tx.run(
+        "UPDATE notices SET state = ?, attempts = 0, next_at = 0 WHERE id = ?",
+        (PENDING, notice_id),
+    )
+
+
 async def notices_page(tx: Tx, account_id: str, after: int, limit: int) -> list[Outgoing]:
     """An account's notices after row `after`, oldest first, at most `limit`."""
     rows = await tx.all(
