@@ -118,6 +118,9 @@ class Notifier:
             except (StoreError, VersionConflict) as exc:
                 log.warning("billing_outbox_error", error=str(exc))
                 wait_ms = POLL_MS
+            except Exception as exc:  # a bug must not stop every later delivery: log, go on
+                log.exception("billing_outbox_error", error=repr(exc))
+                wait_ms = POLL_MS
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_ms / 1000)
 

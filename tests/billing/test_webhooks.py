@@ -6,6 +6,7 @@ and PostgreSQL); the SIGKILL test runs `quotarelay billing serve` as a process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -376,3 +377,45 @@ async def test_two_replicas_on_one_database_deliver_each_notice_once(
         assert len(receiver.ids()) == 6 and all(r["attempts"] == 1 for r in rows)
         await srv.metrics.collector.refresh()
         assert srv.metrics.collector.webhooks_pending == 0
+
+
+async def test_a_slow_receiver_times_out_and_a_redirect_is_not_followed(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """Attempt 1 outlasts the 2 s timeout, attempt 2 is a 302: both fail; attempt 3 delivers."""
+    answers: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        answers.append(await request.text())
+        if len(answers) == 1:
+            await asyncio.sleep(3)  # past notifications.timeout (2s in these tests)
+        if len(answers) <= 2:
+            raise web.HTTPFound("http://127.0.0.1:9/elsewhere")
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with served(tmp_path, clock, f"http://127.0.0.1:{port}/hook") as (srv, api):
+            srv.notifier.backoff_first_ms = 10
+            acc, token = await api.account()
+            await _review(api, acc, token, 1)
+            errors: list[str] = []
+
+            async def delivered() -> bool:
+                (row,) = (await _deliveries(api, acc, token))["deliveries"]
+                if row["last_error"] and row["last_error"] not in errors:
+                    errors.append(row["last_error"])
+                return bool(row["state"] == "delivered")
+
+            await poll(delivered, "delivery on the third attempt", timeout=30)
+            (row,) = (await _deliveries(api, acc, token))["deliveries"]
+            assert row["attempts"] == 3 and len(answers) == 3
+            assert len(set(answers)) == 1  # the same body each time
+            assert any("Timeout" in e for e in errors), errors
+    finally:
+        await runner.cleanup()
