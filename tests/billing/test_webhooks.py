@@ -220,6 +220,8 @@ async def test_receiver_down_then_up_gets_each_notice_once_in_order(
         assert "unreachable" in rows[0]["last_error"]
         assert rows[0]["next_attempt_at"] is not None
         assert rows[1]["attempts"] == 0  # in order: the second waits for the first
+        await srv.metrics.collector.refresh()  # what a scrape reads: the outbox itself
+        assert srv.metrics.collector.webhooks_pending == 3
         await hook.start()
         try:
             await poll(lambda: len(hook.got) == 3, "three deliveries")
