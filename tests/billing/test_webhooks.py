@@ -206,6 +206,7 @@ async def test_receiver_down_then_up_gets_each_notice_once_in_order(
     hook = Receiver(free_port())
     async with served(tmp_path, clock, hook.url, database) as (srv, api):
         srv.notifier.backoff_first_ms, srv.notifier.backoff_max_ms = 10, 100
+        srv.notifier.retries = 100  # it must still be pending when the receiver comes up
         acc, token = await api.account()
         for n in range(3):
             await _review(api, acc, token, n)
