@@ -141,7 +141,24 @@ SQLITE: tuple[str, ...] = (
         PRIMARY KEY (agent_id, tunnel_id)
     );
     """,
-    # 4: notices are the webhook outbox: each keeps its event id, its delivery
+    # 4: the web console: one-time sign-in links and sessions, both kept only as hashes.
+    """
+    CREATE TABLE console_links (
+        token_hash TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER
+    );
+    CREATE TABLE console_sessions (
+        token_hash TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
+    """,
+    # 5: notices are the webhook outbox: each keeps its event id, its delivery
     # state (none: no webhook configured when it was made; pending, delivered,
     # failed), its attempts, when the next one is due (wall-clock ms) and the
     # last error, so a notice survives a restart or a SIGKILL until delivered.
@@ -287,6 +304,22 @@ POSTGRESQL: tuple[str, ...] = (
         last_at BIGINT NOT NULL,
         PRIMARY KEY (agent_id, tunnel_id)
     );
+    """,
+    """
+    CREATE TABLE console_links (
+        token_hash TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT
+    );
+    CREATE TABLE console_sessions (
+        token_hash TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
     """,
     """
     ALTER TABLE notices ADD COLUMN event_id TEXT NOT NULL DEFAULT '';
