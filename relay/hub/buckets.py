@@ -95,5 +95,10 @@ class Buckets(Mapping[str, Bucket]):
         log.info("granted", agent_id=agent.agent_id, bytes=nbytes, remaining=bucket.remaining)
         return bucket
 
-    def depleted(self) -> int:
-        return sum(1 for b in self._by_agent.values() if b.state is BucketState.DEPLETED)
+    def depleted(self, paying: set[str]) -> int:
+        """Depleted buckets of the `paying` agents (a support agent's bucket is never one)."""
+        return sum(
+            1
+            for agent_id, b in self._by_agent.items()
+            if b.state is BucketState.DEPLETED and agent_id in paying
+        )

@@ -47,7 +47,7 @@ class Control:
             "agent_id": agent.agent_id,
             "account": agent.account,
             "role": agent.role.value,
-            "state": state.value,
+            "state": agent.role.shown_state(state.value),
             "granted": granted,
             "used": used,
             "remaining": remaining,
@@ -116,7 +116,9 @@ class Control:
             "uptime_ms": hub.now_ms() - hub.started_ms,
             "tunnels": len(hub.tunnels),
             "streams": len(hub.live),
-            "depleted": hub.buckets.depleted(),
+            "depleted": hub.buckets.depleted(
+                paying={a.agent_id for a in hub.registry if a.role.pays}
+            ),
             "sync": dict(hub.quota_counters),
             "connections": self.connections(),
         }
