@@ -29,10 +29,18 @@ from quota.core.billing import PriceList, catalogue_from_config
 from quota.core.errors import InvalidValue
 from quota.metrics import MetricsConfig, metrics_config
 
-__all__ = ["ADMIN_TOKEN_ENV", "BillingConfig", "RelayCred", "config_from_mapping", "load_config"]
+__all__ = [
+    "ADMIN_TOKEN_ENV",
+    "WEBHOOK_SECRET_ENV",
+    "BillingConfig",
+    "RelayCred",
+    "config_from_mapping",
+    "load_config",
+]
 
 ENV_PROGRAM = "billing"  # QUOTARELAY_BILLING_<SECTION>_<KEY>
 ADMIN_TOKEN_ENV = Environment(ENV_PROGRAM, {}).name("server", "admin_token")
+WEBHOOK_SECRET_ENV = Environment(ENV_PROGRAM, {}).name("notifications", "webhook_secret")
 MIN_TOKEN = 16
 
 
@@ -48,9 +56,11 @@ class BillingConfig:
     auth_window_ms: int = 60_000
     metered_price_per_gb: int = 100
     webhook_url: str | None = None
+    webhook_secret: str = ""  # signs every delivery; required with webhook_url
     low_balance_interval_ms: int = 7 * 86_400_000
-    notify_retries: int = 5
+    notify_retries: int = 20
     notify_timeout_ms: int = 5_000
+    notify_backoff_max_ms: int = 3_600_000
     relays: tuple[RelayCred, ...] = ()
     catalogue: PriceList = field(default_factory=lambda: PriceList(plans={}, packages={}))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
@@ -85,7 +95,15 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
         problems.add(
             "server.admin_token", f"set it (or {ADMIN_TOKEN_ENV}) to {MIN_TOKEN}+ characters"
         )
+    secret = env.get(WEBHOOK_SECRET_ENV) or notes.webhook_secret
+    if notes.webhook_url and len(secret) < MIN_TOKEN:
+        problems.add(
+            "notifications.webhook_secret",
+            f"set it (or {WEBHOOK_SECRET_ENV}) to {MIN_TOKEN}+ characters: it signs each webhook",
+        )
     for key, value in (
+        ("notifications.timeout", notes.timeout),
+        ("notifications.backoff_max", notes.backoff_max),
         ("server.maintenance_interval", server.maintenance_interval),
         ("server.lease_ttl", server.lease_ttl),
         ("server.auth_window", server.auth_window),
@@ -111,9 +129,11 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
         auth_window_ms=server.auth_window,
         metered_price_per_gb=f.pricing.metered_price_per_gb,
         webhook_url=notes.webhook_url or None,
+        webhook_secret=secret,
         low_balance_interval_ms=notes.low_balance_interval,
         notify_retries=notes.retries,
         notify_timeout_ms=notes.timeout,
+        notify_backoff_max_ms=notes.backoff_max,
         relays=tuple(f.relays),
         catalogue=catalogue,
         metrics=metrics,

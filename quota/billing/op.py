@@ -3,8 +3,10 @@
 Invariants:
 - `Op.post` is the only way a balance or an agent's traffic changes: one ledger
   entry for each change, in the operation's transaction.
-- Notices and push events (`changed`) are only collected here; the runner hands
-  them to the notifier and the push hub after the commit, so a slow webhook or
+- Notices are written to the webhook outbox in the operation's transaction,
+  so a notice exists exactly when its operation committed; notices and push
+  events (`changed`) are handed to the notifier (a wake-up) and the push hub
+  by the runner after the commit, so a slow webhook or
   relay never holds a transaction and a rolled-back operation announces nothing.
 - A low-balance notice goes out at most once per configured interval, when an
   automatic charge leaves the balance below twice the monthly plan total.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -88,8 +91,19 @@ class Op:
             raise Unprocessable(str(exc)) from None
 
     async def notice(self, account: AccountRow, kind: str, **payload: Any) -> None:
-        body = {"account_id": account.id, "kind": kind, "at": self.now, **payload}
-        await repo.add_notice(self.tx, account.id, kind, json.dumps(body, sort_keys=True), self.now)
+        """Keep a notice in the webhook outbox (pending when a webhook is configured)."""
+        event_id = "evt_" + secrets.token_hex(12)
+        body = {"id": event_id, "account_id": account.id, "kind": kind, "at": self.now, **payload}
+        state = repo.webhooks.PENDING if self.config.webhook_url else repo.webhooks.NONE
+        await repo.add_notice(
+            self.tx,
+            account.id,
+            kind,
+            json.dumps(body, sort_keys=True),
+            self.now,
+            event_id=event_id,
+            state=state,
+        )
         self.notices.append(Notice(account_id=account.id, kind=kind, payload=body))
 
 

@@ -3,7 +3,8 @@
 Invariant: everything it starts (the metrics listener too, when `metrics.listen`
 is set) it owns and stops on exit, in reverse order:
 the maintenance task (in the server's TaskGroup) is cancelled, the HTTP site
-closed, queued notices abandoned with the notifier, and the database closed
+closed, the notifier stopped (undelivered notices wait in the outbox for the
+next start), and the database closed
 last. A failed start undoes whatever had started.
 """
 
@@ -41,10 +42,15 @@ class BillingServer:
         self.maintenance = maintenance
         self.store = open_store(config.database)
         self.notifier = Notifier(
-            config.webhook_url, retries=config.notify_retries, timeout_ms=config.notify_timeout_ms
+            self.store,
+            config.webhook_url,
+            config.webhook_secret,
+            retries=config.notify_retries,
+            timeout_ms=config.notify_timeout_ms,
+            backoff_max_ms=config.notify_backoff_max_ms,
         )
         self.service = BillingService(self.store, config, self.clock, self.notifier.submit)
-        self.metrics = BillingMetrics(self.service, self.notifier, self.store)
+        self.metrics = BillingMetrics(self.service, self.store)
         self.metrics_port: int | None = None  # where /metrics listens, when it does
         self._stack = contextlib.AsyncExitStack()
         self._task: asyncio.Task[None] | None = None

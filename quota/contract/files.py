@@ -170,9 +170,12 @@ class PricingSection(Section, frozen=True, kw_only=True):
 
 class NotificationsSection(Section, frozen=True, kw_only=True):
     webhook_url: URL = ""
+    # HMAC-SHA256 key of the Quotarelay-Signature header (env: ..._NOTIFICATIONS_WEBHOOK_SECRET)
+    webhook_secret: str = ""
     low_balance_interval: Millis = millis("7d")
-    retries: Annotated[int, msgspec.Meta(ge=0, le=100, description="must be 0..100")] = 5
+    retries: Annotated[int, msgspec.Meta(ge=0, le=100, description="must be 0..100")] = 20
     timeout: Millis = millis("5s")
+    backoff_max: Millis = millis("1h")  # the longest wait between two attempts
 
 
 class BillingMetricsSection(Section, frozen=True, kw_only=True):

@@ -47,7 +47,7 @@ class Control:
             "agent_id": agent.agent_id,
             "account": agent.account,
             "role": agent.role.value,
-            "state": state.value,
+            "state": agent.role.shown_state(state.value),
             "granted": granted,
             "used": used,
             "remaining": remaining,
@@ -116,7 +116,10 @@ class Control:
             "uptime_ms": hub.now_ms() - hub.started_ms,
             "tunnels": len(hub.tunnels),
             "streams": len(hub.live),
-            "depleted": hub.buckets.depleted(),
+            # as `relay agents` shows them: an agent with no bucket here reads as an empty one
+            "depleted": sum(
+                1 for a in hub.registry if self._view(a)["state"] == BucketState.DEPLETED.value
+            ),
             "sync": dict(hub.quota_counters),
             "connections": self.connections(),
         }

@@ -139,6 +139,7 @@ class Billing:
     session: aiohttp.ClientSession | None = field(default=None, repr=False)
     metrics_listen: str = ""  # "127.0.0.1:0" serves /metrics; `metrics_port` is where
     metrics_port: int = 0
+    extra_toml: str = ""  # more sections, appended to the config as written
 
     async def start(self) -> Billing:
         config = write_billing_config(
@@ -147,6 +148,9 @@ class Billing:
         if self.metrics_listen:
             with config.open("a") as f:
                 f.write(f'\n[metrics]\nlisten = "{self.metrics_listen}"\n')
+        if self.extra_toml:
+            with config.open("a") as f:
+                f.write("\n" + self.extra_toml)
         with (self.tmp / "billing.log").open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *billing_command(config), cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=log
