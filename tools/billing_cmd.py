@@ -1,7 +1,7 @@
 """`quotarelay billing ...`: run the billing API, and talk to a running one.
 
 `serve --config F` runs the service. The client commands (account, agent,
-plan, subscribe, deposit, package, ledger) take `--url` and `--token` (or
+plan, subscribe, deposit, package, ledger, usage) take `--url` and `--token` (or
 QUOTARELAY_BILLING_URL / QUOTARELAY_BILLING_TOKEN) and print a summary, or the
 API's JSON answer with `--json`. Amounts are coin ("19", "0.125"), sizes are
 "10G"-style; both go through the shared parsers, never through floats. Every
@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 import uuid
 from typing import Any
 
@@ -26,6 +27,8 @@ from quota.core.money import format_coin, parse_coin
 from quota.core.units import parse_size
 from tools.errors import CliError
 from tools.log_options import add_log_options
+from tools.relay_cmd import table
+from tools.streams_cmd import parse_since
 
 URL_ENV = "QUOTARELAY_BILLING_URL"
 TOKEN_ENV = "QUOTARELAY_BILLING_TOKEN"
@@ -159,6 +162,48 @@ def _ledger_params(a: argparse.Namespace) -> dict[str, str]:
     if a.kind:
         params["kind"] = a.kind
     return params
+
+
+def _usage_params(a: argparse.Namespace) -> dict[str, str]:
+    now = int(time.time() * 1000)
+    params = {}
+    for flag, text in (("--since", a.since), ("--until", a.until)):
+        if text:
+            try:
+                params[flag[2:]] = str(parse_since(text, now))
+            except CliError as exc:  # the parser names --since; this may be --until
+                raise CliError(str(exc).replace("--since", flag, 1)) from None
+    for name, value in (("agent_id", a.agent), ("tunnel_id", a.tunnel)):
+        if value is not None:
+            params[name] = value
+    return params
+
+
+async def _usage(args: argparse.Namespace) -> int:
+    """Usage per agent and tunnel over a time range: a table, or the API's JSON."""
+    got = await request(
+        args, "GET", f"/v1/accounts/{args.account}/usage", None, _usage_params(args)
+    )
+    if args.json:
+        return _show(args, got)
+    rows = [
+        {**t, "bytes_total": t["bytes"], "at": f"{t['first_at']}..{t['last_at']}"}
+        for t in got["tunnels"]
+    ]
+    total = {"agent_id": "total", "tunnel_id": "", "bytes_total": got["bytes"], "at": ""}
+    total["tunnel_seconds"] = got["tunnel_seconds"]
+    total["reports"] = sum(t["reports"] for t in got["tunnels"])
+    rows.append(total)
+    columns = (
+        ("AGENT", "agent_id"),
+        ("TUNNEL", "tunnel_id"),
+        ("BYTES", "bytes_total"),
+        ("SECONDS", "tunnel_seconds"),
+        ("REPORTS", "reports"),
+        ("FIRST..LAST (ms)", "at"),
+    )
+    print(table(columns, rows))
+    return 0
 
 
 def _client_options() -> argparse.ArgumentParser:
@@ -333,6 +378,15 @@ def _register_money(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--kind")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--after", type=int, default=0, help="next_cursor of the previous page")
+    p = sub.add_parser(
+        "usage", parents=[common], help="usage per agent and tunnel over a time range"
+    )
+    p.set_defaults(func=_usage)
+    p.add_argument("account")
+    p.add_argument("--since", help="a time ago (2h, 1d) or an ISO-8601 time; default: all")
+    p.add_argument("--until", help="same forms, exclusive; default: now and later")
+    p.add_argument("--agent", help="only this agent id")
+    p.add_argument("--tunnel", help="only this tunnel id")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

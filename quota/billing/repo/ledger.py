@@ -7,7 +7,8 @@ Invariants:
 - `post` refuses (402) an entry that would take the balance below zero, and
   (`OverLimit`) one that would take it past `MAX_MILLICOINS` (2**62).
 - Entries are never updated or deleted (triggers in the store refuse it);
-  corrections are new entries.
+  corrections are new entries. Ids follow commit order (`Tx.before_ledger`),
+  so paging by id (`after`) never skips an entry committed late.
 - An entry posted with `numbered=False` is held and sent in a batch with the
   transaction's next statement; its id is not read back, so the entry handed
   back carries id 0 (for operations that answer no one with their entries).
@@ -84,6 +85,7 @@ async def post(
         at,
     )
     entry_id = 0
+    await tx.before_ledger()
     if numbered:
         entry_id = await tx.insert(_INSERT_ENTRY, row)
     else:

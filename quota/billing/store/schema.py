@@ -141,6 +141,30 @@ SQLITE: tuple[str, ...] = (
         PRIMARY KEY (agent_id, tunnel_id)
     );
     """,
+    # 4: raw usage of every report kept for audit (append-only, like the ledger), and
+    # each agent's open roll-up window of traffic draws (bytes, from, until), written
+    # to the ledger as one entry when the window closes.
+    """
+    CREATE TABLE usage_log (
+        relay_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        account_id TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        tunnel_id TEXT NOT NULL,
+        bytes INTEGER NOT NULL CHECK (bytes >= 0),
+        tunnel_seconds INTEGER NOT NULL CHECK (tunnel_seconds >= 0),
+        at INTEGER NOT NULL
+    );
+    CREATE INDEX usage_log_account ON usage_log (account_id, at);
+    CREATE TRIGGER usage_log_no_update BEFORE UPDATE ON usage_log
+        BEGIN SELECT RAISE(ABORT, 'usage records are immutable'); END;
+    CREATE TRIGGER usage_log_no_delete BEFORE DELETE ON usage_log
+        BEGIN SELECT RAISE(ABORT, 'usage records are immutable'); END;
+    ALTER TABLE agents ADD COLUMN open_used INTEGER NOT NULL DEFAULT 0 CHECK (open_used >= 0);
+    ALTER TABLE agents ADD COLUMN open_from INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN open_until INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX agents_open_until ON agents (open_until);
+    """,
 )
 
 
@@ -273,5 +297,31 @@ POSTGRESQL: tuple[str, ...] = (
         last_at BIGINT NOT NULL,
         PRIMARY KEY (agent_id, tunnel_id)
     );
+    """,
+    """
+    CREATE TABLE usage_log (
+        relay_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        account_id TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        tunnel_id TEXT NOT NULL,
+        bytes BIGINT NOT NULL CHECK (bytes >= 0),
+        tunnel_seconds BIGINT NOT NULL CHECK (tunnel_seconds >= 0),
+        at BIGINT NOT NULL
+    );
+    CREATE INDEX usage_log_account ON usage_log (account_id, at);
+    CREATE FUNCTION usage_log_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'usage records are immutable'; END;
+    $$;
+    CREATE TRIGGER usage_log_no_update BEFORE UPDATE ON usage_log
+        FOR EACH ROW EXECUTE FUNCTION usage_log_immutable();
+    CREATE TRIGGER usage_log_no_delete BEFORE DELETE ON usage_log
+        FOR EACH ROW EXECUTE FUNCTION usage_log_immutable();
+    CREATE TRIGGER usage_log_no_truncate BEFORE TRUNCATE ON usage_log
+        FOR EACH STATEMENT EXECUTE FUNCTION usage_log_immutable();
+    ALTER TABLE agents ADD COLUMN open_used BIGINT NOT NULL DEFAULT 0 CHECK (open_used >= 0);
+    ALTER TABLE agents ADD COLUMN open_from BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN open_until BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX agents_open_until ON agents (open_until);
     """,
 )

@@ -1,0 +1,238 @@
+"""Usage over a time range (API and CLI), the hourly traffic roll-up, set-based ingestion."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from quota.billing.clock import ManualClock
+from quota.billing.errors import StoreError
+from quota.billing.server import BillingServer
+from quota.billing.store import Tx
+from tests.billing.api import ADMIN, RELAY, Api, make_config
+from tools.cli import CliError, build_parser
+
+HOUR = 3_600_000
+M = 10**6
+G = 10**9
+
+
+async def _paying(api: Api, name: str = "nas", plan: str = "pro") -> tuple[str, str, str]:
+    """An account with coin and one client agent on `plan`: (account, token, agent)."""
+    acc, token = await api.account()
+    await api.deposit(acc, 100_000, f"pay-{acc}")
+    agent = await api.agent(acc, token, name)
+    await api.ok("POST", f"/v1/agents/{agent['id']}/subscription", token, {"plan": plan})
+    return acc, token, agent["id"]
+
+
+async def _sync(api: Api, seq: int, items: list[dict[str, Any]], leases: Any = ()) -> Any:
+    body = {"seq": seq, "items": items, "leases": list(leases)}
+    return await api.ok("POST", "/v1/sync", RELAY, body)
+
+
+async def _traffic_entries(api: Api, acc: str) -> list[tuple[int, int]]:
+    page = await api.ok("GET", f"/v1/accounts/{acc}/ledger", params={"kind": "traffic"})
+    return [(e["used_bytes"], e["at"]) for e in page["entries"]]
+
+
+async def _audit_holds(server: BillingServer, acc: str) -> None:
+    audit = await server.service.accounts.audit(acc)
+    assert audit.balance == audit.ledger_total
+    for agent_id, remaining in audit.traffic.items():
+        assert remaining == audit.ledger_traffic.get(agent_id, 0), agent_id
+
+
+async def test_usage_per_agent_and_tunnel_over_a_time_range(
+    api: Api, server: BillingServer, clock: ManualClock
+) -> None:
+    """One call sums the raw reports per agent and tunnel within since <= at < until."""
+    acc, token, nas = await _paying(api, "nas")
+    web = (await api.agent(acc, token, "web"))["id"]
+    await api.ok("POST", f"/v1/agents/{web}/subscription", token, {"plan": "basic"})
+    other_acc, other_token, other = await _paying(api, "elsewhere")
+    t0 = clock.now_ms()
+    await _sync(
+        api,
+        1,
+        [
+            {"agent_id": nas, "tunnel_id": "t-ssh", "bytes": 3 * M, "tunnel_seconds": 5},
+            {"agent_id": nas, "tunnel_id": "t-ssh", "bytes": M},
+            {"agent_id": web, "tunnel_id": "t-http", "bytes": 7 * M},
+            {"agent_id": other, "tunnel_id": "t-ssh", "bytes": 9 * M},
+        ],
+    )
+    clock.advance(10 * 60_000)
+    t1 = clock.now_ms()
+    await _sync(api, 2, [{"agent_id": nas, "tunnel_id": "t-ssh", "bytes": 2 * M}])
+    await _sync(api, 3, [{"agent_id": nas, "tunnel_id": "t-rdp", "bytes": 5}])
+    path = f"/v1/accounts/{acc}/usage"
+    whole = await api.ok("GET", path, token)
+    assert whole["bytes"] == 13 * M + 5 and whole["tunnel_seconds"] == 5
+    tunnels = {(t["agent_id"], t["tunnel_id"]): t for t in whole["tunnels"]}
+    assert set(tunnels) == {(nas, "t-ssh"), (nas, "t-rdp"), (web, "t-http")}
+    ssh = tunnels[(nas, "t-ssh")]
+    assert (ssh["bytes"], ssh["reports"], ssh["first_at"], ssh["last_at"]) == (6 * M, 2, t0, t1)
+    assert {a["agent_id"]: a["bytes"] for a in whole["agents"]} == {nas: 6 * M + 5, web: 7 * M}
+    first = await api.ok("GET", path, token, params={"until": str(t1)})
+    assert first["bytes"] == 11 * M
+    later = await api.ok("GET", path, params={"since": str(t1), "agent_id": nas})
+    assert [(t["tunnel_id"], t["bytes"]) for t in later["tunnels"]] == [
+        ("t-rdp", 5),
+        ("t-ssh", 2 * M),
+    ]
+    one = await api.ok("GET", path, params={"tunnel_id": "t-http"})
+    assert one["bytes"] == 7 * M and one["agents"] == [
+        {"agent_id": web, "bytes": 7 * M, "tunnel_seconds": 0}
+    ]
+    assert (await api.ok("GET", f"/v1/accounts/{other_acc}/usage", other_token))["bytes"] == 9 * M
+    status, _ = await api.call("GET", path, other_token)
+    assert status == 404  # another account's usage is not found
+    for params in ({"since": "-1"}, {"until": "1e3"}, {"agent": nas}, {"agent_id": "x" * 65}):
+        status, answer = await api.call("GET", path, params=params)
+        assert status == 400, (params, answer)
+
+
+async def test_traffic_is_one_ledger_entry_per_agent_per_hour(
+    api: Api, server: BillingServer, clock: ManualClock
+) -> None:
+    """Draws of an hour become one entry when it closes; the invariants hold all along."""
+    clock.advance(HOUR - clock.now_ms() % HOUR)  # on the hour
+    acc, _, agt = await _paying(api)
+    for seq in range(1, 7):  # six reports, ten minutes apart: one hour
+        await _sync(api, seq, [{"agent_id": agt, "tunnel_id": "t", "bytes": seq * M}])
+        await _audit_holds(server, acc)
+        clock.advance(10 * 60_000)
+    assert await _traffic_entries(api, acc) == []  # the hour is still open (ends now)
+    agent = await api.ok("GET", f"/v1/agents/{agt}")
+    assert agent["traffic_remaining"] == 10 * G - 21 * M  # drawn at once, written later
+    await _sync(api, 7, [{"agent_id": agt, "tunnel_id": "t", "bytes": 7 * M}])  # closes it
+    hour_end = clock.now_ms()
+    assert await _traffic_entries(api, acc) == [(21 * M, hour_end)]
+    await _audit_holds(server, acc)
+    clock.advance(HOUR)
+    await server.service.maintenance.run()  # an idle agent's hour closes too
+    assert await _traffic_entries(api, acc) == [(21 * M, hour_end), (7 * M, hour_end + HOUR)]
+    await _audit_holds(server, acc)
+    await server.service.maintenance.run()
+    assert len(await _traffic_entries(api, acc)) == 2  # closed once
+    raw = await api.ok("GET", f"/v1/accounts/{acc}/usage")
+    assert raw["tunnels"][0]["reports"] == 7  # every report's usage is kept for audit
+
+
+async def test_usage_records_and_ledger_refuse_changes(server: BillingServer) -> None:
+    """The raw usage table is append-only like the ledger: UPDATE and DELETE are refused."""
+    for sql in ("UPDATE usage_log SET bytes = 0", "DELETE FROM usage_log"):
+        async with server.store.transaction() as tx:
+            await tx.run(
+                "INSERT INTO usage_log (relay_id, seq, account_id, agent_id, tunnel_id, bytes,"
+                " tunnel_seconds, at) VALUES ('r', 1, 'a', 'b', 't', 1, 0, 0)"
+            )
+        with pytest.raises(StoreError, match="immutable"):
+            async with server.store.transaction() as tx:
+                await tx.run(sql)
+
+
+async def test_rollup_off_posts_an_entry_per_report(
+    tmp_path: Path, clock: ManualClock, database: str
+) -> None:
+    """ledger.traffic_rollup = 0 keeps today's one traffic entry per report."""
+    config = make_config(tmp_path, database=database)
+    config = type(config)(**{**_fields(config), "traffic_rollup_ms": 0})
+    async with (
+        BillingServer(config, clock=clock, maintenance=False) as srv,
+        aiohttp.ClientSession() as session,
+    ):
+        api = Api(session, srv.url)
+        acc, _, agt = await _paying(api)
+        for seq in (1, 2):
+            await _sync(api, seq, [{"agent_id": agt, "bytes": M}])
+        assert [used for used, _ in await _traffic_entries(api, acc)] == [M, M]
+        await _audit_holds(srv, acc)
+
+
+def _fields(config: Any) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in config.__dataclass_fields__}
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
+    """Counts the statements every transaction sends, by kind."""
+    seen: Counter[str] = Counter()
+    for name in ("_run", "_many", "_all", "_insert", "_insert_rows", "_update_rows"):
+        for cls in Tx.__subclasses__():
+            original = getattr(cls, name, None)
+            if original is None:
+                continue
+
+            async def counted(self: Tx, *args: Any, _o: Any = original, _n: str = name) -> Any:
+                seen[_n] += 1
+                return await _o(self, *args)
+
+            monkeypatch.setattr(cls, name, counted)
+    yield seen
+
+
+async def test_a_report_is_a_few_statements_whatever_its_agents(
+    api: Api, server: BillingServer, statements: Counter[str]
+) -> None:
+    """A report of 600 agents, each with usage and a lease request, costs the statements of 6."""
+    acc, token = await api.account()
+    await api.deposit(acc, 10**9, "pay-many")
+    ids = []
+    for i in range(600):
+        agent = await api.agent(acc, token, f"a{i}")
+        await api.ok("POST", f"/v1/agents/{agent['id']}/subscription", token, {"plan": "basic"})
+        ids.append(agent["id"])
+    await api.ok("PATCH", f"/v1/agents/{ids[0]}", token, {"allow_metered": True})
+    counts = []
+    for seq, agents in ((1, ids[:6]), (2, ids)):
+        statements.clear()
+        answer = await _sync(
+            api,
+            seq,
+            [{"agent_id": a, "tunnel_id": "t", "bytes": M} for a in agents],
+            [{"agent_id": a, "want": 4 * M} for a in agents],
+        )
+        for lease in answer["leases"]:  # cumulative: the first six asked twice
+            asked = 2 if seq == 2 and lease["agent_id"] in ids[:6] else 1
+            assert lease["granted_total"] == asked * 4 * M
+        counts.append(sum(statements.values()))
+    # reads of id lists go in chunks of 500: 600 agents add one statement per chunked read
+    assert counts[1] <= counts[0] + 6, counts
+    await _audit_holds(server, acc)
+
+
+async def test_cli_usage_prints_a_table_and_json(
+    api: Api,
+    server: BillingServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`billing usage ACC --since --until --agent`: a table with a total line, or JSON."""
+    monkeypatch.setenv("QUOTARELAY_BILLING_URL", server.url)
+    monkeypatch.setenv("QUOTARELAY_BILLING_TOKEN", ADMIN)
+    acc, _, agt = await _paying(api)
+    await _sync(api, 1, [{"agent_id": agt, "tunnel_id": "t-ssh", "bytes": 1234567}])
+
+    async def run(*argv: str) -> str:
+        args = build_parser().parse_args(["billing", "usage", acc, *argv])
+        assert await args.func(args) == 0
+        return capsys.readouterr().out
+
+    out = await run("--since", "2000-01-01T00:00:00Z", "--agent", agt)
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["AGENT", "TUNNEL", "BYTES", "SECONDS", "REPORTS"]
+    assert lines[1].split()[:5] == [agt, "t-ssh", "1234567", "0", "1"]
+    assert lines[-1].split()[:2] == ["total", "1234567"]
+    got = json.loads(await run("--json", "--until", "2000-01-01T00:00:00Z"))
+    assert got["bytes"] == 0 and got["tunnels"] == []
+    args = build_parser().parse_args(["billing", "usage", acc, "--until", "soon"])
+    with pytest.raises(CliError, match="--until"):
+        await args.func(args)
