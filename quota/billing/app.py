@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -44,6 +45,7 @@ from quota.contract import wire
 log = structlog.get_logger("quota.billing")
 
 SERVICE: web.AppKey[BillingService] = web.AppKey("service", BillingService)
+_ENCODER = msgspec.json.Encoder()
 MAX_BODY = 256 * 1024  # of every route but /v1/sync (`Route.max_body`)
 MAX_KEY = 200
 # Printable ASCII, no space at either end (HTTP strips those); the document's pattern.
@@ -187,7 +189,10 @@ def _handler(route: Route) -> _Handler:
             return await serve_events(request, service.push, who.id)
         args = await _arguments(request, route)
         result = await route.handler(service, who, **args)
-        return web.json_response(wire.dump(result), status=route.status)
+        # msgspec writes the message's JSON directly: a sync answer of 10,000 leases
+        # costs a few ms, not the tens a dump to dicts and json.dumps take
+        body = _ENCODER.encode(result)
+        return web.Response(body=body, status=route.status, content_type="application/json")
 
     return handle
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from quota.billing.repo.common import Row, chunks, marks
+from quota.billing.repo.common import Row
 from quota.billing.store import Bulk, Tx
 from quota.contract import wire
 from quota.core.billing import AgentRole
@@ -156,23 +156,18 @@ async def get_agent(tx: Tx, agent_id: str) -> AgentRow | None:
 
 
 async def agents_by_id(tx: Tx, agent_ids: list[str]) -> dict[str, AgentRow]:
-    """The agents with these ids that exist, read in a few statements, not one each."""
-    found: dict[str, AgentRow] = {}
-    for chunk in chunks(agent_ids):
-        rows = await tx.all(f"SELECT {_AGENT_COLS} FROM agents WHERE id IN ({marks(chunk)})", chunk)
-        found.update((a.id, a) for a in map(_agent, rows))
-    return found
+    """The agents with these ids that exist, read in one statement, not one each."""
+    where, params = tx.in_ids("id", agent_ids)
+    rows = await tx.all(f"SELECT {_AGENT_COLS} FROM agents WHERE {where}", params)
+    return {a.id: a for a in map(_agent, rows)}
 
 
 async def agents_of_accounts(tx: Tx, account_ids: list[str]) -> list[AgentRow]:
-    """Every agent of these accounts, read in a few statements, not one per account."""
-    found: list[AgentRow] = []
-    for chunk in chunks(account_ids):
-        rows = await tx.all(
-            f"SELECT {_AGENT_COLS} FROM agents WHERE account_id IN ({marks(chunk)})", chunk
-        )
-        found.extend(map(_agent, rows))
-    return found
+    """Every agent of these accounts, read in one statement, not one per account."""
+    where, params = tx.in_ids("account_id", account_ids)
+    return [
+        _agent(r) for r in await tx.all(f"SELECT {_AGENT_COLS} FROM agents WHERE {where}", params)
+    ]
 
 
 async def save_traffic(tx: Tx, rows: list[tuple[int, int, int, int, int, int, str]]) -> None:

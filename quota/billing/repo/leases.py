@@ -67,29 +67,25 @@ async def save_lease_totals(tx: Tx, relay_id: str, leases: dict[str, Totals]) ->
 
 
 async def lease_totals_of(tx: Tx, relay_id: str, agent_ids: list[str]) -> dict[str, Totals]:
-    """`leases_of` as plain tuples (granted, used, returned, valid_until)."""
-    found: dict[str, Totals] = {}
-    for chunk in chunks(agent_ids):
-        for agent_id, g, u, r, v in await tx.all(
-            "SELECT agent_id, granted_total, used_total, returned_total, valid_until FROM leases"
-            f" WHERE relay_id = ? AND agent_id IN ({marks(chunk)})",
-            (relay_id, *chunk),
-        ):
-            found[agent_id] = (g, u, r, v)
-    return found
+    """`leases_of` as plain tuples (granted, used, returned, valid_until), in one statement."""
+    where, params = tx.in_ids("agent_id", agent_ids)
+    rows = await tx.all(
+        "SELECT agent_id, granted_total, used_total, returned_total, valid_until FROM leases"
+        f" WHERE relay_id = ? AND {where}",
+        (relay_id, *params),
+    )
+    return {a: (g, u, r, v) for a, g, u, r, v in rows}
 
 
 async def outstanding_of(tx: Tx, agent_ids: list[str], now: int) -> dict[str, int]:
-    """What `outstanding` answers for each of these agents, in a few statements."""
-    found: dict[str, int] = {}
-    for chunk in chunks(agent_ids):
-        rows = await tx.all(
-            f"SELECT agent_id, {_OUTSTANDING} FROM leases WHERE agent_id IN ({marks(chunk)})"
-            " AND valid_until > ? GROUP BY agent_id",
-            (*chunk, now),
-        )
-        found.update((str(a), int(n)) for a, n in rows)
-    return found
+    """What `outstanding` answers for each of these agents, in one statement."""
+    where, params = tx.in_ids("agent_id", agent_ids)
+    rows = await tx.all(
+        f"SELECT agent_id, {_OUTSTANDING} FROM leases WHERE {where}"
+        " AND valid_until > ? GROUP BY agent_id",
+        (*params, now),
+    )
+    return {str(a): int(n) for a, n in rows}
 
 
 async def outstanding(tx: Tx, agent_id: str, now: int) -> int:

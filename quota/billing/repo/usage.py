@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quota.billing.repo.common import chunks, marks
 from quota.billing.store import Bulk, Tx
 from quota.core.money import MAX_COUNTER, OverLimit
 
@@ -67,14 +66,13 @@ async def add_tunnel_usage(tx: Tx, deltas: list[Delta], at: int) -> None:
         return
     await tx.insert_rows(_ADD, [(a, t, b, s, at, at) for a, t, b, s in deltas])
     # A sum past 2**63 - 1 turns REAL in SQLite (an error elsewhere): look for any past the max.
-    for ids in chunks(sorted({d[0] for d in deltas})):
-        over = await tx.one(
-            f"SELECT 1 FROM tunnel_usage WHERE agent_id IN ({marks(ids)})"
-            " AND (bytes > ? OR tunnel_seconds > ?) LIMIT 1",
-            [*ids, MAX_COUNTER, MAX_COUNTER],
-        )
-        if over is not None:
-            raise OverLimit("a tunnel's usage total", MAX_COUNTER)
+    where, params = tx.in_ids("agent_id", sorted({d[0] for d in deltas}))
+    over = await tx.one(
+        f"SELECT 1 FROM tunnel_usage WHERE {where} AND (bytes > ? OR tunnel_seconds > ?) LIMIT 1",
+        [*params, MAX_COUNTER, MAX_COUNTER],
+    )
+    if over is not None:
+        raise OverLimit("a tunnel's usage total", MAX_COUNTER)
 
 
 async def tunnel_usage_of(tx: Tx, agent_id: str) -> list[TunnelUsage]:

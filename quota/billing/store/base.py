@@ -105,6 +105,10 @@ class Tx(ABC):
         if rows:
             await self._many(sql, rows)
 
+    @abstractmethod
+    def in_ids(self, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
+        """`column IN (ids)` as one condition and its one parameter, for any number of ids."""
+
     async def before_ledger(self) -> None:
         """Call before the first ledger row of a transaction: ids then follow commit order.
 

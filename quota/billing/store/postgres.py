@@ -148,6 +148,9 @@ class PgTx(Tx):
         except _ERRORS as exc:
             raise _translate(exc) from exc
 
+    def in_ids(self, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?::text[])", [list(ids)]
+
     async def _insert_rows(self, bulk: Bulk, rows: Sequence[Sequence[Any]]) -> None:
         try:  # one statement, one array per column, whatever the number of rows
             await self._conn.execute(_insert_sql(bulk), *_columns(bulk, rows))

@@ -143,7 +143,10 @@ SQLITE: tuple[str, ...] = (
     """,
     # 4: raw usage of every report kept for audit (append-only, like the ledger), and
     # each agent's open roll-up window of traffic draws (bytes, from, until), written
-    # to the ledger as one entry when the window closes.
+    # to the ledger as one entry when the window closes. Leases are indexed by agent
+    # alone: every report moves valid_until, which then rewrites no index entry
+    # (PostgreSQL also leaves room on the pages of the rows every report updates,
+    # so those updates stay on their page: fillfactor, not in SQLite).
     """
     CREATE TABLE usage_log (
         relay_id TEXT NOT NULL,
@@ -164,6 +167,8 @@ SQLITE: tuple[str, ...] = (
     ALTER TABLE agents ADD COLUMN open_from INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE agents ADD COLUMN open_until INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX agents_open_until ON agents (open_until);
+    DROP INDEX leases_agent;
+    CREATE INDEX leases_agent ON leases (agent_id);
     """,
 )
 
@@ -323,5 +328,10 @@ POSTGRESQL: tuple[str, ...] = (
     ALTER TABLE agents ADD COLUMN open_from BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE agents ADD COLUMN open_until BIGINT NOT NULL DEFAULT 0;
     CREATE INDEX agents_open_until ON agents (open_until);
+    DROP INDEX leases_agent;
+    CREATE INDEX leases_agent ON leases (agent_id);
+    ALTER TABLE agents SET (fillfactor = 70);
+    ALTER TABLE leases SET (fillfactor = 70);
+    ALTER TABLE tunnel_usage SET (fillfactor = 70);
     """,
 )

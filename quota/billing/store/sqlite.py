@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -73,6 +74,10 @@ class SqliteTx(Tx):
             await self._conn.executemany(sql, rows)
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
+
+    def in_ids(self, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
+        # one JSON array bound once: no limit on bound parameters, one statement
+        return f"{column} IN (SELECT value FROM json_each(?))", [json.dumps(list(ids))]
 
     async def _insert_rows(self, bulk: Bulk, rows: Sequence[Sequence[Any]]) -> None:
         await self._many(_insert_sql(bulk), rows)
