@@ -137,9 +137,8 @@ class _Report:
 
     @classmethod
     async def read(cls, op: Op, relay_id: str, agent_ids: list[str]) -> _Report:
-        agents = await repo.agents_by_id(op.tx, agent_ids)
+        agents, leases = await repo.agents_with_leases(op.tx, relay_id, agent_ids)
         accounts = await repo.accounts_by_id(op.tx, sorted({a.account_id for a in agents.values()}))
-        leases = await repo.lease_totals_of(op.tx, relay_id, agent_ids)
         rate = metered_rate(op.config.metered_price_per_gb)
         report = cls(op, relay_id, rate, agents, accounts, leases)
         report.stored = {

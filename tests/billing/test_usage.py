@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 
 from quota.billing.clock import ManualClock
-from quota.billing.errors import StoreError
+from quota.billing.config import config_from_mapping
+from quota.billing.errors import ConfigError, StoreError
 from quota.billing.server import BillingServer
 from quota.billing.store import Tx
 from tests.billing.api import ADMIN, RELAY, Api, make_config
@@ -235,3 +236,17 @@ async def test_cli_usage_prints_a_table_and_json(
     args = build_parser().parse_args(["billing", "usage", acc, "--until", "soon"])
     with pytest.raises(CliError, match="--until"):
         await args.func(args)
+
+
+def test_traffic_rollup_is_configurable_and_checked() -> None:
+    """ledger.traffic_rollup takes a divisor of a day or 0; anything else names the key."""
+
+    def rollup(value: str) -> int:
+        raw = {"server": {"admin_token": ADMIN}, "ledger": {"traffic_rollup": value}}
+        return config_from_mapping(raw, {}).traffic_rollup_ms
+
+    assert config_from_mapping({"server": {"admin_token": ADMIN}}, {}).traffic_rollup_ms == HOUR
+    assert [rollup(v) for v in ("0", "15m", "1d")] == [0, 900_000, 86_400_000]
+    for bad in ("7m", "2d", "soon"):
+        with pytest.raises(ConfigError, match=r"ledger\.traffic_rollup"):
+            rollup(bad)

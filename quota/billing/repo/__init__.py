@@ -31,6 +31,7 @@ from quota.billing.repo.agents import (
     agents_by_id,
     agents_of,
     agents_of_accounts,
+    agents_with_leases,
     all_agent_briefs,
     due_agents,
     get_agent,
@@ -41,17 +42,12 @@ from quota.billing.repo.agents import (
     save_agent,
     save_traffic,
 )
-from quota.billing.repo.common import IN_CHUNK
 from quota.billing.repo.leases import (
     expire_relay,
     extend_relay,
-    lease_totals_of,
-    leases_of,
     outstanding,
-    outstanding_by_agent,
     outstanding_of,
     save_lease_totals,
-    save_leases,
 )
 from quota.billing.repo.ledger import Posting, counts_by_kind, ledger_page, post, sums
 from quota.billing.repo.records import (
@@ -79,7 +75,6 @@ from quota.billing.repo.usage import (
 )
 
 __all__ = [
-    "IN_CHUNK",
     "AccountRow",
     "AgentBrief",
     "AgentRow",
@@ -103,6 +98,7 @@ __all__ = [
     "agents_by_id",
     "agents_of",
     "agents_of_accounts",
+    "agents_with_leases",
     "all_accounts",
     "all_agent_briefs",
     "close_due",
@@ -119,13 +115,10 @@ __all__ = [
     "insert_agent",
     "intent_amount",
     "keys_of",
-    "lease_totals_of",
-    "leases_of",
     "ledger_page",
     "live_keys",
     "log_usage",
     "outstanding",
-    "outstanding_by_agent",
     "outstanding_of",
     "post",
     "revoke_key",
@@ -133,7 +126,6 @@ __all__ = [
     "save_agent",
     "save_answer",
     "save_lease_totals",
-    "save_leases",
     "save_payment",
     "save_report",
     "save_traffic",

@@ -162,6 +162,29 @@ async def agents_by_id(tx: Tx, agent_ids: list[str]) -> dict[str, AgentRow]:
     return {a.id: a for a in map(_agent, rows)}
 
 
+async def agents_with_leases(
+    tx: Tx, relay_id: str, agent_ids: list[str]
+) -> tuple[dict[str, AgentRow], dict[str, tuple[int, int, int, int]]]:
+    """These agents, and this relay's lease of each (granted, used, returned, valid_until).
+
+    One statement for both (a report reads every agent it names and its lease).
+    """
+    where, params = tx.in_ids("id", agent_ids)
+    rows = await tx.all(
+        f"SELECT {_AGENT_COLS}, granted_total, used_total, returned_total, valid_until"
+        f" FROM agents LEFT JOIN leases ON relay_id = ? AND agent_id = id WHERE {where}",
+        (relay_id, *params),
+    )
+    agents: dict[str, AgentRow] = {}
+    leases: dict[str, tuple[int, int, int, int]] = {}
+    for row in rows:
+        agent = agents[row[0]] = _agent(row[:-4])
+        if row[-1] is not None:
+            g, u, r, v = row[-4:]
+            leases[agent.id] = (g, u, r, v)
+    return agents, leases
+
+
 async def agents_of_accounts(tx: Tx, account_ids: list[str]) -> list[AgentRow]:
     """Every agent of these accounts, read in one statement, not one per account."""
     where, params = tx.in_ids("account_id", account_ids)
