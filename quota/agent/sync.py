@@ -291,11 +291,12 @@ class QuotaAgent:
                 self.counters["registry_failures"] += 1
                 log.warning("registry_refresh_failed", error=str(exc))
             else:
-                self.host.set_agents(listing.agents)
-                self.counters["registry_refreshes"] += 1
+                # cached first: once the relay knows a listing, a restart finds it too
                 try:
                     await self.journal.save_agents([wire.dump(a) for a in listing.agents])
                 except JournalError as exc:  # the cache stays stale; the next refresh writes it
                     self.counters["journal_errors"] += 1
                     log.error("journal_error", error=str(exc))
+                self.host.set_agents(listing.agents)
+                self.counters["registry_refreshes"] += 1
             await wait_event(self._refresh, self.settings.registry_refresh_ms)

@@ -27,6 +27,7 @@ from tests.rigs.procs import free_port
 from tests.rigs.relay import BIG_GRANT, Relay
 from tests.rigs.services import DigestService, exchange, pattern, sha
 from tests.rigs.ssh import Ssh, expose, local_forward
+from tests.rigs.stall import StopReadingChannel
 from tests.rigs.waits import poll
 
 MiB = 1024 * 1024
@@ -79,22 +80,6 @@ class Pour:
             pass
         finally:
             writer.close()
-
-
-class StopReadingChannel(asyncssh.SSHTCPSession[bytes]):
-    """A support agent's channel: counts what arrives, then stops its connection reading."""
-
-    def __init__(self, conn: asyncssh.SSHClientConnection) -> None:
-        self.conn = conn
-        self.received = 0
-        self.stopped = asyncio.Event()
-
-    def data_received(self, data: bytes, datatype: Any) -> None:
-        self.received += len(data)
-        if self.received >= READ_FIRST and not self.stopped.is_set():
-            transport: Any = self.conn._transport  # the socket under the SSH connection
-            transport.pause_reading()
-            self.stopped.set()
 
 
 class FramedChannel(asyncssh.SSHTCPSession[bytes]):
@@ -199,14 +184,6 @@ async def relay(
         yield r
     finally:
         await r.stop()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Ssh]]:
-    started: list[Ssh] = []
-    yield started
-    for c in started:
-        await c.stop()
 
 
 @pytest.fixture

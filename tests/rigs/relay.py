@@ -150,7 +150,8 @@ class Relay:
         return path.read_text()[-4000:] if path.exists() else ""
 
     def admin(self) -> AdminClient:
-        return AdminClient(HostPort(host="127.0.0.1", port=self.admin_port), TOKEN)
+        # generous: tests load the relay on purpose (floods) and share the cores
+        return AdminClient(HostPort(host="127.0.0.1", port=self.admin_port), TOKEN, timeout_s=30)
 
     async def call(self, method: str, *args: Any) -> Any:
         async with self.admin() as client:
