@@ -294,8 +294,9 @@ class _Grants:
 
     `held` is each agent's outstanding over every relay as if this report's lease
     deltas were written; `reserve` the sum over an account's agents of what their
-    leases beyond their own traffic may cost (`metered_reserve`), so an agent's
-    `reserved` is its account's sum less its own term, as `_reserved` summed it.
+    leases beyond their own traffic may cost (`metered_reserve`), so what the
+    other agents of its account reserve is that sum less the agent's own term,
+    kept up to date as grants and top-ups change one agent at a time.
     """
 
     def __init__(self, report: _Report) -> None:

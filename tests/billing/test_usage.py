@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from quota.billing.config import config_from_mapping
 from quota.billing.errors import ConfigError, StoreError
 from quota.billing.server import BillingServer
 from quota.billing.store import Tx
-from tests.billing.api import ADMIN, RELAY, Api, make_config
+from tests.billing.api import ADMIN, RELAY, RELAY2, Api, make_config
 from tools.cli import CliError, build_parser
 
 HOUR = 3_600_000
@@ -250,3 +251,58 @@ def test_traffic_rollup_is_configurable_and_checked() -> None:
     for bad in ("7m", "2d", "soon"):
         with pytest.raises(ConfigError, match=r"ledger\.traffic_rollup"):
             rollup(bad)
+
+
+async def test_random_reports_of_many_agents_keep_the_account_payable(
+    api: Api, server: BillingServer, clock: ManualClock
+) -> None:
+    """Seeded reports naming three metered agents of one account: leases stay payable."""
+    rng = random.Random(11)
+    acc, token = await api.account()
+    await api.deposit(acc, 3_000, "pay-three")
+    agents = []
+    for i, plan in enumerate(("basic", "basic", "payg")):
+        agent = (await api.agent(acc, token, f"a{i}"))["id"]
+        if plan == "basic":
+            await api.deposit(acc, 5_000, f"pay-plan-{i}")
+        await api.ok("POST", f"/v1/agents/{agent}/subscription", token, {"plan": plan})
+        settings: dict[str, Any] = {"allow_metered": True}
+        if i == 1:
+            settings |= {"topup_package": "1G", "topup_limit": 1_000}
+        await api.ok("PATCH", f"/v1/agents/{agent}", token, settings)
+        agents.append(agent)
+    held = {(r, a): 0 for r in (RELAY, RELAY2) for a in agents}  # what each relay holds
+    granted = {(r, a): 0 for r in (RELAY, RELAY2) for a in agents}
+    seqs = {RELAY: 0, RELAY2: 0}
+    seen = {"topups": 0, "cut": 0, "metered": 0}
+    for _ in range(30):
+        clock.advance(rng.choice([0, 1000, 60_000]))
+        relay = rng.choice([RELAY, RELAY2])
+        seqs[relay] += 1
+        items, leases = [], []
+        for agent in agents:
+            used = rng.randint(0, held[(relay, agent)])
+            back = rng.randint(0, held[(relay, agent)] - used)
+            held[(relay, agent)] -= used + back
+            items.append({"agent_id": agent, "bytes": used, "tunnel_seconds": rng.randint(0, 99)})
+            leases.append({"agent_id": agent, "want": rng.randint(0, 2 * G), "returned": back})
+        answer = await api.ok(
+            "POST", "/v1/sync", relay, {"seq": seqs[relay], "items": items, "leases": leases}
+        )
+        seen["topups"] += len(answer["topups"])
+        for lease, asked in zip(answer["leases"], leases, strict=True):
+            key = (relay, lease["agent_id"])
+            seen["cut"] += lease["granted_total"] - granted[key] < asked["want"]
+            held[key] += lease["granted_total"] - granted[key]
+            granted[key] = lease["granted_total"]
+        balance = await api.balance(acc)
+        reserve = 0
+        for agent in agents:
+            row = await api.ok("GET", f"/v1/agents/{agent}")
+            outstanding = sum(held[(r, agent)] for r in (RELAY, RELAY2))
+            excess = outstanding - row["traffic_remaining"]
+            seen["metered"] += excess > 0
+            reserve += -(-excess * 100 // G) if excess > 0 else 0  # 0.1 coin/GB, rounded up
+        assert reserve <= balance + len(agents), (reserve, balance)
+        await _audit_holds(server, acc)
+    assert min(seen.values()) > 0, seen  # top-ups, cut grants and leases on the balance
