@@ -191,6 +191,23 @@ async def post_traffic(op: Op, account: AccountRow, agent: AgentRow, held: int) 
     )
 
 
+async def post_metered(
+    op: Op, account: AccountRow, agent: AgentRow, nbytes: int, cost: int, *, deferred: bool = False
+) -> AccountRow:
+    """The ledger entry of `nbytes` metered traffic drawn from the balance for `cost`."""
+    return await op.post(
+        account,
+        Posting(
+            kind=EntryKind.METERED_TRAFFIC,
+            amount=-cost,
+            agent_id=agent.id,
+            used_bytes=nbytes,
+            reason=f"{nbytes} bytes metered at {format_coin(op.config.metered_price_per_gb)}/GB",
+        ),
+        deferred=deferred,
+    )
+
+
 async def _charge_traffic(
     op: Op, account: AccountRow, agent: AgentRow, need: int
 ) -> tuple[AccountRow, AgentRow, int]:
@@ -211,17 +228,7 @@ async def _charge_traffic(
     elif held:
         account = await post_traffic(op, account, agent, held)
     if draw.metered_bytes:
-        account = await op.post(
-            account,
-            Posting(
-                kind=EntryKind.METERED_TRAFFIC,
-                amount=-draw.cost,
-                agent_id=agent.id,
-                used_bytes=draw.metered_bytes,
-                reason=f"{draw.metered_bytes} bytes metered at "
-                f"{format_coin(op.config.metered_price_per_gb)}/GB",
-            ),
-        )
+        account = await post_metered(op, account, agent, draw.metered_bytes, draw.cost)
     agent = await save_agent(
         op,
         agent,

@@ -10,10 +10,13 @@ Invariants (everything below runs inside the caller's one transaction):
 - Set-based: the rows a report names are read in a few statements, each
   agent's charge and lease are decided in memory, and the results are written
   with one statement per table (`Bulk`), whatever the number of agents. An
-  agent whose charge moves money or buys something (metered traffic, tunnel
-  time, an auto top-up) is charged on its own by `charging.apply_usage`; for
-  every other agent the report does exactly what `apply_usage` would: draw
-  bucket, then packages (`draw_traffic`), nothing else.
+  agent whose charge buys something or charges time (tunnel time, an auto
+  top-up) is charged on its own by `charging.apply_usage`; for every other
+  agent the report does what `apply_usage` would: draw bucket, then packages,
+  then metered traffic from the balance (`draw_traffic`), posting the metered
+  entry at once and writing the balances drawn once, with their version checks,
+  at the end (`save_balances`); a low-balance notice is checked once per
+  account the report drew from, after all its charges.
 - Usage is charged for all agents first, in report order; then lease requests
   are answered in report order, each seeing every charge of the report and the
   grants before it. Every byte a relay reports is also added to that relay's
@@ -43,7 +46,7 @@ import structlog
 
 from quota.billing import charging, repo
 from quota.billing.errors import Conflict, KeyReused
-from quota.billing.op import Op
+from quota.billing.op import Op, check_low_balance
 from quota.billing.repo import AccountRow, AgentRow
 from quota.billing.runner import fingerprint, read_body
 from quota.contract import wire
@@ -115,6 +118,18 @@ def _per_tunnel(req: wire.SyncRequest, known: dict[str, AgentRow]) -> list[repo.
     return [(a, t, b, s) for (a, t), (b, s) in totals.items()]
 
 
+def _traffic(agent: AgentRow) -> repo.Traffic:
+    """What a report may change of an agent's row, as `repo.save_traffic` writes it."""
+    return (
+        agent.bucket_bytes,
+        agent.package_bytes,
+        agent.metered_carry,
+        agent.open_used,
+        agent.open_from,
+        agent.open_until,
+    )
+
+
 @dataclass(slots=True)
 class _Report:
     """What one report reads once and changes in memory, then writes in a few statements.
@@ -134,6 +149,9 @@ class _Report:
     stored: dict[str, int] = field(default_factory=dict)  # pre-report outstanding here
     traffic: dict[str, repo.Traffic] = field(default_factory=dict)
     unbilled: dict[str, int] = field(default_factory=dict)
+    # balances drawn in memory (account id -> its version then), written by `save`
+    # unless the charging rules saved the account since (its version moved)
+    drawn: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     async def read(cls, op: Op, relay_id: str, agent_ids: list[str]) -> _Report:
@@ -147,10 +165,10 @@ class _Report:
         return report
 
     def row(self, agent_id: str) -> AgentRow:
-        """The agent's row as the report left it so far."""
+        """The agent's row as the report left it so far (still written by `save`)."""
         agent = self.agents[agent_id]
-        changed = self.traffic.pop(agent_id, None)
-        if changed is not None:
+        changed = self.traffic.get(agent_id)
+        if changed is not None and changed != _traffic(agent):
             bucket, packages, carry, used, start, end = changed
             agent = dataclasses.replace(
                 agent,
@@ -166,16 +184,7 @@ class _Report:
 
     def current(self, agent: AgentRow) -> repo.Traffic:
         changed = self.traffic.get(agent.id)
-        if changed is not None:
-            return changed
-        return (
-            agent.bucket_bytes,
-            agent.package_bytes,
-            agent.metered_carry,
-            agent.open_used,
-            agent.open_from,
-            agent.open_until,
-        )
+        return _traffic(agent) if changed is None else changed
 
     def traffic_of(self, agent: AgentRow) -> int:
         changed = self.traffic.get(agent.id)
@@ -185,14 +194,27 @@ class _Report:
         return self.current(agent)[2]
 
     def took(self, account: AccountRow, agent: AgentRow) -> None:
-        """Keep the rows one agent's part left (already saved by the charging rules)."""
+        """Keep the rows the charging rules left; the agent's traffic is written by `save`.
+
+        Also when the rules saved nothing (an auto top-up that bought nothing):
+        what the report drew before them must not be lost.
+        """
         self.accounts[account.id] = account
-        self.traffic.pop(agent.id, None)
         self.agents[agent.id] = agent
+        self.traffic[agent.id] = _traffic(agent)
+
+    async def check_balances(self) -> None:
+        """A low-balance notice, once per account whose balance the report drew."""
+        for account_id in self.drawn:
+            account = await check_low_balance(self.op, self.accounts[account_id])
+            self.accounts[account_id] = account
 
     async def save(self) -> None:
-        """Write what the report changed in memory: traffic drawn, leases."""
+        """Write what the report changed in memory: balances, traffic drawn, leases."""
         tx = self.op.tx
+        await repo.save_balances(
+            tx, [a for i, v in self.drawn.items() if (a := self.accounts[i]).version == v]
+        )
         await repo.save_traffic(tx, [(*t, a) for a, t in self.traffic.items()])
         await repo.save_lease_totals(tx, self.relay_id, self.leases)
 
@@ -225,8 +247,8 @@ def _simple(op: Op, report: _Report, agent: AgentRow, ask: _Ask) -> bool:
     return decision.outcome not in (TopupOutcome.BUY, TopupOutcome.BALANCE_SHORT)
 
 
-async def _draw(op: Op, report: _Report, agent: AgentRow, need: int) -> bool:
-    """Draw `need` bytes in memory if no money moves (else False: nothing done)."""
+async def _draw(op: Op, report: _Report, agent: AgentRow, need: int) -> None:
+    """Draw `need` bytes: bucket and packages in memory, metered traffic posted at once."""
     bucket, packages, carry, used, start, end = report.current(agent)
     held = draw_held(need, bucket, packages)
     if held is not None:
@@ -242,14 +264,19 @@ async def _draw(op: Op, report: _Report, agent: AgentRow, need: int) -> bool:
             rate=report.rate,
             carry=carry,
         )
-        if draw.metered_bytes:
-            return False  # money moves: the charging rules post it
         from_bucket, from_packages, unbilled, carry = (
             draw.from_bucket,
             draw.from_packages,
             draw.unbilled,
             draw.carry,
         )
+        if draw.metered_bytes:  # its entry now, the balance written once a report (`save`)
+            account = await charging.post_metered(
+                op, account, agent, draw.metered_bytes, draw.cost, deferred=True
+            )
+            report.accounts[account.id] = account
+            if draw.cost:  # a charge (not all carry): the balance to write, a notice to check
+                report.drawn[account.id] = account.version
     drawn = from_bucket + from_packages
     window = (used, start, end)
     if drawn and op.config.traffic_rollup_ms:
@@ -260,7 +287,6 @@ async def _draw(op: Op, report: _Report, agent: AgentRow, need: int) -> bool:
     report.traffic[agent.id] = (bucket - from_bucket, packages - from_packages, carry, *window)
     if unbilled:
         report.unbilled[agent.id] = unbilled
-    return True
 
 
 async def _charge(op: Op, report: _Report, agent_id: str, ask: _Ask) -> None:
@@ -268,9 +294,9 @@ async def _charge(op: Op, report: _Report, agent_id: str, ask: _Ask) -> None:
     agent = report.agents[agent_id]
     if agent.role not in _PAYING:
         return
-    if _simple(op, report, agent, ask) and (
-        not ask.nbytes or await _draw(op, report, agent, ask.nbytes)
-    ):
+    if _simple(op, report, agent, ask):
+        if ask.nbytes:
+            await _draw(op, report, agent, ask.nbytes)
         return
     account = report.accounts[agent.account_id]
     charged = await charging.apply_usage(
@@ -443,6 +469,7 @@ async def apply_sync(op: Op, relay_id: str, req: wire.SyncRequest) -> wire.SyncA
             if report.agents[agent_id].role in _PAYING:
                 _lease(report, agent_id, ask, valid_until)
                 paying.append(agent_id)
+    await report.check_balances()
     wanting = [a for a in paying if asks[a].want and report.agents[a].active]
     if wanting:
         grants = _Grants(report)

@@ -306,3 +306,21 @@ async def test_random_reports_of_many_agents_keep_the_account_payable(
         assert reserve <= balance + len(agents), (reserve, balance)
         await _audit_holds(server, acc)
     assert min(seen.values()) > 0, seen  # top-ups, cut grants and leases on the balance
+
+
+async def test_a_top_up_that_buys_nothing_keeps_the_draw_of_the_same_report(
+    api: Api, server: BillingServer
+) -> None:
+    """Auto top-up at its limit of 0: the report's usage is still drawn, leases stay within it."""
+    acc, token, agt = await _paying(api, plan="basic")  # 1 GB
+    settings = {"topup_package": "1G", "topup_limit": 0, "topup_below": 0}
+    await api.ok("PATCH", f"/v1/agents/{agt}", token, settings)
+    first = await _sync(api, 1, [], [{"agent_id": agt, "want": G}])
+    assert first["leases"][0]["granted_total"] == G
+    second = await _sync(
+        api, 2, [{"agent_id": agt, "bytes": 600 * M}], [{"agent_id": agt, "want": G}]
+    )
+    lease = second["leases"][0]
+    assert (lease["traffic_remaining"], lease["granted_total"]) == (400 * M, G)  # nothing more
+    assert (await api.ok("GET", f"/v1/agents/{agt}"))["traffic_remaining"] == 400 * M
+    await _audit_holds(server, acc)

@@ -19,6 +19,7 @@ from quota.billing.repo.accounts import (
     create_account,
     get_account,
     save_account,
+    save_balances,
 )
 from quota.billing.repo.agents import (
     AgentBrief,
@@ -125,6 +126,7 @@ __all__ = [
     "save_account",
     "save_agent",
     "save_answer",
+    "save_balances",
     "save_lease_totals",
     "save_payment",
     "save_report",

@@ -61,6 +61,7 @@ class Bulk:
     types: tuple[str, ...]
     conflict: str = ""
     key: tuple[str, ...] = ()
+    also: str = ""  # an update's further assignments, e.g. "version = accounts.version + 1"
 
     def __post_init__(self) -> None:
         assert len(self.columns) == len(self.types), "one type per column"

@@ -111,7 +111,7 @@ def _insert_sql(bulk: Bulk) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _update_sql(bulk: Bulk) -> str:
-    sets = [f"{c} = v.{c}" for c in bulk.values]
+    sets = [f"{c} = v.{c}" for c in bulk.values] + ([bulk.also] if bulk.also else [])
     where = " AND ".join(f"{bulk.table}.{k} = v.{k}" for k in bulk.key)
     return f"UPDATE {bulk.table} SET {', '.join(sets)} FROM {_unnest(bulk)} WHERE {where}"
 

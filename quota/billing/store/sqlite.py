@@ -50,7 +50,7 @@ def _insert_sql(bulk: Bulk) -> str:
 
 
 def _update_sql(bulk: Bulk) -> str:
-    sets = [f"{c} = ?" for c in bulk.values]
+    sets = [f"{c} = ?" for c in bulk.values] + ([bulk.also] if bulk.also else [])
     where = " AND ".join(f"{k} = ?" for k in bulk.key)
     return f"UPDATE {bulk.table} SET {', '.join(sets)} WHERE {where}"
 
