@@ -18,7 +18,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy quota relay tools bench tests/rigs
 
-# bench/install_tools.sh: ssh, sshd, socat and prometheus for the end-to-end tests (root + apt-get).
+# bench/install_tools.sh: ssh, sshd, socat, prometheus and chromium for the tests (root + apt-get).
 # Two test processes per run even on 2 cores: most tests wait on sockets and child processes.
 test: lint
 	sh bench/install_tools.sh

@@ -249,6 +249,14 @@ class UsageSummary(Message, frozen=True, kw_only=True):
     tunnel_seconds: Count
 
 
+class ConsoleLink(Message, frozen=True, kw_only=True):
+    """A one-time sign-in link to the web console: its path on the billing API, shown once."""
+
+    account_id: Text
+    path: Text  # /console/link/<token>; the service keeps only the token's hash
+    expires_at: Count
+
+
 class PlanInfo(Message, frozen=True, kw_only=True):
     name: Text
     kind: PlanKind

@@ -252,6 +252,10 @@ async def paused_in_log(relay: Relay) -> None:
         return len(rows) == 1 and rows[0]["state"] == "paused" and rows[0]["pauses"] >= 1
 
     await poll(paused, "the stalled stream's pause in the stream log")
+    [row] = await list_streams(relay.db_path, agent="nas-agent")
+    assert row["pause_reason"] == "flow"
+    waited = {k: row[f"paused_{k}_ms"] for k in ("quota", "lease_wait", "inactive", "operator")}
+    assert row["paused_flow_ms"] > 0 and waited == dict.fromkeys(waited, 0), row
     samples = await scrape(relay.ready["metrics"])
     assert (value(samples, "quotarelay_relay_pauses_total", reason="buffer") or 0) >= 1
 

@@ -141,7 +141,24 @@ SQLITE: tuple[str, ...] = (
         PRIMARY KEY (agent_id, tunnel_id)
     );
     """,
-    # 4: raw usage of every report kept for audit (append-only, like the ledger), and
+    # 4: the web console: one-time sign-in links and sessions, both kept only as hashes.
+    """
+    CREATE TABLE console_links (
+        token_hash TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER
+    );
+    CREATE TABLE console_sessions (
+        token_hash TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
+    """,
+    # 5: raw usage of every report kept for audit (append-only, like the ledger), and
     # each agent's open roll-up window of traffic draws (bytes, from, until), written
     # to the ledger as one entry when the window closes. Leases are indexed by agent
     # alone: every report moves valid_until, which then rewrites no index entry
@@ -302,6 +319,22 @@ POSTGRESQL: tuple[str, ...] = (
         last_at BIGINT NOT NULL,
         PRIMARY KEY (agent_id, tunnel_id)
     );
+    """,
+    """
+    CREATE TABLE console_links (
+        token_hash TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT
+    );
+    CREATE TABLE console_sessions (
+        token_hash TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
     """,
     """
     CREATE TABLE usage_log (
