@@ -176,6 +176,12 @@ SQLITE: tuple[str, ...] = (
         at INTEGER NOT NULL
     );
     CREATE INDEX usage_log_account ON usage_log (account_id, at);
+    -- usage before this migration: what the ledger charged, under tunnel id ''
+    INSERT INTO usage_log (relay_id, seq, account_id, agent_id, tunnel_id, bytes,
+        tunnel_seconds, at)
+        SELECT 'ledger', id, account_id, agent_id, '', used_bytes, 0, at FROM ledger
+        WHERE kind IN ('traffic', 'metered_traffic') AND used_bytes > 0
+        AND agent_id IS NOT NULL;
     CREATE TRIGGER usage_log_no_update BEFORE UPDATE ON usage_log
         BEGIN SELECT RAISE(ABORT, 'usage records are immutable'); END;
     CREATE TRIGGER usage_log_no_delete BEFORE DELETE ON usage_log
@@ -348,6 +354,12 @@ POSTGRESQL: tuple[str, ...] = (
         at BIGINT NOT NULL
     );
     CREATE INDEX usage_log_account ON usage_log (account_id, at);
+    -- usage before this migration: what the ledger charged, under tunnel id ''
+    INSERT INTO usage_log (relay_id, seq, account_id, agent_id, tunnel_id, bytes,
+        tunnel_seconds, at)
+        SELECT 'ledger', id, account_id, agent_id, '', used_bytes, 0, at FROM ledger
+        WHERE kind IN ('traffic', 'metered_traffic') AND used_bytes > 0
+        AND agent_id IS NOT NULL;
     CREATE FUNCTION usage_log_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'usage records are immutable'; END;
     $$;
