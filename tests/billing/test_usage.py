@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from quota.billing.clock import ManualClock
 from quota.billing.config import config_from_mapping
 from quota.billing.errors import ConfigError, StoreError
 from quota.billing.server import BillingServer
-from quota.billing.store import Tx
+from quota.billing.store import SqliteStore, Tx
+from quota.billing.store.schema import SQLITE
 from tests.billing.api import ADMIN, RELAY, RELAY2, Api, make_config
 from tools.cli import CliError, build_parser
 
@@ -324,3 +326,28 @@ async def test_a_top_up_that_buys_nothing_keeps_the_draw_of_the_same_report(
     assert (lease["traffic_remaining"], lease["granted_total"]) == (400 * M, G)  # nothing more
     assert (await api.ok("GET", f"/v1/agents/{agt}"))["traffic_remaining"] == 400 * M
     await _audit_holds(server, acc)
+
+
+async def test_the_upgrade_fills_the_usage_log_from_the_ledger(tmp_path: Path) -> None:
+    """A database from before the usage log gets its charged traffic as usage, tunnel ''."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    for number, script in enumerate(SQLITE[:4], start=1):
+        db.executescript(f"{script}; PRAGMA user_version={number};")
+    db.execute(
+        "INSERT INTO accounts (id, name, token_hash, balance, version, created_at)"
+        " VALUES ('acc', 'a', 'h', 0, 0, 0)"
+    )
+    for kind, used, at in (("traffic", 5, 1000), ("metered_traffic", 7, 2000), ("deposit", 0, 3)):
+        db.execute(
+            "INSERT INTO ledger (account_id, agent_id, kind, amount, balance_after,"
+            " traffic_bytes, used_bytes, idempotency_key, reason, at)"
+            " VALUES ('acc', 'agt', ?, 0, 0, 0, ?, 'k', 'r', ?)",
+            (kind, used, at),
+        )
+    db.commit()
+    db.close()
+    path.chmod(0o600)
+    async with SqliteStore(path) as store, store.reading() as tx:
+        rows = await tx.all("SELECT agent_id, tunnel_id, bytes, at FROM usage_log ORDER BY at")
+    assert rows == [("agt", "", 5, 1000), ("agt", "", 7, 2000)]
