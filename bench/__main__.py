@@ -5,7 +5,8 @@ sync (5 and 7, waiting for the billing sync), slow_reader (issue 9 point 4: a le
 transfer beside a support agent that stopped reading), hostile (9: a legitimate
 transfer under silent and slow peers), instructions (issue 13 point 3: the relay's
 instructions per byte with metering on and off, under callgrind), purchase (only
-the purchase-to-first-byte part of sync). Each section runs in its own
+the purchase-to-first-byte part of sync), stalls (issue 10: a funded transfer never
+waits for its lease). Each section runs in its own
 `Procs`, so whatever it started is stopped before the next one starts. A section
 that fails is recorded as failed in the report, and the others still run.
 """
@@ -20,7 +21,16 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import hostile, instructions, memory, precision, slow_reader, sync, throughput
+from bench import (
+    hostile,
+    instructions,
+    memory,
+    precision,
+    slow_reader,
+    stalls,
+    sync,
+    throughput,
+)
 from bench.report import Results
 from bench.setup_tools import missing_tools
 from tests.rigs.procs import Procs, raise_nofile
@@ -43,6 +53,7 @@ SECTIONS: dict[str, Section] = {
     "hostile": hostile.run,
     "instructions": instructions.run,
     "purchase": sync.run_purchase,
+    "stalls": stalls.run,
 }
 
 

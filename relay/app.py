@@ -83,6 +83,8 @@ async def _quota_agent(
     settings = SyncSettings(
         interval_ms=link.interval_ms,
         min_want=link.min_want,
+        max_want=link.max_want,
+        low_water=hub.config.low_water,
         offline_policy=link.offline,
         offline_allowance=link.offline_allowance,
         idle_return_ms=link.idle_return_ms,
@@ -120,6 +122,9 @@ async def serve(
     `demo` is for `quotarelay up` only: it lets the demo tokens pass.
     """
     check_secrets(config, demo=demo)
+    log.info(  # names only, never values
+        "config_from_env", keys=list(config.env_keys), ignored=list(config.env_ignored)
+    )
     limit = raise_nofile()
     registry = Registry(None if config.billing else config.agents_file)
     host_key = load_host_key(config.host_key)

@@ -231,9 +231,9 @@ async def test_cli_usage_prints_a_table_and_json(
 
     out = await run("--since", "2000-01-01T00:00:00Z", "--agent", agt)
     lines = out.splitlines()
-    assert lines[0].split()[:5] == ["AGENT", "TUNNEL", "BYTES", "SECONDS", "REPORTS"]
-    assert lines[1].split()[:5] == [agt, "t-ssh", "1234567", "0", "1"]
-    assert lines[-1].split()[:2] == ["total", "1234567"]
+    assert lines[0].split() == ["AGENT", "TUNNEL", "BYTES", "SECONDS", "REPORTS", "FIRST", "LAST"]
+    assert lines[1].split()[:6] == [agt, "t-ssh", "1234567", "(1.2M)", "0", "1"]
+    assert lines[-1].split()[:3] == ["total", "1234567", "(1.2M)"]
     got = json.loads(await run("--json", "--until", "2000-01-01T00:00:00Z"))
     assert got["bytes"] == 0 and got["tunnels"] == []
     args = build_parser().parse_args(["billing", "usage", acc, "--until", "soon"])

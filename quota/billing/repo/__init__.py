@@ -4,12 +4,14 @@ One module per aggregate: `accounts` (balances, version checks, notices),
 `agents` (agents and keys), `ledger` (immutable entries, `post`), `records`
 (answers kept for idempotency: keys, payments, relay reports, intents),
 `leases` (each relay's share of an agent's traffic), `usage` (per-tunnel
-totals and the raw usage of every report) and `rollup` (an agent's open
-window of traffic draws, one ledger entry when it closes). Each function runs
-in the caller's transaction (`Tx`) and speaks in typed rows, never in SQL rows.
+totals and the raw usage of every report), `rollup` (an agent's open window
+of traffic draws, one ledger entry when it closes) and `webhooks` (the
+notices' delivery outbox, called as `repo.webhooks.*`). Each function runs in
+the caller's transaction (`Tx`) and speaks in typed rows, never in SQL rows.
 Callers use the names re-exported here.
 """
 
+from quota.billing.repo import webhooks
 from quota.billing.repo.accounts import (
     AccountRow,
     account_id_by_token,
@@ -74,6 +76,7 @@ from quota.billing.repo.usage import (
     tunnel_usage_of,
     usage_between,
 )
+from quota.billing.repo.webhooks import Outgoing
 
 __all__ = [
     "AccountRow",
@@ -81,6 +84,7 @@ __all__ = [
     "AgentRow",
     "Answered",
     "Delta",
+    "Outgoing",
     "Payment",
     "Posting",
     "Report",
@@ -134,5 +138,6 @@ __all__ = [
     "sums",
     "tunnel_usage_of",
     "usage_between",
+    "webhooks",
     "window",
 ]

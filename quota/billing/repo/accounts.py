@@ -118,9 +118,12 @@ async def save_balances(tx: Tx, accounts: list[AccountRow]) -> None:
         raise VersionConflict(f"{len(accounts) - changed} account(s) changed under a report")
 
 
-async def add_notice(tx: Tx, account_id: str, kind: str, payload: str, at: int) -> None:
-    """Keep a notice with its account (the webhook only delivers a copy); held, batched."""
+async def add_notice(
+    tx: Tx, account_id: str, kind: str, payload: str, at: int, *, event_id: str, state: str
+) -> None:
+    """Keep a notice with its account, in the webhook outbox (`repo.webhooks`); held, batched."""
     tx.later(
-        "INSERT INTO notices (account_id, kind, payload, at) VALUES (?, ?, ?, ?)",
-        (account_id, kind, payload, at),
+        "INSERT INTO notices (account_id, kind, payload, at, event_id, state)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (account_id, kind, payload, at, event_id, state),
     )
