@@ -18,7 +18,7 @@ from typing import Protocol, cast
 
 import structlog
 
-from quota.core.bucket import Bucket, BucketState, Meter
+from quota.core.bucket import Bucket, Meter
 from quota.core.streams import GrantWatch
 from relay.config import RelayConfig
 from relay.registry import Agent
@@ -94,11 +94,3 @@ class Buckets(Mapping[str, Bucket]):
         self.check_low_water(bucket)
         log.info("granted", agent_id=agent.agent_id, bytes=nbytes, remaining=bucket.remaining)
         return bucket
-
-    def depleted(self, paying: set[str]) -> int:
-        """Depleted buckets of the `paying` agents (a support agent's bucket is never one)."""
-        return sum(
-            1
-            for agent_id, b in self._by_agent.items()
-            if b.state is BucketState.DEPLETED and agent_id in paying
-        )

@@ -116,8 +116,9 @@ class Control:
             "uptime_ms": hub.now_ms() - hub.started_ms,
             "tunnels": len(hub.tunnels),
             "streams": len(hub.live),
-            "depleted": hub.buckets.depleted(
-                paying={a.agent_id for a in hub.registry if a.role.pays}
+            # as `relay agents` shows them: an agent with no bucket here reads as an empty one
+            "depleted": sum(
+                1 for a in hub.registry if self._view(a)["state"] == BucketState.DEPLETED.value
             ),
             "sync": dict(hub.quota_counters),
             "connections": self.connections(),
