@@ -180,3 +180,39 @@ async def test_after_sigkill_unanswered_udp_flows_agree_with_billing_too(
     finally:
         await relay.stop()
         await billing.close()
+
+
+async def test_an_agent_with_udp_tunnels_alone_gets_a_lease_from_its_dropped_datagrams(
+    tmp_path: Path, procs: list[AgentProc]
+) -> None:
+    """No stream can wait on UDP: refused datagrams are the demand that asks billing for a
+    lease, so an agent whose only tunnel is UDP gets bytes without any operator grant."""
+    billing = await Billing(tmp_path, plan_traffic=200 * MB).start()
+    account = await billing.account("acme", 10_000)
+    nas = await billing.agent(tmp_path, account, "nas", "client")
+    await billing.api("POST", f"/v1/agents/{nas.agent_id}/subscription", {"plan": "small"})
+    relay = synced_relay(tmp_path, billing, interval="300ms")
+    await relay.start()
+    try:
+        await poll(lambda: _known(relay, nas), "the agent from the billing API")
+        async with UdpService(echo=False) as sink:
+            agent = AgentProc(relay, nas, "expose", "--udp", f"0:127.0.0.1:{sink.port}")
+            await start(procs, agent)
+            port = (await agent.wait_for("tunnel_ready"))["port"]
+            p = await peer(port)
+
+            def one_more_passed() -> bool:
+                p.send(datagram(1, 500))  # keep offering: a refused datagram is gone
+                return sink.received > 0
+
+            await poll(one_more_passed, "a datagram to pass on billing's lease", timeout=20)
+            p.close()
+            passed = sink.received
+
+            async def billed() -> bool:
+                return await billing.usage_total(account, nas.agent_id) >= passed > 0
+
+            await poll(billed, "billing to be told what passed")
+    finally:
+        await relay.stop()
+        await billing.close()
