@@ -133,7 +133,7 @@ async def test_every_page_loads_with_no_policy_violation_or_error(
     """Each page renders under the strict policy: the browser logs no refusal and no error."""
     await lone_setup.api.usage(1, [{"agent_id": lone_setup.agent, "bytes": 123_000_000}])
     await _sign_in(browser, lone_setup)
-    for page in ("overview", "usage", "ledger", "statement"):
+    for page in ("overview", "usage", "ledger", "statement", "webhooks"):
         await browser.get(f"{lone_setup.server.url}/console/{page}")
         assert await browser.errors() == [], page
         assert await browser.text("main h1"), page

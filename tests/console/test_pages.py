@@ -6,6 +6,7 @@ import csv
 import io
 import re
 
+from quota.billing import repo
 from quota.billing.repo.console import previous_cursor
 from tests.console.client import Setup, Visitor
 
@@ -228,3 +229,79 @@ async def test_previous_cursor_steps_back_one_page(setup: Setup) -> None:
         deposits = await previous_cursor(tx, setup.account, 5, 2, "deposit")
     assert got == [None, 0, 0, 3]
     assert deposits == 3  # deposits 1, 3, 4, 5 and 6: the page before "after 5" is 4 and 5
+
+
+async def _review(setup: Setup, account: str, token: str, n: int) -> None:
+    """A deposit below its intent's amount: a `deposit_review` notice for `account`."""
+    path = f"/v1/accounts/{account}/deposit-intents"
+    intent = await setup.api.ok("POST", path, token, {"amount": 20_000})
+    body = {"account_id": account, "payment_id": f"pay-r{n}", "amount": 5_000}
+    done = await setup.api.ok("POST", "/v1/deposits", body={**body, "intent_id": intent["id"]})
+    assert done["status"] == "review"
+
+
+async def _attempt(setup: Setup, event_id: str, error: str | None, retry_at: int | None) -> None:
+    """One attempt at the notice, recorded as the notifier does: delivered, retried or failed."""
+    async with setup.server.store.transaction() as tx:
+        row = await repo.webhooks.find_notice(tx, setup.account, event_id)
+        assert row is not None
+        await repo.webhooks.requeue(tx, row.id)  # made with no webhook configured: state none
+        pending = await repo.webhooks.find_notice(tx, setup.account, event_id)
+        assert pending is not None and await repo.webhooks.claim(tx, pending, 1)
+        if error is None:
+            await repo.webhooks.delivered(tx, row.id, 1_796_000_100_000)
+        else:
+            await repo.webhooks.attempt_failed(tx, row.id, error, retry_at)
+
+
+async def test_webhooks_page_lists_the_accounts_notices_with_their_state(
+    setup: Setup, visitor: Visitor
+) -> None:
+    """Delivered, failed, pending and unsent notices with their state; not another account's."""
+    for n in range(4):
+        await _review(setup, setup.account, setup.token, n)
+    other, other_token = await setup.api.account("other")
+    await _review(setup, other, other_token, 9)
+    listed = await setup.api.ok("GET", f"/v1/accounts/{setup.account}/webhooks", setup.token)
+    ok, bad, due, unsent = (d["id"] for d in listed["deliveries"])
+    (foreign,) = (await setup.api.ok("GET", f"/v1/accounts/{other}/webhooks", other_token))[
+        "deliveries"
+    ]
+    await _attempt(setup, ok, None, None)
+    await _attempt(setup, bad, "webhook answered 500", None)
+    await _attempt(setup, due, "webhook unreachable", 1_796_000_200_000)
+    assert (await visitor.get("/console/webhooks")).url.endswith("/console/sign-in")
+    await _signed_in(setup, visitor)
+    page = await visitor.get("/console/webhooks")
+    assert page.status == 200 and 'aria-current="page">Webhooks<' in page.text
+    cells = {
+        event: re.findall(r"<td[^>]*>(.*?)</td>", row)
+        for event, row in re.findall(r'<tr id="([^"]+)">(.*?)</tr>', page.text, re.S)
+    }
+    assert list(cells) == [ok, bad, due, unsent] and foreign["id"] not in page.text
+    assert cells[ok][0] == f"<code>{ok}</code>"
+    assert cells[ok][1:3] == ["deposit_review", "2026-11-30 00:53:20 UTC"]
+    assert cells[ok][3:] == ["delivered", "1", "-", "2026-11-30 00:55:00 UTC", ""]
+    assert cells[bad][3:] == ["failed", "1", "-", "-", "webhook answered 500"]
+    assert cells[due][3:] == ["pending", "1", "2026-11-30 00:56:40 UTC", "-", "webhook unreachable"]
+    assert cells[unsent][3:] == ["none", "0", "-", "-", ""]
+    assert 'id="next-page"' not in page.text and 'id="previous-page"' not in page.text
+    assert (await visitor.get("/console/webhooks", after="x")).status == 400
+
+
+async def test_webhooks_page_pages_by_50(setup: Setup, visitor: Visitor) -> None:
+    """51 notices: 50 on the first page, one on the next, which links back to the first."""
+    async with setup.server.store.transaction() as tx:
+        for n in range(51):
+            await repo.add_notice(
+                tx, setup.account, "low_balance", "{}", n, event_id=f"evt_{n:03}", state="none"
+            )
+    await _signed_in(setup, visitor)
+    first = await visitor.get("/console/webhooks")
+    assert len(re.findall(r'<tr id="evt_', first.text)) == 50
+    following = re.search(r'href="/console/webhooks\?after=(\d+)" id="next-page"', first.text)
+    assert following is not None and 'id="previous-page"' not in first.text
+    second = await visitor.get("/console/webhooks", after=following.group(1))
+    assert re.findall(r'<tr id="(evt_\d+)"', second.text) == ["evt_050"]
+    assert 'href="/console/webhooks?after=0" id="previous-page"' in second.text
+    assert 'id="next-page"' not in second.text

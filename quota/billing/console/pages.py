@@ -1,4 +1,4 @@
-"""The console's pages (GET): sign-in, overview, usage, ledger and its CSV, statement.
+"""The console's pages (GET): sign-in, overview, usage, ledger and its CSV, statement, webhooks.
 
 Invariants:
 - Each page reads through the service's own methods as the signed-in
@@ -28,6 +28,7 @@ from quota.billing.console.web import (
 )
 from quota.billing.op import Op, monthly_total
 from quota.billing.repo import console as rows
+from quota.billing.repo import webhooks as outbox
 from quota.contract import wire
 
 LEDGER_PAGE = 50
@@ -101,10 +102,10 @@ async def usage(request: web.Request) -> web.StreamResponse:
     return render(request, "usage.html", context)
 
 
-def _after(request: web.Request) -> int:
+def _after(request: web.Request, what: str = "a ledger entry id") -> int:
     raw = request.query.get("after", "0")
     if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
-        raise Refused(400, "after: must be a ledger entry id")
+        raise Refused(400, f"after: must be {what}")
     return int(raw)
 
 
@@ -198,6 +199,25 @@ async def statement(request: web.Request) -> web.StreamResponse:
     return render(request, "statement.html", context)
 
 
+async def webhooks(request: web.Request) -> web.StreamResponse:
+    """The account's webhook notices, oldest first, as `GET /v1/accounts/{id}/webhooks` has them."""
+    who = await signed_in(request)
+    after = _after(request, "a webhook notice cursor")
+    service = service_of(request)
+    page = await service.accounts.webhook_deliveries(who, who.id, after=after, limit=LEDGER_PAGE)
+
+    async def read_previous(op: Op) -> int | None:
+        return await outbox.previous_cursor(op.tx, who.id, after, LEDGER_PAGE)
+
+    context = {
+        "page": "/webhooks",
+        "deliveries": page.deliveries,
+        "next_cursor": page.next_cursor,
+        "previous_cursor": await service.runner.read(read_previous),
+    }
+    return render(request, "webhooks.html", context)
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/", index)
     router.add_get("/sign-in", sign_in_page)
@@ -207,3 +227,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/ledger", ledger)
     router.add_get("/ledger.csv", ledger_csv)
     router.add_get("/statement", statement)
+    router.add_get("/webhooks", webhooks)

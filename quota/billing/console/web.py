@@ -39,12 +39,12 @@ PREFIX = "/console"
 SESSION_COOKIE = "qr_console"
 PRE_COOKIE = "qr_pre"
 # The pages in the navigation bar, in order: (path under /console, label).
-# Webhook deliveries are to be listed on a page of their own, added here.
 NAV = (
     ("/overview", "Overview"),
     ("/usage", "Usage"),
     ("/ledger", "Ledger"),
     ("/statement", "Statement"),
+    ("/webhooks", "Webhooks"),
 )
 
 SERVICE: web.AppKey[BillingService] = web.AppKey("console_service", BillingService)

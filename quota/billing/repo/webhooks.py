@@ -125,3 +125,14 @@ async def notices_page(tx: Tx, account_id: str, after: int, limit: int) -> list[
         (account_id, after, limit),
     )
     return [_outgoing(r) for r in rows]
+
+
+async def previous_cursor(tx: Tx, account_id: str, after: int, limit: int) -> int | None:
+    """The `after` cursor of the page of notices before the one after `after` (None: first)."""
+    if after <= 0:
+        return None
+    row = await tx.one(
+        "SELECT id FROM notices WHERE account_id = ? AND id <= ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+        (account_id, after, limit),
+    )
+    return int(row[0]) if row else 0
