@@ -87,6 +87,7 @@ class RelayConfig:
     gate: GateConfig = field(default_factory=GateConfig)  # [limits]: admission before login
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
     secret_files: tuple[tuple[str, Path], ...] = ()  # (key, file) of each file holding a token
+    workers: int = 1  # worker processes (relay.workers); 1: the relay is one process
 
 
 def parse_host_port(text: str, key: str) -> HostPort:
@@ -167,6 +168,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         metrics=metrics,
         gate=gate,
         secret_files=_secret_files(raw, f, path, rel),
+        workers=r.workers or os.cpu_count() or 1,
     )
 
 

@@ -61,6 +61,7 @@ class Hub:
         self.activity = OwnerActivity(self.buckets, self.live, config.inactive_grace_ms)
         self.started_ms = self.now_ms()
         self._ids = itertools.count(1)
+        self.serial_tag = ""  # a worker's own ("w2."), so stream ids stay unique in the relay
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[Any] = set()  # logged-in agents' SSH front objects
         self.quota_counters: dict[str, int] = {}  # the quota agent's, for the status view
@@ -80,7 +81,7 @@ class Hub:
     def stream_id(self, serial: str | None = None) -> str:
         """A relay-unique stream id; UDP flows pass their own serial ("u7")."""
         serial = serial if serial is not None else str(next(self._ids))
-        return f"{self.config.relay_id}-{self.started_ms:x}-{serial}"
+        return f"{self.config.relay_id}-{self.started_ms:x}-{self.serial_tag}{serial}"
 
     # -- StreamHost: what every stream calls -------------------------------------------
 

@@ -1,0 +1,261 @@
+"""The supervisor of a relay with `relay.workers` > 1: it starts workers, and is their quota host.
+
+Invariants:
+- It holds the SSH port (bound with SO_REUSEPORT, never listening) so that
+  port 0 picks one port all workers share and no other program takes it.
+- The one quota host (relay.workers.host), quota agent, journal and billing
+  sync, stream-log writer and admin API of the relay live here; the workers
+  carry the bytes.
+- `relay_ready` is printed once every worker listens.
+- A worker that dies while the relay runs is logged (`worker_lost`), its
+  streams are closed with reason `worker_lost`, and it is started again; the
+  other workers carry on. SIGTERM or SIGINT: every worker is told to stop
+  (its streams close with reason `relay_shutdown`), waited for up to
+  STOP_GRACE_S, then killed; then the stream log is flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from quota.agent.client import BillingClient
+from quota.agent.journal import Journal
+from quota.agent.sync import QuotaAgent, SyncSettings
+from relay.admin.health import RelayHealth
+from relay.admin.server import AdminServer
+from relay.config import RelayConfig
+from relay.descriptors import raise_nofile
+from relay.errors import ConfigError
+from relay.registry import Registry
+from relay.streamlog.writer import StreamLog
+from relay.workers.host import WORKER_LOST, WorkerHost
+from relay.workers.link import Link
+from relay.workers.messages import Ready
+
+log = structlog.get_logger("relay.workers")
+
+STOP_GRACE_S = 10.0
+READY_TIMEOUT_S = 60.0
+
+
+def hold_port(config: RelayConfig) -> socket.socket:
+    """Bind (not listen) the SSH address with SO_REUSEPORT: the port the workers will share."""
+    host, port = config.ssh_listen.host, config.ssh_listen.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"relay.ssh_listen: cannot listen on {config.ssh_listen}: {exc.strerror}"
+        ) from None
+    return sock
+
+
+class Worker:
+    """One worker slot: its process, its link and its incarnation number."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.key = 0
+        self.proc: asyncio.subprocess.Process | None = None
+        self.link: Link | None = None
+        self.ready = asyncio.Event()
+        self.reader: asyncio.Task[None] | None = None
+
+
+class Supervisor:
+    def __init__(self, config: RelayConfig, host: WorkerHost, ssh_port: int) -> None:
+        if config.source is None:
+            raise ConfigError("relay.workers: more than one worker needs a config file")
+        self.config = config
+        self.source: Path = config.source
+        self.host = host
+        self.ssh_port = ssh_port
+        self.slots = [Worker(i) for i in range(config.workers)]
+        self.stopping = False
+        self._keys = itertools.count(1)
+        self.restarts = 0
+
+    async def start(self, slot: Worker) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        slot.key = next(self._keys)
+        slot.ready = asyncio.Event()
+        args = ["--config", str(self.source), "--index", str(slot.index)]
+        args += ["--ipc-fd", str(child.fileno()), "--ssh-port", str(self.ssh_port)]
+        try:
+            slot.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "relay.workers.worker", *args, pass_fds=(child.fileno(),)
+            )
+        finally:
+            child.close()
+        slot.link = await Link.over(parent)
+        slot.reader = asyncio.create_task(self._read(slot), name=f"worker-{slot.index}-link")
+        log.info("worker_started", worker=slot.index, pid=slot.proc.pid)
+
+    async def _read(self, slot: Worker) -> None:
+        link, key = slot.link, slot.key
+        assert link is not None
+        async for message in link.messages():
+            if isinstance(message, Ready):
+                self.host.joined(key, link, message)
+                slot.ready.set()
+            else:
+                self.host.handle(key, message)
+
+    async def wait_ready(self) -> None:
+        """Until every worker listens; a worker that exits first fails the start."""
+
+        async def all_ready() -> None:
+            for slot in self.slots:
+                await slot.ready.wait()
+
+        ready = asyncio.create_task(all_ready())
+        dead = [asyncio.create_task(s.proc.wait()) for s in self.slots if s.proc is not None]
+        await asyncio.wait([ready, *dead], timeout=READY_TIMEOUT_S, return_when="FIRST_COMPLETED")
+        for task in [ready, *dead]:
+            task.cancel()
+        if not all(s.ready.is_set() for s in self.slots):
+            raise ConfigError("relay.workers: a worker did not start (see its log lines)")
+
+    async def watch(self, slot: Worker) -> None:
+        """Start `slot` again each time it dies, until the relay stops."""
+        while True:
+            assert slot.proc is not None
+            code = await slot.proc.wait()
+            if slot.reader is not None:
+                await slot.reader  # every record it sent is in before its streams are closed
+            closed = self.host.lost(slot.key)
+            if self.stopping:
+                return
+            self.restarts += 1
+            log.warning("worker_lost", worker=slot.index, exit_code=code, streams_closed=closed)
+            await self.start(slot)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.proc.send_signal(signal.SIGTERM)
+        for slot in self.slots:
+            if slot.proc is None:
+                continue
+            try:
+                await asyncio.wait_for(slot.proc.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.proc.kill()
+                await slot.proc.wait()
+
+
+async def _quota_agent(stack: AsyncExitStack, config: RelayConfig, host: WorkerHost) -> QuotaAgent:
+    link = config.billing
+    assert link is not None
+    journal = await stack.enter_async_context(Journal(link.journal))
+    client = await stack.enter_async_context(
+        BillingClient(link.urls, link.token, timeout_s=link.timeout_ms / 1000)
+    )
+    settings = SyncSettings(
+        interval_ms=link.interval_ms,
+        min_want=link.min_want,
+        offline_policy=link.offline,
+        offline_allowance=link.offline_allowance,
+        idle_return_ms=link.idle_return_ms,
+        registry_refresh_ms=link.registry_refresh_ms,
+    )
+    quota = QuotaAgent(host, journal, client, settings)
+    host.quota_counters = quota.counters
+    await quota.restore()
+    return quota
+
+
+async def serve_workers(
+    config: RelayConfig, on_ready: Callable[[Any], Awaitable[None]] | None = None
+) -> int:
+    """Run the workers until SIGTERM/SIGINT (secrets and the host key are checked by the caller)."""
+    limit = raise_nofile()
+    registry = Registry(None if config.billing else config.agents_file)
+    held = hold_port(config)
+    ssh_port = held.getsockname()[1]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        stack.callback(held.close)
+        streamlog = await stack.enter_async_context(
+            StreamLog(
+                config.stream_log_path,
+                relay_id=config.relay_id,
+                flush_ms=config.flush_ms,
+                json_lines=config.json_lines,
+            )
+        )
+        host = WorkerHost(config, registry, streamlog)
+        quota = None if config.billing is None else await _quota_agent(stack, config, host)
+        supervisor = Supervisor(config, host, ssh_port)
+        offline = config.billing.offline if config.billing else "continue"
+        health = RelayHealth(streamlog, quota, offline)
+        watchers: list[asyncio.Task[None]] = []
+        syncing = None
+        try:
+            for slot in supervisor.slots:
+                await supervisor.start(slot)
+            await supervisor.wait_ready()
+            health.listening = True
+            admin = await stack.enter_async_context(
+                AdminServer(host, config.admin_listen, config.admin_token, health)
+            )
+            ready_line = {
+                "event": "relay_ready",
+                "relay_id": config.relay_id,
+                "ssh_port": ssh_port,
+                "admin": str(config.admin_listen)
+                if isinstance(config.admin_listen, Path)
+                else admin.port,
+                "metrics": None,
+                "workers": config.workers,
+            }
+            print(json.dumps(ready_line), flush=True)
+            log.info(
+                "relay_ready", **{k: v for k, v in ready_line.items() if k != "event"}, nofile=limit
+            )
+            watchers = [
+                asyncio.create_task(supervisor.watch(s), name=f"worker-{s.index}")
+                for s in supervisor.slots
+            ]
+            if quota is not None:
+                syncing = asyncio.create_task(quota.run(), name="quota-agent")
+            if on_ready is not None:
+                await on_ready(host)
+            await stop.wait()
+        finally:
+            log.info("relay_stopping")
+            await supervisor.stop()
+            await asyncio.gather(*watchers, return_exceptions=True)
+            for slot in supervisor.slots:
+                host.lost(slot.key, reason=WORKER_LOST)  # none left after a clean stop
+            if syncing is not None and quota is not None:
+                syncing.cancel()
+                await asyncio.gather(syncing, return_exceptions=True)
+                await quota.final_round(timeout_ms=2000)
+    log.info("relay_stopped", pid=os.getpid())
+    sys.stdout.flush()
+    return 0
