@@ -21,7 +21,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -47,6 +47,15 @@ log = structlog.get_logger("relay")
 SHARE_LOG_EVERY_MS = 10_000  # a fair share's refusals: one log line per agent and cause
 
 
+class Reacher(Protocol):
+    """Endpoints held by the relay's other workers (relay.workers.reach)."""
+
+    def wants(self, agent: Agent, host: str, port: int) -> bool: ...
+    def reach(
+        self, agent: Agent, host: str, port: int, orig: tuple[str, int]
+    ) -> Coroutine[Any, Any, Any]: ...
+
+
 class Hub:
     def __init__(
         self, config: RelayConfig, registry: Registry, streamlog: StreamLog | None
@@ -70,6 +79,7 @@ class Hub:
         self.pauses: Counter[PauseReason] = Counter()
         self.refusals: Counter[str] = Counter()  # cause -> count
         self.gate = Gate(config.gate.admission(descriptor_limit()))  # before login
+        self.remote: Reacher | None = None  # a worker's reach into the others (relay.workers)
 
     @staticmethod
     def now_ms() -> int:

@@ -299,6 +299,7 @@ class WorkerHost:
                     "worker": ready.worker,
                     "pid": ready.pid,
                     "tunnels": 0 if report is None else report.tunnels,
+                    "connections": 0 if report is None else report.connections.get("total", 0),
                     "streams": sum(1 for w, _ in self.live.values() if w == key),
                 }
             )

@@ -91,10 +91,49 @@ class Agents(Msg, frozen=True, kw_only=True):
     agents: list[wire.RelayAgent]
 
 
-Message = Ready | Want | GiveBack | Usage | Records | Grant | Recall | SetActive | Agents
+# -- reaching an endpoint held by another worker (on the descriptor channel) --------------
+
+
+class Reach(Msg, frozen=True, kw_only=True):
+    """A support agent in one worker asks for an endpoint; the supervisor asks the others."""
+
+    req: int
+    account: str
+    name: str
+    port: int
+    support_id: str
+    orig_host: str
+    orig_port: int
+
+
+class Reached(Msg, frozen=True, kw_only=True):
+    """The answer; with status "ok" the message carries one end of the stream's socket pair."""
+
+    req: int
+    status: str  # "ok" | "none" (no such endpoint here) | "refused" (message says why)
+    message: str = ""
+
+
+Message = (
+    Ready
+    | Want
+    | GiveBack
+    | Usage
+    | Records
+    | Grant
+    | Recall
+    | SetActive
+    | Agents
+    | Reach
+    | Reached
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
 
 
 def frame(message: Message) -> bytes:

@@ -29,11 +29,13 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from quota.agent.client import BillingClient
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings
+from quota.core.errors import InvalidValue
 from relay.admin.health import RelayHealth
 from relay.admin.server import AdminServer
 from relay.config import RelayConfig
@@ -43,7 +45,8 @@ from relay.registry import Registry
 from relay.streamlog.writer import StreamLog
 from relay.workers.host import WORKER_LOST, WorkerHost
 from relay.workers.link import Link
-from relay.workers.messages import Ready
+from relay.workers.messages import IpcError, Message, Reach, Reached, Ready
+from relay.workers.reach import FdChannel
 
 log = structlog.get_logger("relay.workers")
 
@@ -80,6 +83,65 @@ class Worker:
         self.reader: asyncio.Task[None] | None = None
 
 
+class Router:
+    """Routes reaches between workers: a support agent's worker asks, every other one answers.
+
+    The first "ok" (with its socket) or "refused" answer goes back to the asker; if
+    every other worker says "none", so does the supervisor. Descriptors pass
+    through, never bytes of a stream.
+    """
+
+    def __init__(self) -> None:
+        self.channels: dict[int, FdChannel] = {}
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[int, int, set[int]]] = {}  # id -> (asker, its req, left)
+
+    def on_message(self, key: int, message: Message, fd: int | None) -> None:
+        try:
+            if isinstance(message, Reach):
+                self._ask(key, message)
+            elif isinstance(message, Reached):
+                self._answer(key, message, fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _ask(self, key: int, ask: Reach) -> None:
+        others = [k for k in self.channels if k != key]
+        if not others:
+            self.channels[key].send(Reached(req=ask.req, status="none"))
+            return
+        rid = next(self._ids)
+        self._pending[rid] = (key, ask.req, set(others))
+        for other in others:
+            self.channels[other].send(msgspec.structs.replace(ask, req=rid))
+
+    def _answer(self, key: int, answer: Reached, fd: int | None) -> None:
+        entry = self._pending.get(answer.req)
+        if entry is None:
+            return
+        asker, req, left = entry
+        left.discard(key)
+        if answer.status == "none" and left:
+            return
+        del self._pending[answer.req]
+        channel = self.channels.get(asker)
+        if channel is not None:
+            channel.send(msgspec.structs.replace(answer, req=req), fd)
+
+    def lost(self, key: int) -> None:
+        channel = self.channels.pop(key, None)
+        if channel is not None:
+            channel.close()
+        for rid, (asker, req, left) in list(self._pending.items()):
+            left.discard(key)
+            if asker == key:
+                del self._pending[rid]
+            elif not left:
+                del self._pending[rid]
+                self.channels[asker].send(Reached(req=req, status="none"))
+
+
 class Supervisor:
     def __init__(self, config: RelayConfig, host: WorkerHost, ssh_port: int) -> None:
         if config.source is None:
@@ -92,19 +154,30 @@ class Supervisor:
         self.stopping = False
         self._keys = itertools.count(1)
         self.restarts = 0
+        self.router = Router()
 
     async def start(self, slot: Worker) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        slot.key = next(self._keys)
+        fds_parent, fds_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        slot.key = key = next(self._keys)
         slot.ready = asyncio.Event()
         args = ["--config", str(self.source), "--index", str(slot.index)]
-        args += ["--ipc-fd", str(child.fileno()), "--ssh-port", str(self.ssh_port)]
+        args += ["--ipc-fd", str(child.fileno()), "--fd-channel", str(fds_child.fileno())]
+        args += ["--ssh-port", str(self.ssh_port)]
         try:
             slot.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "relay.workers.worker", *args, pass_fds=(child.fileno(),)
+                sys.executable,
+                "-m",
+                "relay.workers.worker",
+                *args,
+                pass_fds=(child.fileno(), fds_child.fileno()),
             )
         finally:
             child.close()
+            fds_child.close()
+        channel = FdChannel(fds_parent, lambda m, fd: self.router.on_message(key, m, fd))
+        channel.start()
+        self.router.channels[key] = channel
         slot.link = await Link.over(parent)
         slot.reader = asyncio.create_task(self._read(slot), name=f"worker-{slot.index}-link")
         log.info("worker_started", worker=slot.index, pid=slot.proc.pid)
@@ -112,12 +185,18 @@ class Supervisor:
     async def _read(self, slot: Worker) -> None:
         link, key = slot.link, slot.key
         assert link is not None
-        async for message in link.messages():
-            if isinstance(message, Ready):
-                self.host.joined(key, link, message)
-                slot.ready.set()
-            else:
-                self.host.handle(key, message)
+        try:
+            async for message in link.messages():
+                if isinstance(message, Ready):
+                    self.host.joined(key, link, message)
+                    slot.ready.set()
+                else:
+                    self.host.handle(key, message)
+        except (IpcError, InvalidValue) as exc:
+            # a worker that breaks the rules is stopped and started again, as if it died
+            log.error("worker_protocol_error", worker=slot.index, error=str(exc))
+            if slot.proc is not None and slot.proc.returncode is None:
+                slot.proc.kill()
 
     async def wait_ready(self) -> None:
         """Until every worker listens; a worker that exits first fails the start."""
@@ -142,6 +221,7 @@ class Supervisor:
             if slot.reader is not None:
                 await slot.reader  # every record it sent is in before its streams are closed
             closed = self.host.lost(slot.key)
+            self.router.lost(slot.key)
             if self.stopping:
                 return
             self.restarts += 1
@@ -252,6 +332,7 @@ async def serve_workers(
             await asyncio.gather(*watchers, return_exceptions=True)
             for slot in supervisor.slots:
                 host.lost(slot.key, reason=WORKER_LOST)  # none left after a clean stop
+                supervisor.router.lost(slot.key)
             if syncing is not None and quota is not None:
                 syncing.cancel()
                 await asyncio.gather(syncing, return_exceptions=True)

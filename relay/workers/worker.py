@@ -7,6 +7,8 @@ It serves agents as a lone relay does, with these differences:
   give-back, and gives back on a recall what its streams do not hold.
 - Its stream-log records go to the supervisor, the relay's one writer, as soon
   as the loop is idle; it runs no admin API, metrics listener or quota agent.
+- A support agent's channel to an endpoint this worker does not hold is asked
+  of the others (relay.workers.reach): the bytes cross in a socket pair.
 - It stops on SIGTERM or when the supervisor's socket closes: streams close
   with reason `relay_shutdown` and their records are sent before it exits.
 """
@@ -45,6 +47,7 @@ from relay.workers.messages import (
     Usage,
     Want,
 )
+from relay.workers.reach import RemoteReach
 
 log = structlog.get_logger("relay.worker")
 
@@ -159,7 +162,9 @@ async def _ticks(feeder: Feeder) -> None:
         feeder.tick()
 
 
-async def run_worker(config_path: Path, index: int, ipc_fd: int, ssh_port: int) -> int:
+async def run_worker(
+    config_path: Path, index: int, ipc_fd: int, fd_channel: int, ssh_port: int
+) -> int:
     config = load_config(config_path)
     raise_nofile()
     registry = Registry(None if config.billing else config.agents_file)
@@ -170,6 +175,9 @@ async def run_worker(config_path: Path, index: int, ipc_fd: int, ssh_port: int) 
     hub.serial_tag = f"w{index}."
     feeder = Feeder(hub, link)
     hub.buckets.on_want = feeder.nudge
+    reach = RemoteReach(hub, socket.socket(fileno=fd_channel))
+    reach.start()
+    hub.remote = reach
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     AcceptErrors(loop).install()
@@ -198,6 +206,7 @@ async def run_worker(config_path: Path, index: int, ipc_fd: int, ssh_port: int) 
         feeder.report()
         await link.drain()
         await link.aclose()
+        reach.close()
         await server.wait_closed()
     log.info("worker_stopped", worker=index)
     return 0
@@ -208,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--ipc-fd", type=int, required=True)
+    parser.add_argument("--fd-channel", type=int, required=True)
     parser.add_argument("--ssh-port", type=int, required=True)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default="json")
@@ -216,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     from relay.loop import run
 
     configure(args.log_level, args.log_format)
-    return run(run_worker(Path(args.config), args.index, args.ipc_fd, args.ssh_port))
+    return run(
+        run_worker(Path(args.config), args.index, args.ipc_fd, args.fd_channel, args.ssh_port)
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import pytest
 
 from tests.rigs.keys import AgentSpec, make_agent
 from tests.rigs.relay import Relay
-from tests.rigs.services import DigestService, pattern
-from tests.rigs.ssh import Ssh
+from tests.rigs.services import DigestService, exchange, pattern, sha
+from tests.rigs.procs import free_port
+from tests.rigs.ssh import Ssh, expose, local_forward
 from tests.rigs.waits import poll
 
 MiB = 1024 * 1024
@@ -27,7 +28,9 @@ WORKERS = 2
 def agents(tmp_path: Path) -> dict[str, AgentSpec]:
     web = make_agent(tmp_path, "web-agent", "acme", "client")
     web.limits = {"ssh_connections_per_agent": 64, "public_ports_per_agent": 64}
-    return {"web": web}
+    tech = make_agent(tmp_path, "tech", "acme", "support")
+    tech.limits = {"ssh_connections_per_agent": 64}
+    return {"web": web, "nas": make_agent(tmp_path, "nas-agent", "acme", "client"), "tech": tech}
 
 
 @pytest.fixture
@@ -191,3 +194,48 @@ async def test_sigterm_drains_every_worker(
             os.kill(pid, 0)
     for writer in writers:
         writer.close()
+
+
+async def _connections(relay: Relay) -> list[int]:
+    return [w["connections"] for w in await _workers(relay)]
+
+
+async def test_support_agent_reaches_an_endpoint_held_by_another_worker(
+    relay: Relay, agents: dict[str, AgentSpec], clients: list[Ssh]
+) -> None:
+    """-L from one worker to an endpoint whose agent is on the other: byte-exact, metered once."""
+    size = 3 * MiB
+    down, up = pattern(size, 21), pattern(size, 22)
+    async with DigestService(send=down) as service:
+        await expose(relay, agents["nas"], f"nas:22:127.0.0.1:{service.port}", clients)
+        await poll(lambda: _sum_tunnels(relay, 1), "the endpoint reported")
+        owner = next(w["worker"] for w in await _workers(relay) if w["tunnels"])
+        for _ in range(24):  # until a support connection lands on the other worker
+            before = await _connections(relay)
+            port = free_port()
+            await local_forward(relay, agents["tech"], port, "nas:22", clients)
+
+            async def counted(n: int = sum(before) + 1) -> bool:
+                return sum(await _connections(relay)) == n
+
+            await poll(counted, "the support connection reported")
+            after = await _connections(relay)
+            if after[1 - owner] > before[1 - owner]:
+                break
+        else:
+            raise AssertionError("24 support connections all landed on the owner's worker")
+        await relay.call("grant", "nas-agent", 2 * size)
+        digest, got = await exchange(port, up, size)
+        assert (digest, got) == (sha(down), size)
+        await asyncio.wait_for(service.conns[-1].eof.wait(), 30)
+        assert service.conns[-1].digest.hexdigest() == sha(up)
+
+    async def used() -> bool:
+        return bool((await relay.call("agent", "nas-agent"))["used"] == 2 * size)
+
+    await poll(used, "both directions metered once")
+    await poll(lambda: len(_rows(relay.db_path)) == 1, "one stream in the log")
+
+
+async def _sum_tunnels(relay: Relay, n: int) -> bool:
+    return sum(w["tunnels"] for w in await _workers(relay)) == n
