@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from tests.rigs.keys import AgentSpec, make_agent
+from tests.rigs.procs import free_port
 from tests.rigs.relay import Relay
 from tests.rigs.services import DigestService, exchange, pattern, sha
-from tests.rigs.procs import free_port
 from tests.rigs.ssh import Ssh, expose, local_forward
 from tests.rigs.waits import poll
 
