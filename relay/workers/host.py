@@ -62,6 +62,9 @@ class WorkerHost:
         self.reports: dict[int, Usage] = {}
         self.dead_bytes: Counter[tuple[str, str]] = Counter()
         self.dead_ms: Counter[tuple[str, str]] = Counter()
+        self.dead_directions: Counter[tuple[str, str, str]] = Counter()
+        self.dead_pauses: Counter[str] = Counter()
+        self.dead_refused: Counter[str] = Counter()
         self.live: dict[str, tuple[int, StreamRecord]] = {}  # stream id -> (worker, last record)
         self.inactive: set[str] = {a.agent_id for a in registry if not a.active}
         self.dropping: set[str] = set()  # leases expired: bytes given back are dropped
@@ -88,6 +91,9 @@ class WorkerHost:
         if last is not None:
             self.dead_bytes.update({(a, t): n for a, t, n in last.tunnel_bytes})
             self.dead_ms.update({(a, t): n for a, t, n in last.tunnel_ms})
+            self.dead_directions.update({(a, t, d): n for a, t, d, n in last.directions})
+            self.dead_pauses.update(last.pauses)
+            self.dead_refused.update(last.ssh_refused)
         now = _now_ms()
         closed = 0
         for stream_id, (worker, rec) in list(self.live.items()):

@@ -60,6 +60,10 @@ class Usage(Msg, frozen=True, kw_only=True):
     holding: list[str]  # agents with a tunnel in this worker
     connections: dict[str, int]
     refused: dict[str, int]
+    directions: list[tuple[str, str, str, int]] = []  # (agent, tunnel, "up"/"down", bytes)
+    pauses: dict[str, int] = {}  # pause reason -> count
+    logged_in: int = 0  # agents' SSH connections past login
+    ssh_refused: dict[str, int] = {}  # refusals after login, by cause (the metrics' "ssh" kind)
 
 
 class Records(Msg, frozen=True, kw_only=True):

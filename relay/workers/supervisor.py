@@ -24,10 +24,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import structlog
@@ -36,17 +36,21 @@ from quota.agent.client import BillingClient
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings
 from quota.core.errors import InvalidValue
+from quota.metrics import MetricsListenError, MetricsServer
 from relay.admin.health import RelayHealth
+from relay.admin.metrics import RelayCollector, relay_registry
 from relay.admin.server import AdminServer
 from relay.config import RelayConfig
 from relay.descriptors import raise_nofile
 from relay.errors import ConfigError
+from relay.hub.hub import Hub
 from relay.registry import Registry
 from relay.streamlog.writer import StreamLog
 from relay.workers.host import WORKER_LOST, WorkerHost
 from relay.workers.link import Link
 from relay.workers.messages import IpcError, Message, Reach, Reached, Ready
 from relay.workers.reach import FdChannel
+from relay.workers.view import RelayView
 
 log = structlog.get_logger("relay.workers")
 
@@ -266,6 +270,21 @@ async def _quota_agent(stack: AsyncExitStack, config: RelayConfig, host: WorkerH
     return quota
 
 
+@contextlib.asynccontextmanager
+async def _metrics_server(
+    config: RelayConfig, host: WorkerHost, quota: QuotaAgent | None
+) -> AsyncIterator[MetricsServer]:
+    """`/metrics` of the whole relay (relay.workers.view), or nothing listening when off."""
+    view = cast(Hub, RelayView(host))  # the collector reads only what RelayView has
+    collector = RelayCollector(view, quota, config.metrics)
+    server = MetricsServer(relay_registry(collector), config.metrics, collector.refresh)
+    try:
+        async with server:
+            yield server
+    except MetricsListenError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 async def serve_workers(
     config: RelayConfig, on_ready: Callable[[Any], Awaitable[None]] | None = None
 ) -> int:
@@ -303,6 +322,7 @@ async def serve_workers(
             admin = await stack.enter_async_context(
                 AdminServer(host, config.admin_listen, config.admin_token, health)
             )
+            metrics = await stack.enter_async_context(_metrics_server(config, host, quota))
             ready_line = {
                 "event": "relay_ready",
                 "relay_id": config.relay_id,
@@ -310,7 +330,7 @@ async def serve_workers(
                 "admin": str(config.admin_listen)
                 if isinstance(config.admin_listen, Path)
                 else admin.port,
-                "metrics": None,
+                "metrics": metrics.port,
                 "workers": config.workers,
             }
             print(json.dumps(ready_line), flush=True)

@@ -124,6 +124,10 @@ class Feeder:
                     "auth_failures": hub.gate.auth_failures,
                 },
                 refused=dict(hub.gate.refusals) | dict(hub.refusals),
+                directions=[(*k, n) for k, n in hub.live.bytes_by_direction().items()],
+                pauses={r.value: n for r, n in hub.pauses.items()},
+                logged_in=len(hub.connections),
+                ssh_refused=dict(hub.refusals),
             )
         )
 
