@@ -151,10 +151,12 @@ class SubLeases:
             raise InvalidValue(f"worker {worker} reported {used_total} used, beyond its sub-lease")
         self.shares[worker] = share.report(used=used, returned=0)
 
-    def give_back(self, worker: int, nbytes: int) -> Served:
+    def give_back(self, worker: int, nbytes: int, *, revoke: int = 0) -> Served:
         """`worker` returns `nbytes` it holds unused; waiting wants are served from them.
 
-        Giving back cancels the headroom it still wanted (not what its streams need).
+        Up to `revoke` bytes of the pool are taken back first (an operator's revoke,
+        an expired lease), so they never reach another worker. Giving back cancels
+        the headroom the worker still wanted (not what its streams need).
         """
         share = self.shares.get(worker)
         if nbytes < 0 or share is None or nbytes > share.remaining():
@@ -164,6 +166,7 @@ class SubLeases:
         if need:
             self._wants[worker] = (need, need)
         self.pool += nbytes
+        self.revoke(revoke)
         return Served(grants=self._serve())
 
     def worker_lost(self, worker: int) -> Served:

@@ -24,6 +24,7 @@ from collections import Counter
 import structlog
 
 from quota.contract import wire
+from quota.core.money import MAX_COUNTER
 from quota.core.sublease import Served, SubLeases
 from relay.config import RelayConfig
 from relay.errors import UnknownAgent
@@ -68,6 +69,7 @@ class WorkerHost:
         self.live: dict[str, tuple[int, StreamRecord]] = {}  # stream id -> (worker, last record)
         self.inactive: set[str] = {a.agent_id for a in registry if not a.active}
         self.dropping: set[str] = set()  # leases expired: bytes given back are dropped
+        self.revoking: dict[str, int] = {}  # agent -> bytes an operator revoked, still held
         self.remote_agents: list[wire.RelayAgent] | None = None
         self.quota_counters: dict[str, int] = {}
         self._idle: dict[str, tuple[int, int]] = {}  # agent -> (used, since ms)
@@ -83,7 +85,7 @@ class WorkerHost:
         for agent_id in self.inactive:
             link.send(SetActive(agent_id=agent_id, active=False))
 
-    def lost(self, key: int, *, reason: str = WORKER_LOST) -> int:
+    def lost(self, key: int) -> int:
         """A worker is gone: close its logged streams, write off its sub-leases."""
         self.links.pop(key, None)
         self.ready.pop(key, None)
@@ -102,7 +104,7 @@ class WorkerHost:
             del self.live[stream_id]
             self.streamlog.record(
                 dataclasses.replace(
-                    rec, event="close", at_ms=now, state="closed", close_reason=reason
+                    rec, event="close", at_ms=now, state="closed", close_reason=WORKER_LOST
                 )
             )
             closed += 1
@@ -130,10 +132,14 @@ class WorkerHost:
         elif isinstance(message, GiveBack):
             leases = self._leases(message.agent_id)
             leases.report(key, message.used_total)
-            served = leases.give_back(key, message.nbytes)
-            if message.agent_id in self.dropping:
-                leases.revoke(leases.pool)
-            self._send(message.agent_id, served)
+            agent_id = message.agent_id
+            owed = self.revoking.pop(agent_id, 0)
+            revoke = MAX_COUNTER if agent_id in self.dropping else owed
+            before = leases.revoked
+            served = leases.give_back(key, message.nbytes, revoke=revoke)
+            if owed > leases.revoked - before:
+                self.revoking[agent_id] = owed - (leases.revoked - before)
+            self._send(agent_id, served)
 
     def _leases(self, agent_id: str) -> SubLeases:
         leases = self.leases.get(agent_id)
@@ -252,7 +258,11 @@ class WorkerHost:
     def revoke(self, agent_id: str, nbytes: int) -> dict[str, object]:
         """Take back from the pool at once; what workers hold comes back on a recall."""
         agent = self._agent(agent_id)
-        back = self._leases(agent_id).revoke(nbytes)
+        leases = self._leases(agent_id)
+        back = leases.revoke(nbytes)
+        if back < nbytes and leases.outstanding_all:
+            self.revoking[agent_id] = self.revoking.get(agent_id, 0) + nbytes - back
+            self.recall(agent_id)  # the rest comes out of what the workers give back
         log.info("revoked", agent_id=agent_id, bytes=back)
         return self._view(agent)
 

@@ -46,7 +46,7 @@ from relay.errors import ConfigError
 from relay.hub.hub import Hub
 from relay.registry import Registry
 from relay.streamlog.writer import StreamLog
-from relay.workers.host import WORKER_LOST, WorkerHost
+from relay.workers.host import WorkerHost
 from relay.workers.link import Link
 from relay.workers.messages import IpcError, Message, Reach, Reached, Ready
 from relay.workers.reach import FdChannel
@@ -351,7 +351,7 @@ async def serve_workers(
             await supervisor.stop()
             await asyncio.gather(*watchers, return_exceptions=True)
             for slot in supervisor.slots:
-                host.lost(slot.key, reason=WORKER_LOST)  # none left after a clean stop
+                host.lost(slot.key)  # none left after a clean stop
                 supervisor.router.lost(slot.key)
             if syncing is not None and quota is not None:
                 syncing.cancel()

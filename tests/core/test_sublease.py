@@ -39,6 +39,18 @@ def test_short_want_recalls_idle_bytes_of_other_workers() -> None:
     leases.check()
 
 
+def test_a_revoke_on_give_back_comes_before_any_waiting_want() -> None:
+    """Bytes given back while an operator's revoke is owed are taken back, not handed on."""
+    leases = SubLeases("a")
+    leases.add(100)
+    leases.want(1, 100)
+    leases.want(2, 50, need=50)
+    served = leases.give_back(1, 80, revoke=60)
+    assert [(g.worker, g.nbytes) for g in served.grants] == [(2, 20)]
+    assert leases.revoked == 60 and leases.pool == 0
+    leases.check()
+
+
 def test_a_lost_worker_writes_off_what_it_held() -> None:
     """Bytes a dead worker held are never handed out again; its reported use stays counted."""
     leases = SubLeases("a")
