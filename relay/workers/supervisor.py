@@ -21,9 +21,11 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -35,6 +37,7 @@ import structlog
 from quota.agent.client import BillingClient
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings
+from quota.core.backoff import backoff_ms
 from quota.core.errors import InvalidValue
 from quota.metrics import MetricsListenError, MetricsServer
 from relay.admin.health import RelayHealth
@@ -56,6 +59,7 @@ log = structlog.get_logger("relay.workers")
 
 STOP_GRACE_S = 10.0
 READY_TIMEOUT_S = 60.0
+STABLE_S = 5.0  # a worker that dies sooner after its start is started again after a backoff
 
 
 def hold_port(config: RelayConfig) -> socket.socket:
@@ -218,9 +222,15 @@ class Supervisor:
             raise ConfigError("relay.workers: a worker did not start (see its log lines)")
 
     async def watch(self, slot: Worker) -> None:
-        """Start `slot` again each time it dies, until the relay stops."""
+        """Start `slot` again each time it dies, until the relay stops.
+
+        A worker that dies young (before STABLE_S) is started after a backoff, so
+        one that cannot start does not spin; one that ran for a while at once.
+        """
+        quick_deaths = 0
         while True:
             assert slot.proc is not None
+            started = time.monotonic()
             code = await slot.proc.wait()
             if slot.reader is not None:
                 await slot.reader  # every record it sent is in before its streams are closed
@@ -230,6 +240,12 @@ class Supervisor:
                 return
             self.restarts += 1
             log.warning("worker_lost", worker=slot.index, exit_code=code, streams_closed=closed)
+            quick_deaths = quick_deaths + 1 if time.monotonic() - started < STABLE_S else 0
+            if quick_deaths:
+                wait = backoff_ms(
+                    quick_deaths - 1, first_ms=100, cap_ms=10_000, draw=random.random()
+                )
+                await asyncio.sleep(wait / 1000)
             await self.start(slot)
 
     async def stop(self) -> None:

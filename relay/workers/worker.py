@@ -136,9 +136,10 @@ class Feeder:
         if isinstance(message, Grant):
             agent = hub.registry.get(message.agent_id)
             if agent is None:  # unknown here: give it straight back
-                self.link.send(
-                    GiveBack(agent_id=message.agent_id, nbytes=message.nbytes, used_total=0)
-                )
+                known = hub.buckets.get(message.agent_id)
+                used = 0 if known is None else known.used
+                back = GiveBack(agent_id=message.agent_id, nbytes=message.nbytes, used_total=used)
+                self.link.send(back)
                 return
             hub.buckets.grant(agent, message.nbytes)
         elif isinstance(message, Recall):
