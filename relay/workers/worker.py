@@ -138,8 +138,8 @@ class Feeder:
             if agent is None:  # unknown here: give it straight back
                 known = hub.buckets.get(message.agent_id)
                 used = 0 if known is None else known.used
-                back = GiveBack(agent_id=message.agent_id, nbytes=message.nbytes, used_total=used)
-                self.link.send(back)
+                nbytes = message.nbytes
+                self.link.send(GiveBack(agent_id=message.agent_id, nbytes=nbytes, used_total=used))
                 return
             hub.buckets.grant(agent, message.nbytes)
         elif isinstance(message, Recall):
