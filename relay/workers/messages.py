@@ -108,6 +108,7 @@ class Reach(Msg, frozen=True, kw_only=True):
     support_id: str
     orig_host: str
     orig_port: int
+    udp: bool = False  # a UDP endpoint ("udp/<name>"): its framed channel crosses instead
 
 
 class Reached(Msg, frozen=True, kw_only=True):

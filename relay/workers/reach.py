@@ -14,6 +14,9 @@ Invariants:
   worker does); its splice holds the support channel back when the socket's
   write buffer is full and the socket back when the channel cannot send, so
   nothing piles up in user space.
+- A UDP endpoint is reached the same way: its framed channel crosses in the
+  socket pair, and the owner's worker runs the support session (flows, meters,
+  records) on its end as if the socket were the support agent's channel.
 - A reach nobody answers within REACH_TIMEOUT_S is refused like a missing endpoint.
 """
 
@@ -32,8 +35,11 @@ import asyncssh
 from quota.core.shares import Share
 from relay.errors import Refused
 from relay.hub.hub import Hub
+from relay.hub.tunnels import ENDPOINT, UDP_ENDPOINT, is_address
 from relay.registry import Agent
 from relay.tcp.tunnels import TcpTunnels
+from relay.udp.channels import SupportSession
+from relay.udp.relay import UDP_PREFIX, udp_for
 from relay.workers.messages import Message, Reach, Reached, decode, encode
 
 REACH_TIMEOUT_S = 10.0
@@ -199,10 +205,10 @@ class RemoteReach:
 
     def wants(self, agent: Agent, host: str, port: int) -> bool:
         """Should this channel open be asked of the other workers?"""
-        return (
-            agent.role.may_connect
-            and self.hub.tunnels.find_endpoint(agent.account, host.lower(), port) is None
-        )
+        name, kind = _endpoint(host)
+        if not agent.role.may_connect or is_address(name):
+            return False
+        return self.hub.tunnels.find_endpoint(agent.account, name, port, kind=kind) is None
 
     async def reach(self, agent: Agent, host: str, port: int, orig: tuple[str, int]) -> Any:
         """The support side's session for an endpoint another worker holds, or a refusal."""
@@ -211,10 +217,12 @@ class RemoteReach:
             asyncio.get_running_loop().create_future()
         )
         self._waiting[req] = future
+        name, kind = _endpoint(host)
         ask = Reach(
             req=req,
+            udp=kind == UDP_ENDPOINT,
             account=agent.account,
-            name=host.lower(),
+            name=name,
             port=port,
             support_id=agent.agent_id,
             orig_host=orig[0],
@@ -252,6 +260,9 @@ class RemoteReach:
     # -- the owner's worker -------------------------------------------------------------
 
     async def _answer(self, ask: Reach) -> None:
+        if ask.udp:
+            self._answer_udp(ask)
+            return
         hub = self.hub
         tunnel = hub.tunnels.find_endpoint(ask.account, ask.name, ask.port)
         if tunnel is None:
@@ -275,3 +286,79 @@ class RemoteReach:
             self.fds.send(Reached(req=ask.req, status="ok"), theirs.fileno())
         finally:
             theirs.close()
+
+    def _answer_udp(self, ask: Reach) -> None:
+        hub = self.hub
+        if hub.tunnels.find_endpoint(ask.account, ask.name, ask.port, kind=UDP_ENDPOINT) is None:
+            self.fds.send(Reached(req=ask.req, status="none"))
+            return
+        support = hub.registry.get(ask.support_id)
+        orig = (ask.orig_host, ask.orig_port)
+        try:
+            if support is None:
+                raise Refused(f"no UDP endpoint {ask.name}:{ask.port} in your account")
+            host = UDP_PREFIX + ask.name
+            session = udp_for(hub).support_session(support, host, ask.port, orig)
+        except Refused as exc:
+            self.fds.send(Reached(req=ask.req, status="refused", message=str(exc)))
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        hub.spawn(self._serve_udp(session, ours), f"reach-udp-{ask.req}")
+        self.fds.send(Reached(req=ask.req, status="ok"), theirs.fileno())
+        theirs.close()
+
+    async def _serve_udp(self, session: SupportSession, sock: socket.socket) -> None:
+        channel = _SocketChannel(session)
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: channel, sock)
+
+
+def _endpoint(host: str) -> tuple[str, str]:
+    """The endpoint name and kind a channel open names ("udp/dns" is a UDP endpoint)."""
+    if host.startswith(UDP_PREFIX):
+        return host[len(UDP_PREFIX) :].lower(), UDP_ENDPOINT
+    return host.lower(), ENDPOINT
+
+
+class _NoConnection:
+    """Stands for the SSH connection under a channel: a socket pair has no shared buffer."""
+
+
+class _SocketChannel(asyncio.Protocol):
+    """The owner's worker's end of a UDP reach, dressed as the channel a framed session expects."""
+
+    def __init__(self, session: SupportSession) -> None:
+        self.session = session
+        self.transport: Any = None
+        self._conn = _NoConnection()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.session.connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.session.data_received(data, None)
+
+    def eof_received(self) -> bool:
+        return bool(self.session.eof_received())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.session.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.session.resume_writing()
+
+    # -- what the session calls on its channel ---------------------------------------
+
+    def get_connection(self) -> Any:
+        return self._conn
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -26,6 +26,7 @@ from typing import cast
 
 import structlog
 
+from quota.core.bucket import Bucket
 from quota.core.sublease import want_size
 from relay.app import _interim, load_host_key, open_front
 from relay.config import load_config
@@ -82,23 +83,44 @@ class Feeder:
         config = hub.config
         self.chunk = max(4 * config.slice_bytes, 2 * config.low_water)
         self._nudged = False
+        self._holders: set[str] = set()  # agents with a tunnel here, as of the last tick
+        self._check = hub.buckets.check_low_water
+        hub.buckets.check_low_water = self.check_low_water  # type: ignore[method-assign]
 
     def nudge(self, _agent_id: str = "") -> None:
         if not self._nudged:
             self._nudged = True
             asyncio.get_running_loop().call_soon(self.tick)
 
+    def low_mark(self, agent_id: str, bucket: Bucket) -> int:
+        """Below this a worker asks for more: its low water, or half a chunk while in use.
+
+        A bucket with a tunnel or a stream here keeps headroom of its own, so a
+        datagram (which cannot wait) finds bytes without a round trip to the
+        supervisor; the headroom goes back on a recall when another worker waits.
+        """
+        if agent_id in self._holders or bucket.meters:
+            return max(bucket.low_water, self.chunk // 2)
+        return bucket.low_water
+
+    def check_low_water(self, bucket: Bucket) -> None:
+        """The hub's low-water check, plus a nudge when the bucket is below its mark here."""
+        self._check(bucket)
+        if bucket.short or bucket.remaining < self.low_mark(bucket.agent_id, bucket):
+            self.nudge()
+
     def tick(self) -> None:
-        """Report use, then ask for what each bucket below low water lacks."""
+        """Report use, then ask for what each bucket below its mark lacks."""
         self._nudged = False
         self.report()
+        self._holders = {t.agent.agent_id for t in self.hub.tunnels.all()}
         for agent_id, bucket in self.hub.buckets.items():
             if bucket.inactive:
                 continue
             n = want_size(
                 short=bucket.short,
                 remaining=bucket.remaining,
-                low_water=bucket.low_water,
+                low_water=self.low_mark(agent_id, bucket),
                 chunk=self.chunk,
             )
             if n:

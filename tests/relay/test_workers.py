@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
+from tests.rigs.agent import AgentProc, start
 from tests.rigs.keys import AgentSpec, make_agent
 from tests.rigs.procs import free_port
 from tests.rigs.relay import Relay
 from tests.rigs.services import DigestService, exchange, pattern, sha
 from tests.rigs.ssh import Ssh, expose, local_forward
 from tests.rigs.waits import poll
+from tests.udp.helpers import UdpService, datagram, echo_round_trips, peer
 
 MiB = 1024 * 1024
 WORKERS = 2
@@ -239,3 +241,45 @@ async def test_support_agent_reaches_an_endpoint_held_by_another_worker(
 
 async def _sum_tunnels(relay: Relay, n: int) -> bool:
     return sum(w["tunnels"] for w in await _workers(relay)) == n
+
+
+async def test_a_udp_endpoint_held_by_another_worker_is_reached(
+    relay: Relay, agents: dict[str, AgentSpec]
+) -> None:
+    """A UDP endpoint's framed channel crosses workers: datagrams intact, metered once."""
+    procs: list[AgentProc] = []
+    try:
+        await relay.call("grant", "nas-agent", 10**9)
+        async with UdpService() as echo:
+            spec = f"dns:53:127.0.0.1:{echo.port}"
+            await start(procs, AgentProc(relay, agents["nas"], "expose", "--udp", spec))
+            await poll(lambda: _sum_tunnels(relay, 1), "the UDP endpoint reported")
+            owner = next(w["worker"] for w in await _workers(relay) if w["tunnels"])
+            for _ in range(24):
+                before = await _connections(relay)
+                support = AgentProc(relay, agents["tech"], "connect", "--udp", "0:dns:53")
+                await start(procs, support)
+                port = (await support.wait_for("listening"))["port"]
+
+                async def counted(n: int = sum(before) + 1) -> bool:
+                    return sum(await _connections(relay)) == n
+
+                await poll(counted, "the support connection reported")
+                if (await _connections(relay))[1 - owner] > before[1 - owner]:
+                    break
+            else:
+                raise AssertionError("24 support connections all landed on the owner's worker")
+            payloads = [datagram(i, 100 + i) for i in range(200)]
+            p = await peer(port)
+            await echo_round_trips(p, payloads)
+            p.close()
+        total = sum(map(len, payloads))
+        assert echo.received == total
+
+        async def used() -> bool:
+            return bool((await relay.call("agent", "nas-agent"))["used"] == 2 * total)
+
+        await poll(used, "both directions metered once")
+    finally:
+        for proc in procs:
+            await proc.stop()
