@@ -192,9 +192,11 @@ class AdminServer:
         listen: HostPort | Path,
         token: str,
         health: Readiness | None = None,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.control = control
         self.health = health
+        self.refresh = refresh  # awaited before each authorized request (a relay of workers)
         self.listen = listen
         self.port: int | None = None  # the bound TCP port (useful with port 0)
         self._token = token.encode()
@@ -282,6 +284,8 @@ class AdminServer:
         if request.path not in OPEN_PATHS and not self._authorized(request):
             return _error(401, "missing or wrong admin token (send Authorization: Bearer <token>)")
         try:
+            if self.refresh is not None:
+                await self.refresh()
             return await handler(request)
         except _Problem as exc:
             return _error(exc.status, exc.message)

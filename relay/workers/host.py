@@ -17,6 +17,8 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import time
 from collections import Counter
@@ -34,6 +36,7 @@ from relay.streamlog.writer import StreamLog, StreamRecord
 from relay.workers.link import Link
 from relay.workers.messages import (
     Agents,
+    Flush,
     GiveBack,
     Grant,
     Message,
@@ -48,6 +51,7 @@ from relay.workers.messages import (
 log = structlog.get_logger("relay.workers")
 
 WORKER_LOST = "worker_lost"
+FRESH_WAIT_S = 1.0
 
 
 class WorkerHost:
@@ -73,6 +77,9 @@ class WorkerHost:
         self.remote_agents: list[wire.RelayAgent] | None = None
         self.quota_counters: dict[str, int] = {}
         self._idle: dict[str, tuple[int, int]] = {}  # agent -> (used, since ms)
+        self._seq = 0
+        self._answered: dict[int, int] = {}  # incarnation -> the last Flush it answered
+        self._fresh = asyncio.Event()
         self.started_ms = _now_ms()
 
     # -- workers come and go ------------------------------------------------------------
@@ -124,6 +131,9 @@ class WorkerHost:
                     self.live[rec.stream_id] = (key, rec)
         elif isinstance(message, Usage):
             self.reports[key] = message
+            if message.seq:
+                self._answered[key] = message.seq
+                self._fresh.set()
             for agent_id, used in message.used_total.items():
                 self._leases(agent_id).report(key, used)
         elif isinstance(message, Want):
@@ -156,6 +166,26 @@ class WorkerHost:
             link = self.links.get(key)
             if link is not None:
                 link.send(Recall(agent_id=agent_id))
+
+    async def refresh(self) -> None:
+        """Ask every worker for its records and a report now; wait for them (FRESH_WAIT_S at most).
+
+        Run before each admin request and each scrape, so they see what the
+        workers did up to the moment they were asked.
+        """
+        self._seq += 1
+        seq, keys = self._seq, list(self.links)
+        for key in keys:
+            self.links[key].send(Flush(seq=seq))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FRESH_WAIT_S
+        while any(self._answered.get(k, 0) < seq for k in keys if k in self.links):
+            self._fresh.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                return  # a stuck worker does not hold up the admin API
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._fresh.wait(), left)
 
     def recall(self, agent_id: str) -> None:
         for link in self.links.values():

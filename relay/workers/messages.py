@@ -64,6 +64,7 @@ class Usage(Msg, frozen=True, kw_only=True):
     pauses: dict[str, int] = {}  # pause reason -> count
     logged_in: int = 0  # agents' SSH connections past login
     ssh_refused: dict[str, int] = {}  # refusals after login, by cause (the metrics' "ssh" kind)
+    seq: int = 0  # the `Flush` this report answers (0: a report on the worker's own cadence)
 
 
 class Records(Msg, frozen=True, kw_only=True):
@@ -82,6 +83,12 @@ class Recall(Msg, frozen=True, kw_only=True):
     """Give back what you hold of this agent's bytes and do not need now."""
 
     agent_id: str
+
+
+class Flush(Msg, frozen=True, kw_only=True):
+    """Send your pending records and a report now (before an admin read or a scrape)."""
+
+    seq: int
 
 
 class SetActive(Msg, frozen=True, kw_only=True):
@@ -129,6 +136,7 @@ Message = (
     | Recall
     | SetActive
     | Agents
+    | Flush
     | Reach
     | Reached
 )

@@ -236,7 +236,9 @@ class RemoteReach:
         finally:
             self._waiting.pop(req, None)
         if answer.status != "ok" or fd is None:
-            message = answer.message or f"no endpoint {host}:{port} in your account"
+            missing = "no UDP endpoint" if kind == UDP_ENDPOINT else "no endpoint"
+            message = answer.message or f"{missing} {name}:{port} in your account"
+            self.hub.refuse(None, agent, f"open {host}:{port}", message)
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"quotarelay: {message}"
             )

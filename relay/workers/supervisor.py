@@ -293,7 +293,12 @@ async def _metrics_server(
     """`/metrics` of the whole relay (relay.workers.view), or nothing listening when off."""
     view = cast(Hub, RelayView(host))  # the collector reads only what RelayView has
     collector = RelayCollector(view, quota, config.metrics)
-    server = MetricsServer(relay_registry(collector), config.metrics, collector.refresh)
+
+    async def refresh() -> None:
+        await host.refresh()
+        await collector.refresh()
+
+    server = MetricsServer(relay_registry(collector), config.metrics, refresh)
     try:
         async with server:
             yield server
@@ -336,7 +341,7 @@ async def serve_workers(
             await supervisor.wait_ready()
             health.listening = True
             admin = await stack.enter_async_context(
-                AdminServer(host, config.admin_listen, config.admin_token, health)
+                AdminServer(host, config.admin_listen, config.admin_token, health, host.refresh)
             )
             metrics = await stack.enter_async_context(_metrics_server(config, host, quota))
             ready_line = {

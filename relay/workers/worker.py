@@ -38,6 +38,7 @@ from relay.streamlog.writer import StreamLog, StreamRecord
 from relay.workers.link import Link
 from relay.workers.messages import (
     Agents,
+    Flush,
     GiveBack,
     Grant,
     Message,
@@ -76,9 +77,10 @@ class RecordSink:
 class Feeder:
     """The worker's side of the sub-leases: wants, usage, grants, recalls."""
 
-    def __init__(self, hub: Hub, link: Link) -> None:
+    def __init__(self, hub: Hub, link: Link, sink: RecordSink) -> None:
         self.hub = hub
         self.link = link
+        self.sink = sink
         self.billing = BillingLink(hub)  # the same paths the billing sync takes
         config = hub.config
         self.chunk = max(4 * config.slice_bytes, 2 * config.low_water)
@@ -126,7 +128,7 @@ class Feeder:
             if n:
                 self.link.send(Want(agent_id=agent_id, nbytes=n, need=bucket.short))
 
-    def report(self) -> None:
+    def report(self, seq: int = 0) -> None:
         hub, now = self.hub, self.hub.now_ms()
         admission = hub.gate.admission
         self.link.send(
@@ -150,6 +152,7 @@ class Feeder:
                 pauses={r.value: n for r, n in hub.pauses.items()},
                 logged_in=len(hub.connections),
                 ssh_refused=dict(hub.refusals),
+                seq=seq,
             )
         )
 
@@ -173,6 +176,9 @@ class Feeder:
             self.billing.set_status(message.agent_id, message.active)
         elif isinstance(message, Agents):
             self.billing.set_agents(message.agents)
+        elif isinstance(message, Flush):
+            self.sink.flush()
+            self.report(message.seq)
 
 
 async def _read(link: Link, feeder: Feeder, stop: asyncio.Event) -> None:
@@ -200,7 +206,7 @@ async def run_worker(
     sink = RecordSink(link)
     hub = Hub(config, registry, cast(StreamLog, sink))  # the recorder only calls `record`
     hub.serial_tag = f"w{index}."
-    feeder = Feeder(hub, link)
+    feeder = Feeder(hub, link, sink)
     hub.buckets.on_want = feeder.nudge
     reach = RemoteReach(hub, socket.socket(fileno=fd_channel))
     reach.start()
