@@ -305,23 +305,30 @@ class WorkerHost:
         return [self._view(agent) for agent in self.registry]
 
     def streams(self) -> list[dict[str, object]]:
-        return [
-            {
-                "stream_id": r.stream_id,
-                "tunnel_id": r.tunnel_id,
-                "agent_id": r.agent_id,
-                "kind": r.kind,
-                "peer": r.peer,
-                "target": r.target,
-                "state": r.state,
-                "bytes_up": r.bytes_up,
-                "bytes_down": r.bytes_down,
-                "bytes_dropped": r.bytes_dropped,
-                "pauses": r.pauses,
-                "worker": self.ready[worker].worker if worker in self.ready else None,
-            }
-            for worker, r in self.live.values()
-        ]
+        """Every logged live stream, with the figures of its worker's last fresh report."""
+        fresh = {row[0]: row for report in self.reports.values() for row in report.live}
+        views: list[dict[str, object]] = []
+        for worker, r in self.live.values():
+            _, state, up, down, dropped, pauses = fresh.get(
+                r.stream_id, ("", r.state, r.bytes_up, r.bytes_down, r.bytes_dropped, r.pauses)
+            )
+            views.append(
+                {
+                    "stream_id": r.stream_id,
+                    "tunnel_id": r.tunnel_id,
+                    "agent_id": r.agent_id,
+                    "kind": r.kind,
+                    "peer": r.peer,
+                    "target": r.target,
+                    "state": state,
+                    "bytes_up": up,
+                    "bytes_down": down,
+                    "bytes_dropped": dropped,
+                    "pauses": pauses,
+                    "worker": self.ready[worker].worker if worker in self.ready else None,
+                }
+            )
+        return views
 
     def status(self) -> dict[str, object]:
         return {

@@ -65,6 +65,8 @@ class Usage(Msg, frozen=True, kw_only=True):
     logged_in: int = 0  # agents' SSH connections past login
     ssh_refused: dict[str, int] = {}  # refusals after login, by cause (the metrics' "ssh" kind)
     seq: int = 0  # the `Flush` this report answers (0: a report on the worker's own cadence)
+    # answering a Flush: each live stream (id, state, bytes up, down, dropped, pauses)
+    live: list[tuple[str, str, int, int, int, int]] = []
 
 
 class Records(Msg, frozen=True, kw_only=True):

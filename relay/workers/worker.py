@@ -153,6 +153,7 @@ class Feeder:
                 logged_in=len(hub.connections),
                 ssh_refused=dict(hub.refusals),
                 seq=seq,
+                live=_live(hub) if seq else [],
             )
         )
 
@@ -179,6 +180,13 @@ class Feeder:
         elif isinstance(message, Flush):
             self.sink.flush()
             self.report(message.seq)
+
+
+def _live(hub: Hub) -> list[tuple[str, str, int, int, int, int]]:
+    return [
+        (s.stream_id, s.state.value, s.bytes_up, s.bytes_down, s.bytes_dropped, s.clock.count)
+        for s in hub.live.values()
+    ]
 
 
 async def _read(link: Link, feeder: Feeder, stop: asyncio.Event) -> None:
