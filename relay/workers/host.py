@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import structlog
 
@@ -76,6 +77,7 @@ class WorkerHost:
         self.revoking: dict[str, int] = {}  # agent -> bytes an operator revoked, still held
         self.remote_agents: list[wire.RelayAgent] | None = None
         self.quota_counters: dict[str, int] = {}
+        self.on_want: Callable[[str], None] | None = None  # the quota agent's nudge
         self._idle: dict[str, tuple[int, int]] = {}  # agent -> (used, since ms)
         self._seq = 0
         self._answered: dict[int, int] = {}  # incarnation -> the last Flush it answered
@@ -138,7 +140,10 @@ class WorkerHost:
                 self._leases(agent_id).report(key, used)
         elif isinstance(message, Want):
             leases = self._leases(message.agent_id)
+            short = leases.short
             self._send(message.agent_id, leases.want(key, message.nbytes, need=message.need))
+            if leases.short > short and self.on_want is not None:
+                self.on_want(message.agent_id)  # the relay's own lease runs low: ask billing
         elif isinstance(message, GiveBack):
             leases = self._leases(message.agent_id)
             leases.report(key, message.used_total)

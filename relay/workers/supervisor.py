@@ -282,6 +282,7 @@ async def _quota_agent(stack: AsyncExitStack, config: RelayConfig, host: WorkerH
     )
     quota = QuotaAgent(host, journal, client, settings)
     host.quota_counters = quota.counters
+    host.on_want = lambda _agent_id: quota.nudge()
     await quota.restore()
     return quota
 
