@@ -33,7 +33,7 @@ from relay.config import load_config
 from relay.descriptors import AcceptErrors, raise_nofile
 from relay.hub.billing import BillingLink
 from relay.hub.hub import Hub
-from relay.registry import Registry
+from relay.registry import Agent, Registry
 from relay.streamlog.writer import StreamLog, StreamRecord
 from relay.workers.link import Link
 from relay.workers.messages import (
@@ -86,8 +86,11 @@ class Feeder:
         self.chunk = max(4 * config.slice_bytes, 2 * config.low_water)
         self._nudged = False
         self._holders: set[str] = set()  # agents with a tunnel here, as of the last tick
+        self._opening: set[str] = set()  # agents opening a tunnel since the last tick
         self._check = hub.buckets.check_low_water
         hub.buckets.check_low_water = self.check_low_water  # type: ignore[method-assign]
+        self._may_expose = hub.check_may_expose
+        hub.check_may_expose = self.check_may_expose  # type: ignore[method-assign]
 
     def nudge(self, _agent_id: str = "") -> None:
         if not self._nudged:
@@ -111,11 +114,22 @@ class Feeder:
         if bucket.short or bucket.remaining < self.low_mark(bucket.agent_id, bucket):
             self.nudge()
 
+    def check_may_expose(self, agent: Agent) -> None:
+        """The hub's check before a tunnel opens; then headroom is asked for at once.
+
+        Sent before the agent hears its tunnel is open, so the grant is on its way
+        before the first byte or datagram (which cannot wait) arrives.
+        """
+        self._may_expose(agent)
+        self._opening.add(agent.agent_id)  # not in the tunnel table until the check passed
+        self.tick()
+
     def tick(self) -> None:
         """Report use, then ask for what each bucket below its mark lacks."""
         self._nudged = False
         self.report()
-        self._holders = {t.agent.agent_id for t in self.hub.tunnels.all()}
+        opening, self._opening = self._opening, set()
+        self._holders = {t.agent.agent_id for t in self.hub.tunnels.all()} | opening
         for agent_id, bucket in self.hub.buckets.items():
             if bucket.inactive:
                 continue
