@@ -161,9 +161,11 @@ def measure(res: Results, sink: Sink, contenders: list[Contender], total: int, r
             res.figure(c.key, "13", f"{c.name}, {TUNNELS} streams", "MB/s").samples.append(
                 round(rate, 1)
             )
-            cpu = res.figure(
-                f"{c.key}.cpu", "13", f"{c.name}, CPU per GB (all its processes)", "CPU-s/GB"
+            cpu_key = (
+                c.key.replace(".relay.", ".relay.cpu.") if ".relay." in c.key else f"{c.key}.cpu"
             )
+            cpu_name = f"{c.name}, CPU per GB (all its processes)"
+            cpu = res.figure(cpu_key, "13", cpu_name, "CPU-s/GB")
             cpu.samples.append(round(sum(used.values()) / (total / 1e9), 3))
             if len(c.workers) > 1:
                 shares = [used[p] for p in c.workers]
