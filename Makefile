@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_WORKERS ?= 2
 
 .PHONY: up test lint bench stress fuzz clean
 
@@ -17,10 +18,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy quota relay tools bench tests/rigs
 
-# bench/install_tools.sh: ssh, sshd, socat and prometheus for the end-to-end tests (root + apt-get).
+# bench/install_tools.sh: ssh, sshd, socat, prometheus and chromium for the tests (root + apt-get).
+# Two test processes per run even on 2 cores: most tests wait on sockets and child processes.
 test: lint
 	sh bench/install_tools.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The suite on 4 parallel workers on any number of cores: load that flushes out races.
 stress: $(STAMP)

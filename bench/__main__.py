@@ -3,8 +3,10 @@
 Sections: throughput (points 1, 2, 3, 8), precision (4), resume (5), memory (6),
 sync (5 and 7, waiting for the billing sync), slow_reader (issue 9 point 4: a legitimate
 transfer beside a support agent that stopped reading), hostile (9: a legitimate
-transfer under silent and slow peers), workers (13: eight tunnels through 1 and 2 workers
-and through sshd). Each section runs in its own
+transfer under silent and slow peers), instructions (issue 13 point 3: the relay's
+instructions per byte with metering on and off, under callgrind), purchase (only
+the purchase-to-first-byte part of sync), workers (13: eight tunnels through 1 and 2
+workers and through sshd). Each section runs in its own
 `Procs`, so whatever it started is stopped before the next one starts. A section
 that fails is recorded as failed in the report, and the others still run.
 """
@@ -19,7 +21,16 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import hostile, memory, precision, slow_reader, sync, throughput, workers
+from bench import (
+    hostile,
+    instructions,
+    memory,
+    precision,
+    slow_reader,
+    sync,
+    throughput,
+    workers,
+)
 from bench.report import Results
 from bench.setup_tools import missing_tools
 from tests.rigs.procs import Procs, raise_nofile
@@ -40,6 +51,8 @@ SECTIONS: dict[str, Section] = {
     "sync": sync.run,
     "slow_reader": slow_reader.run,
     "hostile": hostile.run,
+    "instructions": instructions.run,
+    "purchase": sync.run_purchase,
     "workers": workers.run,
 }
 

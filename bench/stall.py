@@ -11,26 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Any
 
 import asyncssh
 
+from tests.rigs.stall import StopReadingChannel
+
 WINDOW = 2**31
 READ_FIRST = 1024 * 1024
-
-
-class _Stall(asyncssh.SSHTCPSession[bytes]):
-    def __init__(self, conn: asyncssh.SSHClientConnection) -> None:
-        self.conn = conn
-        self.received = 0
-        self.stopped = asyncio.Event()
-
-    def data_received(self, data: bytes, datatype: Any) -> None:
-        self.received += len(data)
-        if self.received >= READ_FIRST and not self.stopped.is_set():
-            transport: Any = self.conn._transport  # the socket under the SSH connection
-            transport.pause_reading()
-            self.stopped.set()
 
 
 async def main(ssh_port: int, user: str, key: str, host: str, port: int) -> None:
@@ -38,7 +25,7 @@ async def main(ssh_port: int, user: str, key: str, host: str, port: int) -> None
         "127.0.0.1", ssh_port, username=user, client_keys=[key], known_hosts=None, agent_path=None
     )
     async with conn:
-        session = _Stall(conn)
+        session = StopReadingChannel(conn, READ_FIRST)
         await conn.create_connection(lambda: session, host, port, window=WINDOW)
         await asyncio.wait_for(session.stopped.wait(), 60)
         print(json.dumps({"stalled": session.received}), flush=True)

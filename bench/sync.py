@@ -244,11 +244,36 @@ def run(res: Results, procs: Procs, quick: bool) -> None:
     _part(res, DURABLE, lambda: durability.run(res, procs, quick))
 
 
+def run_purchase(res: Results, procs: Procs, quick: bool) -> None:
+    """Only the purchase-to-first-byte part (`--only purchase`), with its targets."""
+    plan = PurchasePlan(reps=2, purchases=8) if quick else PurchasePlan()
+    _part(res, PURCHASE, lambda: measure_purchase(res, procs, plan))
+    judge_purchase(res)
+
+
 def run_plans(res: Results, procs: Procs, purchase: PurchasePlan, load: sync_load.LoadPlan) -> None:
-    """Both parts with the given sizes, then the target line."""
+    """Both parts with the given sizes, then the target lines."""
     _part(res, PURCHASE, lambda: measure_purchase(res, procs, purchase))
     _part(res, LOAD, lambda: measure_load(res, procs, load))
     _part(res, LOAD_PG, lambda: measure_load_pg(res, procs, load))
+    judge_purchase(res)
+
+
+def judge_purchase(res: Results) -> None:
+    """Resume after a purchase: under 100 ms, and (issue 13) at most 3 x the call's own trip."""
+    ratio = res.ratio(
+        "package purchase to first byte p99 / the purchase call alone",
+        "resume.purchase.p99",
+        "resume.purchase.http",
+    )
+    res.targets.append(
+        Target(
+            name="resume after a package purchase, p99, against the purchase call",
+            goal="<= 3 x",
+            value="-" if ratio is None else f"{ratio:.2f} x",
+            met=None if ratio is None else ratio <= 3,
+        )
+    )
     fig = res.figures.get("resume.purchase.p99")
     value = fig.median if fig is not None else None
     worst = max(fig.samples) if fig is not None and fig.samples else None

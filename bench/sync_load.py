@@ -111,6 +111,9 @@ class Fleet:
     def take_back_idle(self, idle_ms: int) -> dict[str, int]:
         return {}
 
+    def lease_answered(self, agent_id: str, exhausted: bool) -> None:
+        pass
+
     def drop_lease(self, agent_id: str) -> int:
         dropped = max(0, self.remaining(agent_id))
         self.leased[agent_id] -= dropped

@@ -7,6 +7,12 @@ Invariants:
   "upload" of a support technician); the sink checks every byte count.
 - The relay's own CPU time per GB (from /proc) is recorded next to its
   throughput for single streams: metering's cost shows there with less noise.
+  sshd's is recorded the same way, summed over all its processes (the listener
+  and every session's), so per-core efficiency is compared in the same run.
+- Two anchors per path: socat is the unencrypted ceiling of a public port; sshd
+  with `GatewayPorts yes` and a stock `ssh -R` does the relay's public-port job
+  with every byte encrypted to the client, and sshd bridging `-R` and `-L` does
+  the endpoint tunnel's.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass
 
 from bench.load import Sink, bulk
 from bench.report import Results, Target
-from bench.stats import cpu_seconds
+from bench.stats import cpu_seconds, tree_cpu_seconds
 from tests.rigs.contenders import SshdRig, socat
 from tests.rigs.procs import Procs
 from tests.rigs.relay import BIG_GRANT, RelayRig
@@ -30,7 +36,8 @@ class Contender:
     name: str
     port: int
     streams: tuple[int, ...]
-    pid: int = 0  # a relay process whose CPU time is recorded
+    pid: int = 0  # a process whose CPU time is recorded (with its descendants if `tree`)
+    tree: bool = False  # sshd: the listener and every session process under it
 
 
 @dataclass(slots=True, kw_only=True)
@@ -105,6 +112,22 @@ def setup(procs: Procs, res: Results, sink: Sink, plan: Plan) -> list[Contender]
                 pid=rig.pid,
             )
         )
+    gw = SshdRig(procs, "sshd_public", gateway_ports=True).start()
+    res.command("sshd, GatewayPorts yes", gw.child.cmd if gw.child else "")
+    client, port = gw.public(sink.port)
+    res.command("sshd public-port client agent", client.cmd)
+    res.info["cipher sshd public"] = cipher_of(client)
+    out.append(
+        Contender(
+            key="public.sshd",
+            point="2",
+            name="OpenSSH sshd, GatewayPorts yes, ssh -R",
+            port=port,
+            streams=plan.ssh_streams,
+            pid=gw.pid,
+            tree=True,
+        )
+    )
     sshd = SshdRig(procs).start()
     res.command("sshd", sshd.child.cmd if sshd.child else "")
     client, support, lport = sshd.bridge(sink.port)
@@ -118,9 +141,15 @@ def setup(procs: Procs, res: Results, sink: Sink, plan: Plan) -> list[Contender]
             name="OpenSSH sshd bridging -R and -L",
             port=lport,
             streams=ssh,
+            pid=sshd.pid,
+            tree=True,
         )
     )
     return out
+
+
+def _cpu(c: Contender) -> float:
+    return tree_cpu_seconds(c.pid) if c.tree else cpu_seconds(c.pid)
 
 
 def measure(res: Results, sink: Sink, contenders: list[Contender], plan: Plan) -> None:
@@ -128,15 +157,13 @@ def measure(res: Results, sink: Sink, contenders: list[Contender], plan: Plan) -
         for c in contenders:
             for n in c.streams:
                 fig = res.figure(f"{c.key}.s{n}", c.point, f"{c.name}, {_n(n)}", "MB/s")
-                cpu0 = cpu_seconds(c.pid) if c.pid else 0.0
+                cpu0 = _cpu(c) if c.pid else 0.0
                 fig.samples.append(round(bulk(c.port, n, plan.total, sink), 1))
                 if c.pid and n == 1:
-                    used = cpu_seconds(c.pid) - cpu0
+                    used = _cpu(c) - cpu0
+                    who = "sshd CPU per GB (all its processes)" if c.tree else "relay CPU per GB"
                     cpu = res.figure(
-                        f"{c.key}.cpu.s1",
-                        c.point,
-                        f"{c.name}, relay CPU per GB, 1 stream",
-                        "CPU-s/GB",
+                        f"{c.key}.cpu.s1", c.point, f"{c.name}, {who}, 1 stream", "CPU-s/GB"
                     )
                     cpu.samples.append(round(used / (plan.total / 1e9), 3))
 
@@ -150,6 +177,13 @@ def judge(res: Results, plan: Plan) -> None:
         )
     for n in plan.ssh_streams:
         res.ratio(f"SSH endpoint tunnel / sshd, {_n(n)}", f"ssh.relay.s{n}", f"ssh.sshd.s{n}")
+        res.ratio(f"public port / sshd -R, {_n(n)}", f"public.relay.s{n}", f"public.sshd.s{n}")
+    for kind in ("public", "ssh"):
+        res.ratio(
+            f"{kind}: relay CPU per GB / sshd's, 1 stream",
+            f"{kind}.relay.cpu.s1",
+            f"{kind}.sshd.cpu.s1",
+        )
     for kind in ("public", "ssh"):
         for n in plan.public_streams if kind == "public" else plan.ssh_streams:
             res.ratio(
@@ -202,7 +236,22 @@ def judge(res: Results, plan: Plan) -> None:
             lambda v: v - 1 <= 0.05,
             "{:.2f} x on/off",
         )
+    for kind, label in (("public", "public port"), ("ssh", "SSH endpoint tunnel")):
+        target(
+            f"relay CPU per GB vs sshd's, {label}, 1 stream",
+            "<= 1.0 x",
+            f"{kind}: relay CPU per GB / sshd's, 1 stream",
+            lambda v: v <= 1.0,
+            "{:.2f} x",
+        )
     for n in plan.ssh_streams:
+        target(
+            f"public port vs sshd -R, {_n(n)}",
+            ">= 1.2 x",
+            f"public port / sshd -R, {_n(n)}",
+            lambda v: v >= 1.2,
+            "{:.2f} x",
+        )
         target(
             f"SSH endpoint tunnel vs sshd, {_n(n)}",
             ">= 1.2 x",

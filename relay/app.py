@@ -74,9 +74,10 @@ async def _interim(hub: Hub, every_ms: int) -> None:
         hub.interim()
 
 
-async def _quota_agent(stack: AsyncExitStack, link: BillingLinkConfig, hub: Hub) -> QuotaAgent:
-    """Open the journal and the billing client, restore leases and the agent cache."""
-    journal = await stack.enter_async_context(Journal(link.journal))
+async def _quota_agent(
+    stack: AsyncExitStack, link: BillingLinkConfig, hub: Hub, journal: Journal
+) -> QuotaAgent:
+    """Open the billing client, restore leases and the agent cache."""
     client = await stack.enter_async_context(
         BillingClient(link.urls, link.token, timeout_s=link.timeout_ms / 1000)
     )
@@ -88,7 +89,7 @@ async def _quota_agent(stack: AsyncExitStack, link: BillingLinkConfig, hub: Hub)
         idle_return_ms=link.idle_return_ms,
         registry_refresh_ms=link.registry_refresh_ms,
     )
-    quota = QuotaAgent(BillingLink(hub), journal, client, settings)
+    quota = QuotaAgent(BillingLink(hub), journal, client, settings, figures=hub.book)
     hub.buckets.on_want = lambda _agent_id: quota.nudge()
     hub.quota_counters = quota.counters
     await quota.restore()
@@ -163,24 +164,37 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
+        journal, journaled = None, None
+        if config.billing is not None:
+            journal = await stack.enter_async_context(Journal(config.billing.journal))
+            journaled = await journal.journaled_streams()
         streamlog = await stack.enter_async_context(
             StreamLog(
                 config.stream_log_path,
                 relay_id=config.relay_id,
                 flush_ms=config.flush_ms,
                 json_lines=config.json_lines,
+                journaled=journaled,  # a killed run's streams get the figures billing is told
             )
         )
+        if journal is not None:
+            await journal.forget_streams()  # the stream log holds them now
         hub = Hub(config, registry, streamlog)
         quota = None
-        if config.billing is not None:
-            quota = await _quota_agent(stack, config.billing, hub)
+        if config.billing is not None and journal is not None:
+            quota = await _quota_agent(stack, config.billing, hub, journal)
         server = await open_front(config, hub, host_key)
         offline = config.billing.offline if config.billing else "continue"
         health = RelayHealth(streamlog, quota, offline)
         health.listening = bool(server.sockets)
         admin = await stack.enter_async_context(
-            AdminServer(Control(hub), config.admin_listen, config.admin_token, health)
+            AdminServer(
+                Control(hub),
+                config.admin_listen,
+                config.admin_token,
+                health,
+                stream_log=config.stream_log_path,
+            )
         )
         metrics = await stack.enter_async_context(_metrics_server(config, hub, quota))
         ssh_port = server.sockets[0].getsockname()[1]

@@ -21,6 +21,17 @@ class Refused(RelayError):
         self.cause = cause
 
 
+class UnknownStream(RelayError, KeyError):
+    """No live stream with this id on the relay."""
+
+    def __init__(self, stream_id: str) -> None:
+        super().__init__(stream_id)
+        self.stream_id = stream_id
+
+    def __str__(self) -> str:
+        return f"no live stream {self.stream_id!r}"
+
+
 class UnknownAgent(RelayError, KeyError):
     """No agent with this id is known to the relay."""
 

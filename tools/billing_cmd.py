@@ -347,3 +347,26 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     _register_account(sub, common)
     _register_agent(sub, common)
     _register_money(sub, common)
+    _register_console_link(sub, common)
+
+
+async def _console_link(args: argparse.Namespace) -> int:
+    """Print a one-time sign-in URL for the web console (first line: the URL alone)."""
+    import datetime as dt
+
+    payload = await request(args, "POST", f"/v1/accounts/{args.account}/console-links")
+    if args.json:
+        return _show(args, payload)
+    base = (args.url or os.environ.get(URL_ENV) or "").rstrip("/")
+    until = dt.datetime.fromtimestamp(payload["expires_at"] // 1000, dt.UTC)
+    print(f"{base}{payload['path']}")
+    print(f"works once, until {until:%Y-%m-%d %H:%M:%S} UTC")
+    return 0
+
+
+def _register_console_link(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "console-link", parents=[common], help="a one-time sign-in link to the web console"
+    )
+    p.add_argument("account", help="account id (acc_...)")
+    p.set_defaults(func=_console_link)

@@ -30,6 +30,7 @@ from tools.log_options import add_log_options
 TOKEN_ENV = "QUOTARELAY_ADMIN_TOKEN"
 
 Command = Callable[[AdminClient, argparse.Namespace], Awaitable[Any]]
+_ARG_HELP = {"agent": "agent id", "size": "bytes: 1500, 10M, 1Gi", "stream": "stream id"}
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     def add(name: str, help_: str, command: Command, *args: str) -> None:
         parser = commands.add_parser(name, help=help_, parents=[admin])
         for arg in args:
-            parser.add_argument(arg, help="agent id" if arg == "agent" else "bytes: 1500, 10M, 1Gi")
+            parser.add_argument(arg, help=_ARG_HELP[arg])
         parser.set_defaults(func=_admin_call(command))
 
     add("grant", "grant bytes to an agent", _grant, "agent", "size")
@@ -59,6 +60,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     add("deactivate", "pause an agent's traffic and refuse new tunnels", _deactivate, "agent")
     add("agents", "list agents with their buckets", _agents)
     add("streams", "list live streams", _streams)
+    add("pause", "pause a live stream (operator) until resumed", _pause, "stream")
+    add("resume", "lift an operator's pause of a live stream", _resume, "stream")
     add("status", "show the relay's status", _status)
 
 
@@ -140,6 +143,16 @@ async def _activate(client: AdminClient, args: argparse.Namespace) -> None:
     _emit(args, view, f"activated {args.agent}: {_summary(view)}")
 
 
+async def _pause(client: AdminClient, args: argparse.Namespace) -> None:
+    view = await client.pause_stream(args.stream, True)
+    _emit(args, view, f"paused {args.stream}: state {view['state']}")
+
+
+async def _resume(client: AdminClient, args: argparse.Namespace) -> None:
+    view = await client.pause_stream(args.stream, False)
+    _emit(args, view, f"resumed {args.stream}: state {view['state']}")
+
+
 async def _deactivate(client: AdminClient, args: argparse.Namespace) -> None:
     view = await client.set_active(args.agent, False)
     _emit(args, view, f"deactivated {args.agent}: {_summary(view)}")
@@ -167,6 +180,8 @@ _STREAM_COLUMNS = (
     ("UP", "bytes_up"),
     ("DOWN", "bytes_down"),
     ("PAUSES", "pauses"),
+    ("PAUSED_MS", "paused_ms"),
+    ("PAUSED_FOR", "pause_reason"),
 )
 _BYTE_KEYS = frozenset({"granted", "used", "remaining", "bytes_up", "bytes_down"})
 

@@ -25,7 +25,7 @@ from quota.core.errors import InvalidValue
 from quota.core.units import parse_duration_ms
 from relay.config import load_config
 from relay.errors import ConfigError
-from relay.streamlog.query import follow, list_streams, totals
+from relay.streamlog.query import PAUSED_BY, follow, list_streams, totals
 from relay.streamlog.writer import StreamLogError, iso_ms, wall_clock_ms
 from tools.errors import CliError
 
@@ -193,9 +193,23 @@ def format_event(e: dict[str, Any]) -> str:
         f"pauses={e['pauses']}",
         f"paused={format_duration(e['paused_ms'])}",
     ]
+    if e["pause_reason"] is not None:
+        pairs.append(f"paused_for={e['pause_reason']}")
+    if e["paused_ms"]:
+        pairs.append(f"paused_by={paused_by(e)}")
     if e["close_reason"] is not None:
         pairs.append(f"reason={e['close_reason']}")
     return f"{iso_ms(e['at_ms'])}  {e['event']:<7}  {e['stream_id']}  " + " ".join(pairs)
+
+
+def paused_by(row: dict[str, Any]) -> str:
+    """Paused time per reason, the reasons that took any: "quota:15.8s,lease_wait:12ms"."""
+    parts = [
+        f"{key[len('paused_') : -len('_ms')]}:{format_duration(row[key])}"
+        for key in PAUSED_BY
+        if row.get(key)
+    ]
+    return ",".join(parts) or "-"
 
 
 _NUMERIC = {"UP", "DOWN", "TOTAL", "DROPPED", "PAUSES", "PAUSED", "STREAMS", "OPEN"}
@@ -214,6 +228,7 @@ _STREAM_COLUMNS: tuple[Column, ...] = (
     ("DROPPED", "bytes_dropped", str),
     ("PAUSES", "pauses", str),
     ("PAUSED", "paused_ms", format_duration),
+    ("PAUSED_BY", "", paused_by),
     ("OPENED", "opened_at_ms", format_time),
     ("CLOSED", "closed_at_ms", format_time),
     ("REASON", "close_reason", lambda v: "-" if v is None else str(v)),
@@ -227,6 +242,7 @@ _SUM_COLUMNS: tuple[Column, ...] = (
     ("DROPPED", "bytes_dropped", str),
     ("PAUSES", "pauses", str),
     ("PAUSED", "paused_ms", format_duration),
+    ("PAUSED_BY", "", paused_by),
 )
 _AGENT_COLUMNS: tuple[Column, ...] = (("ACCOUNT", "account", str), ("AGENT", "agent_id", str))
 _TUNNEL_COLUMNS: tuple[Column, ...] = (
@@ -240,7 +256,7 @@ _TUNNEL_COLUMNS: tuple[Column, ...] = (
 def table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> list[str]:
     """Aligned columns with a header line; numeric columns are right-aligned."""
     headers = [header for header, _, _ in columns]
-    cells = [[render(row[key]) for _, key, render in columns] for row in rows]
+    cells = [[render(row[key] if key else row) for _, key, render in columns] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:

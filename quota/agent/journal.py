@@ -14,6 +14,11 @@ Invariants:
 - One long-lived aiosqlite connection in WAL mode, used by one step at a time
   (a transaction never takes in another task's statements); closed on exit
   even when cancelled.
+- A report may carry the figures of the relay's streams taken at the same
+  instant as its usage (`StreamBatch`); they are written in its transaction, so
+  after a crash the journal holds, for every stream, the bytes the reports it
+  holds counted: what the billing API is (or will be) told. A relay rebuilds its
+  stream log from them at restart (relay.streamlog.writer), then forgets them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -49,7 +55,71 @@ CREATE TABLE IF NOT EXISTS leases (
     returned_total INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS agents_cache (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS stream_figures (
+    stream_id TEXT PRIMARY KEY, tunnel_id TEXT NOT NULL, agent_id TEXT NOT NULL,
+    account TEXT NOT NULL, kind TEXT NOT NULL, peer TEXT NOT NULL, target TEXT NOT NULL,
+    opened_at_ms INTEGER NOT NULL, bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL,
+    bytes_dropped INTEGER NOT NULL, closed INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stream_runs (prefix TEXT PRIMARY KEY);
 """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamFigures:
+    """One stream's cumulative figures as of a report, with what names it in the stream log."""
+
+    stream_id: str
+    tunnel_id: str
+    agent_id: str
+    account: str
+    kind: str
+    peer: str
+    target: str
+    opened_at_ms: int
+    bytes_up: int
+    bytes_down: int
+    bytes_dropped: int
+    closed: bool  # its final figures
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamBatch:
+    """The stream figures one report carries into the journal.
+
+    `run` is the id prefix of this relay process's streams; `settled` are streams
+    the stream log holds closed with the figures the journal has (no longer
+    needed), the latest of them journaled closed at `settled_ms`.
+    """
+
+    run: str
+    rows: tuple[StreamFigures, ...]
+    settled: tuple[str, ...] = ()
+    settled_ms: int = 0
+    at_ms: int = 0  # when the figures were taken (the relay's clock)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournaledStreams:
+    """What the journal holds of streams at start: the runs it covers and their figures.
+
+    A stream of a covered run that is not in `rows` either was settled (closed in
+    the stream log at or before `settled_ms`, figures agreed) or was never counted
+    in a report (0 bytes told).
+    """
+
+    runs: tuple[str, ...]
+    rows: Mapping[str, StreamFigures]
+    settled_ms: int
+
+
+_FIGURE_COLUMNS = tuple(f.name for f in fields(StreamFigures))
+_UPSERT_FIGURES = (
+    f"INSERT INTO stream_figures ({', '.join(_FIGURE_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(_FIGURE_COLUMNS))})"
+    " ON CONFLICT (stream_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _FIGURE_COLUMNS if c != "stream_id")
+)
 
 
 class Journal:
@@ -139,8 +209,12 @@ class Journal:
         used: Mapping[str, int],
         returned: Mapping[str, int],
         now_ms: int,
+        streams: StreamBatch | None = None,
     ) -> None:
-        """Store one encoded report under `seq`, the next number, with its lease totals."""
+        """Store one encoded report under `seq`, the next number, with its lease totals.
+
+        `streams`, the stream figures taken with the report's usage, go in the same transaction.
+        """
         async with self._writing("write a report to the journal") as db:
             row = await (
                 await db.execute("SELECT value FROM meta WHERE key = 'next_seq'")
@@ -166,6 +240,49 @@ class Journal:
                     "returned_total = returned_total + excluded.returned_total",
                     (agent_id, used.get(agent_id, 0), returned.get(agent_id, 0)),
                 )
+            if streams is not None:
+                await self._write_streams(db, streams)
+
+    @staticmethod
+    async def _write_streams(db: aiosqlite.Connection, batch: StreamBatch) -> None:
+        await db.execute("INSERT OR IGNORE INTO stream_runs (prefix) VALUES (?)", (batch.run,))
+        await db.executemany(_UPSERT_FIGURES, [astuple(row) for row in batch.rows])
+        await db.executemany(
+            "DELETE FROM stream_figures WHERE stream_id = ?", [(s,) for s in batch.settled]
+        )
+        if batch.settled:
+            await db.execute(
+                "INSERT INTO meta (key, value) VALUES ('streams_settled_ms', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
+                (batch.settled_ms,),
+            )
+
+    async def journaled_streams(self) -> JournaledStreams:
+        """The stream figures the reports in this journal counted (read at start)."""
+        async with self._reading("read the stream figures") as db:
+            runs = await (await db.execute("SELECT prefix FROM stream_runs")).fetchall()
+            cursor = await db.execute(f"SELECT {', '.join(_FIGURE_COLUMNS)} FROM stream_figures")
+            rows = await cursor.fetchall()
+            settled = await (
+                await db.execute("SELECT value FROM meta WHERE key = 'streams_settled_ms'")
+            ).fetchone()
+        figures = [
+            StreamFigures(
+                **{**dict(zip(_FIGURE_COLUMNS, row, strict=True)), "closed": bool(row[-1])}
+            )
+            for row in rows
+        ]
+        return JournaledStreams(
+            runs=tuple(str(r[0]) for r in runs),
+            rows={f.stream_id: f for f in figures},
+            settled_ms=int(settled[0]) if settled else 0,
+        )
+
+    async def forget_streams(self) -> None:
+        """Drop the stream figures of earlier runs, once the stream log agrees with them."""
+        async with self._writing("forget the stream figures of earlier runs") as db:
+            await db.execute("DELETE FROM stream_figures")
+            await db.execute("DELETE FROM stream_runs")
 
     async def pending(self, limit: int = 100) -> list[tuple[int, bytes]]:
         """Reports not acknowledged yet, oldest first, each body as it is sent."""

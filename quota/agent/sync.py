@@ -10,7 +10,8 @@ Invariants:
 - Counts go to the journal every interval, under a sequence number, before
   anything is sent: a relay killed with SIGKILL loses at most one interval of
   counts, and resends what was not acknowledged, byte for byte, under the same
-  numbers.
+  numbers. The figures of the streams behind them (`StreamFigureSource`), taken
+  at the same instant, go into the same journal write.
 - Reports are sent in sequence order, one at a time; a failure stops the round
   and the next try waits an exponential backoff with jitter. Counting goes on.
 - No storage or billing error ends a loop: each is a structured log line and a
@@ -32,7 +33,7 @@ import structlog
 
 from quota.agent.client import BillingClient, encode_report
 from quota.agent.errors import BillingUnavailable, JournalError
-from quota.agent.journal import Journal
+from quota.agent.journal import Journal, StreamBatch
 from quota.contract import wire
 from quota.core.sync import Applied, Retry, SyncMachine, SyncSettings, next_due
 
@@ -49,9 +50,17 @@ class QuotaHost(Protocol):
     def needs(self) -> dict[str, int]: ...  # agent -> bytes short, for buckets wanting more
     def add_lease(self, agent_id: str, nbytes: int) -> None: ...
     def set_status(self, agent_id: str, active: bool) -> None: ...
+    def lease_answered(self, agent_id: str, exhausted: bool) -> None: ...  # got less than asked?
     def take_back_idle(self, idle_ms: int) -> dict[str, int]: ...  # agent -> bytes given back
     def drop_lease(self, agent_id: str) -> int: ...  # an expired lease: unused bytes dropped
     def set_agents(self, agents: list[wire.RelayAgent]) -> None: ...
+
+
+class StreamFigureSource(Protocol):
+    """The relay's streams, as the journal keeps their figures beside each report."""
+
+    def snapshot(self) -> StreamBatch: ...  # figures changed since the last write, taken now
+    def written(self, batch: StreamBatch) -> None: ...  # the journal holds `batch`
 
 
 ROUND_BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000)
@@ -90,8 +99,10 @@ class QuotaAgent:
         settings: SyncSettings,
         clock_ms: Callable[[], int] = wall_ms,
         draw: Callable[[], float] = random.random,  # jitter: relays do not retry in step
+        figures: StreamFigureSource | None = None,
     ) -> None:
         self.host, self.journal, self.client, self.settings = host, journal, client, settings
+        self.figures = figures
         self.clock_ms = clock_ms
         self.machine = SyncMachine(settings, draw)
         self.counters: Counter[str] = Counter()
@@ -197,6 +208,7 @@ class QuotaAgent:
         await self._start()
         now, host = self.clock_ms(), self.host
         usage, tunnel_time, needs = host.usage(), host.tunnel_time(), host.needs()
+        streams = None if self.figures is None else self.figures.snapshot()  # same instant
         idle = self.settings.idle_return_ms
         returned = host.take_back_idle(idle) if self.machine.gives_back_idle else {}
         step = self.machine.flush(
@@ -211,11 +223,15 @@ class QuotaAgent:
             return None
         body = encode_report(report)
         try:
-            await self.journal.append(report.seq, body, report.used, report.returned, now)
+            await self.journal.append(
+                report.seq, body, report.used, report.returned, now, streams=streams
+            )
         except JournalError:
             self.machine.unwritten(report)  # its counts go into the next report
             raise
         self.machine.written(report)
+        if streams is not None and self.figures is not None:
+            self.figures.written(streams)
         self.counters["reports_written"] += 1
         return report.seq
 
@@ -260,6 +276,8 @@ class QuotaAgent:
             if update.grant:
                 self.host.add_lease(update.agent_id, update.grant)
             self.host.set_status(update.agent_id, update.active)
+            if update.exhausted is not None:
+                self.host.lease_answered(update.agent_id, update.exhausted)
         for note in answer.topups:
             log.info("auto_topup", agent_id=note.agent_id, package=note.package, count=note.count)
 
@@ -291,11 +309,12 @@ class QuotaAgent:
                 self.counters["registry_failures"] += 1
                 log.warning("registry_refresh_failed", error=str(exc))
             else:
-                self.host.set_agents(listing.agents)
-                self.counters["registry_refreshes"] += 1
+                # cached first: once the relay knows a listing, a restart finds it too
                 try:
                     await self.journal.save_agents([wire.dump(a) for a in listing.agents])
                 except JournalError as exc:  # the cache stays stale; the next refresh writes it
                     self.counters["journal_errors"] += 1
                     log.error("journal_error", error=str(exc))
+                self.host.set_agents(listing.agents)
+                self.counters["registry_refreshes"] += 1
             await wait_event(self._refresh, self.settings.registry_refresh_ms)

@@ -28,6 +28,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from quota.billing.auth import Principal
+from quota.billing.console.app import console_app
 from quota.billing.errors import (
     BadRequest,
     BillingError,
@@ -207,6 +208,10 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
     return web.json_response(body, status=503 if reasons else 200)
 
 
+async def _to_console(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=308, headers={"Location": "/console/"})
+
+
 def make_app(service: BillingService, middlewares: Sequence[Middleware] = ()) -> web.Application:
     """The aiohttp application over `service`; `middlewares` run outside the error handling."""
     app = web.Application(middlewares=[*middlewares, errors_middleware], client_max_size=MAX_BODY)
@@ -221,4 +226,6 @@ def make_app(service: BillingService, middlewares: Sequence[Middleware] = ()) ->
     app.router.add_get("/readyz", _readyz)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _handler(route), name=route.name)
+    app.router.add_get("/console", _to_console)  # before the sub-application, which takes it
+    app.add_subapp("/console/", console_app(service))  # HTML pages for account holders
     return app

@@ -66,6 +66,13 @@ async def correct(
     return await billing.accounts.correction(who, key, account_id, body)
 
 
+async def create_console_link(
+    billing: BillingService, who: Principal, *, account_id: str
+) -> wire.ConsoleLink:
+    """A new one-time link each call (not keyed: two calls make two links)."""
+    return await billing.console.create_link(who, account_id)
+
+
 def _int_query(query: Mapping[str, str], name: str, default: int, high: int) -> int:
     raw = query.get(name)
     if raw is None:

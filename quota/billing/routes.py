@@ -147,6 +147,15 @@ ROUTES: tuple[Route, ...] = (
     ),
     route(
         "POST",
+        "/v1/accounts/{account_id}/console-links",
+        "createConsoleLink",
+        "A one-time sign-in link to the web console (expires in 15 minutes)",
+        OWNER,
+        h.create_console_link,
+        201,
+    ),
+    route(
+        "POST",
         "/v1/accounts/{account_id}/agents",
         "registerAgent",
         "Register an agent",

@@ -7,8 +7,8 @@ Invariants:
 - The parts share nothing else but the config: accounts and money in
   (`accounts`), agents and keys (`agents`), purchases and the catalogue
   (`plans`), relay sync and leases (`relays`), renewals (`maintenance`),
-  tokens (`tokens`); notices and push events leave through `push` and the
-  notifier after commit.
+  tokens (`tokens`), the web console's links and sessions (`console`);
+  notices and push events leave through `push` and the notifier after commit.
 - `auth_failures` counts unknown tokens per source address in memory (never in
   the database); the HTTP shell answers 429 to a source past the limit.
 """
@@ -22,6 +22,7 @@ from quota.billing.agents import Agents
 from quota.billing.auth import Tokens
 from quota.billing.clock import Clock
 from quota.billing.config import BillingConfig
+from quota.billing.console.sessions import ConsoleSessions
 from quota.billing.maintenance import Maintenance
 from quota.billing.op import Notice
 from quota.billing.plans import Plans
@@ -61,3 +62,4 @@ class BillingService:
         self.plans = Plans(self.runner, config)
         self.relays = Relays(self.runner)
         self.maintenance = Maintenance(self.runner)
+        self.console = ConsoleSessions(self.runner, store)  # the web console's links, sessions

@@ -219,6 +219,14 @@ class LedgerPage(Message, frozen=True, kw_only=True):
     next_cursor: Count | None
 
 
+class ConsoleLink(Message, frozen=True, kw_only=True):
+    """A one-time sign-in link to the web console: its path on the billing API, shown once."""
+
+    account_id: Text
+    path: Text  # /console/link/<token>; the service keeps only the token's hash
+    expires_at: Count
+
+
 class PlanInfo(Message, frozen=True, kw_only=True):
     name: Text
     kind: PlanKind

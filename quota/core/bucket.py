@@ -82,6 +82,11 @@ class Bucket:
         self.granted = 0
         self.charged = 0  # bytes handed to meters: passed plus outstanding allowances
         self.inactive = False
+        # A lease is on its way when the bucket runs dry: billing grants this relay
+        # leases and its last answer to an ask gave all that was asked. False once
+        # it gave less (the account can pay for nothing more), and always on a relay
+        # without a billing API. Says only why streams wait (quota.core.stream.held_reason).
+        self.can_pay = False
         self._meters: set[Meter] = set()
         self._waiters: deque[Meter] = deque()
         self._detached_passed = 0
@@ -128,8 +133,16 @@ class Bucket:
         return len(self._meters)
 
     def wants_grant(self) -> bool:
-        """True when remaining bytes fell below the low-water mark (ask for more now)."""
-        return not self.inactive and (self.remaining < self.low_water or bool(self._waiters))
+        """True when remaining bytes fell below the low-water mark (ask for more now).
+
+        Checked on the byte path at every slice: `free` (never above `remaining`)
+        answers without walking the meters unless the bucket is near low water.
+        """
+        if self.inactive:
+            return False
+        if self._waiters:
+            return True
+        return self.granted - self.charged < self.low_water and self.remaining < self.low_water
 
     # -- meters ------------------------------------------------------------------
 

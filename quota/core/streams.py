@@ -10,19 +10,26 @@ decision (quota.core.bucket); the machine hears of its outcome (`BytesHeld`,
 Invariants (checked by the playbook and property tests):
 - The state moves only along quota.core.stream's transition table; CLOSED is
   final and a machine returns `Close` exactly once, whatever events follow.
-- A TCP stream is paused for quota while a side holds bytes the bucket could
-  not pass; it resumes (`LogRecord("resume")` first, then `Resume`) only when
-  no side holds any. Flow-control pauses are their own reason and never undo a
-  quota pause (they are separate members of each leg's pause set).
+- A TCP stream is paused while a side holds bytes the bucket could not pass,
+  for the reason `quota.core.stream.held_reason` gives (QUOTA, LEASE or
+  INACTIVE); a new reason replaces the old one in the legs' pause sets without
+  a moment of reading in between. It resumes (`LogRecord("resume")` first,
+  then `Resume`) only when no side holds any. Flow-control pauses are their own
+  reason and never undo a held one (they are separate members of each leg's
+  pause set). An operator's pause (OPERATOR) holds until the operator resumes.
 - A write buffer above its high-water mark (`BufferFull`) pauses the other
   side for BUFFER until it drains, whatever window the peer advertised. Such a
   pause is logged only once two interim ticks found it (it spans an interval):
   a busy stream's many short ones never are, a peer that stopped reading is.
-  A stream is PAUSED while a logged reason (quota or buffer) holds.
+  A stream is PAUSED while a logged reason (`LOGGED_REASONS`) holds; its paused
+  time is charged to the first of them, and a change of that reason while
+  paused writes a "reason" record (the pause goes on: no new pause is counted).
 - A datagram stream never pauses a socket: a dropped datagram marks it paused
-  in the log, the next one that passes marks it open again.
-- Log records: "open" once, "pause"/"resume" on each edge, "interim" while
-  live, "close" once and only for a stream that was opened.
+  in the log (for the reason its bucket gives), the next one that passes marks
+  it open again.
+- Log records: "open" once, "pause"/"resume" on each edge, "reason" when a
+  paused stream's reason changes, "interim" while live, "close" once and only
+  for a stream that was opened.
 """
 
 from __future__ import annotations
@@ -30,7 +37,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from quota.core.stream import PauseClock, PauseReason, StreamState, transition
+from quota.core.stream import (
+    HELD_REASONS,
+    LOGGED_REASONS,
+    PauseClock,
+    PauseReason,
+    StreamState,
+    held_reason,
+    transition,
+)
 
 
 class Side(enum.Enum):
@@ -39,7 +54,6 @@ class Side(enum.Enum):
 
 
 BOTH = (Side.UP, Side.DOWN)
-_QUOTA_REASONS = (PauseReason.QUOTA, PauseReason.INACTIVE)
 
 
 def other(side: Side) -> Side:
@@ -86,10 +100,14 @@ class CloseRequested:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BytesHeld:
-    """A leg holds bytes the bucket could not pass, or the owner became inactive."""
+    """A leg holds bytes the bucket could not pass, or the owner became inactive.
+
+    `can_pay`: a lease is on its way (the bucket's `can_pay`), so the wait is LEASE.
+    """
 
     inactive: bool
     now_ms: int
+    can_pay: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,9 +150,22 @@ class BufferDrained:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Datagram:
-    """A datagram stream's datagram passed the bucket whole, or was dropped."""
+    """A datagram stream's datagram passed the bucket whole, or was dropped.
+
+    `inactive` and `can_pay` are the bucket's, and say why a drop happened.
+    """
 
     passed: bool
+    now_ms: int
+    inactive: bool = False
+    can_pay: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperatorPaused:
+    """An operator paused the stream (`paused`), or resumed it."""
+
+    paused: bool
     now_ms: int
 
 
@@ -157,6 +188,7 @@ Event = (
     | BufferFull
     | BufferDrained
     | Datagram
+    | OperatorPaused
     | Interim
 )
 
@@ -186,7 +218,7 @@ class Pause:
 class Resume:
     """Remove `reasons` from the pause sets of the legs on `sides`."""
 
-    reasons: tuple[PauseReason, ...] = _QUOTA_REASONS
+    reasons: tuple[PauseReason, ...] = HELD_REASONS
     sides: tuple[Side, ...] = BOTH
 
 
@@ -199,7 +231,7 @@ class CloseLegs:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogRecord:
-    """Write a stream-log record: open, pause, resume, interim or close."""
+    """Write a stream-log record: open, pause, resume, reason, interim or close."""
 
     event: str
 
@@ -222,7 +254,8 @@ class StreamMachine:
         "_full",
         "_full_seen",
         "_full_since",
-        "_quota_paused",
+        "_holding",
+        "_operator",
         "clock",
         "close_reason",
         "datagrams",
@@ -238,7 +271,8 @@ class StreamMachine:
         self.datagrams = datagrams  # UDP: nothing is held, no socket is paused
         self.opened = False
         self.close_reason = ""
-        self._quota_paused = False  # a logged quota (or inactive) pause holds
+        self._holding: PauseReason | None = None  # why the legs wait for bucket bytes
+        self._operator = False  # an operator paused the stream
         self._full: set[Side] = set()  # sides whose write buffer is above high water
         self._full_since = 0  # when `_full` last became non-empty
         self._full_seen = False  # an interim tick found the running buffer pause
@@ -275,8 +309,10 @@ class StreamMachine:
                 return self._buffer_drained(event)
             case Datagram():
                 return self._datagram(event)
+            case OperatorPaused():
+                return self._operator_paused(event)
             case Interim():
-                return (*self._buffer_check(), LogRecord(event="interim"))
+                return (*self._buffer_check(event.now_ms), LogRecord(event="interim"))
 
     # -- one method per kind of event ---------------------------------------------------
 
@@ -285,7 +321,8 @@ class StreamMachine:
             return ()
         self.state = transition(self.state, StreamState.OPEN)
         self.opened = True
-        return (Register(), LogRecord(event="open"), AttachPeers())
+        # a reason that came while connecting (the owner went inactive) pauses it at once
+        return (Register(), LogRecord(event="open"), AttachPeers(), *self._settle(event.now_ms))
 
     def _close(self, reason: str, now_ms: int) -> tuple[Action, ...]:
         """The closing steps shared by every way a stream ends; reached once per machine."""
@@ -298,18 +335,29 @@ class StreamMachine:
     def _held(self, event: BytesHeld) -> tuple[Action, ...]:
         if self.datagrams:
             return ()  # nothing to pause: datagrams that do not fit are dropped as they come
-        reason = PauseReason.INACTIVE if event.inactive else PauseReason.QUOTA
-        pause = Pause(reason=reason)
-        if self.state is StreamState.OPENING:
-            return (pause,)
-        self._quota_paused = True
-        return (pause, *self._enter(event.now_ms))
+        reason = held_reason(inactive=event.inactive, can_pay=event.can_pay)
+        old, self._holding = self._holding, reason
+        if reason is old:
+            return ()
+        # the new reason joins the pause sets before the old one leaves: no read in between
+        legs: tuple[Action, ...] = (Pause(reason=reason),)
+        if old is not None:
+            legs += (Resume(reasons=(old,)),)
+        return (*legs, *self._settle(event.now_ms))
 
     def _cleared(self, event: HeldCleared) -> tuple[Action, ...]:
-        if self.datagrams or event.holding or not self._quota_paused:
+        if self.datagrams or event.holding or self._holding is None:
             return ()
-        self._quota_paused = False
-        return (*self._leave(event.now_ms), Resume())
+        self._holding = None
+        return (*self._settle(event.now_ms), Resume())
+
+    def _operator_paused(self, event: OperatorPaused) -> tuple[Action, ...]:
+        if self.datagrams or event.paused is self._operator:
+            return ()
+        self._operator = event.paused
+        if event.paused:
+            return (Pause(reason=PauseReason.OPERATOR), *self._settle(event.now_ms))
+        return (*self._settle(event.now_ms), Resume(reasons=(PauseReason.OPERATOR,)))
 
     def _buffer_full(self, event: BufferFull) -> tuple[Action, ...]:
         if self.state is StreamState.OPENING:
@@ -327,9 +375,9 @@ class StreamMachine:
         if self._full or not self._buffer_logged:
             return (resume,)
         self._buffer_logged = False
-        return (*self._leave(event.now_ms), resume)
+        return (*self._settle(event.now_ms), resume)
 
-    def _buffer_check(self) -> tuple[Action, ...]:
+    def _buffer_check(self, now_ms: int) -> tuple[Action, ...]:
         """At an interim tick: log a buffer pause the previous tick already found running."""
         if not self._full or self._buffer_logged:
             return ()
@@ -337,21 +385,35 @@ class StreamMachine:
             self._full_seen = True
             return ()
         self._buffer_logged = True
-        return self._enter(self._full_since)
+        return self._settle(now_ms, since_ms=self._full_since)
 
-    def _enter(self, since_ms: int) -> tuple[Action, ...]:
-        """A logged pause reason began: an open stream is paused from `since_ms`."""
-        if self.state is not StreamState.OPEN:
-            return ()
-        self._mark_paused(since_ms)
-        return (LogRecord(event="pause"),)
+    def _logged_reason(self) -> PauseReason | None:
+        """The logged reason a paused stream's time is charged to now (None: none holds)."""
+        holding = {self._holding}
+        if self._operator:
+            holding.add(PauseReason.OPERATOR)
+        if self._buffer_logged:
+            holding.add(PauseReason.BUFFER)
+        return next((r for r in LOGGED_REASONS if r in holding), None)
 
-    def _leave(self, now_ms: int) -> tuple[Action, ...]:
-        """A logged pause reason ended: the stream is open again once none holds."""
-        if self.state is not StreamState.PAUSED or self._quota_paused or self._buffer_logged:
+    def _settle(self, now_ms: int, since_ms: int | None = None) -> tuple[Action, ...]:
+        """A logged reason began, ended or changed: pause, resume or re-reason the log.
+
+        A pause found running only now (a buffer pause, at its second tick) is
+        dated from `since_ms`.
+        """
+        reason = self._logged_reason()
+        if self.state is StreamState.OPEN and reason is not None:
+            self._mark_paused(now_ms if since_ms is None else since_ms, reason)
+            return (LogRecord(event="pause"),)
+        if self.state is not StreamState.PAUSED:
             return ()
-        self._mark_open(now_ms)
-        return (LogRecord(event="resume"),)
+        if reason is None:
+            self._mark_open(now_ms)
+            return (LogRecord(event="resume"),)
+        if self.clock.switch(now_ms, reason):
+            return (LogRecord(event="reason"),)
+        return ()
 
     def _flow(self, action: Action) -> tuple[Action, ...]:
         # Before the legs are joined neither has a peer whose buffer could fill.
@@ -361,14 +423,19 @@ class StreamMachine:
         if event.passed and self.state is StreamState.PAUSED:
             self._mark_open(event.now_ms)
             return (LogRecord(event="resume"),)
-        if not event.passed and self.state is StreamState.OPEN:
-            self._mark_paused(event.now_ms)
+        if event.passed or self.state is StreamState.OPENING:
+            return ()
+        reason = held_reason(inactive=event.inactive, can_pay=event.can_pay)
+        if self.state is StreamState.OPEN:
+            self._mark_paused(event.now_ms, reason)
             return (LogRecord(event="pause"),)
+        if self.clock.switch(event.now_ms, reason):
+            return (LogRecord(event="reason"),)
         return ()
 
-    def _mark_paused(self, now_ms: int) -> None:
+    def _mark_paused(self, now_ms: int, reason: PauseReason) -> None:
         self.state = transition(self.state, StreamState.PAUSED)
-        self.clock.pause(now_ms)
+        self.clock.pause(now_ms, reason)
 
     def _mark_open(self, now_ms: int) -> None:
         self.state = transition(self.state, StreamState.OPEN)

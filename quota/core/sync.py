@@ -106,6 +106,7 @@ class LeaseUpdate:
     agent_id: str
     grant: int  # bytes to add to the bucket (0: none)
     active: bool
+    exhausted: bool | None = None  # asked for more and got less (None: nothing was asked)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,6 +178,7 @@ class SyncMachine:
         self._next_try = 0
         self._journal_failures = 0
         self._journal_next_try = 0
+        self._asked: dict[int, dict[str, int]] = {}  # seq -> agent -> bytes that report wants
 
     # -- start -------------------------------------------------------------------
 
@@ -293,6 +295,7 @@ class SyncMachine:
         if report is not self._in_flight:
             raise IllegalTransition(f"report {report.seq} is not the one being written")
         self._next_seq, self._in_flight = report.seq + 1, None
+        self._asked[report.seq] = {a.agent_id: a.want for a in report.leases if a.want}
 
     def unwritten(self, report: Report) -> None:
         """The journal did not take `report`: its contents go into the next one, same number."""
@@ -318,6 +321,7 @@ class SyncMachine:
                 seq=seq, reason=f"answer for seq {answer.seq}, expected {seq}", now=now
             )
         updates, applied = [], {}
+        asked = self._asked.pop(seq, {})
         for lease in answer.leases:
             if lease.status == "unknown":
                 continue
@@ -327,8 +331,14 @@ class SyncMachine:
             grant = max(0, lease.granted_total - before)
             if grant:
                 self._applied[lease.agent_id] = applied[lease.agent_id] = lease.granted_total
+            want = asked.get(lease.agent_id)
             updates.append(
-                LeaseUpdate(agent_id=lease.agent_id, grant=grant, active=lease.status == "active")
+                LeaseUpdate(
+                    agent_id=lease.agent_id,
+                    grant=grant,
+                    active=lease.status == "active",
+                    exhausted=None if want is None else grant < want,
+                )
             )
         return Applied(seq=seq, updates=tuple(updates), applied=applied, duplicate=answer.duplicate)
 

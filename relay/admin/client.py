@@ -107,6 +107,10 @@ class AdminClient:
     async def set_active(self, agent_id: str, active: bool) -> dict[str, Any]:
         return await self._object("POST", f"/v1/agents/{_seg(agent_id)}/state", {"active": active})
 
+    async def pause_stream(self, stream_id: str, paused: bool) -> dict[str, Any]:
+        path = f"/v1/streams/{_seg(stream_id)}/pause"
+        return await self._object("POST", path, {"paused": paused})
+
     async def _object(
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:

@@ -12,6 +12,9 @@ Invariants:
   read and validated in full before the relay is called.
 - Answers are JSON; errors are `{"error": "<message naming the problem>"}`.
 - Each request is logged once as `admin_request` (method, path, status).
+- With a token, `/console/` serves the operator view (relay.admin.console):
+  its pages check a session cookie opened with that same token instead of
+  the bearer header, and a CSRF token on every form.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from aiohttp import web
 
 from quota.core.errors import InvalidValue
 from quota.core.units import MAX_BYTES, parse_size
+from relay.admin.console.web import OperatorView
 from relay.config import HostPort
-from relay.errors import ConfigError, UnknownAgent
+from relay.errors import ConfigError, UnknownAgent, UnknownStream
 
 MAX_BODY = 64 * 1024
 SHUTDOWN_TIMEOUT_S = 2.0
@@ -56,6 +60,8 @@ class RelayControl(Protocol):
 
     def streams(self) -> list[dict[str, object]]: ...
 
+    def pause_stream(self, stream_id: str, paused: bool) -> dict[str, object]: ...
+
     def status(self) -> dict[str, object]: ...
 
 
@@ -64,6 +70,7 @@ class Readiness(Protocol):
 
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # answered without a token
+CONSOLE = "/console/"  # the operator view: its own session check (relay.admin.console)
 
 
 class _Problem(Exception):
@@ -137,6 +144,7 @@ class _Routes:
         app.router.add_post("/v1/agents/{agent_id}/grant", self.grant)
         app.router.add_post("/v1/agents/{agent_id}/revoke", self.revoke)
         app.router.add_post("/v1/agents/{agent_id}/state", self.state)
+        app.router.add_post("/v1/streams/{stream_id}/pause", self.pause)
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self.control.status())
@@ -179,6 +187,14 @@ class _Routes:
             raise _Problem(400, f'"active" must be true or false, got {active!r}')
         return web.json_response(self.control.set_active(request.match_info["agent_id"], active))
 
+    async def pause(self, request: web.Request) -> web.Response:
+        body = await _read_object(request, frozenset({"paused"}))
+        paused = body.get("paused")
+        if not isinstance(paused, bool):
+            raise _Problem(400, f'"paused" must be true or false, got {paused!r}')
+        stream_id = request.match_info["stream_id"]
+        return web.json_response(self.control.pause_stream(stream_id, paused))
+
 
 # -- the server ----------------------------------------------------------------------
 
@@ -192,10 +208,12 @@ class AdminServer:
         listen: HostPort | Path,
         token: str,
         health: Readiness | None = None,
+        stream_log: Path | None = None,
         refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.control = control
         self.health = health
+        self.stream_log = stream_log
         self.refresh = refresh  # awaited before each authorized request (a relay of workers)
         self.listen = listen
         self.port: int | None = None  # the bound TCP port (useful with port 0)
@@ -215,6 +233,9 @@ class AdminServer:
             raise ConfigError("admin.token is required when admin.listen is a TCP address")
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
         _Routes(self.control, self.health).add_to(app)
+        if self._token:
+            app.router.add_get(CONSOLE.rstrip("/"), _to_console)  # before the sub-application
+            app.add_subapp(CONSOLE, OperatorView(self.control, self._token, self.stream_log).app())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         try:
@@ -281,7 +302,9 @@ class AdminServer:
         return response
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS and not self._authorized(request):
+        path = request.path
+        console = (path.startswith(CONSOLE) or path == CONSOLE.rstrip("/")) and bool(self._token)
+        if path not in OPEN_PATHS and not console and not self._authorized(request):
             return _error(401, "missing or wrong admin token (send Authorization: Bearer <token>)")
         try:
             if self.refresh is not None:
@@ -289,7 +312,7 @@ class AdminServer:
             return await handler(request)
         except _Problem as exc:
             return _error(exc.status, exc.message)
-        except UnknownAgent as exc:
+        except (UnknownAgent, UnknownStream) as exc:
             return _error(404, str(exc))
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"request body larger than {MAX_BODY} bytes")
@@ -305,6 +328,10 @@ class AdminServer:
         except Exception:
             log.exception("admin_error", method=request.method, path=request.path)
             return _error(500, "internal error in the relay (see its log)")
+
+
+async def _to_console(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=308, headers={"Location": CONSOLE})
 
 
 def _bind_unix(path: Path) -> socket.socket:

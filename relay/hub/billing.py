@@ -68,6 +68,15 @@ class BillingLink:
         if bucket.inactive == active:  # a change
             self.hub.activity.set_active(agent, active)
 
+    def lease_answered(self, agent_id: str, exhausted: bool) -> None:
+        """Billing gave less than asked (nothing more to come) or all of it: why streams wait."""
+        bucket = self.hub.buckets.get(agent_id)
+        if bucket is None or bucket.can_pay is not exhausted:
+            return
+        bucket.can_pay = not exhausted
+        for stream in self.hub.live.of_agent(agent_id):
+            stream.bucket_changed()
+
     def take_back_idle(self, idle_ms: int) -> dict[str, int]:
         """Give back the unused lease of agents with no stream and no use for `idle_ms`."""
         now, back = self.hub.now_ms(), {}

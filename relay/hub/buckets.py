@@ -56,6 +56,7 @@ class Buckets(Mapping[str, Bucket]):
                 slice_bytes=self.config.slice_bytes,
             )
             bucket.inactive = not agent.active
+            bucket.can_pay = self.config.billing is not None  # until billing says otherwise
             self._by_agent[agent.agent_id] = bucket
         return bucket
 
@@ -64,7 +65,8 @@ class Buckets(Mapping[str, Bucket]):
             cast(Wakeable, meter.owner).on_wake()
 
     def check_low_water(self, bucket: Bucket) -> None:
-        want = self._watch.check(bucket.agent_id, bucket.wants_grant(), bucket.remaining)
+        wants = bucket.wants_grant()  # on the byte path: `remaining` walks the meters
+        want = self._watch.check(bucket.agent_id, wants, bucket.remaining if wants else 0)
         if want is not None:
             log.info("grant_wanted", agent_id=want.agent_id, remaining=want.remaining)
             if self.on_want is not None:

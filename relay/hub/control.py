@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import structlog
 
-from relay.errors import UnknownAgent
+from quota.core.stream import LOGGED_REASONS
+from relay.errors import UnknownAgent, UnknownStream
 from relay.hub.hub import Hub
+from relay.hub.recorder import paused_by_reason
+from relay.hub.stream import Stream
 from relay.registry import Agent
 
 log = structlog.get_logger("relay")
@@ -62,23 +65,37 @@ class Control:
     def agents(self) -> list[dict[str, object]]:
         return [self._view(agent) for agent in self.hub.registry]
 
+    def pause_stream(self, stream_id: str, paused: bool) -> dict[str, object]:
+        """An operator pauses a live stream (reason OPERATOR), or lifts that pause."""
+        stream = self.hub.live.get(stream_id)
+        if stream is None:
+            raise UnknownStream(stream_id)
+        stream.operator_pause(paused)
+        log.info("stream_operator_pause", stream_id=stream_id, paused=paused)
+        return self._stream_view(stream, self.hub.now_ms())
+
     def streams(self) -> list[dict[str, object]]:
-        return [
-            {
-                "stream_id": s.stream_id,
-                "tunnel_id": s.tunnel.tunnel_id,
-                "agent_id": s.tunnel.agent.agent_id,
-                "kind": s.tunnel.kind,
-                "peer": s.peer_desc,
-                "target": s.tunnel.target,
-                "state": s.state.value,
-                "bytes_up": s.bytes_up,
-                "bytes_down": s.bytes_down,
-                "bytes_dropped": s.bytes_dropped,
-                "pauses": s.clock.count,
-            }
-            for s in self.hub.live.values()
-        ]
+        now = self.hub.now_ms()
+        return [self._stream_view(s, now) for s in self.hub.live.values()]
+
+    @staticmethod
+    def _stream_view(s: Stream, now: int) -> dict[str, object]:
+        return {
+            "stream_id": s.stream_id,
+            "tunnel_id": s.tunnel.tunnel_id,
+            "agent_id": s.tunnel.agent.agent_id,
+            "kind": s.tunnel.kind,
+            "peer": s.peer_desc,
+            "target": s.tunnel.target,
+            "state": s.state.value,
+            "bytes_up": s.bytes_up,
+            "bytes_down": s.bytes_down,
+            "bytes_dropped": s.bytes_dropped,
+            "pauses": s.clock.count,
+            "paused_ms": s.clock.total_ms(now),
+            "pause_reason": None if s.clock.reason is None else LOGGED_REASONS[s.clock.reason],
+            **paused_by_reason(s.clock, now),
+        }
 
     def status(self) -> dict[str, object]:
         hub = self.hub

@@ -33,6 +33,7 @@ from relay.descriptors import descriptor_limit
 from relay.errors import Refused
 from relay.hub.activity import OwnerActivity
 from relay.hub.buckets import Buckets
+from relay.hub.figures import StreamBook
 from relay.hub.gate import Gate
 from relay.hub.live import LiveStreams
 from relay.hub.recorder import Attempt, StreamRecorder
@@ -80,6 +81,10 @@ class Hub:
         self.refusals: Counter[str] = Counter()  # cause -> count
         self.gate = Gate(config.gate.admission(descriptor_limit()))  # before login
         self.remote: Reacher | None = None  # a worker's reach into the others (relay.workers)
+        # the stream figures the quota agent journals with each report (billing and a log)
+        self.book: StreamBook | None = None
+        if streamlog is not None and config.billing is not None:
+            self.book = StreamBook(self.stream_id(""), self.live, streamlog, self.now_ms)
 
     @staticmethod
     def now_ms() -> int:
@@ -100,6 +105,8 @@ class Hub:
 
     def stream_closed(self, stream: Stream) -> None:
         self.live.closed(stream)
+        if self.book is not None:
+            self.book.closed(stream)
         while stream.held:
             self.shares.release(stream.held.pop())
 

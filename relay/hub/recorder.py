@@ -18,10 +18,12 @@ from dataclasses import dataclass
 import structlog
 
 from quota.core.flowtable import UnansweredRow
+from quota.core.stream import LOGGED_REASONS, PauseClock
 from relay.hub.stream import Stream
 from relay.hub.tunnels import Tunnel
 from relay.registry import Agent
-from relay.streamlog.writer import StreamLog, StreamRecord
+from relay.streamlog.record import StreamRecord
+from relay.streamlog.writer import StreamLog
 
 log = structlog.get_logger("relay")
 
@@ -45,6 +47,7 @@ class StreamRecorder:
         )
         if self.streamlog is None:
             return
+        clock = stream.clock
         self.streamlog.record(
             StreamRecord(
                 event=event,
@@ -61,10 +64,12 @@ class StreamRecorder:
                 bytes_up=stream.bytes_up,
                 bytes_down=stream.bytes_down,
                 bytes_dropped=stream.bytes_dropped,
-                pauses=stream.clock.count,
-                paused_ms=stream.clock.total_ms(now_ms),
+                pauses=clock.count,
+                paused_ms=clock.total_ms(now_ms),
                 state=stream.state.value,
                 close_reason=stream.close_reason or None,
+                pause_reason=None if clock.reason is None else LOGGED_REASONS[clock.reason],
+                **paused_by_reason(clock, now_ms),
             )
         )
 
@@ -125,6 +130,11 @@ class StreamRecorder:
                 close_reason="unanswered",
             )
         )
+
+
+def paused_by_reason(clock: PauseClock, now_ms: int) -> dict[str, int]:
+    """The record's `paused_<reason>_ms` fields: paused time per logged reason."""
+    return {f"paused_{name}_ms": clock.reason_ms(r, now_ms) for r, name in LOGGED_REASONS.items()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -34,6 +34,7 @@ from quota.core.streams import (
     Event,
     HeldCleared,
     LogRecord,
+    OperatorPaused,
     Pause,
     Register,
     Resume,
@@ -85,6 +86,18 @@ class StreamHost(Protocol):
 
 
 class Stream:
+    __slots__ = (
+        "bucket",
+        "carrier",
+        "held",
+        "host",
+        "machine",
+        "peer_desc",
+        "quiet",
+        "stream_id",
+        "tunnel",
+    )
+
     def __init__(
         self,
         host: StreamHost,
@@ -169,11 +182,28 @@ class Stream:
         self.handle(CloseRequested(reason=reason, now_ms=now, close_legs=close_legs))
 
     def owner_changed(self, active: bool) -> None:
-        """The owner's subscription changed: pause even idle legs, or resume free ones."""
+        """The owner's subscription changed: pause even idle legs, or resume free ones.
+
+        Active again while a leg still holds bytes: the stream waits on, for its bucket's reason.
+        """
         if self.bucket is None:
             return
         now = self.host.now_ms()
-        if active:
-            self.handle(HeldCleared(holding=self.carrier.holding(), now_ms=now))
-        else:
+        if not active:
             self.handle(BytesHeld(inactive=True, now_ms=now))
+        elif self.carrier.holding():
+            self.handle(BytesHeld(inactive=False, can_pay=self.bucket.can_pay, now_ms=now))
+        else:
+            self.handle(HeldCleared(holding=False, now_ms=now))
+
+    def bucket_changed(self) -> None:
+        """Billing said whether more can come: a waiting stream waits for the new reason."""
+        bucket = self.bucket
+        if bucket is None or bucket.inactive or not self.carrier.holding():
+            return
+        now = self.host.now_ms()
+        self.handle(BytesHeld(inactive=False, can_pay=bucket.can_pay, now_ms=now))
+
+    def operator_pause(self, paused: bool) -> None:
+        """An operator paused the stream, or resumed it."""
+        self.handle(OperatorPaused(paused=paused, now_ms=self.host.now_ms()))

@@ -24,7 +24,12 @@ from typing import Any, Literal, TypedDict, Unpack
 
 import aiosqlite
 
-from relay.streamlog.writer import FIELDS, StreamLogError
+from relay.streamlog.record import FIELDS
+from relay.streamlog.writer import StreamLogError
+
+PAUSED_BY: tuple[str, ...] = tuple(
+    f for f in FIELDS if f.startswith("paused_") and f != "paused_ms"
+)
 
 STREAM_COLUMNS: tuple[str, ...] = (
     *FIELDS[2:],
@@ -142,8 +147,9 @@ async def totals(
         " sum(state <> 'closed') AS open_streams,"
         " sum(bytes_up) AS bytes_up, sum(bytes_down) AS bytes_down,"
         " sum(bytes_up + bytes_down) AS bytes_total, sum(bytes_dropped) AS bytes_dropped,"
-        " sum(pauses) AS pauses, sum(paused_ms) AS paused_ms"
-        f" FROM streams{where} GROUP BY {keys}"
+        " sum(pauses) AS pauses, sum(paused_ms) AS paused_ms, "
+        + ", ".join(f"sum({f}) AS {f}" for f in PAUSED_BY)
+        + f" FROM streams{where} GROUP BY {keys}"
         f" ORDER BY bytes_total DESC, {keys} LIMIT ?"
     )
     async with _reader(path) as db, db.execute(query, [*params, max(0, limit)]) as cur:

@@ -14,7 +14,9 @@ Invariants:
   `configure()`) after the rows are committed; the timestamp is the record's
   own `at_ms`. The database is the record of truth, the lines are a copy.
 - On entry every stream of this relay still open or paused (left by a crash)
-  is closed with reason "relay_restart", keeping the last figures it had.
+  is closed with reason "relay_restart"; where the quota agent's journal covers
+  the crashed run, streams get the bytes its reports counted
+  (relay.streamlog.restart), else they keep the last figures written.
 - The database (with its -wal and -shm files) and the JSON lines file are
   created with mode 0600, their folders 0700 (`quota.private_files`).
 - On exit the flush task is stopped, everything queued is written and the
@@ -30,7 +32,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from operator import attrgetter
 from pathlib import Path
@@ -40,8 +41,11 @@ import aiosqlite
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from quota.agent.journal import JournaledStreams
 from quota.private_files import open_private_append, private_database
 from relay.errors import RelayError
+from relay.streamlog.record import _MIGRATIONS, FIELDS, StreamRecord
+from relay.streamlog.restart import restart_records, run_start_ms
 
 T = TypeVar("T")
 
@@ -52,74 +56,19 @@ class StreamLogError(RelayError):
     """The stream log cannot be opened, read or written; the message says which file."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamRecord:
-    """One event in a stream's life; byte and pause figures are cumulative.
-
-    Not validated (building one must never raise on the hot path): any state
-    other than "closed" counts as still alive, and is closed on restart.
-    """
-
-    event: str  # "open" | "interim" | "pause" | "resume" | "close"
-    at_ms: int  # unix epoch milliseconds of the event
-    stream_id: str
-    tunnel_id: str
-    agent_id: str
-    account: str
-    relay_id: str
-    kind: str  # "tcp_endpoint" | "tcp_public" | "udp_endpoint" | "udp_public"
-    peer: str
-    target: str
-    opened_at_ms: int
-    bytes_up: int
-    bytes_down: int
-    bytes_dropped: int
-    pauses: int
-    paused_ms: int
-    state: str  # "open" | "paused" | "closed"
-    close_reason: str | None = None
-
-
-FIELDS: tuple[str, ...] = tuple(f.name for f in fields(StreamRecord))
 _values = attrgetter(*FIELDS)
-
-_MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE streams (
-        stream_id TEXT PRIMARY KEY,
-        tunnel_id TEXT NOT NULL, agent_id TEXT NOT NULL, account TEXT NOT NULL,
-        relay_id TEXT NOT NULL, kind TEXT NOT NULL, peer TEXT NOT NULL, target TEXT NOT NULL,
-        opened_at_ms INTEGER NOT NULL, closed_at_ms INTEGER, updated_at_ms INTEGER NOT NULL,
-        last_event TEXT NOT NULL,
-        bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL, bytes_dropped INTEGER NOT NULL,
-        pauses INTEGER NOT NULL, paused_ms INTEGER NOT NULL,
-        state TEXT NOT NULL, close_reason TEXT
-    );
-    CREATE INDEX streams_agent ON streams (agent_id, opened_at_ms);
-    CREATE INDEX streams_account ON streams (account, opened_at_ms);
-    CREATE INDEX streams_tunnel ON streams (tunnel_id, opened_at_ms);
-    CREATE INDEX streams_opened ON streams (opened_at_ms);
-    CREATE INDEX streams_relay_state ON streams (relay_id, state);
-    CREATE TABLE stream_events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        event TEXT NOT NULL, at_ms INTEGER NOT NULL,
-        stream_id TEXT NOT NULL, tunnel_id TEXT NOT NULL, agent_id TEXT NOT NULL,
-        account TEXT NOT NULL, relay_id TEXT NOT NULL, kind TEXT NOT NULL,
-        peer TEXT NOT NULL, target TEXT NOT NULL, opened_at_ms INTEGER NOT NULL,
-        bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL, bytes_dropped INTEGER NOT NULL,
-        pauses INTEGER NOT NULL, paused_ms INTEGER NOT NULL,
-        state TEXT NOT NULL, close_reason TEXT
-    );
-    CREATE INDEX stream_events_stream ON stream_events (stream_id);
-    CREATE INDEX stream_events_at ON stream_events (at_ms);
-    """,
-)
 
 _INSERT_EVENT = (
     f"INSERT INTO stream_events ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
 )
 _STREAM_COLUMNS = ("last_event", "updated_at_ms", *FIELDS[2:], "closed_at_ms")
-_COUNTERS = ("bytes_up", "bytes_down", "bytes_dropped", "pauses", "paused_ms")
+_COUNTERS = (
+    "bytes_up",
+    "bytes_down",
+    "bytes_dropped",
+    "pauses",
+    *(f for f in FIELDS if f.startswith("paused_")),  # paused_ms and its share per reason
+)
 _UPSERT_STREAM = (
     f"INSERT INTO streams ({', '.join(_STREAM_COLUMNS)})"
     f" VALUES ({', '.join('?' * len(_STREAM_COLUMNS))})"
@@ -131,6 +80,14 @@ _UPSERT_STREAM = (
     )
     + " WHERE streams.state <> 'closed'"
 )
+# At restart only: set a stream's row to the record's figures, closed or not, lower or not.
+_SET_STREAM = (
+    f"INSERT INTO streams ({', '.join(_STREAM_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(_STREAM_COLUMNS))})"
+    " ON CONFLICT (stream_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STREAM_COLUMNS if c != "stream_id")
+)
+_RESTART_COLUMNS = ", ".join((*FIELDS[2:], "last_event", "closed_at_ms"))
 
 
 def wall_clock_ms() -> int:
@@ -197,6 +154,7 @@ class StreamLog:
         json_lines: Path | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
         max_pending: int = MAX_PENDING,
+        journaled: JournaledStreams | None = None,
     ) -> None:
         self.path = path
         self.relay_id = relay_id
@@ -204,6 +162,7 @@ class StreamLog:
         self._json_path = json_lines
         self._clock_ms = clock_ms
         self._max_pending = max(1, max_pending)
+        self._journaled = journaled  # what the journal counted of a killed run's streams
         self._pending: deque[StreamRecord] = deque()
         self._db: aiosqlite.Connection | None = None
         self._json_file: IO[str] | None = None
@@ -218,6 +177,8 @@ class StreamLog:
         self._task: asyncio.Task[None] | None = None
         self._written = 0
         self._lost = 0
+        self._queued_total = 0  # records ever queued: the position of the newest
+        self._durable_total = 0  # every record at or before this position is committed
         self.last_error: str | None = None  # the last failed write, None once one succeeds
 
     @property
@@ -231,6 +192,16 @@ class StreamLog:
         return self._lost
 
     @property
+    def position(self) -> int:
+        """The position of the newest record queued (records are numbered from 1)."""
+        return self._queued_total
+
+    @property
+    def durable(self) -> int:
+        """Every record queued at or before this position is in the database (or was lost)."""
+        return self._durable_total
+
+    @property
     def pending(self) -> int:
         """Records queued and not yet written."""
         return len(self._pending)
@@ -241,6 +212,7 @@ class StreamLog:
             self._pending.popleft()
             self._lost += 1
         self._pending.append(rec)
+        self._queued_total += 1
 
     async def __aenter__(self) -> StreamLog:
         try:
@@ -262,18 +234,22 @@ class StreamLog:
                 return
             batch = list(self._pending)
             self._pending.clear()
+            upto = self._queued_total
             try:
                 await self._write(self._db, batch)
             except sqlite3.Error as exc:
                 self._requeue(batch)
                 self.last_error = str(exc)
                 raise StreamLogError(f"stream log {self.path}: write failed: {exc}") from exc
+            self._durable_total = max(self._durable_total, upto)
             self._written += len(batch)
             self.last_error = None
             if self._json_file is not None or self._json_path == Path("-"):
                 await asyncio.to_thread(self._emit_json, batch)
 
-    async def _write(self, db: aiosqlite.Connection, batch: list[StreamRecord]) -> None:
+    async def _write(
+        self, db: aiosqlite.Connection, batch: list[StreamRecord], upsert: str = _UPSERT_STREAM
+    ) -> None:
         events = [_values(rec) for rec in batch]
         streams = [
             (
@@ -286,7 +262,7 @@ class StreamLog:
         ]
         try:
             await db.executemany(_INSERT_EVENT, events)
-            await db.executemany(_UPSERT_STREAM, streams)
+            await db.executemany(upsert, streams)
             await db.commit()
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -348,21 +324,42 @@ class StreamLog:
             )
 
     async def _close_leftovers(self) -> None:
-        """Close the streams a crashed run of this relay left open or paused."""
+        """Close the streams a crashed run left open; give them the bytes its journal counted."""
         assert self._db is not None
-        columns = ", ".join(FIELDS[2:])
-        query = f"SELECT {columns} FROM streams WHERE relay_id = ? AND state <> 'closed'"
         try:
-            async with self._db.execute(query, (self.relay_id,)) as cur:
-                rows = await cur.fetchall()
+            rows = await self._restart_rows(self._db)
+            records = restart_records(rows, self._journaled, self.relay_id, self._clock_ms())
+            if records:
+                await self._write(self._db, records, upsert=_SET_STREAM)
         except sqlite3.Error as exc:
-            raise StreamLogError(f"stream log {self.path}: cannot read: {exc}") from exc
-        now = self._clock_ms()
-        for row in rows:
-            values = dict(zip(FIELDS[2:], row, strict=True))
-            values.update(state="closed", close_reason="relay_restart")
-            self.record(StreamRecord(event="close", at_ms=now, **values))
-        await self.flush()
+            raise StreamLogError(f"stream log {self.path}: cannot close leftovers: {exc}") from exc
+        self._written += len(records)
+        if records and (self._json_file is not None or self._json_path == Path("-")):
+            await asyncio.to_thread(self._emit_json, records)
+
+    async def _restart_rows(self, db: aiosqlite.Connection) -> list[dict[str, Any]]:
+        """This relay's open streams, and those of the runs the journal covers it may correct."""
+        queries: list[tuple[str, tuple[Any, ...]]] = [("state <> 'closed'", ())]
+        journaled = self._journaled
+        if journaled is not None and journaled.runs:
+            since = min(run_start_ms(run) for run in journaled.runs)
+            queries.append(
+                ("opened_at_ms >= ? AND closed_at_ms > ?", (since, journaled.settled_ms))
+            )
+            ids = list(journaled.rows)
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                queries.append((f"stream_id IN ({', '.join('?' * len(chunk))})", tuple(chunk)))
+        found: dict[str, dict[str, Any]] = {}
+        for where, params in queries:
+            query = f"SELECT {_RESTART_COLUMNS} FROM streams WHERE relay_id = ? AND {where}"
+            async with db.execute(query, (self.relay_id, *params)) as cur:
+                for row in await cur.fetchall():
+                    values = dict(
+                        zip((*FIELDS[2:], "last_event", "closed_at_ms"), row, strict=True)
+                    )
+                    found[values["stream_id"]] = values
+        return list(found.values())
 
     async def _run(self) -> None:
         while not self._stop.is_set():

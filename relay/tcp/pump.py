@@ -20,7 +20,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import Callable
 from typing import Any, Protocol, cast
@@ -30,6 +29,8 @@ import asyncssh
 from quota.core.bucket import Meter
 from quota.core.stream import PauseReason, PauseSet
 from relay.ssh.backlog import NEVER_FULL, backlog_of
+from relay.ssh.fastsend import FastSender, fast_sender
+from relay.ssh.quicken import quicken
 
 
 class LegStream(Protocol):
@@ -48,7 +49,25 @@ class LegStream(Protocol):
 
 
 class Leg:
-    """What both kinds of leg share: metering, holding, pausing, EOF."""
+    """What both kinds of leg share: metering, holding, pausing, EOF.
+
+    Every leg class is slotted (an idle stream costs two legs): no per-leg dict,
+    and `pending` is a list only while bytes wait for the other leg.
+    """
+
+    __slots__ = (
+        "connected",
+        "eof_in",
+        "eof_sent",
+        "held",
+        "lost",
+        "meter",
+        "name",
+        "peer",
+        "pending",
+        "reasons",
+        "stream",
+    )
 
     stream: LegStream
     peer: Leg | None
@@ -62,7 +81,7 @@ class Leg:
         self.meter = None
         self.reasons = PauseSet()
         self.held = b""
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] | None = None  # bytes read before the peer was attached
         self.eof_in = False  # EOF read from this leg
         self.eof_sent = False  # EOF forwarded to the peer
         self.connected = False
@@ -103,6 +122,8 @@ class Leg:
     def on_data(self, data: bytes) -> None:
         peer = self.peer
         if peer is None:
+            if self.pending is None:
+                self.pending = []
             self.pending.append(data)
             self._pause_transport()  # uvloop reads despite pause_reading() in connection_made
             return
@@ -158,8 +179,8 @@ class Leg:
     def attach_peer(self, peer: Leg) -> None:
         """The other leg is connected: drain what arrived early, then read."""
         self.peer = peer
-        pending, self.pending = self.pending, []
-        for data in pending:
+        pending, self.pending = self.pending, None
+        for data in pending or ():
             self.on_data(data)
         if self.eof_in and not self.held:
             self._forward_eof()
@@ -192,6 +213,8 @@ class Leg:
 
 class TcpLeg(Leg, asyncio.Protocol):
     """A TCP socket: a public-port client, or a plain target."""
+
+    __slots__ = ("peername", "transport")
 
     transport: asyncio.Transport | None
 
@@ -249,16 +272,20 @@ class TcpLeg(Leg, asyncio.Protocol):
 class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
     """An SSH channel: a support agent's direct-tcpip, or a client's forwarded-tcpip."""
 
+    __slots__ = ("backed_up", "backlog", "chan", "fast")
+
     def __init__(self, stream: LegStream, name: str) -> None:
         self._init_leg(stream, name)
         self.chan: Any = None
         self.backlog = NEVER_FULL
         self.backed_up = False  # held by `backlog` until its transport drains
+        self.fast: FastSender | None = None  # AES-GCM packets built in one step
 
     def connection_made(self, chan: Any) -> None:
         self.chan = chan
         self.connected = True
-        quicken(chan)
+        quicken(chan, _takes_views)
+        self.fast = fast_sender(chan.get_connection())
         self.backlog = backlog_of(chan.get_connection(), self.stream.write_buffer)
         if self.reasons:
             chan.pause_reading()
@@ -269,7 +296,10 @@ class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
 
     def write(self, data: bytes) -> None:
         if self.chan is not None and not self.lost:
-            self.chan.write(data)
+            if self.fast is not None:
+                self.fast.send(self.chan, data)
+            else:
+                self.chan.write(data)
             if self.backlog.full and not self.backed_up:
                 self.backlog.hold(self)
 
@@ -301,104 +331,6 @@ class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
 LegFactory = Callable[[], Leg]
 
 
-class _JoinIgnore:
-    """asyncssh's `_send` and `send_packet` for one connection: MSG_IGNORE goes out with its packet.
-
-    asyncssh sends an empty MSG_IGNORE before every packet once encryption is on (a
-    CBC-era countermeasure), each in its own transport write: two syscalls and two
-    TCP segments per 32 KiB of payload. Inside a `send_packet` call, a tiny packet
-    is held until the next one and both go out in one `writelines` (one writev on
-    uvloop, no copy); whatever is still held when the outermost call returns is
-    written then. Nothing is held past a `send_packet` call; the bytes on the wire
-    and their order are unchanged.
-    """
-
-    __slots__ = ("conn", "depth", "held", "orig")
-
-    SMALL = 128  # an encrypted empty MSG_IGNORE is 36 to 64 bytes
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.orig = conn.send_packet
-        self.held = b""
-        self.depth = 0
-
-    def send_packet(self, pkttype: int, *args: bytes, handler: Any = None) -> None:
-        self.depth += 1
-        try:
-            self.orig(pkttype, *args, handler=handler)
-        finally:
-            self.depth -= 1
-            if not self.depth and self.held:
-                self(b"")
-
-    def __call__(self, data: bytes) -> None:
-        transport = self.conn._transport
-        held = self.held
-        if not transport:
-            self.held = b""
-        elif held:
-            self.held = b""
-            with contextlib.suppress(ConnectionError):  # as asyncssh's own _send does
-                transport.writelines((held, data) if data else (held,))
-        elif self.depth and len(data) <= self.SMALL:
-            self.held = data
-        else:
-            with contextlib.suppress(ConnectionError):
-                transport.write(data)
-
-
-class _FeedInSlices:
-    """asyncssh's `data_received` for one connection, fed at most `SLICE` bytes at a time.
-
-    asyncssh appends each read to a bytes buffer and, per packet, slices the
-    rest of that buffer off: a 256 KiB read of 32 KiB packets copies the buffer
-    about nine times over. Fed in memoryview slices of about two packets, it
-    copies each byte about twice. The bytes asyncssh sees are the same.
-    """
-
-    __slots__ = ("orig",)
-
-    SLICE = 64 * 1024
-
-    def __init__(self, orig: Callable[..., None]) -> None:
-        self.orig = orig
-
-    def __call__(self, data: bytes, datatype: object = None) -> None:
-        n, step = len(data), self.SLICE
-        if n <= step:
-            self.orig(data)
-            return
-        view = memoryview(data)
-        for i in range(0, n, step):
-            self.orig(view[i : i + step])
-
-
-def _no_log(*args: object) -> None:
-    pass
-
-
-def quicken(chan: Any) -> None:
-    """Trim asyncssh's per-packet work for a relayed channel and its connection.
-
-    Writes each MSG_IGNORE with the packet that follows it (`_JoinIgnore`), feeds
-    reads in slices (`_FeedInSlices`) and, while asyncssh's packet logging is off
-    (debug level below 3), skips the log calls that format a message for every
-    packet only to drop it. All are per-object overrides of asyncssh internals,
-    skipped if those names change; measured by `make bench` (bench/RESULTS.md,
-    summed up in the README's Benchmarks section).
-    """
-    quiet = getattr(asyncssh.logger, "_debug_level", 3) < 3
-    conn = chan.get_connection()
-    if quiet and hasattr(chan, "log_sent_packet"):
-        chan.log_sent_packet = chan.log_received_packet = _no_log
-    if conn is None or not hasattr(conn, "_send") or not hasattr(conn, "_transport"):
-        return
-    if not isinstance(conn.__dict__.get("_send"), _JoinIgnore):
-        joiner = _JoinIgnore(conn)
-        conn._send, conn.send_packet = joiner, joiner.send_packet
-        conn.data_received = _FeedInSlices(conn.data_received)
-        if conn._transport:  # uvloop keeps the protocol's bound data_received: renew it
-            conn._transport.set_protocol(conn)
-        if quiet and hasattr(conn, "log_sent_packet"):
-            conn.log_sent_packet = conn.log_received_packet = _no_log
+def _takes_views(chan: Any) -> bool:
+    """A relayed channel's leg forwards memoryviews as they are (no copy into bytes)."""
+    return isinstance(chan._session, ChannelLeg)

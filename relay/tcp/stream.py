@@ -2,8 +2,9 @@
 
 Invariants:
 - Both legs share the owner's quota state: while either leg holds bytes the
-  bucket could not pass, both legs are paused (reason QUOTA, or INACTIVE when
-  the owner has no subscription); when neither holds any, both may read again.
+  bucket could not pass, both legs are paused (reason QUOTA, LEASE while a
+  lease is on its way, or INACTIVE when the owner has no subscription); when
+  neither holds any, both may read again.
 - A leg whose write buffer (its socket's, or its SSH connection's) went above
   `write_buffer` pauses the other leg (reason BUFFER) until it drained.
 - What a leg reports (connected, lost, holding, flushed, EOF both ways, its
@@ -35,6 +36,8 @@ from relay.tcp.pump import Leg
 
 class TcpPair:
     """`up` is the connecting side (support channel or public socket), `down` the owner's."""
+
+    __slots__ = ("down", "stream", "up", "write_buffer")
 
     def __init__(self, stream: Stream, *, write_buffer: int = DEFAULT_WRITE_BUFFER) -> None:
         self.stream = stream
@@ -78,7 +81,8 @@ class TcpPair:
         """A leg holds bytes the bucket could not pass: pause both legs."""
         bucket = self.stream.bucket
         assert bucket is not None
-        self.stream.handle(BytesHeld(inactive=bucket.inactive, now_ms=self._now()))
+        held = BytesHeld(inactive=bucket.inactive, can_pay=bucket.can_pay, now_ms=self._now())
+        self.stream.handle(held)
 
     def quota_check(self) -> None:
         """A leg flushed its held bytes (written before any reading resumes)."""

@@ -190,6 +190,8 @@ class TcpTunnels:
 class _PublicLeg(TcpLeg):
     """A public-port client: once the gate admits it, open the owner's channel for it."""
 
+    __slots__ = ("admitted", "pair", "tunnels")
+
     def __init__(self, pair: TcpPair, name: str, tunnels: TcpTunnels) -> None:
         super().__init__(pair, name)
         self.pair = pair

@@ -126,7 +126,9 @@ class UdpFlow:
             self.dropped += n
         # Only a change of mark is a decision worth the core's time.
         if (self.stream.state is StreamState.PAUSED) is ok:
-            self.stream.handle(Datagram(passed=ok, now_ms=self.stream.host.now_ms()))
+            bucket, now = meter.bucket, self.stream.host.now_ms()
+            mark = Datagram(passed=ok, now_ms=now, inactive=bucket.inactive, can_pay=bucket.can_pay)
+            self.stream.handle(mark)
         return ok
 
     def admit_up(self, n: int) -> bool:

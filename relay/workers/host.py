@@ -30,17 +30,20 @@ from quota.contract import wire
 from quota.core.money import MAX_COUNTER
 from quota.core.sublease import Served, SubLeases
 from relay.config import RelayConfig
-from relay.errors import UnknownAgent
+from relay.errors import UnknownAgent, UnknownStream
 from relay.hub.billing import to_agent
 from relay.registry import Agent, Registry
-from relay.streamlog.writer import StreamLog, StreamRecord
+from relay.streamlog.record import StreamRecord
+from relay.streamlog.writer import StreamLog
 from relay.workers.link import Link
 from relay.workers.messages import (
     Agents,
     Flush,
     GiveBack,
     Grant,
+    LeaseAnswered,
     Message,
+    PauseStream,
     Ready,
     Recall,
     Records,
@@ -310,30 +313,29 @@ class WorkerHost:
         return [self._view(agent) for agent in self.registry]
 
     def streams(self) -> list[dict[str, object]]:
-        """Every logged live stream, with the figures of its worker's last fresh report."""
-        fresh = {row[0]: row for report in self.reports.values() for row in report.live}
+        """Every worker's live streams, as its last fresh report shows them, with its slot."""
         views: list[dict[str, object]] = []
-        for worker, r in self.live.values():
-            _, state, up, down, dropped, pauses = fresh.get(
-                r.stream_id, ("", r.state, r.bytes_up, r.bytes_down, r.bytes_dropped, r.pauses)
-            )
-            views.append(
-                {
-                    "stream_id": r.stream_id,
-                    "tunnel_id": r.tunnel_id,
-                    "agent_id": r.agent_id,
-                    "kind": r.kind,
-                    "peer": r.peer,
-                    "target": r.target,
-                    "state": state,
-                    "bytes_up": up,
-                    "bytes_down": down,
-                    "bytes_dropped": dropped,
-                    "pauses": pauses,
-                    "worker": self.ready[worker].worker if worker in self.ready else None,
-                }
-            )
+        for key, report in self.reports.items():
+            ready = self.ready.get(key)
+            for view in report.live:
+                views.append({**view, "worker": None if ready is None else ready.worker})
         return views
+
+    def pause_stream(self, stream_id: str, paused: bool) -> dict[str, object]:
+        """Ask the stream's worker to pause it (reason OPERATOR) or lift that pause.
+
+        The answer is the stream as last reported; the next read shows the change.
+        """
+        for key, report in self.reports.items():
+            for view in report.live:
+                if view.get("stream_id") == stream_id and key in self.links:
+                    self.links[key].send(PauseStream(stream_id=stream_id, paused=paused))
+                    log.info("stream_operator_pause", stream_id=stream_id, paused=paused)
+                    return dict(view)
+        raise UnknownStream(stream_id)
+
+    def lease_answered(self, agent_id: str, exhausted: bool) -> None:
+        self.broadcast(LeaseAnswered(agent_id=agent_id, exhausted=exhausted))
 
     def status(self) -> dict[str, object]:
         return {

@@ -11,12 +11,13 @@ Invariants:
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import msgspec
 
 from quota.contract import wire
 from relay.errors import RelayError
-from relay.streamlog.writer import StreamRecord
+from relay.streamlog.record import StreamRecord
 
 MAX_FRAME = 16 * 1024 * 1024
 _LEN = struct.Struct(">I")
@@ -65,8 +66,8 @@ class Usage(Msg, frozen=True, kw_only=True):
     logged_in: int = 0  # agents' SSH connections past login
     ssh_refused: dict[str, int] = {}  # refusals after login, by cause (the metrics' "ssh" kind)
     seq: int = 0  # the `Flush` this report answers (0: a report on the worker's own cadence)
-    # answering a Flush: each live stream (id, state, bytes up, down, dropped, pauses)
-    live: list[tuple[str, str, int, int, int, int]] = []
+    # answering a Flush: each live stream as the admin API shows it (relay.hub.control)
+    live: list[dict[str, Any]] = []
 
 
 class Records(Msg, frozen=True, kw_only=True):
@@ -91,6 +92,20 @@ class Flush(Msg, frozen=True, kw_only=True):
     """Send your pending records and a report now (before an admin read or a scrape)."""
 
     seq: int
+
+
+class LeaseAnswered(Msg, frozen=True, kw_only=True):
+    """Billing gave an agent less than asked (`exhausted`), or all of it: why its streams wait."""
+
+    agent_id: str
+    exhausted: bool
+
+
+class PauseStream(Msg, frozen=True, kw_only=True):
+    """An operator pauses a live stream of this worker, or lifts that pause."""
+
+    stream_id: str
+    paused: bool
 
 
 class SetActive(Msg, frozen=True, kw_only=True):
@@ -139,6 +154,8 @@ Message = (
     | SetActive
     | Agents
     | Flush
+    | LeaseAnswered
+    | PauseStream
     | Reach
     | Reached
 )

@@ -265,10 +265,12 @@ class Supervisor:
                 await slot.proc.wait()
 
 
-async def _quota_agent(stack: AsyncExitStack, config: RelayConfig, host: WorkerHost) -> QuotaAgent:
+async def _quota_agent(
+    stack: AsyncExitStack, config: RelayConfig, host: WorkerHost, journal: Journal
+) -> QuotaAgent:
+    """The relay's one quota agent; stream figures are not journaled across workers yet."""
     link = config.billing
     assert link is not None
-    journal = await stack.enter_async_context(Journal(link.journal))
     client = await stack.enter_async_context(
         BillingClient(link.urls, link.token, timeout_s=link.timeout_ms / 1000)
     )
@@ -321,16 +323,25 @@ async def serve_workers(
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         stack.callback(held.close)
+        journal, journaled = None, None
+        if config.billing is not None:
+            journal = await stack.enter_async_context(Journal(config.billing.journal))
+            journaled = await journal.journaled_streams()
         streamlog = await stack.enter_async_context(
             StreamLog(
                 config.stream_log_path,
                 relay_id=config.relay_id,
                 flush_ms=config.flush_ms,
                 json_lines=config.json_lines,
+                journaled=journaled,  # a killed one-process run's streams, as billing was told
             )
         )
+        if journal is not None:
+            await journal.forget_streams()  # the stream log holds them now
         host = WorkerHost(config, registry, streamlog)
-        quota = None if config.billing is None else await _quota_agent(stack, config, host)
+        quota = None
+        if journal is not None:
+            quota = await _quota_agent(stack, config, host, journal)
         supervisor = Supervisor(config, host, ssh_port)
         offline = config.billing.offline if config.billing else "continue"
         health = RelayHealth(streamlog, quota, offline)
@@ -342,7 +353,14 @@ async def serve_workers(
             await supervisor.wait_ready()
             health.listening = True
             admin = await stack.enter_async_context(
-                AdminServer(host, config.admin_listen, config.admin_token, health, host.refresh)
+                AdminServer(
+                    host,
+                    config.admin_listen,
+                    config.admin_token,
+                    health,
+                    stream_log=config.stream_log_path,
+                    refresh=host.refresh,
+                )
             )
             metrics = await stack.enter_async_context(_metrics_server(config, host, quota))
             ready_line = {

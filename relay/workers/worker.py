@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import structlog
 
@@ -32,16 +32,20 @@ from relay.app import _interim, load_host_key, open_front
 from relay.config import load_config
 from relay.descriptors import AcceptErrors, raise_nofile
 from relay.hub.billing import BillingLink
+from relay.hub.control import Control
 from relay.hub.hub import Hub
 from relay.registry import Agent, Registry
-from relay.streamlog.writer import StreamLog, StreamRecord
+from relay.streamlog.record import StreamRecord
+from relay.streamlog.writer import StreamLog
 from relay.workers.link import Link
 from relay.workers.messages import (
     Agents,
     Flush,
     GiveBack,
     Grant,
+    LeaseAnswered,
     Message,
+    PauseStream,
     Ready,
     Recall,
     Records,
@@ -191,16 +195,19 @@ class Feeder:
             self.billing.set_status(message.agent_id, message.active)
         elif isinstance(message, Agents):
             self.billing.set_agents(message.agents)
+        elif isinstance(message, LeaseAnswered):
+            self.billing.lease_answered(message.agent_id, message.exhausted)
+        elif isinstance(message, PauseStream):
+            stream = hub.live.get(message.stream_id)
+            if stream is not None:
+                stream.operator_pause(message.paused)
         elif isinstance(message, Flush):
             self.sink.flush()
             self.report(message.seq)
 
 
-def _live(hub: Hub) -> list[tuple[str, str, int, int, int, int]]:
-    return [
-        (s.stream_id, s.state.value, s.bytes_up, s.bytes_down, s.bytes_dropped, s.clock.count)
-        for s in hub.live.values()
-    ]
+def _live(hub: Hub) -> list[dict[str, Any]]:
+    return Control(hub).streams()
 
 
 async def _read(link: Link, feeder: Feeder, stop: asyncio.Event) -> None:
@@ -228,6 +235,7 @@ async def run_worker(
     sink = RecordSink(link)
     hub = Hub(config, registry, cast(StreamLog, sink))  # the recorder only calls `record`
     hub.serial_tag = f"w{index}."
+    hub.book = None  # stream figures are journaled by a quota agent; a worker runs none
     feeder = Feeder(hub, link, sink)
     hub.buckets.on_want = feeder.nudge
     reach = RemoteReach(hub, socket.socket(fileno=fd_channel))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from quota.agent.errors import JournalError
-from quota.agent.journal import Journal
+from quota.agent.journal import Journal, StreamBatch, StreamFigures
 
 
 @contextmanager
@@ -81,3 +81,47 @@ async def test_writes_from_two_loops_at_once_each_stay_whole(tmp_path: Path) -> 
         assert await journal.next_seq() == 3 and await journal.pending_count() == 2
         assert await journal.load_agents() == [{"id": "a"}]
         assert (await journal.leases())["a"].used_total == 3
+
+
+def _figures(stream_id: str, up: int, *, closed: bool = False) -> StreamFigures:
+    return StreamFigures(
+        stream_id=stream_id,
+        tunnel_id="acme/a/tcp_endpoint/nas:22",
+        agent_id="a",
+        account="acme",
+        kind="tcp_endpoint",
+        peer="support:t@127.0.0.1:1",
+        target="nas:22",
+        opened_at_ms=7,
+        bytes_up=up,
+        bytes_down=1,
+        bytes_dropped=0,
+        closed=closed,
+    )
+
+
+async def test_stream_figures_ride_with_their_report_and_settle_away(tmp_path: Path) -> None:
+    """Figures are written with the report, the latest wins; settled ones go, the mark stays."""
+    async with Journal(tmp_path / "j.db") as journal:
+        first = StreamBatch(run="r-1-", rows=(_figures("r-1-1", 5), _figures("r-1-2", 9)))
+        await journal.append(1, b"{}", {"a": 16}, {}, 0, streams=first)
+        closed = (_figures("r-1-1", 8, closed=True),)
+        await journal.append(
+            2, b"{}", {"a": 3}, {}, 0, streams=StreamBatch(run="r-1-", rows=closed)
+        )
+        with locked(tmp_path / "j.db"), pytest.raises(JournalError):
+            rows = (_figures("r-1-2", 99),)
+            await journal.append(
+                3, b"{}", {"a": 90}, {}, 0, streams=StreamBatch(run="r-1-", rows=rows)
+            )
+        got = await journal.journaled_streams()
+        assert got.runs == ("r-1-",) and got.settled_ms == 0
+        assert got.rows == {"r-1-1": closed[0], "r-1-2": _figures("r-1-2", 9)}
+        settle = StreamBatch(run="r-1-", rows=(), settled=("r-1-1",), settled_ms=1234)
+        await journal.append(3, b"{}", {}, {}, 0, streams=settle)
+    async with Journal(tmp_path / "j.db") as journal:
+        got = await journal.journaled_streams()
+        assert (list(got.rows), got.settled_ms) == (["r-1-2"], 1234)
+        await journal.forget_streams()
+        got = await journal.journaled_streams()
+        assert (got.runs, dict(got.rows), got.settled_ms) == ((), {}, 1234)

@@ -54,6 +54,9 @@ class Host:
     def take_back_idle(self, idle_ms: int) -> dict[str, int]:
         return {}
 
+    def lease_answered(self, agent_id: str, exhausted: bool) -> None:
+        pass
+
     def drop_lease(self, agent_id: str) -> int:
         dropped, self.leased[agent_id] = self.leased[agent_id], 0
         return dropped

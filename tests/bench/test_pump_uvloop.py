@@ -41,7 +41,7 @@ async def _flood_paused_leg() -> int:
     _reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"x" * (16 * 2**20))
     await asyncio.sleep(0.5)
-    pending = sum(len(d) for leg in stream.legs for d in leg.pending)
+    pending = sum(len(d) for leg in stream.legs for d in leg.pending or ())
     writer.close()
     for leg in stream.legs:
         leg.close()

@@ -21,8 +21,14 @@ def test_sync_section_records_every_figure(tmp_path: Path) -> None:
     assert res.notes == []
     for key, *_ in sync.FIGURES:
         assert res.figures[key].samples, key
-    assert [t.name for t in res.targets] == ["resume after a package purchase, p99"]
-    assert res.targets[0].met is not None
+    assert [t.name for t in res.targets] == [
+        "resume after a package purchase, p99, against the purchase call",
+        "resume after a package purchase, p99",
+    ]
+    assert all(t.met is not None for t in res.targets)
+    assert [r.name for r in res.ratios] == [
+        "package purchase to first byte p99 / the purchase call alone"
+    ]
 
 
 def test_fleet_never_uses_more_than_its_lease() -> None:

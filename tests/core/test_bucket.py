@@ -121,6 +121,29 @@ def test_low_water_signal() -> None:
     assert bucket.wants_grant()
 
 
+class _CountingSet(set[Meter]):
+    """A bucket's meter set that counts how often it is walked."""
+
+    walks = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        _CountingSet.walks += 1
+        return super().__iter__()
+
+
+def test_low_water_check_walks_no_meter_while_free_bytes_cover_it() -> None:
+    """The per-slice low-water check is O(1) while unhanded bytes stay above low water."""
+    bucket = Bucket("a", low_water=1000, slice_bytes=100)
+    bucket._meters = _CountingSet()
+    pumps = [Pump(bucket) for _ in range(1000)]
+    bucket.grant(10**9)
+    for p in pumps:
+        p.send(150)  # past its slice: the slow path
+    _CountingSet.walks = 0
+    assert not bucket.wants_grant()
+    assert _CountingSet.walks == 0
+
+
 def test_detach_returns_allowance_and_wakes() -> None:
     """Closing a stream gives its unused headroom to the next waiter."""
     bucket = Bucket("a", slice_bytes=100)
@@ -212,6 +235,11 @@ class BucketMachine(RuleBasedStateMachine):
         assert forwarded == b.used == b.passed_total
         assert 0 <= b.used <= b.charged <= b.granted == self.granted
         assert b.remaining >= 0
+
+    @invariant()
+    def low_water_signal_as_defined(self) -> None:
+        b = self.bucket
+        assert b.wants_grant() == (not b.inactive and (b.remaining < b.low_water or b.waiting > 0))
 
     @invariant()
     def held_matches_need(self) -> None:

@@ -3,7 +3,14 @@
 import pytest
 
 from quota.core.errors import IllegalTransition
-from quota.core.stream import PauseClock, PauseReason, PauseSet, StreamState, transition
+from quota.core.stream import (
+    PauseClock,
+    PauseReason,
+    PauseSet,
+    StreamState,
+    held_reason,
+    transition,
+)
 
 
 def test_flow_resume_does_not_undo_a_quota_pause() -> None:
@@ -36,3 +43,25 @@ def test_pause_clock_counts_and_times_pauses() -> None:
     assert clock.resume(2000) and not clock.resume(2100)
     clock.pause(3000)
     assert (clock.count, clock.total_ms(3500), clock.paused) == (2, 1500, True)
+
+
+def test_pause_clock_charges_each_moment_to_one_reason() -> None:
+    """A pause switched between reasons splits its time; the parts add up to the total."""
+    clock = PauseClock()
+    clock.pause(0, PauseReason.LEASE)
+    assert not clock.switch(5, PauseReason.LEASE)
+    assert clock.switch(10, PauseReason.QUOTA) and clock.reason is PauseReason.QUOTA
+    assert clock.reason_ms(PauseReason.QUOTA, 30) == 20
+    clock.resume(40)
+    clock.pause(100, PauseReason.LEASE)
+    parts = {r: clock.reason_ms(r, 110) for r in (PauseReason.LEASE, PauseReason.QUOTA)}
+    assert parts == {PauseReason.LEASE: 20, PauseReason.QUOTA: 30}
+    assert sum(parts.values()) == clock.total_ms(110) == 50
+    assert clock.count == 2
+
+
+def test_held_reason_says_why_a_stream_waits_for_bytes() -> None:
+    """Inactive first; then a lease on its way (LEASE) or billing's no / no billing (QUOTA)."""
+    assert held_reason(inactive=True, can_pay=True) is PauseReason.INACTIVE
+    assert held_reason(inactive=False, can_pay=True) is PauseReason.LEASE
+    assert held_reason(inactive=False, can_pay=False) is PauseReason.QUOTA

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from quota.core.bucket import Bucket, Meter
-from quota.core.stream import PauseReason, PauseSet, StreamState
+from quota.core.stream import LOGGED_REASONS, PauseReason, PauseSet, StreamState
 from quota.core.streams import (
     Action,
     AttachPeers,
@@ -28,6 +28,7 @@ from quota.core.streams import (
     LegConnected,
     LegLost,
     LogRecord,
+    OperatorPaused,
     Pause,
     Register,
     Resume,
@@ -37,7 +38,7 @@ from quota.core.streams import (
     other,
 )
 
-QUOTA = (PauseReason.QUOTA, PauseReason.INACTIVE)
+QUOTA = (PauseReason.QUOTA, PauseReason.LEASE, PauseReason.INACTIVE)
 BUFFER_FLOW = frozenset({PauseReason.BUFFER, PauseReason.FLOW})
 
 
@@ -70,7 +71,7 @@ def test_held_bytes_pause_and_log_once_then_resume_when_nothing_is_held() -> Non
         Pause(reason=PauseReason.QUOTA),
         LogRecord(event="pause"),
     )
-    assert m.handle(BytesHeld(inactive=False, now_ms=11)) == (Pause(reason=PauseReason.QUOTA),)
+    assert m.handle(BytesHeld(inactive=False, now_ms=11)) == ()
     assert m.handle(HeldCleared(holding=True, now_ms=12)) == ()
     assert m.handle(HeldCleared(holding=False, now_ms=30)) == (
         LogRecord(event="resume"),
@@ -85,6 +86,86 @@ def test_an_inactive_owner_pauses_with_its_own_reason() -> None:
     m = opened()
     assert m.handle(BytesHeld(inactive=True, now_ms=1))[0] == Pause(reason=PauseReason.INACTIVE)
     assert m.state is StreamState.PAUSED
+
+
+def test_a_lease_wait_turns_into_quota_when_billing_has_nothing_more() -> None:
+    """Waiting for a lease is LEASE; billing's "no more" switches it to QUOTA, one pause."""
+    m = opened()
+    assert m.handle(BytesHeld(inactive=False, can_pay=True, now_ms=10)) == (
+        Pause(reason=PauseReason.LEASE),
+        LogRecord(event="pause"),
+    )
+    assert m.handle(BytesHeld(inactive=False, can_pay=False, now_ms=25)) == (
+        Pause(reason=PauseReason.QUOTA),
+        Resume(reasons=(PauseReason.LEASE,)),
+        LogRecord(event="reason"),
+    )
+    assert m.handle(HeldCleared(holding=False, now_ms=100)) == (
+        LogRecord(event="resume"),
+        Resume(reasons=QUOTA),
+    )
+    clock = m.clock
+    assert (clock.count, clock.paused_ms) == (1, 90)
+    assert [clock.reason_ms(r, 100) for r in LOGGED_REASONS] == [0, 0, 75, 15, 0]
+
+
+def test_an_owner_active_again_while_holding_waits_for_its_bucket_not_inactive() -> None:
+    """INACTIVE gives way to the bucket's reason when the owner is active but bytes still wait."""
+    m = opened()
+    m.handle(BytesHeld(inactive=True, now_ms=0))
+    assert m.handle(BytesHeld(inactive=False, now_ms=40)) == (
+        Pause(reason=PauseReason.QUOTA),
+        Resume(reasons=(PauseReason.INACTIVE,)),
+        LogRecord(event="reason"),
+    )
+    assert m.clock.reason_ms(PauseReason.INACTIVE, 50) == 40
+    assert m.clock.reason_ms(PauseReason.QUOTA, 50) == 10
+
+
+def test_an_operator_pause_holds_until_the_operator_resumes() -> None:
+    """OPERATOR pauses both legs and is logged; held bytes clearing does not lift it."""
+    m = opened()
+    assert m.handle(OperatorPaused(paused=True, now_ms=5)) == (
+        Pause(reason=PauseReason.OPERATOR),
+        LogRecord(event="pause"),
+    )
+    assert m.handle(OperatorPaused(paused=True, now_ms=6)) == ()
+    m.handle(BytesHeld(inactive=False, now_ms=7))
+    assert m.handle(HeldCleared(holding=False, now_ms=8)) == (Resume(reasons=QUOTA),)
+    assert m.state is StreamState.PAUSED
+    assert m.handle(OperatorPaused(paused=False, now_ms=20)) == (
+        LogRecord(event="resume"),
+        Resume(reasons=(PauseReason.OPERATOR,)),
+    )
+    assert m.clock.reason_ms(PauseReason.OPERATOR, 20) == 15
+
+
+def test_an_owner_gone_inactive_while_connecting_is_paused_from_the_open() -> None:
+    """A reason that came before both legs connected is logged right after "open"."""
+    m = StreamMachine(opened_at_ms=0)
+    assert m.handle(BytesHeld(inactive=True, now_ms=1)) == (Pause(reason=PauseReason.INACTIVE),)
+    assert m.handle(LegConnected(all_connected=True, now_ms=2)) == (
+        Register(),
+        LogRecord(event="open"),
+        AttachPeers(),
+        LogRecord(event="pause"),
+    )
+    assert m.handle(HeldCleared(holding=False, now_ms=9)) == (
+        LogRecord(event="resume"),
+        Resume(reasons=QUOTA),
+    )
+    assert m.clock.reason_ms(PauseReason.INACTIVE, 9) == 7
+
+
+def test_dropped_datagrams_log_the_reason_their_bucket_gives() -> None:
+    """A drop while a lease is on its way is LEASE; one after billing's no is QUOTA."""
+    m = opened(datagrams=True)
+    assert m.handle(Datagram(passed=False, can_pay=True, now_ms=1)) == (LogRecord(event="pause"),)
+    assert m.handle(Datagram(passed=False, can_pay=True, now_ms=2)) == ()
+    assert m.handle(Datagram(passed=False, now_ms=4)) == (LogRecord(event="reason"),)
+    assert m.handle(Datagram(passed=True, now_ms=9)) == (LogRecord(event="resume"),)
+    assert m.clock.reason_ms(PauseReason.LEASE, 9) == 3
+    assert m.clock.reason_ms(PauseReason.QUOTA, 9) == 5
 
 
 def test_a_stream_still_connecting_pauses_without_a_record() -> None:
@@ -174,10 +255,15 @@ def test_a_logged_buffer_pause_and_a_quota_pause_log_one_pause_and_one_resume() 
     m.handle(BufferFull(side=Side.UP, now_ms=10))
     m.handle(Interim(now_ms=1000))
     assert m.handle(Interim(now_ms=2000)) == (LogRecord(event="interim"),)
-    assert m.handle(HeldCleared(holding=False, now_ms=2500)) == (Resume(reasons=QUOTA),)
+    assert m.handle(HeldCleared(holding=False, now_ms=2500)) == (
+        LogRecord(event="reason"),
+        Resume(reasons=QUOTA),
+    )
     assert m.state is StreamState.PAUSED
     assert m.handle(BufferDrained(side=Side.UP, now_ms=3000))[0] == LogRecord(event="resume")
     assert (m.state, m.clock.count, m.clock.paused_ms) == (StreamState.OPEN, 1, 3000)
+    by_reason = {r: m.clock.reason_ms(r, 3000) for r in (PauseReason.QUOTA, PauseReason.BUFFER)}
+    assert by_reason == {PauseReason.QUOTA: 2500, PauseReason.BUFFER: 500}
 
 
 def test_buffer_events_before_the_legs_are_joined_do_nothing() -> None:
@@ -289,7 +375,9 @@ class _Leg:
         self.forwarded += take.passed
         self.held += n - take.passed
         if self.held:
-            self.stream.handle(BytesHeld(inactive=m.bucket.inactive, now_ms=0))
+            sim = self.stream.sim
+            held = BytesHeld(inactive=m.bucket.inactive, can_pay=sim.can_pay, now_ms=sim.now)
+            self.stream.handle(held)
         self.stream.sim.wake(take.wakes)
 
     def on_wake(self) -> None:
@@ -297,7 +385,8 @@ class _Leg:
         self.held -= k
         self.forwarded += k
         if not self.held:
-            self.stream.handle(HeldCleared(holding=self.stream.holding(), now_ms=0))
+            now = self.stream.sim.now
+            self.stream.handle(HeldCleared(holding=self.stream.holding(), now_ms=now))
 
 
 class _Stream:
@@ -333,6 +422,8 @@ class _Stream:
                 self.close_records += 1
             case LogRecord(event="pause" | "resume"):
                 self.edges.append(action.event)
+            case LogRecord(event="reason"):
+                assert self.machine.state is StreamState.PAUSED
             case Close():
                 self.closes.append(action.reason)
                 wakes: tuple[Meter, ...] = ()
@@ -349,6 +440,7 @@ class StreamSim(RuleBasedStateMachine):
         self.bucket = Bucket("agt", low_water=0, slice_bytes=4096)
         self.granted = 0
         self.now = 0
+        self.can_pay = False  # billing's last word: a lease is on its way
         self.streams = [_Stream(self, self.bucket) for _ in range(3)]
 
     def wake(self, wakes: tuple[Meter, ...]) -> None:
@@ -374,7 +466,8 @@ class StreamSim(RuleBasedStateMachine):
 
     @rule(i=st.integers(0, 2), lost=st.booleans(), side=st.sampled_from(Side))
     def close(self, i: int, lost: bool, side: Side) -> None:
-        event = LegLost(side=side, now_ms=0) if lost else CloseRequested(reason="x", now_ms=0)
+        now = self.now
+        event = LegLost(side=side, now_ms=now) if lost else CloseRequested(reason="x", now_ms=now)
         self.streams[i].handle(event)
 
     @rule(i=st.integers(0, 2), side=st.sampled_from(Side), full=st.booleans())
@@ -396,12 +489,29 @@ class StreamSim(RuleBasedStateMachine):
 
     @rule(active=st.booleans())
     def owner(self, active: bool) -> None:
+        self.now += 1
         self.wake(self.bucket.set_inactive(not active))
         for s in self.streams:
-            if active:
-                s.handle(HeldCleared(holding=s.holding(), now_ms=0))
+            if not active:
+                s.handle(BytesHeld(inactive=True, now_ms=self.now))
+            elif s.holding():  # active again, still waiting for bytes: for the bucket's reason
+                s.handle(BytesHeld(inactive=False, can_pay=self.can_pay, now_ms=self.now))
             else:
-                s.handle(BytesHeld(inactive=True, now_ms=0))
+                s.handle(HeldCleared(holding=False, now_ms=self.now))
+
+    @rule(can_pay=st.booleans())
+    def billing_says(self, can_pay: bool) -> None:
+        """Billing granted less than asked (nothing more), or a lease is on its way."""
+        self.now += 1
+        self.can_pay = can_pay
+        for s in self.streams:
+            if s.holding() and not self.bucket.inactive:
+                s.handle(BytesHeld(inactive=False, can_pay=can_pay, now_ms=self.now))
+
+    @rule(i=st.integers(0, 2), paused=st.booleans())
+    def operator(self, i: int, paused: bool) -> None:
+        self.now += 1
+        self.streams[i].handle(OperatorPaused(paused=paused, now_ms=self.now))
 
     @invariant()
     def never_more_forwarded_than_granted(self) -> None:
@@ -428,6 +538,26 @@ class StreamSim(RuleBasedStateMachine):
             assert all(not leg.reasons & set(QUOTA) for leg in s.legs.values())
 
     @invariant()
+    def paused_time_is_charged_to_one_reason_at_a_time(self) -> None:
+        for s in self.streams:
+            clock = s.machine.clock
+            by_reason = sum(clock.reason_ms(r, self.now) for r in LOGGED_REASONS)
+            assert by_reason == clock.total_ms(self.now)
+
+    @invariant()
+    def a_held_stream_waits_for_the_reason_billing_gave(self) -> None:
+        for s in self.streams:
+            if s.machine.state is StreamState.CLOSED or not s.holding():
+                continue
+            want = (
+                PauseReason.INACTIVE
+                if self.bucket.inactive
+                else (PauseReason.LEASE if self.can_pay else PauseReason.QUOTA)
+            )
+            for leg in s.legs.values():
+                assert leg.reasons & set(QUOTA) == {want}
+
+    @invariant()
     def a_full_buffer_pauses_the_other_side_for_buffer(self) -> None:
         for s in self.streams:
             if s.machine.state is StreamState.CLOSED:
@@ -450,8 +580,8 @@ class StreamSim(RuleBasedStateMachine):
     def shutdown(self) -> None:
         """Every stream is closed exactly once, however many closes it was asked."""
         for s in self.streams:
-            s.handle(CloseRequested(reason="relay_shutdown", now_ms=0))
-            s.handle(CloseRequested(reason="relay_shutdown", now_ms=0))
+            s.handle(CloseRequested(reason="relay_shutdown", now_ms=self.now))
+            s.handle(CloseRequested(reason="relay_shutdown", now_ms=self.now))
         assert all(len(s.closes) == 1 and s.close_records == 1 for s in self.streams)
         assert self.bucket.meters == 0
 

@@ -147,6 +147,25 @@ def test_an_answer_grants_only_growth_and_a_duplicate_never_twice() -> None:
     assert isinstance(step, Applied) and step.updates == ()
 
 
+def test_an_answer_says_whether_billing_gave_all_that_was_asked() -> None:
+    """Granted less than the report asked: exhausted; all of it: not; not asked: unknown."""
+    m = machine(min_want=1000)
+    for seq, granted_total in ((1, 400), (2, 1400)):
+        report = flush(m, needs={"agt_a": 10})
+        assert report is not None and report.seq == seq
+        m.written(report)
+        answer = Answer(seq=seq, leases=(Lease(agent_id="agt_a", granted_total=granted_total),))
+        step = m.answered(seq=seq, answer=answer, now=0)
+        assert isinstance(step, Applied)
+        assert [u.exhausted for u in step.updates] == [seq == 1]
+    report = flush(m, used=5)
+    assert report is not None
+    m.written(report)
+    answer = Answer(seq=3, leases=(Lease(agent_id="agt_a", granted_total=1400),))
+    step = m.answered(seq=3, answer=answer, now=0)
+    assert isinstance(step, Applied) and [u.exhausted for u in step.updates] == [None]
+
+
 def test_a_wrong_answer_or_a_failure_backs_off_and_success_resets() -> None:
     """An answer for another seq is a failure; no send before the backoff; catching up resets."""
     m = machine(backoff_max_ms=15_000)

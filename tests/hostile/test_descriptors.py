@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.rigs.flood import Flood, Gauge, elapsed, moves_data
-from tests.rigs.keys import AgentSpec, make_agent
+from tests.rigs.keys import AgentSpec
 from tests.rigs.procs import free_port
 from tests.rigs.relay import Relay
 from tests.rigs.services import DigestService, pattern
@@ -22,22 +21,6 @@ from tests.rigs.waits import poll
 MiB = 1024 * 1024
 NOFILE = 1024
 BATCH = 500  # connections opened at once: a burst the listen backlog holds
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> dict[str, AgentSpec]:
-    return {
-        "nas": make_agent(tmp_path, "nas-agent", "acme", "client"),
-        "tech": make_agent(tmp_path, "tech", "acme", "support"),
-    }
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Ssh]]:
-    started: list[Ssh] = []
-    yield started
-    for c in started:
-        await c.stop()
 
 
 async def public_port(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import asyncssh
 import pytest
 
 from tests.rigs.flood import Flood, Gauge, elapsed, log_events, moves_data
-from tests.rigs.keys import AgentSpec, make_agent
+from tests.rigs.keys import AgentSpec
 from tests.rigs.procs import free_port
 from tests.rigs.relay import Relay
 from tests.rigs.services import DigestService, pattern
@@ -20,22 +19,6 @@ from tests.rigs.waits import poll
 
 MiB = 1024 * 1024
 RSS_GROWTH_KIB = 64 * 1024  # silent peers cost kilobytes each; this is far above
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> dict[str, AgentSpec]:
-    return {
-        "nas": make_agent(tmp_path, "nas-agent", "acme", "client"),
-        "tech": make_agent(tmp_path, "tech", "acme", "support"),
-    }
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Ssh]]:
-    started: list[Ssh] = []
-    yield started
-    for c in started:
-        await c.stop()
 
 
 async def start_relay(tmp: Path, agents: dict[str, AgentSpec], **limits: Any) -> Relay:

@@ -27,6 +27,7 @@ from tests.rigs.procs import free_port
 from tests.rigs.relay import BIG_GRANT, Relay
 from tests.rigs.services import DigestService, exchange, pattern, sha
 from tests.rigs.ssh import Ssh, expose, local_forward
+from tests.rigs.stall import StopReadingChannel
 from tests.rigs.waits import poll
 
 MiB = 1024 * 1024
@@ -79,22 +80,6 @@ class Pour:
             pass
         finally:
             writer.close()
-
-
-class StopReadingChannel(asyncssh.SSHTCPSession[bytes]):
-    """A support agent's channel: counts what arrives, then stops its connection reading."""
-
-    def __init__(self, conn: asyncssh.SSHClientConnection) -> None:
-        self.conn = conn
-        self.received = 0
-        self.stopped = asyncio.Event()
-
-    def data_received(self, data: bytes, datatype: Any) -> None:
-        self.received += len(data)
-        if self.received >= READ_FIRST and not self.stopped.is_set():
-            transport: Any = self.conn._transport  # the socket under the SSH connection
-            transport.pause_reading()
-            self.stopped.set()
 
 
 class FramedChannel(asyncssh.SSHTCPSession[bytes]):
@@ -202,14 +187,6 @@ async def relay(
 
 
 @pytest.fixture
-async def clients() -> AsyncIterator[list[Ssh]]:
-    started: list[Ssh] = []
-    yield started
-    for c in started:
-        await c.stop()
-
-
-@pytest.fixture
 async def pour() -> AsyncIterator[Pour]:
     async with Pour() as service:
         yield service
@@ -275,6 +252,10 @@ async def paused_in_log(relay: Relay) -> None:
         return len(rows) == 1 and rows[0]["state"] == "paused" and rows[0]["pauses"] >= 1
 
     await poll(paused, "the stalled stream's pause in the stream log")
+    [row] = await list_streams(relay.db_path, agent="nas-agent")
+    assert row["pause_reason"] == "flow"
+    waited = {k: row[f"paused_{k}_ms"] for k in ("quota", "lease_wait", "inactive", "operator")}
+    assert row["paused_flow_ms"] > 0 and waited == dict.fromkeys(waited, 0), row
     samples = await scrape(relay.ready["metrics"])
     assert (value(samples, "quotarelay_relay_pauses_total", reason="buffer") or 0) >= 1
 

@@ -46,14 +46,6 @@ async def relay(tmp_path: Path, agents: dict[str, AgentSpec]) -> AsyncIterator[R
     await r.stop()
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Ssh]]:
-    started: list[Ssh] = []
-    yield started
-    for c in started:
-        await c.stop()
-
-
 class Watched(asyncssh.SSHClient):
     """An asyncssh client that keeps why its connection ended."""
 

@@ -50,14 +50,6 @@ async def relay(tmp_path: Path, agents: dict[str, AgentSpec]) -> AsyncIterator[R
     await r.stop()
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Ssh]]:
-    started: list[Ssh] = []
-    yield started
-    for c in started:
-        await c.stop()
-
-
 def bounded(base: Figures, after: Figures, fds: int) -> None:
     """The relay grew by at most `fds` descriptors and RSS_GROWTH_KIB of memory."""
     assert after.fds - base.fds <= fds, (base, after)

@@ -42,6 +42,14 @@ def test_wheel_holds_the_product_and_no_bench_or_test(tmp_path: Path) -> None:
     assert stray(wheel) == []
     with zipfile.ZipFile(wheel) as zf:
         assert "tools/cli.py" in zf.namelist()
+        console = "quota/billing/console/"  # the web consoles' templates and static files ship
+        operator = "relay/admin/console/"
+        assert {
+            console + "templates/overview.html",
+            console + "static/console.css",
+            operator + "templates/index.html",
+            operator + "static/live.js",
+        } <= set(zf.namelist())
         entry = [n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt")]
         assert "quotarelay = tools.cli:main" in zf.read(entry[0]).decode()
 

@@ -21,7 +21,7 @@ from quota.core.bucket import Bucket
 from relay.admin.client import AdminClient, AdminError, parse_admin_target
 from relay.admin.server import AdminServer, RelayControl
 from relay.config import HostPort
-from relay.errors import ConfigError, UnknownAgent
+from relay.errors import ConfigError, UnknownAgent, UnknownStream
 from tools.cli import main
 
 TOKEN = "s3cret-token"
@@ -87,6 +87,11 @@ class FakeRelay:
                 "pauses": 0,
             }
         ]
+
+    def pause_stream(self, stream_id: str, paused: bool) -> dict[str, object]:
+        if stream_id != "s-1":
+            raise UnknownStream(stream_id)
+        return {**self.streams()[0], "state": "paused" if paused else "open"}
 
     def status(self) -> dict[str, object]:
         return {"relay_id": "relay-test", "uptime_ms": 3_723_000, "tunnels": 1, "streams": 1}
@@ -263,6 +268,28 @@ async def test_bad_state_is_400(
     status, answer = await _call(http, "POST", f"{base}/v1/agents/cam-agent/state", body)
     assert status == 400 and message in answer["error"]
     assert not relay.buckets["cam-agent"].inactive
+
+
+async def test_an_operator_pauses_and_resumes_a_live_stream(
+    http: aiohttp.ClientSession, base: str
+) -> None:
+    """POST /v1/streams/{id}/pause takes true or false; an unknown stream is 404."""
+    url = f"{base}/v1/streams/s-1/pause"
+    status, answer = await _call(http, "POST", url, b'{"paused": true}')
+    assert (status, answer["state"]) == (200, "paused")
+    for body, message in [
+        (b"{}", "must be true or false, got None"),
+        (b'{"paused": "yes"}', "must be true or false"),
+        (b'{"paused": true, "x": 1}', "unknown field 'x'"),
+    ]:
+        status, answer = await _call(http, "POST", url, body)
+        assert status == 400 and message in answer["error"]
+    status, answer = await _call(http, "POST", f"{base}/v1/streams/gone/pause", b'{"paused": 1}')
+    assert status == 400  # the body is checked first
+    status, answer = await _call(
+        http, "POST", f"{base}/v1/streams/gone/pause", b'{"paused": false}'
+    )
+    assert (status, answer["error"]) == (404, "no live stream 'gone'")
 
 
 async def test_large_body_is_413(http: aiohttp.ClientSession, base: str, relay: FakeRelay) -> None:

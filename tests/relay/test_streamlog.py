@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from relay.streamlog.query import follow, last_event_id, list_streams, totals
-from relay.streamlog.writer import StreamLog, StreamLogError, StreamRecord
+from relay.streamlog.record import _MIGRATIONS, StreamRecord
+from relay.streamlog.writer import StreamLog, StreamLogError
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_795_000_000_000  # a fixed epoch ms: 2026-11-18T11:06:40Z
@@ -296,9 +297,18 @@ async def seed_mixed(db: Path) -> None:
     """Streams of two agents, two accounts, three tunnels, in every state."""
     async with StreamLog(db, relay_id="r1") as log:
         log.record(rec("a1", opened_at_ms=T0, bytes_up=10))
-        log.record(rec("a1", "close", T0 + 1000, bytes_up=100, bytes_down=1, close_reason="x"))
+        paused = {
+            "pauses": 2,
+            "paused_ms": 700,
+            "paused_quota_ms": 500,
+            "paused_lease_wait_ms": 200,
+        }
+        log.record(
+            rec("a1", "close", T0 + 1000, bytes_up=100, bytes_down=1, close_reason="x", **paused)
+        )
         log.record(rec("a2", opened_at_ms=T0 + 2000, at_ms=T0 + 2000, bytes_up=20))
-        log.record(rec("a3", "pause", T0 + 3000, opened_at_ms=T0 + 3000, state="paused", pauses=1))
+        a3 = {"opened_at_ms": T0 + 3000, "state": "paused", "pauses": 1, "pause_reason": "inactive"}
+        log.record(rec("a3", "pause", T0 + 3000, **a3))
         bob = {
             "agent_id": "bob",
             "account": "beta",
@@ -448,3 +458,23 @@ async def test_json_lines_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixtur
         log.record(rec("s1"))
     err = capsys.readouterr().err.splitlines()
     assert [json.loads(line)["event"] for line in err] == ["stream_open"]
+
+
+async def test_a_log_of_the_first_schema_gains_the_pause_reason_fields(tmp_path: Path) -> None:
+    """Opening a log written before pause reasons adds their columns; old rows read as 0."""
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(_MIGRATIONS[0])
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+        conn.execute(
+            "INSERT INTO streams VALUES ('old', 't', 'alice', 'acme', 'r0', 'tcp_endpoint',"
+            " 'p', 'nas:22', 1, 2, 2, 'close', 5, 6, 0, 1, 40, 'closed', 'done')"
+        )
+    conn.close()
+    async with StreamLog(db, relay_id="r1") as log:
+        log.record(rec("new", "pause", state="paused", pauses=1, pause_reason="lease_wait"))
+    rows = {r["stream_id"]: r for r in await list_streams(db)}
+    assert (rows["old"]["paused_ms"], rows["old"]["paused_quota_ms"]) == (40, 0)
+    assert rows["old"]["pause_reason"] is None
+    assert rows["new"]["pause_reason"] == "lease_wait"

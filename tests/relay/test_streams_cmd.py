@@ -41,7 +41,7 @@ def test_table_lists_streams_aligned(db: Path, capsys: Capture) -> None:
     assert (code, err) == (0, "")
     header = lines[0].split()
     assert header[:6] == ["STREAM", "AGENT", "TUNNEL", "TARGET", "PEER", "STATE"]
-    assert header[-4:] == ["PAUSED", "OPENED", "CLOSED", "REASON"]
+    assert header[-5:] == ["PAUSED", "PAUSED_BY", "OPENED", "CLOSED", "REASON"]
     assert [line.split()[0] for line in lines[1:]] == ["a1", "a2", "a3", "b1", "a4"]
     column = lines[0].index("STATE")
     assert [line[column:].split()[0] for line in lines[1:]] == [
@@ -53,6 +53,8 @@ def test_table_lists_streams_aligned(db: Path, capsys: Capture) -> None:
     ]
     a1 = lines[1].split()
     assert a1[6:9] == ["100", "1", "0"]  # UP DOWN DROPPED, exact bytes
+    assert a1[9:12] == ["2", "700ms", "quota:500ms,lease_wait:200ms"]  # PAUSES PAUSED PAUSED_BY
+    assert lines[2].split()[11] == "-"  # a2 never paused
     assert a1[-3:] == ["2026-11-18T11:06:40Z", "2026-11-18T11:06:41Z", "x"]
 
 
@@ -95,13 +97,23 @@ def test_totals_by_agent_and_tunnel(db: Path, capsys: Capture) -> None:
     assert code == 0
     assert lines[0].split() == [
         "ACCOUNT", "AGENT", "STREAMS", "OPEN", "UP", "DOWN", "TOTAL", "DROPPED", "PAUSES", "PAUSED",
+        "PAUSED_BY",
     ]  # fmt: skip
-    assert lines[1].split()[:7] == ["acme", "alice", "4", "3", "120", "1", "121"]
+    assert lines[1].split() == [
+        "acme", "alice", "4", "3", "120", "1", "121", "0", "3", "700ms",
+        "quota:500ms,lease_wait:200ms",
+    ]  # fmt: skip
     assert lines[2].split()[:8] == ["beta", "bob", "1", "1", "0", "0", "0", "64"]
     code, lines, _ = run_cli(capsys, "--db", str(db), "--by", "tunnel", "--json")
     groups = {g["tunnel_id"]: g for g in map(json.loads, lines)}
     assert groups["acme/alice/tcp_endpoint/nas:22"]["streams"] == 3
     assert groups["acme/alice/t2"]["bytes_total"] == 0
+    nas = groups["acme/alice/tcp_endpoint/nas:22"]
+    assert (nas["paused_quota_ms"], nas["paused_lease_wait_ms"], nas["paused_flow_ms"]) == (
+        500,
+        200,
+        0,
+    )
 
 
 def test_nothing_matches(db: Path, capsys: Capture) -> None:
@@ -163,10 +175,14 @@ def test_since_accepts_durations_and_iso_times() -> None:
 
 def test_event_line_and_durations() -> None:
     """A followed event prints as one line with time, event, stream and key=value pairs."""
-    record = rec("s9", "close", T0, bytes_up=5, paused_ms=65_000, close_reason="revoked")
+    paused = {"paused_ms": 65_000, "paused_quota_ms": 60_000, "paused_flow_ms": 5000}
+    record = rec("s9", "close", T0, bytes_up=5, close_reason="revoked", **paused)
     line = format_event({"id": 1, **asdict(record)})
     assert line.startswith("2026-11-18T11:06:40.000Z  close    s9  agent=alice ")
-    assert "up=5 " in line and "paused=1m05s" in line and line.endswith("reason=revoked")
+    assert "up=5 " in line and "paused=1m05s paused_by=quota:1m00s,flow:5.0s " in line
+    assert line.endswith("reason=revoked") and "paused_for=" not in line
+    record = rec("s9", "reason", T0, state="paused", pause_reason="quota", paused_ms=5)
+    assert " paused=5ms paused_for=quota" in format_event({"id": 2, **asdict(record)})
     assert [format_duration(ms) for ms in (850, 12_345, 245_000, 7_380_000)] == [
         "850ms",
         "12.3s",

@@ -150,7 +150,8 @@ class Relay:
         return path.read_text()[-4000:] if path.exists() else ""
 
     def admin(self) -> AdminClient:
-        return AdminClient(HostPort(host="127.0.0.1", port=self.admin_port), TOKEN)
+        # generous: tests load the relay on purpose (floods) and share the cores
+        return AdminClient(HostPort(host="127.0.0.1", port=self.admin_port), TOKEN, timeout_s=30)
 
     async def call(self, method: str, *args: Any) -> Any:
         async with self.admin() as client:
@@ -192,8 +193,10 @@ class RelayRig:
         loop: str | None = "uvloop",
         note: str | None = None,
         roomy: bool = False,
+        prefix: list[str] | None = None,
     ) -> None:
         self.procs, self.name, self.loop = procs, name, loop
+        self.prefix = prefix or []  # e.g. valgrind, to count the relay's instructions
         self.note = f"metering={metering}" if note is None else note
         self.dir = procs.folder / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -221,8 +224,10 @@ class RelayRig:
         agents, ports = list(self.agents.values()), (first, first + 49)
         config = write_relay_files(self.dir, agents, ports, self.sections)
         env = {"QUOTARELAY_LOOP": self.loop} if self.loop else {}
-        self.child = self.procs.start(self.name, relay_command(config), env=env, cwd=ROOT)
-        self.ssh_port, self.admin_port = ready_ports(self.child.wait_line('"relay_ready"'))
+        cmd = [*self.prefix, *relay_command(config)]
+        self.child = self.procs.start(self.name, cmd, env=env, cwd=ROOT)
+        ready = self.child.wait_line('"relay_ready"', timeout=120 if self.prefix else 30)
+        self.ssh_port, self.admin_port = ready_ports(ready)
         return self
 
     @property

@@ -2,6 +2,7 @@
 
 With `chaos` on, every /v1/sync request is forwarded twice (a duplicate) and,
 after it, one older request is sent again (a replay arriving out of order).
+With `delay_s`, each /v1/sync answer is held back that long (a slow billing API).
 The push channel (/v1/relay/events) is not proxied.
 """
 
@@ -21,9 +22,10 @@ class SyncProxy:
     after it, one older request is sent again (a replay arriving out of order).
     """
 
-    def __init__(self, target: str, *, chaos: bool = False) -> None:
+    def __init__(self, target: str, *, chaos: bool = False, delay_s: float = 0) -> None:
         self.target = target
         self.chaos = chaos
+        self.delay_s = delay_s
         self.syncs: list[tuple[float, dict[str, Any]]] = []
         self.port = 0
         self._runner: aiohttp.web.AppRunner | None = None
@@ -80,4 +82,6 @@ class SyncProxy:
                 if len(self.syncs) > 1:
                     old = self.syncs[len(self.syncs) // 2][1]
                     await self._forward("POST", "/v1/sync", headers, json.dumps(old).encode())
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)  # the billing API is slow to answer
         return web.Response(status=status, body=answer, content_type="application/json")

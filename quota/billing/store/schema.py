@@ -141,6 +141,23 @@ SQLITE: tuple[str, ...] = (
         PRIMARY KEY (agent_id, tunnel_id)
     );
     """,
+    # 4: the web console: one-time sign-in links and sessions, both kept only as hashes.
+    """
+    CREATE TABLE console_links (
+        token_hash TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER
+    );
+    CREATE TABLE console_sessions (
+        token_hash TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
+    """,
 )
 
 
@@ -273,5 +290,21 @@ POSTGRESQL: tuple[str, ...] = (
         last_at BIGINT NOT NULL,
         PRIMARY KEY (agent_id, tunnel_id)
     );
+    """,
+    """
+    CREATE TABLE console_links (
+        token_hash TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT
+    );
+    CREATE TABLE console_sessions (
+        token_hash TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
     """,
 )

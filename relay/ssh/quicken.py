@@ -1,0 +1,158 @@
+"""asyncssh's per-packet work trimmed for the connections and channels that relay streams.
+
+Invariants:
+- Every change is a per-object override on one connection or channel (never a
+  class patch), skipped when the asyncssh names it relies on are missing; the
+  bytes on the wire and their order are what asyncssh would send, minus work
+  that has no effect (log formatting nobody reads, an Event nobody awaits).
+- `quicken` installs them once per connection and once per channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+
+from relay.ssh.fastrecv import install as install_receiver
+
+
+class _JoinIgnore:
+    """asyncssh's `_send` and `send_packet` for one connection: MSG_IGNORE goes out with its packet.
+
+    asyncssh sends an empty MSG_IGNORE before every packet once encryption is on (a
+    CBC-era countermeasure), each in its own transport write: two syscalls and two
+    TCP segments per 32 KiB of payload. Inside a `send_packet` call, a tiny packet
+    is held until the next one and both go out in one `writelines` (one writev on
+    uvloop, no copy); whatever is still held when the outermost call returns is
+    written then. Nothing is held past a `send_packet` call; the bytes on the wire
+    and their order are unchanged.
+    """
+
+    __slots__ = ("conn", "depth", "held", "orig")
+
+    SMALL = 128  # an encrypted empty MSG_IGNORE is 36 to 64 bytes
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.orig = conn.send_packet
+        self.held = b""
+        self.depth = 0
+
+    def send_packet(self, pkttype: int, *args: bytes, handler: Any = None) -> None:
+        self.depth += 1
+        try:
+            self.orig(pkttype, *args, handler=handler)
+        finally:
+            self.depth -= 1
+            if not self.depth and self.held:
+                self(b"")
+
+    def __call__(self, data: bytes) -> None:
+        transport = self.conn._transport
+        held = self.held
+        if not transport:
+            self.held = b""
+        elif held:
+            self.held = b""
+            with contextlib.suppress(ConnectionError):  # as asyncssh's own _send does
+                transport.writelines((held, data) if data else (held,))
+        elif self.depth and len(data) <= self.SMALL:
+            self.held = data
+        else:
+            with contextlib.suppress(ConnectionError):
+                transport.write(data)
+
+
+class _FeedInSlices:
+    """asyncssh's `data_received` for one connection, fed at most `SLICE` bytes at a time.
+
+    asyncssh appends each read to a bytes buffer and, per packet, slices the
+    rest of that buffer off: a 256 KiB read of 32 KiB packets copies the buffer
+    about nine times over. Fed in memoryview slices of about two packets, it
+    copies each byte about twice. The bytes asyncssh sees are the same.
+    """
+
+    __slots__ = ("orig",)
+
+    SLICE = 64 * 1024
+
+    def __init__(self, orig: Callable[..., None]) -> None:
+        self.orig = orig
+
+    def __call__(self, data: bytes, datatype: object = None) -> None:
+        n, step = len(data), self.SLICE
+        if n <= step:
+            self.orig(data)
+            return
+        view = memoryview(data)
+        for i in range(0, n, step):
+            self.orig(view[i : i + step])
+
+
+class _LazyClosed:
+    """A channel's close event, an `asyncio.Event` only once someone waits for it.
+
+    asyncssh gives every channel an Event (its deque alone is some 700 bytes) that
+    only `wait_closed` awaits; a public-port stream's channel is never waited for.
+    """
+
+    __slots__ = ("done", "event")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.event: asyncio.Event | None = None
+
+    def set(self) -> None:
+        self.done = True
+        if self.event is not None:
+            self.event.set()
+
+    def is_set(self) -> bool:
+        return self.done
+
+    async def wait(self) -> bool:
+        if not self.done:
+            if self.event is None:
+                self.event = asyncio.Event()
+            await self.event.wait()
+        return True
+
+
+def _no_log(*args: object) -> None:
+    pass
+
+
+def quicken(chan: Any, wants_view: Callable[[Any], bool]) -> None:
+    """Trim asyncssh's per-packet work for a relayed channel and its connection.
+
+    Writes each MSG_IGNORE with the packet that follows it (`_JoinIgnore`), feeds
+    reads in slices (`_FeedInSlices`) behind the AES-GCM receive path
+    (relay.ssh.fastrecv), makes the channel's close event only when waited for
+    (`_LazyClosed`) and, while asyncssh's packet logging is off
+    (debug level below 3), skips the log calls that format a message for every
+    packet only to drop it. All are per-object overrides of asyncssh internals,
+    skipped if those names change; measured by `make bench` (bench/RESULTS.md,
+    summed up in the README's Benchmarks section).
+    """
+    quiet = getattr(asyncssh.logger, "_debug_level", 3) < 3
+    closed = chan.__dict__.get("_close_event")
+    if type(closed) is asyncio.Event and not closed.is_set():
+        chan._close_event = _LazyClosed()
+    conn = chan.get_connection()
+    if quiet and hasattr(chan, "log_sent_packet"):
+        chan.log_sent_packet = chan.log_received_packet = _no_log
+    if conn is None or not hasattr(conn, "_send") or not hasattr(conn, "_transport"):
+        return
+    if not isinstance(conn.__dict__.get("_send"), _JoinIgnore):
+        joiner = _JoinIgnore(conn)
+        conn._send, conn.send_packet = joiner, joiner.send_packet
+        conn.data_received = _FeedInSlices(conn.data_received)
+        install_receiver(conn, wants_view)
+        if conn._transport:  # uvloop keeps the protocol's bound data_received: renew it
+            conn._transport.set_protocol(conn)
+        if quiet and hasattr(conn, "log_sent_packet"):
+            conn.log_sent_packet = conn.log_received_packet = _no_log
