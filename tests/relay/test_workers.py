@@ -283,3 +283,27 @@ async def test_a_udp_endpoint_held_by_another_worker_is_reached(
     finally:
         for proc in procs:
             await proc.stop()
+
+
+async def test_a_revoke_takes_back_what_the_workers_hold(
+    relay: Relay, agents: dict[str, AgentSpec], clients: list[Ssh]
+) -> None:
+    """Revoking everything takes the pool at once and the workers' headroom on a recall."""
+    await relay.call("grant", "web-agent", 10 * MiB)
+    async with DigestService() as service:
+        ports = await _spread(relay, agents["web"], service.port, clients)
+        await relay.call("revoke", "web-agent", 10 * MiB)
+
+        async def all_back() -> bool:
+            view = await relay.call("agent", "web-agent")
+            return bool(view["granted"] == 0 and view["remaining"] == 0)
+
+        await poll(all_back, "every byte back from the workers")
+        writer = await _push(ports[0], b"x" * 1000)
+
+        async def paused() -> bool:
+            return [s["state"] for s in await relay.call("streams")] == ["paused"]
+
+        await poll(paused, "the stream paused with nothing granted")
+        assert sum(c.received for c in service.conns) == 0
+        writer.close()
