@@ -37,6 +37,8 @@ from relay.errors import Refused
 from relay.hub.hub import Hub
 from relay.hub.tunnels import ENDPOINT, UDP_ENDPOINT, is_address
 from relay.registry import Agent
+from relay.ssh.fastsend import FastSender, fast_sender
+from relay.ssh.quicken import quicken
 from relay.tcp.tunnels import TcpTunnels
 from relay.udp.channels import SupportSession
 from relay.udp.relay import UDP_PREFIX, udp_for
@@ -89,16 +91,30 @@ class FdChannel:
 # -- the support agent's worker -----------------------------------------------------
 
 
+def _no_views(chan: Any) -> bool:
+    """The splice hands the socket bytes, not views of asyncssh's buffer."""
+    return False
+
+
 class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
     """The support agent's channel, spliced to the socket toward the owner's worker."""
 
     def __init__(self, other: _SocketSide) -> None:
         self.other = other
         self.chan: Any = None
+        self.fast: FastSender | None = None
 
     def connection_made(self, chan: Any) -> None:
         self.chan = chan
+        quicken(chan, _no_views)  # the byte path's own trims of asyncssh's per-packet work
+        self.fast = fast_sender(chan.get_connection())
         self.other.joined(self)
+
+    def write(self, data: bytes) -> None:
+        if self.fast is not None:
+            self.fast.send(self.chan, data)
+        else:
+            self.chan.write(data)
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         self.other.write(data)
@@ -133,7 +149,7 @@ class _SocketSide(asyncio.Protocol):
     def joined(self, channel: _ChannelSide) -> None:
         self.channel = channel
         for data in self.early:
-            channel.chan.write(data)
+            channel.write(data)
         self.early.clear()
         if self.early_eof:
             channel.chan.write_eof()
@@ -144,7 +160,7 @@ class _SocketSide(asyncio.Protocol):
         if self.channel is None:
             self.early.append(data)
         else:
-            self.channel.chan.write(data)
+            self.channel.write(data)
 
     def eof_received(self) -> bool:
         if self.channel is None:
