@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.runtime
+ARGS ?=
 TEST_WORKERS ?= 2
 
 .PHONY: up test lint bench stress fuzz clean
@@ -11,7 +13,16 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
+
+# `make up` installs only what running needs (no test, lint or bench tools), showing
+# pip's progress; `make test` or `make lint` add the rest to the same venv later.
+$(RUN_STAMP): pyproject.toml
+	@echo "==> [1/3] creating $(VENV) with $(PY)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@echo "==> [2/3] installing quotarelay and what it needs to run (no test tools)"
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -e .
+	@touch $(RUN_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -35,8 +46,10 @@ fuzz: $(STAMP)
 		$(BIN)/python -m pytest -q -s -p no:cacheprovider -o timeout=900 \
 		tests/billing/test_schemathesis.py
 
-up: $(STAMP)
-	$(BIN)/quotarelay up
+# `make up ARGS="--ssh-port 2200 --dir var/demo2"` passes ARGS to `quotarelay up`.
+up: $(RUN_STAMP)
+	@echo "==> [3/3] starting the billing API, a relay and a demo service: quotarelay up $(ARGS)"
+	@$(BIN)/quotarelay up $(ARGS)
 
 # Under 15 minutes on 2 cores; writes bench/results.json and bench/RESULTS.md.
 # BENCH_ARGS="--quick" for a ~1 minute run, "--only throughput" for one section.

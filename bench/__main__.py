@@ -5,8 +5,9 @@ sync (5 and 7, waiting for the billing sync), slow_reader (issue 9 point 4: a le
 transfer beside a support agent that stopped reading), hostile (9: a legitimate
 transfer under silent and slow peers), instructions (issue 13 point 3: the relay's
 instructions per byte with metering on and off, under callgrind), purchase (only
-the purchase-to-first-byte part of sync), workers (13: eight tunnels through 1 and 2
-workers and through sshd). Each section runs in its own
+the purchase-to-first-byte part of sync), stalls (issue 10: a funded transfer never
+waits for its lease), workers (13: eight tunnels through 1 and 2 workers and
+through sshd). Each section runs in its own
 `Procs`, so whatever it started is stopped before the next one starts. A section
 that fails is recorded as failed in the report, and the others still run.
 """
@@ -27,6 +28,7 @@ from bench import (
     memory,
     precision,
     slow_reader,
+    stalls,
     sync,
     throughput,
     workers,
@@ -53,6 +55,7 @@ SECTIONS: dict[str, Section] = {
     "hostile": hostile.run,
     "instructions": instructions.run,
     "purchase": sync.run_purchase,
+    "stalls": stalls.run,
     "workers": workers.run,
 }
 

@@ -38,7 +38,7 @@ from aiohttp import web
 from bench.stats import cpu_seconds
 from quota.agent.client import BillingClient
 from quota.agent.journal import Journal
-from quota.agent.sync import QuotaAgent, SyncSettings
+from quota.agent.sync import Holding, QuotaAgent, SyncSettings
 from quota.contract import wire
 from tests.rigs.billing import ADMIN, RELAY_TOKEN
 
@@ -99,8 +99,14 @@ class Fleet:
     def tunnel_time(self) -> dict[tuple[str, str], int]:
         return {}
 
-    def needs(self) -> dict[str, int]:
-        return {a: LOW_WATER - self.remaining(a) for a in self.ids if self.remaining(a) < LOW_WATER}
+    def holdings(self) -> dict[str, Holding]:
+        """Every agent holds a stream; one below LOW_WATER has it waiting for the difference."""
+        held = {}
+        for agent_id in self.ids:
+            left = max(0, self.remaining(agent_id))
+            short = LOW_WATER - left if left < LOW_WATER else 0
+            held[agent_id] = Holding(remaining=left, short=short, streams=1)
+        return held
 
     def add_lease(self, agent_id: str, nbytes: int) -> None:
         self.leased[agent_id] += nbytes
@@ -108,8 +114,13 @@ class Fleet:
     def set_status(self, agent_id: str, active: bool) -> None:
         self.active[agent_id] = active
 
-    def take_back_idle(self, idle_ms: int) -> dict[str, int]:
-        return {}
+    def take_back(self, agent_id: str, nbytes: int) -> int:
+        back = min(nbytes, max(0, self.remaining(agent_id)))
+        self.leased[agent_id] -= back
+        return back
+
+    def set_low_water(self, agent_id: str, nbytes: int) -> None:
+        pass  # the simulated agents nudge at LOW_WATER
 
     def lease_answered(self, agent_id: str, exhausted: bool) -> None:
         pass

@@ -84,6 +84,8 @@ async def _quota_agent(
     settings = SyncSettings(
         interval_ms=link.interval_ms,
         min_want=link.min_want,
+        max_want=link.max_want,
+        low_water=hub.config.low_water,
         offline_policy=link.offline,
         offline_allowance=link.offline_allowance,
         idle_return_ms=link.idle_return_ms,
@@ -152,6 +154,9 @@ async def serve(
     `demo` is for `quotarelay up` only: it lets the demo tokens pass.
     """
     check_secrets(config, demo=demo)
+    log.info(  # names only, never values
+        "config_from_env", keys=list(config.env_keys), ignored=list(config.env_ignored)
+    )
     if config.workers > 1:
         load_host_key(config.host_key)  # made once, here, before the workers read it
         return await serve_workers(config, on_ready)

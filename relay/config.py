@@ -4,14 +4,17 @@ Every key is documented in README ("Relay configuration") and described, with
 its type and default, by `quota.contract.files.RelayFile`; this module adds the
 rules that join keys or read files. All errors are reported at once, each
 naming its key. Relative paths are taken from the config file's folder. An
-environment variable QUOTARELAY_<SECTION>_<KEY> (upper case) overrides that key.
+environment variable QUOTARELAY_RELAY_<SECTION>_<KEY> (upper case) overrides
+that key; no other variable is read (the command line's client settings, such
+as QUOTARELAY_BILLING_URL, are never the relay's), and the names used are kept
+in `env_keys` for the start log.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 import asyncssh
 import msgspec
 
-from quota.contract.config import Address, Problems, decode_file, decode_value
+from quota.contract.config import Address, Environment, Problems, decode_file, decode_value
 from quota.contract.files import BillingLinkSection, LimitsSection, RelayFile
 from quota.core.admission import MaxStartups, parse_max_startups
 from quota.core.errors import InvalidValue
@@ -28,6 +31,7 @@ from quota.metrics import MetricsConfig, metrics_config
 from relay.errors import ConfigError
 from relay.hub.gate import GateConfig
 
+ENV_PROGRAM = "relay"  # QUOTARELAY_RELAY_<SECTION>_<KEY>
 WRITE_BUFFER_MIN, WRITE_BUFFER_MAX = 16 * 1024, 1024**3  # relay.write_buffer's range
 
 
@@ -42,6 +46,7 @@ class BillingLinkConfig:
     interval_ms: int
     timeout_ms: int
     min_want: int
+    max_want: int
     offline: str
     offline_allowance: int
     idle_return_ms: int
@@ -87,6 +92,8 @@ class RelayConfig:
     gate: GateConfig = field(default_factory=GateConfig)  # [limits]: admission before login
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
     secret_files: tuple[tuple[str, Path], ...] = ()  # (key, file) of each file holding a token
+    env_keys: tuple[str, ...] = ()  # the environment variables that set keys (names only)
+    env_ignored: tuple[str, ...] = ()  # variables with the prefix that name no key
     workers: int = 1  # worker processes (relay.workers); 1: the relay is one process
 
 
@@ -112,14 +119,20 @@ def _read_toml(path: Path | None, overrides: dict[str, Any] | None) -> dict[str,
     return raw
 
 
-def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> RelayConfig:
-    """Read `path` (or only defaults when None), apply env and `overrides`, validate.
+def load_config(
+    path: Path | None,
+    overrides: dict[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RelayConfig:
+    """Read `path` (or only defaults when None), apply `env` (default: the process's)
+    and `overrides`, validate.
 
     Every problem is reported at once ("relay.public_ports: ...; billing.url: ...").
     """
     problems = Problems()
     raw = _read_toml(path, overrides)
-    f = decode_file(RelayFile, raw, problems, os.environ)
+    environment = Environment(ENV_PROGRAM, os.environ if env is None else env)
+    f = decode_file(RelayFile, raw, problems, environment)
     base = path.resolve().parent if path is not None else Path.cwd()
 
     def rel(text: str) -> Path:
@@ -168,6 +181,8 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         metrics=metrics,
         gate=gate,
         secret_files=_secret_files(raw, f, path, rel),
+        env_keys=tuple(sorted(environment.used)),
+        env_ignored=environment.ignored(),
         workers=r.workers or os.cpu_count() or 1,
     )
 
@@ -238,6 +253,7 @@ def _billing(
         interval_ms=max(10, b.interval),
         timeout_ms=max(10, b.timeout),
         min_want=b.min_want,
+        max_want=max(b.min_want, b.max_want),
         offline=b.offline,
         offline_allowance=b.offline_allowance,
         idle_return_ms=b.idle_return,

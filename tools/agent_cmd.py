@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from quota.private_files import exposed
-from tools.agent.client import Plan, run_agent
+from tools.agent.client import Plan, emit, run_agent
 from tools.agent.config import AgentConfigError, load_agent_config, parse_connect, parse_expose
-from tools.errors import CliError
+from tools.errors import WHAT_TO_DO, CliError
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     agent = subparsers.add_parser("agent", help="the project's own agent (UDP and TCP tunnels)")
-    actions = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
+    actions = agent.add_subparsers(
+        dest="agent_command", required=True, metavar="ACTION", help=WHAT_TO_DO
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="agent config file (TOML, an [agent] table)")
     common.add_argument("--relay", help="the relay's SSH front, HOST:PORT")
@@ -89,6 +91,7 @@ async def _run(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    emit("config_from_env", keys=list(cfg.env_keys), ignored=list(cfg.env_ignored))
     runner = asyncio.create_task(run_agent(cfg, plan), name="agent-sessions")
     stopper = asyncio.create_task(stop.wait(), name="agent-stop")
     await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)

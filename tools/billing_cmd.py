@@ -1,12 +1,14 @@
 """`quotarelay billing ...`: run the billing API, and talk to a running one.
 
-`serve --config F` runs the service. The client commands (account, agent,
-plan, subscribe, deposit, package, ledger) take `--url` and `--token` (or
-QUOTARELAY_BILLING_URL / QUOTARELAY_BILLING_TOKEN) and print a summary, or the
-API's JSON answer with `--json`. Amounts are coin ("19", "0.125"), sizes are
+`serve --config F` runs the service; `check-config F` reports every problem
+of a config at once. The client commands (account, agent, plan, subscribe,
+deposit, package, ledger) take `--url` and `--token` (or the command line's own
+QUOTARELAY_BILLING_URL / QUOTARELAY_BILLING_TOKEN) and print tables with
+readable sizes, coin and times (`tools.render`), or the API's JSON answer,
+unchanged, with `--json`. Amounts are coin ("19", "0.125"), sizes are
 "10G"-style; both go through the shared parsers, never through floats. Every
-mutation carries an idempotency key (`--key`, random by default), so a retried
-command never applies twice.
+mutation, and only a mutation, carries an idempotency key (`--key`, random by
+default), so a retried command never applies twice.
 """
 
 from __future__ import annotations
@@ -16,20 +18,25 @@ import asyncio
 import json
 import os
 import signal
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from quota.contract import wire
 from quota.core.errors import InvalidValue
-from quota.core.money import format_coin, parse_coin
+from quota.core.money import parse_coin
 from quota.core.units import parse_size
-from tools.errors import CliError
+from tools import billing_views as views
+from tools.errors import WHAT_TO_DO, CliError
 from tools.log_options import add_log_options
+from tools.render import check_report, parse_when, problems_of
 
 URL_ENV = "QUOTARELAY_BILLING_URL"
 TOKEN_ENV = "QUOTARELAY_BILLING_TOKEN"
-MONEY_FIELDS = {"balance", "amount", "price", "balance_after", "topup_limit", "topup_spent"}
 TIMEOUT = aiohttp.ClientTimeout(total=15)
 
 
@@ -91,7 +98,9 @@ async def request(
     token = args.token or os.environ.get(TOKEN_ENV)
     if not url or not token:
         raise CliError(f"set --url and --token (or {URL_ENV} and {TOKEN_ENV})")
-    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": args.key or str(uuid.uuid4())}
+    headers = {"Authorization": f"Bearer {token}"}
+    if method != "GET":  # only a change has something to apply once
+        headers["Idempotency-Key"] = getattr(args, "key", None) or str(uuid.uuid4())
     try:
         async with (
             aiohttp.ClientSession(timeout=TIMEOUT) as session,
@@ -106,33 +115,29 @@ async def request(
         raise CliError(f"cannot reach the billing API at {url}: {exc!r}") from exc
 
 
-def _human(value: Any, indent: str = "") -> list[str]:
-    lines = []
-    for key, item in value.items():
-        if isinstance(item, dict):
-            lines += [f"{indent}{key}:", *_human(item, indent + "  ")]
-        elif isinstance(item, list) and item and isinstance(item[0], dict):
-            lines.append(f"{indent}{key}:")
-            for row in item:
-                lines += [*_human(row, indent + "  "), ""]
-        elif key in MONEY_FIELDS and isinstance(item, int):
-            lines.append(f"{indent}{key}: {format_coin(item)}")
-        else:
-            lines.append(f"{indent}{key}: {item}")
-    return lines
-
-
 def _show(args: argparse.Namespace, payload: Any) -> int:
     if args.json:
         print(json.dumps(payload, indent=2, sort_keys=True))
     else:
-        print("\n".join(_human(payload)).rstrip())
+        print(args.human(payload))
     return 0
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One API call of a command, built from its parsed arguments."""
+
+    method: str
+    path: Callable[[argparse.Namespace], str]
+    body: Callable[[argparse.Namespace], Any] | None = None
+    params: Callable[[argparse.Namespace], dict[str, str]] | None = None
+
+
 async def _call(args: argparse.Namespace) -> int:
-    method, path, body, params = args.build(args)
-    return _show(args, await request(args, method, path, body, params))
+    call: Call = args.call
+    body = call.body(args) if call.body else None
+    params = call.params(args) if call.params else None
+    return _show(args, await request(args, call.method, call.path(args), body, params))
 
 
 def _settings(a: argparse.Namespace) -> dict[str, Any]:
@@ -158,63 +163,100 @@ def _ledger_params(a: argparse.Namespace) -> dict[str, str]:
         params["agent_id"] = a.agent
     if a.kind:
         params["kind"] = a.kind
+    now = _now_ms()
+    for flag, text in (("since", a.since), ("until", a.until)):
+        if text is not None:
+            params[flag] = str(parse_when(text, now, f"--{flag}"))
     return params
 
 
-def _client_options() -> argparse.ArgumentParser:
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _client_options(*, keyed: bool) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help=f"billing API URL (default ${URL_ENV})")
     common.add_argument("--token", help=f"bearer token (default ${TOKEN_ENV})")
     common.add_argument("--json", action="store_true", help="print the API's JSON answer")
-    common.add_argument("--key", help="idempotency key (default: a random one)")
+    if keyed:
+        common.add_argument(
+            "--key", help="idempotency key: a retry with the same key applies once (default: new)"
+        )
     return common
 
 
+class _Parents:
+    """The client options of a command that reads and of one that changes something."""
+
+    def __init__(self) -> None:
+        self.read = _client_options(keyed=False)
+        self.change = _client_options(keyed=True)
+
+
 def _leaf(
-    group: Any, name: str, common: argparse.ArgumentParser, help_text: str, build: Any
+    group: Any, name: str, parents: _Parents, help_text: str, call: Call, human: views.Human
 ) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help_text)
-    parser.set_defaults(func=_call, build=build)
+    common = parents.read if call.method == "GET" else parents.change
+    parser: argparse.ArgumentParser = group.add_parser(
+        name, parents=[common], help=help_text, description=help_text[0].upper() + help_text[1:]
+    )
+    parser.set_defaults(func=_call, call=call, human=human)
     return parser
 
 
-def _register_account(sub: Any, common: argparse.ArgumentParser) -> None:
-    group = sub.add_parser("account", help="accounts").add_subparsers(required=True)
+ACCOUNT = "account id (acc_...)"
+AGENT = "agent id (agt_...)"
+
+
+def _register_account(sub: Any, parents: _Parents) -> None:
+    group = sub.add_parser("account", help="create and show accounts").add_subparsers(
+        required=True, metavar="ACTION", help=WHAT_TO_DO
+    )
     p = _leaf(
         group,
         "create",
-        common,
-        "create an account (admin); prints its token",
-        lambda a: ("POST", "/v1/accounts", {"name": a.name}, None),
+        parents,
+        "create an account (admin); prints its token once",
+        Call("POST", lambda a: "/v1/accounts", lambda a: {"name": a.name}),
+        views.account_created,
     )
-    p.add_argument("name")
+    p.add_argument("name", help="the account's name")
     p = _leaf(
         group,
         "show",
-        common,
-        "balance and state",
-        lambda a: ("GET", f"/v1/accounts/{a.account}", None, None),
+        parents,
+        "an account's balance and state",
+        Call("GET", lambda a: f"/v1/accounts/{a.account}"),
+        views.account,
     )
-    p.add_argument("account")
+    p.add_argument("account", help=ACCOUNT)
 
 
-def _register_agent(sub: Any, common: argparse.ArgumentParser) -> None:
-    group = sub.add_parser("agent", help="agents").add_subparsers(required=True)
+def _register_agent(sub: Any, parents: _Parents) -> None:
+    group = sub.add_parser("agent", help="register, list, show and set agents").add_subparsers(
+        required=True, metavar="ACTION", help=WHAT_TO_DO
+    )
     p = _leaf(
         group,
         "register",
-        common,
+        parents,
         "register an agent",
-        lambda a: (
+        Call(
             "POST",
-            f"/v1/accounts/{a.account}/agents",
-            {"name": a.name, "role": a.role, "public_keys": a.key_line or []},
-            None,
+            lambda a: f"/v1/accounts/{a.account}/agents",
+            lambda a: {"name": a.name, "role": a.role, "public_keys": a.key_line or []},
         ),
+        views.agent,
     )
-    p.add_argument("account")
-    p.add_argument("name")
-    p.add_argument("--role", choices=("client", "support", "dual"), default="client")
+    p.add_argument("account", help=ACCOUNT)
+    p.add_argument("name", help="the agent's name in the account")
+    p.add_argument(
+        "--role",
+        choices=("client", "support", "dual"),
+        default="client",
+        help="client (exposes, pays), support (reaches), or dual (default client)",
+    )
     p.add_argument(
         "--public-key",
         dest="key_line",
@@ -224,24 +266,25 @@ def _register_agent(sub: Any, common: argparse.ArgumentParser) -> None:
     p = _leaf(
         group,
         "list",
-        common,
+        parents,
         "the account's agents",
-        lambda a: ("GET", f"/v1/accounts/{a.account}/agents", None, None),
+        Call("GET", lambda a: f"/v1/accounts/{a.account}/agents"),
+        views.agents,
     )
-    p.add_argument("account")
-    p = _leaf(
-        group, "show", common, "one agent", lambda a: ("GET", f"/v1/agents/{a.agent}", None, None)
-    )
-    p.add_argument("agent")
+    p.add_argument("account", help=ACCOUNT)
+    show = Call("GET", lambda a: f"/v1/agents/{a.agent}")
+    p = _leaf(group, "show", parents, "one agent", show, views.agent)
+    p.add_argument("agent", help=AGENT)
     p = _leaf(
         group,
         "set",
-        common,
-        "billing settings",
-        lambda a: ("PATCH", f"/v1/agents/{a.agent}", _settings(a), None),
+        parents,
+        "change an agent's billing settings",
+        Call("PATCH", lambda a: f"/v1/agents/{a.agent}", _settings),
+        views.agent,
     )
-    p.add_argument("agent")
-    p.add_argument("--auto-renew", choices=("on", "off"))
+    p.add_argument("agent", help=AGENT)
+    p.add_argument("--auto-renew", choices=("on", "off"), help="renew the plan at period end")
     p.add_argument("--metered", choices=("on", "off"), help="draw traffic from the balance")
     p.add_argument("--topup-package", help='auto top-up package ("" turns it off)')
     p.add_argument("--topup-limit", help="coin per period auto top-up may spend")
@@ -249,114 +292,153 @@ def _register_agent(sub: Any, common: argparse.ArgumentParser) -> None:
     p = _leaf(
         group,
         "revoke-key",
-        common,
+        parents,
         "revoke an SSH key",
-        lambda a: ("DELETE", f"/v1/agents/{a.agent}/keys/{a.key_id}", None, None),
+        Call("DELETE", lambda a: f"/v1/agents/{a.agent}/keys/{a.key_id}"),
+        views.agent,
     )
-    p.add_argument("agent")
-    p.add_argument("key_id")
+    p.add_argument("agent", help=AGENT)
+    p.add_argument("key_id", help="the key's id (KEY in `agent show`)")
 
 
-def _register_money(sub: Any, common: argparse.ArgumentParser) -> None:
-    group = sub.add_parser("plan", help="plans").add_subparsers(required=True)
+def _register_money(sub: Any, parents: _Parents) -> None:
+    group = sub.add_parser("plan", help="plans and plan changes").add_subparsers(
+        required=True, metavar="ACTION", help=WHAT_TO_DO
+    )
     _leaf(
         group,
         "list",
-        common,
+        parents,
         "plans, packages and prices",
-        lambda a: ("GET", "/v1/catalogue", None, None),
+        Call("GET", lambda a: "/v1/catalogue"),
+        views.catalogue,
     )
     p = _leaf(
         group,
         "change",
-        common,
+        parents,
         "change an agent's plan (prorated)",
-        lambda a: ("POST", f"/v1/agents/{a.agent}/plan", {"plan": a.plan}, None),
+        Call("POST", lambda a: f"/v1/agents/{a.agent}/plan", lambda a: {"plan": a.plan}),
+        views.charge,
     )
-    p.add_argument("agent")
-    p.add_argument("plan")
+    p.add_argument("agent", help=AGENT)
+    p.add_argument("plan", help="the new plan's name (see `plan list`)")
     p = _leaf(
         sub,
         "subscribe",
-        common,
+        parents,
         "subscribe an agent to a plan",
-        lambda a: (
+        Call(
             "POST",
-            f"/v1/agents/{a.agent}/subscription",
-            {"plan": a.plan, "auto_renew": not a.no_auto_renew},
-            None,
+            lambda a: f"/v1/agents/{a.agent}/subscription",
+            lambda a: {"plan": a.plan, "auto_renew": not a.no_auto_renew},
         ),
+        views.charge,
     )
-    p.add_argument("agent")
-    p.add_argument("plan")
-    p.add_argument("--no-auto-renew", action="store_true")
+    p.add_argument("agent", help=AGENT)
+    p.add_argument("plan", help="the plan's name (see `plan list`)")
+    p.add_argument("--no-auto-renew", action="store_true", help="let the plan end after a period")
     p = _leaf(
         sub,
         "deposit",
-        common,
+        parents,
         "record a payment (admin / payment webhook)",
-        lambda a: (
+        Call(
             "POST",
-            "/v1/deposits",
-            {
+            lambda a: "/v1/deposits",
+            lambda a: {
                 "account_id": a.account,
                 "payment_id": a.payment_id,
                 "amount": _coin(a.amount),
                 **({"intent_id": a.intent} if a.intent else {}),
             },
-            None,
         ),
+        views.deposit,
     )
-    p.add_argument("account")
+    p.add_argument("account", help=ACCOUNT)
     p.add_argument("amount", help='coin, e.g. "50" or "0.125"')
     p.add_argument("--payment-id", required=True, help="the provider's payment id")
     p.add_argument("--intent", help="the deposit intent this payment answers")
-    group = sub.add_parser("package", help="traffic packages").add_subparsers(required=True)
+    group = sub.add_parser("package", help="traffic packages").add_subparsers(
+        required=True, metavar="ACTION", help=WHAT_TO_DO
+    )
     p = _leaf(
         group,
         "buy",
-        common,
+        parents,
         "buy a traffic package for an agent",
-        lambda a: ("POST", f"/v1/agents/{a.agent}/packages", {"package": a.package}, None),
+        Call("POST", lambda a: f"/v1/agents/{a.agent}/packages", lambda a: {"package": a.package}),
+        views.charge,
     )
-    p.add_argument("agent")
-    p.add_argument("package")
+    p.add_argument("agent", help=AGENT)
+    p.add_argument("package", help="the package's name (see `plan list`)")
     p = _leaf(
         sub,
         "ledger",
-        common,
-        "ledger entries, oldest first",
-        lambda a: ("GET", f"/v1/accounts/{a.account}/ledger", None, _ledger_params(a)),
+        parents,
+        "an account's ledger entries, oldest first",
+        Call("GET", lambda a: f"/v1/accounts/{a.account}/ledger", params=_ledger_params),
+        views.ledger,
     )
-    p.add_argument("account")
-    p.add_argument("--agent")
-    p.add_argument("--kind")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("account", help=ACCOUNT)
+    p.add_argument("--agent", metavar="ID", help="only entries of this agent")
+    p.add_argument(
+        "--kind",
+        choices=wire.KINDS,
+        metavar="KIND",
+        help=f"only entries of this kind: {', '.join(wire.KINDS)}",
+    )
+    p.add_argument("--since", metavar="WHEN", help="entries at or after: 2h, 7d, or ISO-8601")
+    p.add_argument("--until", metavar="WHEN", help="entries before: 2h, 7d, or ISO-8601")
+    p.add_argument("--limit", type=int, default=100, help="at most this many entries (100)")
     p.add_argument("--after", type=int, default=0, help="next_cursor of the previous page")
+
+
+async def check_config(args: argparse.Namespace) -> int:
+    """Every problem of a billing config at once (the secrets' too); exit 0 or 2."""
+    from pathlib import Path
+
+    from quota.billing.config import load_config
+    from quota.billing.errors import ConfigError
+    from quota.billing.startup import check_secrets
+
+    path = Path(args.file)
+    problems: list[str] = []
+    try:
+        config = load_config(path)
+        check_secrets(config, path, demo=False, env=os.environ)
+    except ConfigError as exc:
+        problems = problems_of(str(exc))
+    return check_report(str(path), problems)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add `billing` and its subcommands."""
-    billing = subparsers.add_parser("billing", help="the central billing API")
-    sub = billing.add_subparsers(dest="billing_command", required=True, metavar="COMMAND")
+    billing = subparsers.add_parser("billing", help="run the billing API, or talk to one")
+    sub = billing.add_subparsers(
+        dest="billing_command", required=True, metavar="COMMAND", help=WHAT_TO_DO
+    )
     p = sub.add_parser("serve", help="run the billing API")
     p.add_argument("--config", required=True, help="billing TOML file")
     add_log_options(p)
     p.set_defaults(func=serve, serves=True)
-    common = _client_options()
-    _register_account(sub, common)
-    _register_agent(sub, common)
-    _register_money(sub, common)
-    _register_console_link(sub, common)
+    p = sub.add_parser("check-config", help="report every problem of a billing config, then exit")
+    p.add_argument("file", help="billing TOML file")
+    p.set_defaults(func=check_config)
+    parents = _Parents()
+    _register_account(sub, parents)
+    _register_agent(sub, parents)
+    _register_money(sub, parents)
+    _register_console_link(sub, parents)
 
 
 async def _console_link(args: argparse.Namespace) -> int:
     """Print a one-time sign-in URL for the web console (first line: the URL alone)."""
-    import datetime as dt
-
     payload = await request(args, "POST", f"/v1/accounts/{args.account}/console-links")
     if args.json:
         return _show(args, payload)
+    import datetime as dt
+
     base = (args.url or os.environ.get(URL_ENV) or "").rstrip("/")
     until = dt.datetime.fromtimestamp(payload["expires_at"] // 1000, dt.UTC)
     print(f"{base}{payload['path']}")
@@ -364,9 +446,9 @@ async def _console_link(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_console_link(sub: Any, common: argparse.ArgumentParser) -> None:
+def _register_console_link(sub: Any, parents: _Parents) -> None:
     p = sub.add_parser(
-        "console-link", parents=[common], help="a one-time sign-in link to the web console"
+        "console-link", parents=[parents.change], help="a one-time sign-in link to the web console"
     )
-    p.add_argument("account", help="account id (acc_...)")
+    p.add_argument("account", help=ACCOUNT)
     p.set_defaults(func=_console_link)

@@ -16,17 +16,48 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from types import ModuleType
 
-from tools import agent_cmd, billing_cmd, relay_cmd, streams_cmd, up_cmd
-from tools.errors import CliError
+from tools import agent_cmd, billing_cmd, completion_cmd, relay_cmd, streams_cmd, up_cmd
+from tools.errors import WHAT_TO_DO, CliError
 
-__all__ = ["COMMANDS", "CliError", "build_parser", "main"]
+__all__ = ["COMMANDS", "CliError", "build_parser", "main", "version"]
 
-COMMANDS: tuple[ModuleType, ...] = (relay_cmd, streams_cmd, billing_cmd, up_cmd, agent_cmd)
+COMMANDS: tuple[ModuleType, ...] = (
+    relay_cmd,
+    streams_cmd,
+    billing_cmd,
+    up_cmd,
+    agent_cmd,
+    completion_cmd,
+)
+DESCRIPTION = (
+    "quotarelay: a TCP/UDP relay for SSH tunnel agents that meters their traffic"
+    " against paid quotas, with the billing API that sells them."
+)
+
+
+def version() -> str:
+    """The installed package's version ("0.1.0"), or "unknown" when run from a bare tree."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("quotarelay")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quotarelay", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = argparse.ArgumentParser(
+        prog="quotarelay",
+        description=DESCRIPTION,
+        epilog="Each command has its own --help: quotarelay relay --help.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"quotarelay {version()}", help="print the version"
+    )
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help=WHAT_TO_DO
+    )
     for command in COMMANDS:
         command.register(subparsers)
     return parser

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ from quota.core.units import format_size, parse_size
 from relay.admin.client import AdminClient, AdminError, parse_admin_target
 from relay.config import HostPort, load_config
 from relay.errors import ConfigError
-from tools.errors import CliError
+from tools.errors import WHAT_TO_DO, CliError
 from tools.log_options import add_log_options
+from tools.render import block, check_report, column, problems_of, size, table
 
 TOKEN_ENV = "QUOTARELAY_ADMIN_TOKEN"
 
@@ -35,12 +36,20 @@ _ARG_HELP = {"agent": "agent id", "size": "bytes: 1500, 10M, 1Gi", "stream": "st
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     relay = subparsers.add_parser("relay", help="run the relay or drive a running one")
-    commands = relay.add_subparsers(dest="relay_command", required=True, metavar="ACTION")
+    commands = relay.add_subparsers(
+        dest="relay_command", required=True, metavar="ACTION", help=WHAT_TO_DO
+    )
 
     run = commands.add_parser("run", help="run the relay in the foreground")
     run.add_argument("--config", default="relay.toml", help="relay config (default relay.toml)")
     add_log_options(run)
     run.set_defaults(func=_run, serves=True)
+
+    check = commands.add_parser(
+        "check-config", help="report every problem of a relay config, then exit"
+    )
+    check.add_argument("file", help="relay TOML file")
+    check.set_defaults(func=_check_config)
 
     admin = argparse.ArgumentParser(add_help=False)
     admin.add_argument("--config", default="relay.toml", help="relay config (default relay.toml)")
@@ -76,6 +85,19 @@ async def _run(args: argparse.Namespace) -> int:
         return int(await serve(config))
     except ConfigError as exc:
         raise CliError(str(exc)) from None
+
+
+async def _check_config(args: argparse.Namespace) -> int:
+    """Every problem of a relay config at once (its secrets' too); exit 0 or 2."""
+    from relay.startup import check_secrets
+
+    path = Path(args.file)
+    problems: list[str] = []
+    try:
+        check_secrets(load_config(path), demo=False)
+    except ConfigError as exc:
+        problems = problems_of(str(exc))
+    return check_report(str(path), problems)
 
 
 # -- talking to the admin API --------------------------------------------------------
@@ -123,7 +145,7 @@ def _emit(args: argparse.Namespace, data: object, human: str) -> None:
 
 
 def _summary(view: dict[str, Any]) -> str:
-    return f"remaining {view.get('remaining')} bytes (state {view.get('state')})"
+    return f"{size(view.get('remaining', 0))} bytes remaining, state {view.get('state')}"
 
 
 async def _grant(client: AdminClient, args: argparse.Namespace) -> None:
@@ -158,32 +180,37 @@ async def _deactivate(client: AdminClient, args: argparse.Namespace) -> None:
     _emit(args, view, f"deactivated {args.agent}: {_summary(view)}")
 
 
-_AGENT_COLUMNS = (
-    ("AGENT", "agent_id"),
-    ("ACCOUNT", "account"),
-    ("ROLE", "role"),
-    ("STATE", "state"),
-    ("GRANTED", "granted"),
-    ("USED", "used"),
-    ("REMAINING", "remaining"),
-    ("STREAMS", "streams"),
-    ("WAITING", "waiting"),
+_AGENT_COLUMNS = tuple(
+    column(header, key)
+    for header, key in (
+        ("AGENT", "agent_id"),
+        ("ACCOUNT", "account"),
+        ("ROLE", "role"),
+        ("STATE", "state"),
+        ("GRANTED", "granted"),
+        ("USED", "used"),
+        ("REMAINING", "remaining"),
+        ("STREAMS", "streams"),
+        ("WAITING", "waiting"),
+    )
 )
-_STREAM_COLUMNS = (
-    ("STREAM", "stream_id"),
-    ("TUNNEL", "tunnel_id"),
-    ("AGENT", "agent_id"),
-    ("KIND", "kind"),
-    ("PEER", "peer"),
-    ("TARGET", "target"),
-    ("STATE", "state"),
-    ("UP", "bytes_up"),
-    ("DOWN", "bytes_down"),
-    ("PAUSES", "pauses"),
-    ("PAUSED_MS", "paused_ms"),
-    ("PAUSED_FOR", "pause_reason"),
+_STREAM_COLUMNS = tuple(
+    column(header, key)
+    for header, key in (
+        ("STREAM", "stream_id"),
+        ("TUNNEL", "tunnel_id"),
+        ("AGENT", "agent_id"),
+        ("KIND", "kind"),
+        ("PEER", "peer"),
+        ("TARGET", "target"),
+        ("STATE", "state"),
+        ("UP", "bytes_up"),
+        ("DOWN", "bytes_down"),
+        ("PAUSES", "pauses"),
+        ("PAUSED", "paused_ms"),
+        ("PAUSED_FOR", "pause_reason"),
+    )
 )
-_BYTE_KEYS = frozenset({"granted", "used", "remaining", "bytes_up", "bytes_down"})
 
 
 async def _agents(client: AdminClient, args: argparse.Namespace) -> None:
@@ -198,55 +225,4 @@ async def _streams(client: AdminClient, args: argparse.Namespace) -> None:
 
 async def _status(client: AdminClient, args: argparse.Namespace) -> None:
     status = await client.status()
-    lines = []
-    for key, value in status.items():
-        if key == "uptime_ms" and isinstance(value, int):
-            key, value = "uptime", duration(value)
-        lines.append(f"{key + ':':<10} {value}")
-    _emit(args, status, "\n".join(lines))
-
-
-# -- rendering -----------------------------------------------------------------------
-
-
-def readable(nbytes: int) -> str:
-    """Bytes for people, never rounded up: 1500 -> "1500 (1.5K)", 10**7 -> "10000000 (10M)"."""
-    for suffix, scale in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)):
-        if nbytes >= scale:
-            whole, rest = divmod(nbytes, scale)
-            short = f"{whole}{suffix}" if rest == 0 else f"{whole}.{rest * 10 // scale}{suffix}"
-            return f"{nbytes} ({short})"
-    return str(nbytes)
-
-
-def duration(ms: int) -> str:
-    seconds, _ = divmod(ms, 1000)
-    days, seconds = divmod(seconds, 86400)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s")]
-    shown = [f"{n}{unit}" for n, unit in parts if n]
-    return " ".join(shown) if shown else f"{ms}ms"
-
-
-def table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> str:
-    """Aligned columns; numbers right-aligned, byte counts also shown readable."""
-    cells = [[_cell(key, row.get(key, "")) for _, key in columns] for row in rows]
-    numeric = [all(isinstance(row.get(key), int) for row in rows) for _, key in columns]
-    widths = [
-        max(len(title), *(len(line[i]) for line in cells)) for i, (title, _) in enumerate(columns)
-    ]
-    out = []
-    for line in [[title for title, _ in columns], *cells]:
-        padded = [
-            text.rjust(width) if right else text.ljust(width)
-            for text, width, right in zip(line, widths, numeric, strict=True)
-        ]
-        out.append("  ".join(padded).rstrip())
-    return "\n".join(out)
-
-
-def _cell(key: str, value: object) -> str:
-    if key in _BYTE_KEYS and isinstance(value, int) and not isinstance(value, bool):
-        return readable(value)
-    return "-" if value is None else str(value)
+    _emit(args, status, block(status))

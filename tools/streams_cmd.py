@@ -15,19 +15,18 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import aclosing
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from quota.core.errors import InvalidValue
-from quota.core.units import parse_duration_ms
 from relay.config import load_config
 from relay.errors import ConfigError
 from relay.streamlog.query import PAUSED_BY, follow, list_streams, totals
 from relay.streamlog.writer import StreamLogError, iso_ms, wall_clock_ms
 from tools.errors import CliError
+from tools.render import Column, column, duration, parse_when, table
 
 DEFAULT_LIMIT = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -106,20 +105,7 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def parse_since(text: str, now_ms: int) -> int:
     """Epoch ms of `--since`: a duration ago ("30m") or an ISO-8601 time (naive = UTC)."""
-    try:
-        return now_ms - parse_duration_ms(text)
-    except InvalidValue:
-        pass
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise CliError(
-            f"--since: expected a time ago (30m, 2h, 1d) or an ISO-8601 time"
-            f" (2026-11-23T16:00:00Z), got {text!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return (when - _EPOCH) // timedelta(milliseconds=1)
+    return parse_when(text, now_ms, "--since")
 
 
 def _db_path(args: argparse.Namespace) -> Path:
@@ -143,7 +129,7 @@ def _emit(
     rows: list[dict[str, Any]],
     *,
     as_json: bool,
-    render: Callable[[list[dict[str, Any]]], list[str]],
+    render: Callable[[list[dict[str, Any]]], str],
 ) -> None:
     if as_json:
         for row in rows:
@@ -151,31 +137,13 @@ def _emit(
     elif not rows:
         print("(nothing matches)")
     else:
-        print("\n".join(render(rows)))
+        print(render(rows))
 
 
 def _silence_stdout() -> None:
     """Stop writing to a closed pipe (`... | head`) without a traceback at exit."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-
-
-def format_time(ms: int | None) -> str:
-    """Epoch ms as "2026-11-23T16:46:03Z" (to the second), or "-" for none."""
-    return "-" if ms is None else iso_ms(ms)[:19] + "Z"
-
-
-def format_duration(ms: int) -> str:
-    """A duration for people: "850ms", "12.3s", "4m05s", "2h03m"."""
-    if ms < 1000:
-        return f"{ms}ms"
-    if ms < 60_000:
-        return f"{ms // 1000}.{ms % 1000 // 100}s"
-    minutes, seconds = divmod(ms // 1000, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def format_event(e: dict[str, Any]) -> str:
@@ -191,7 +159,7 @@ def format_event(e: dict[str, Any]) -> str:
         f"down={e['bytes_down']}",
         f"dropped={e['bytes_dropped']}",
         f"pauses={e['pauses']}",
-        f"paused={format_duration(e['paused_ms'])}",
+        f"paused={duration(e['paused_ms'])}",
     ]
     if e["pause_reason"] is not None:
         pairs.append(f"paused_for={e['pause_reason']}")
@@ -205,74 +173,53 @@ def format_event(e: dict[str, Any]) -> str:
 def paused_by(row: dict[str, Any]) -> str:
     """Paused time per reason, the reasons that took any: "quota:15.8s,lease_wait:12ms"."""
     parts = [
-        f"{key[len('paused_') : -len('_ms')]}:{format_duration(row[key])}"
+        f"{key[len('paused_') : -len('_ms')]}:{duration(row[key])}"
         for key in PAUSED_BY
         if row.get(key)
     ]
     return ",".join(parts) or "-"
 
 
-_NUMERIC = {"UP", "DOWN", "TOTAL", "DROPPED", "PAUSES", "PAUSED", "STREAMS", "OPEN"}
-
-# (header, key, how to render the value)
-Column = tuple[str, str, Callable[[Any], str]]
+_PAUSED_BY: Column = ("PAUSED_BY", "", paused_by)  # key "": the whole row
 _STREAM_COLUMNS: tuple[Column, ...] = (
-    ("STREAM", "stream_id", str),
-    ("AGENT", "agent_id", str),
-    ("TUNNEL", "tunnel_id", str),
-    ("TARGET", "target", str),
-    ("PEER", "peer", str),
-    ("STATE", "state", str),
-    ("UP", "bytes_up", str),
-    ("DOWN", "bytes_down", str),
-    ("DROPPED", "bytes_dropped", str),
-    ("PAUSES", "pauses", str),
-    ("PAUSED", "paused_ms", format_duration),
-    ("PAUSED_BY", "", paused_by),
-    ("OPENED", "opened_at_ms", format_time),
-    ("CLOSED", "closed_at_ms", format_time),
-    ("REASON", "close_reason", lambda v: "-" if v is None else str(v)),
+    *(column(h, k) for h, k in (("STREAM", "stream_id"), ("AGENT", "agent_id"))),
+    *(column(h, k) for h, k in (("TUNNEL", "tunnel_id"), ("TARGET", "target"))),
+    *(column(h, k) for h, k in (("PEER", "peer"), ("STATE", "state"), ("UP", "bytes_up"))),
+    *(column(h, k) for h, k in (("DOWN", "bytes_down"), ("DROPPED", "bytes_dropped"))),
+    *(column(h, k) for h, k in (("PAUSES", "pauses"), ("PAUSED", "paused_ms"))),
+    _PAUSED_BY,
+    *(column(h, k) for h, k in (("OPENED", "opened_at_ms"), ("CLOSED", "closed_at_ms"))),
+    column("REASON", "close_reason"),
 )
 _SUM_COLUMNS: tuple[Column, ...] = (
-    ("STREAMS", "streams", str),
-    ("OPEN", "open_streams", str),
-    ("UP", "bytes_up", str),
-    ("DOWN", "bytes_down", str),
-    ("TOTAL", "bytes_total", str),
-    ("DROPPED", "bytes_dropped", str),
-    ("PAUSES", "pauses", str),
-    ("PAUSED", "paused_ms", format_duration),
-    ("PAUSED_BY", "", paused_by),
-)
-_AGENT_COLUMNS: tuple[Column, ...] = (("ACCOUNT", "account", str), ("AGENT", "agent_id", str))
-_TUNNEL_COLUMNS: tuple[Column, ...] = (
-    ("TUNNEL", "tunnel_id", str),
-    *_AGENT_COLUMNS,
-    ("KIND", "kind", str),
-    ("TARGET", "target", str),
-)
-
-
-def table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Aligned columns with a header line; numeric columns are right-aligned."""
-    headers = [header for header, _, _ in columns]
-    cells = [[render(row[key] if key else row) for _, key, render in columns] for row in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-
-    def line(values: Sequence[str]) -> str:
-        parts = (
-            v.rjust(w) if h in _NUMERIC else v.ljust(w)
-            for v, w, h in zip(values, widths, headers, strict=True)
+    *(
+        column(header, key)
+        for header, key in (
+            ("STREAMS", "streams"),
+            ("OPEN", "open_streams"),
+            ("UP", "bytes_up"),
+            ("DOWN", "bytes_down"),
+            ("TOTAL", "bytes_total"),
+            ("DROPPED", "bytes_dropped"),
+            ("PAUSES", "pauses"),
+            ("PAUSED", "paused_ms"),
         )
-        return "  ".join(parts).rstrip()
+    ),
+    _PAUSED_BY,
+)
+_AGENT_COLUMNS = (column("ACCOUNT", "account"), column("AGENT", "agent_id"))
+_TUNNEL_COLUMNS = (
+    column("TUNNEL", "tunnel_id"),
+    *_AGENT_COLUMNS,
+    column("KIND", "kind"),
+    column("TARGET", "target"),
+)
 
-    return [line(headers), *(line(c) for c in cells)]
 
-
-def _streams_table(rows: list[dict[str, Any]]) -> list[str]:
+def _streams_table(rows: list[dict[str, Any]]) -> str:
     return table(_STREAM_COLUMNS, rows)
 
 
-def _totals_table(rows: list[dict[str, Any]]) -> list[str]:
+def _totals_table(rows: list[dict[str, Any]]) -> str:
     keys = _TUNNEL_COLUMNS if "tunnel_id" in rows[0] else _AGENT_COLUMNS
     return table((*keys, *_SUM_COLUMNS), rows)

@@ -25,7 +25,7 @@ import bisect
 import contextlib
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -35,9 +35,18 @@ from quota.agent.client import BillingClient, encode_report
 from quota.agent.errors import BillingUnavailable, JournalError
 from quota.agent.journal import Journal, StreamBatch
 from quota.contract import wire
+from quota.core.relay_sync import Holding
 from quota.core.sync import Applied, Retry, SyncMachine, SyncSettings, next_due
 
-__all__ = ["QuotaAgent", "QuotaHost", "RoundTimes", "SyncSettings", "wait_event", "wall_ms"]
+__all__ = [
+    "Holding",
+    "QuotaAgent",
+    "QuotaHost",
+    "RoundTimes",
+    "SyncSettings",
+    "wait_event",
+    "wall_ms",
+]
 
 log = structlog.get_logger("quota.agent")
 
@@ -47,11 +56,12 @@ class QuotaHost(Protocol):
 
     def usage(self) -> dict[tuple[str, str], int]: ...  # (agent, tunnel) -> cumulative bytes
     def tunnel_time(self) -> dict[tuple[str, str], int]: ...  # (agent, tunnel) -> cumulative ms
-    def needs(self) -> dict[str, int]: ...  # agent -> bytes short, for buckets wanting more
+    def holdings(self) -> dict[str, Holding]: ...  # agent -> its bucket, for agents served here
     def add_lease(self, agent_id: str, nbytes: int) -> None: ...
     def set_status(self, agent_id: str, active: bool) -> None: ...
     def lease_answered(self, agent_id: str, exhausted: bool) -> None: ...  # got less than asked?
-    def take_back_idle(self, idle_ms: int) -> dict[str, int]: ...  # agent -> bytes given back
+    def take_back(self, agent_id: str, nbytes: int) -> int: ...  # unused bytes taken back
+    def set_low_water(self, agent_id: str, nbytes: int) -> None: ...
     def drop_lease(self, agent_id: str) -> int: ...  # an expired lease: unused bytes dropped
     def set_agents(self, agents: list[wire.RelayAgent]) -> None: ...
 
@@ -63,6 +73,7 @@ class StreamFigureSource(Protocol):
     def written(self, batch: StreamBatch) -> None: ...  # the journal holds `batch`
 
 
+TRIPS_KEPT = 16  # leases are sized for the slowest of the last this many round trips
 ROUND_BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000)
 
 
@@ -107,13 +118,21 @@ class QuotaAgent:
         self.machine = SyncMachine(settings, draw)
         self.counters: Counter[str] = Counter()
         self.round_times = RoundTimes()
+        self._trips: deque[int] = deque(maxlen=TRIPS_KEPT)  # recent sync round trips, ms
         self._nudge = asyncio.Event()
         self._refresh = asyncio.Event()
+        self._registry_ok = False  # the last registry call succeeded
+        self._unannounced: int | None = None  # billing_online waits for the registry
 
     @property
     def online(self) -> bool:
         """The last send succeeded."""
         return self.machine.online
+
+    @property
+    def registry_ok(self) -> bool:
+        """The last agent-registry call succeeded (logins can be checked)."""
+        return self._registry_ok
 
     @property
     def offline(self) -> bool:
@@ -174,7 +193,10 @@ class QuotaAgent:
         try:
             await self._round()
         finally:
-            self.round_times.observe((time.monotonic_ns() - started) // 1_000_000)
+            took = (time.monotonic_ns() - started) // 1_000_000
+            self.round_times.observe(took)
+            if self.machine.online:  # a round that failed says nothing of the next good one
+                self._trips.append(took)
 
     async def _round(self) -> None:
         if not self.machine.journal_due(self.clock_ms()):
@@ -198,6 +220,7 @@ class QuotaAgent:
         dropped = {a: self.host.drop_lease(a) for a in self.machine.expired(self.clock_ms())}
         dropped = {a: n for a, n in dropped.items() if n}
         for agent_id, nbytes in dropped.items():
+            self.machine.dropped(agent_id, nbytes)
             self.counters["lease_bytes_expired"] += nbytes
             log.warning("lease_expired", agent_id=agent_id, dropped=nbytes)
         if dropped:
@@ -207,13 +230,22 @@ class QuotaAgent:
         """Write this interval's deltas and lease requests as one report; its number or None."""
         await self._start()
         now, host = self.clock_ms(), self.host
-        usage, tunnel_time, needs = host.usage(), host.tunnel_time(), host.needs()
+        usage, tunnel_time, holdings = host.usage(), host.tunnel_time(), host.holdings()
         streams = None if self.figures is None else self.figures.snapshot()  # same instant
-        idle = self.settings.idle_return_ms
-        returned = host.take_back_idle(idle) if self.machine.gives_back_idle else {}
+        returned = {}
+        for agent_id, nbytes in self.machine.returns(holdings, now).items():
+            if back := host.take_back(agent_id, nbytes):
+                returned[agent_id] = back
         step = self.machine.flush(
-            usage=usage, tunnel_time=tunnel_time, needs=needs, returned=returned
+            usage=usage,
+            tunnel_time=tunnel_time,
+            holdings=holdings,
+            returned=returned,
+            now=now,
+            round_ms=max(self._trips, default=0),
         )
+        for agent_id, nbytes in step.low_water.items():
+            host.set_low_water(agent_id, nbytes)
         for agent_id, nbytes in step.offline_grants.items():
             host.add_lease(agent_id, nbytes)
             self.counters["offline_bytes"] += nbytes
@@ -244,7 +276,14 @@ class QuotaAgent:
                 return
         after = self.machine.caught_up()
         if after is not None:
-            log.info("billing_online", after_failures=after)
+            self._unannounced = after
+        self._announce_online()
+
+    def _announce_online(self) -> None:
+        """`billing_online` once a sync and the agent registry both answered."""
+        if self._unannounced is not None and self._registry_ok:
+            log.info("billing_online", after_failures=self._unannounced)
+            self._unannounced = None
 
     async def _send_one(self, seq: int, body: bytes) -> bool:
         """Send one report and apply its answer; False if the round must stop."""
@@ -272,7 +311,13 @@ class QuotaAgent:
             )
 
     def _apply(self, applied: Applied, answer: wire.SyncAnswer) -> None:
+        for agent_id, nbytes in applied.reclaim.items():  # before the grants: see SyncMachine
+            if back := self.host.take_back(agent_id, nbytes):
+                self.counters["offline_bytes_reclaimed"] += back
+                log.info("offline_allowance_reclaimed", agent_id=agent_id, bytes=back)
         for update in applied.updates:
+            if update.low_water:
+                self.host.set_low_water(update.agent_id, update.low_water)
             if update.grant:
                 self.host.add_lease(update.agent_id, update.grant)
             self.host.set_status(update.agent_id, update.active)
@@ -307,6 +352,9 @@ class QuotaAgent:
                 listing = await self.client.relay_agents()
             except BillingUnavailable as exc:
                 self.counters["registry_failures"] += 1
+                if self._registry_ok and self._unannounced is None:
+                    self._unannounced = 0  # announced before: announce the return too
+                self._registry_ok = False
                 log.warning("registry_refresh_failed", error=str(exc))
             else:
                 # cached first: once the relay knows a listing, a restart finds it too
@@ -317,4 +365,7 @@ class QuotaAgent:
                     log.error("journal_error", error=str(exc))
                 self.host.set_agents(listing.agents)
                 self.counters["registry_refreshes"] += 1
+                self._registry_ok = True
+                if self.machine.online:
+                    self._announce_online()
             await wait_event(self._refresh, self.settings.registry_refresh_ms)

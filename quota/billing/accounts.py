@@ -14,13 +14,15 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from quota.billing import lifecycle, repo
 from quota.billing.auth import Principal, owned_account, owned_agent, token_hash
 from quota.billing.errors import Conflict, NotFound, Unprocessable
-from quota.billing.op import Op
+from quota.billing.op import Notice, Op
 from quota.billing.repo import AccountRow
 from quota.billing.runner import Runner, body_of, read_body
 from quota.contract import wire
@@ -198,6 +200,45 @@ class Accounts:
 
         return await self._runner.read(run)
 
+    async def webhook_deliveries(
+        self, who: Principal, account_id: str, *, after: int, limit: int
+    ) -> wire.WebhookDeliveryPage:
+        """The account's notices oldest first, each with its delivery state and attempts."""
+
+        async def run(op: Op) -> wire.WebhookDeliveryPage:
+            await owned_account(op, who, account_id)
+            rows = await repo.webhooks.notices_page(op.tx, account_id, after, limit + 1)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return wire.WebhookDeliveryPage(
+                deliveries=[_delivery(r) for r in rows],
+                next_cursor=rows[-1].id if more else None,
+            )
+
+        return await self._runner.read(run)
+
+    async def redeliver_webhook(
+        self, who: Principal, account_id: str, event_id: str
+    ) -> wire.WebhookDelivery:
+        """Queue a failed (or never sent) notice again, due now, with a fresh round of retries."""
+
+        async def run(op: Op) -> wire.WebhookDelivery:
+            await owned_account(op, who, account_id)
+            row = await repo.webhooks.find_notice(op.tx, account_id, event_id)
+            if row is None:
+                raise NotFound(f"no webhook notice {event_id!r}")
+            if not op.config.webhook_url:
+                raise Conflict("no webhook is configured (notifications.webhook_url)")
+            if row.state == repo.webhooks.DELIVERED:
+                raise Conflict(f"notice {event_id!r} was delivered already")
+            if row.state != repo.webhooks.PENDING:
+                await repo.webhooks.requeue(op.tx, row.id)
+                row = dataclasses.replace(row, state=repo.webhooks.PENDING, attempts=0, next_at=0)
+            op.notices.append(Notice(account_id=account_id, kind=row.kind, payload=_body(row)))
+            return _delivery(row)
+
+        return await self._runner.run("", run)
+
     async def audit(self, account_id: str) -> Audit:
         """Balance, ledger sum, each agent's traffic and its ledger sum (for invariant checks)."""
 
@@ -212,6 +253,25 @@ class Accounts:
             )
 
         return await self._runner.read(run)
+
+
+def _body(row: repo.Outgoing) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(row.payload)
+    return body
+
+
+def _delivery(row: repo.Outgoing) -> wire.WebhookDelivery:
+    pending = row.state == repo.webhooks.PENDING
+    return wire.WebhookDelivery(
+        id=row.event_id,
+        kind=row.kind,
+        at=row.at,
+        state=row.state,  # type: ignore[arg-type]  # the column holds only the four states
+        attempts=row.attempts,
+        next_attempt_at=row.next_at if pending else None,
+        delivered_at=row.delivered_at,
+        last_error=row.last_error,
+    )
 
 
 async def _correct_traffic(

@@ -169,15 +169,23 @@ async def _principal(service: BillingService, request: web.Request) -> Principal
     return who
 
 
+def _a(kind: str) -> str:
+    """ "an admin token", "an account token", "a relay token"."""
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} token"
+
+
+def _wrong_kind(kind: str, route: Route) -> str:
+    """The 403 text: which token came, and which the route takes."""
+    wanted = " or ".join(_a(k) for k in sorted(route.auth))
+    return f"{_a(kind)} may not call {route.method} {route.path}; it takes {wanted}"
+
+
 def _handler(route: Route) -> _Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         service = request.app[SERVICE]
         who = await _principal(service, request)
         if who.kind not in route.auth:
-            raise Forbidden(
-                f"a {who.kind} token cannot {route.summary[0].lower()}"
-                f"{route.summary[1:]}; needs {' or '.join(sorted(route.auth))}"
-            )
+            raise Forbidden(_wrong_kind(who.kind, route))
         if not route.query and request.query:
             raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(request.query))}")
         if route.websocket and web.WebSocketResponse().can_prepare(request).ok:

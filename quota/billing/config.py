@@ -4,7 +4,11 @@ Invariants: a `BillingConfig` is only ever built whole and valid; keys, types an
 defaults are `quota.contract.files.BillingFile`; every problem is reported at
 once in one `ConfigError`, each starting with its key ("server.port: ...; ...").
 Money in the file is coin written as a string ("0.1") or whole coins (19); it
-becomes integer millicoins here, and no float is accepted.
+becomes integer millicoins here, and no float is accepted. An environment
+variable QUOTARELAY_BILLING_<SECTION>_<KEY> overrides a key of a table
+(`QUOTARELAY_BILLING_SERVER_ADMIN_TOKEN`); no other variable is read, so the
+command line's client settings (QUOTARELAY_BILLING_URL, _TOKEN) never are. The
+names used are kept in `env_keys` for the start log.
 """
 
 from __future__ import annotations
@@ -19,15 +23,24 @@ from typing import Any
 
 from quota.billing.errors import ConfigError
 from quota.billing.store.base import POSTGRESQL_SCHEMES, is_postgresql
-from quota.contract.config import Problems, decode_file
+from quota.contract.config import Environment, Problems, decode_file
 from quota.contract.files import BillingFile, RelayCred
 from quota.core.billing import PriceList, catalogue_from_config
 from quota.core.errors import InvalidValue
 from quota.metrics import MetricsConfig, metrics_config
 
-__all__ = ["ADMIN_TOKEN_ENV", "BillingConfig", "RelayCred", "config_from_mapping", "load_config"]
+__all__ = [
+    "ADMIN_TOKEN_ENV",
+    "WEBHOOK_SECRET_ENV",
+    "BillingConfig",
+    "RelayCred",
+    "config_from_mapping",
+    "load_config",
+]
 
-ADMIN_TOKEN_ENV = "QUOTARELAY_BILLING_ADMIN_TOKEN"
+ENV_PROGRAM = "billing"  # QUOTARELAY_BILLING_<SECTION>_<KEY>
+ADMIN_TOKEN_ENV = Environment(ENV_PROGRAM, {}).name("server", "admin_token")
+WEBHOOK_SECRET_ENV = Environment(ENV_PROGRAM, {}).name("notifications", "webhook_secret")
 MIN_TOKEN = 16
 
 
@@ -43,12 +56,16 @@ class BillingConfig:
     auth_window_ms: int = 60_000
     metered_price_per_gb: int = 100
     webhook_url: str | None = None
+    webhook_secret: str = ""  # signs every delivery; required with webhook_url
     low_balance_interval_ms: int = 7 * 86_400_000
-    notify_retries: int = 5
+    notify_retries: int = 20
     notify_timeout_ms: int = 5_000
+    notify_backoff_max_ms: int = 3_600_000
     relays: tuple[RelayCred, ...] = ()
     catalogue: PriceList = field(default_factory=lambda: PriceList(plans={}, packages={}))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
+    env_keys: tuple[str, ...] = ()  # the environment variables that set keys (names only)
+    env_ignored: tuple[str, ...] = ()  # variables with the prefix that name no key
 
 
 def _database(value: str, problems: Problems) -> Path | str:
@@ -70,14 +87,23 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
     Every problem is reported at once, each starting with its key.
     """
     problems = Problems()
-    f = decode_file(BillingFile, raw, problems)
+    environment = Environment(ENV_PROGRAM, env)
+    f = decode_file(BillingFile, raw, problems, environment)
     server, notes = f.server, f.notifications
-    admin = env.get(ADMIN_TOKEN_ENV) or server.admin_token
+    admin = server.admin_token
     if len(admin) < MIN_TOKEN:
         problems.add(
             "server.admin_token", f"set it (or {ADMIN_TOKEN_ENV}) to {MIN_TOKEN}+ characters"
         )
+    secret = env.get(WEBHOOK_SECRET_ENV) or notes.webhook_secret
+    if notes.webhook_url and len(secret) < MIN_TOKEN:
+        problems.add(
+            "notifications.webhook_secret",
+            f"set it (or {WEBHOOK_SECRET_ENV}) to {MIN_TOKEN}+ characters: it signs each webhook",
+        )
     for key, value in (
+        ("notifications.timeout", notes.timeout),
+        ("notifications.backoff_max", notes.backoff_max),
         ("server.maintenance_interval", server.maintenance_interval),
         ("server.lease_ttl", server.lease_ttl),
         ("server.auth_window", server.auth_window),
@@ -103,12 +129,16 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
         auth_window_ms=server.auth_window,
         metered_price_per_gb=f.pricing.metered_price_per_gb,
         webhook_url=notes.webhook_url or None,
+        webhook_secret=secret,
         low_balance_interval_ms=notes.low_balance_interval,
         notify_retries=notes.retries,
         notify_timeout_ms=notes.timeout,
+        notify_backoff_max_ms=notes.backoff_max,
         relays=tuple(f.relays),
         catalogue=catalogue,
         metrics=metrics,
+        env_keys=tuple(sorted(environment.used)),
+        env_ignored=environment.ignored(),
     )
 
 

@@ -19,6 +19,7 @@ from quota.billing.service import BillingService
 from quota.contract import wire
 
 LEDGER_QUERY = ("after", "limit", "agent_id", "kind", "since", "until")
+PAGE_QUERY = ("after", "limit")
 _DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)
 # Ids are "agt_" and 16 hex digits; the bound keeps a request line within the server's 8 KiB.
 MAX_ID = 64
@@ -113,6 +114,27 @@ async def get_ledger(
         limit=max(1, _int_query(query, "limit", 100, 1000)),
         filters=filters,
     )
+
+
+async def get_webhook_deliveries(
+    billing: BillingService, who: Principal, *, account_id: str, query: Mapping[str, str]
+) -> wire.WebhookDeliveryPage:
+    unknown = set(query) - set(PAGE_QUERY)
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    return await billing.accounts.webhook_deliveries(
+        who,
+        account_id,
+        after=_int_query(query, "after", 0, wire.MAX_INT),
+        limit=max(1, _int_query(query, "limit", 100, 1000)),
+    )
+
+
+async def redeliver_webhook(
+    billing: BillingService, who: Principal, *, account_id: str, event_id: str
+) -> wire.WebhookDelivery:
+    """Not keyed: queueing a notice again twice is queueing it once."""
+    return await billing.accounts.redeliver_webhook(who, account_id, event_id)
 
 
 async def register_agent(

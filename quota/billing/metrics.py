@@ -5,8 +5,8 @@ Invariants:
   the route's path template (never the raw path: the label set is the route
   table's), method and status class; a path no route matches is "unmatched".
 - Everything else is read at scrape time from figures billing keeps anyway:
-  the relays part's ingestion counters, the notifier's queue, and the ledger's
-  entry counts by kind (one grouped read per scrape, in `refresh`).
+  the relays part's ingestion counters, and the ledger's entry counts by kind
+  and the outbox's pending notices (grouped reads per scrape, in `refresh`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from quota.billing import repo
-from quota.billing.notifier import Notifier
 from quota.billing.service import BillingService
 from quota.billing.store import Store
 
@@ -32,15 +31,16 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class BillingCollector(Collector):
-    def __init__(self, service: BillingService, notifier: Notifier, store: Store) -> None:
+    def __init__(self, service: BillingService, store: Store) -> None:
         self.service = service
-        self.notifier = notifier
         self.store = store
         self.ledger_counts: dict[str, int] = {}  # refreshed before each scrape
+        self.webhooks_pending = 0
 
     async def refresh(self) -> None:
         async with self.store.reading() as tx:
             self.ledger_counts = await repo.counts_by_kind(tx)
+            self.webhooks_pending = await repo.webhooks.pending_count(tx)
 
     def collect(self) -> Iterator[Any]:
         ingested = self.service.relays.ingested
@@ -58,8 +58,8 @@ class BillingCollector(Collector):
         yield ledger
         yield GaugeMetricFamily(
             P + "webhooks_pending",
-            "webhook notices waiting for delivery",
-            value=self.notifier.pending,
+            "webhook notices waiting in the outbox for delivery",
+            value=self.webhooks_pending,
         )
         yield GaugeMetricFamily(
             P + "push_subscribers",
@@ -71,8 +71,8 @@ class BillingCollector(Collector):
 class BillingMetrics:
     """The billing API's registry: the collector, request latencies and the process's figures."""
 
-    def __init__(self, service: BillingService, notifier: Notifier, store: Store) -> None:
-        self.collector = BillingCollector(service, notifier, store)
+    def __init__(self, service: BillingService, store: Store) -> None:
+        self.collector = BillingCollector(service, store)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         ProcessCollector(registry=self.registry)

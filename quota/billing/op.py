@@ -3,8 +3,10 @@
 Invariants:
 - `Op.post` is the only way a balance or an agent's traffic changes: one ledger
   entry for each change, in the operation's transaction.
-- Notices and push events (`changed`) are only collected here; the runner hands
-  them to the notifier and the push hub after the commit, so a slow webhook or
+- Notices are written to the webhook outbox in the operation's transaction,
+  so a notice exists exactly when its operation committed; notices and push
+  events (`changed`) are handed to the notifier (a wake-up) and the push hub
+  by the runner after the commit, so a slow webhook or
   relay never holds a transaction and a rolled-back operation announces nothing.
 - A low-balance notice goes out at most once per configured interval, when an
   automatic charge leaves the balance below twice the monthly plan total.
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from quota.billing import repo
@@ -87,8 +91,19 @@ class Op:
             raise Unprocessable(str(exc)) from None
 
     async def notice(self, account: AccountRow, kind: str, **payload: Any) -> None:
-        body = {"account_id": account.id, "kind": kind, "at": self.now, **payload}
-        await repo.add_notice(self.tx, account.id, kind, json.dumps(body, sort_keys=True), self.now)
+        """Keep a notice in the webhook outbox (pending when a webhook is configured)."""
+        event_id = "evt_" + secrets.token_hex(12)
+        body = {"id": event_id, "account_id": account.id, "kind": kind, "at": self.now, **payload}
+        state = repo.webhooks.PENDING if self.config.webhook_url else repo.webhooks.NONE
+        await repo.add_notice(
+            self.tx,
+            account.id,
+            kind,
+            json.dumps(body, sort_keys=True),
+            self.now,
+            event_id=event_id,
+            state=state,
+        )
         self.notices.append(Notice(account_id=account.id, kind=kind, payload=body))
 
 
@@ -111,6 +126,11 @@ async def save_agent(op: Op, agent: AgentRow, **changes: Any) -> AgentRow:
     return agent
 
 
+def _utc(ms: int) -> str:
+    """Epoch ms as people read it in a ledger reason: "2026-12-02T09:48:07Z"."""
+    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 async def start_period(
     op: Op, account: AccountRow, agent: AgentRow, plan: Plan, kind: EntryKind, start: int
 ) -> tuple[AccountRow, AgentRow]:
@@ -125,7 +145,7 @@ async def start_period(
             traffic_bytes=(plan.traffic if prepaid else 0) - agent.bucket_bytes,
             reason=f"{kind.value} of {agent.name} to plan {plan.name}"
             + (f" ({format_coin(plan.price)})" if prepaid else " (pay-as-you-go)")
-            + f", period from {start}",
+            + f", period from {_utc(start)}",
         ),
     )
     agent = await save_agent(

@@ -144,6 +144,35 @@ ROUTES: tuple[Route, ...] = (
         OWNER,
         h.get_ledger,
         query=LEDGER_QUERY,
+        description="Filters: agent_id, kind, and a time range in epoch milliseconds "
+        "(since: at >= since; until: at < until). At most `limit` entries; next_cursor is "
+        "null on the last page.",
+    ),
+    route(
+        "GET",
+        "/v1/accounts/{account_id}/webhooks",
+        "getWebhookDeliveries",
+        "Webhook notices oldest first, each with its delivery state; page with after=next_cursor",
+        OWNER,
+        h.get_webhook_deliveries,
+        query=h.PAGE_QUERY,
+        description="Every notice of the account (low_balance, account_frozen, account_unfrozen, "
+        "deposit_review) as kept in the outbox: pending (next_attempt_at says when it is tried "
+        "again), delivered (delivered_at), failed (given up after notifications.retries; "
+        "last_error says why) or none (no webhook was configured when it was made). id is the "
+        "event id the receiver gets in the body and the Quotarelay-Event-Id header.",
+    ),
+    route(
+        "POST",
+        "/v1/accounts/{account_id}/webhooks/{event_id}/redeliver",
+        "redeliverWebhook",
+        "Queue a failed or never sent webhook notice again, with a fresh round of retries",
+        ADMIN,
+        h.redeliver_webhook,
+        description="A failed notice (or one made while no webhook was configured) becomes "
+        "pending, due now, attempts back to 0; a pending one stays as it is; a delivered "
+        "one is 409, as is any notice while notifications.webhook_url is not set. The "
+        "receiver gets the same body and event id as before.",
     ),
     route(
         "POST",

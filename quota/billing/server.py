@@ -3,7 +3,8 @@
 Invariant: everything it starts (the metrics listener too, when `metrics.listen`
 is set) it owns and stops on exit, in reverse order:
 the maintenance task (in the server's TaskGroup) is cancelled, the HTTP site
-closed, queued notices abandoned with the notifier, and the database closed
+closed, the notifier stopped (undelivered notices wait in the outbox for the
+next start), and the database closed
 last. A failed start undoes whatever had started.
 """
 
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 from types import TracebackType
 
+import structlog
 from aiohttp import web
 
 from quota.billing.app import make_app
@@ -26,6 +28,8 @@ from quota.billing.service import BillingService
 from quota.billing.store import open_store
 from quota.metrics import MetricsListenError, MetricsServer
 
+log = structlog.get_logger("quota.billing")
+
 
 class BillingServer:
     """`async with BillingServer(config) as server:` serves at `server.url`."""
@@ -38,10 +42,15 @@ class BillingServer:
         self.maintenance = maintenance
         self.store = open_store(config.database)
         self.notifier = Notifier(
-            config.webhook_url, retries=config.notify_retries, timeout_ms=config.notify_timeout_ms
+            self.store,
+            config.webhook_url,
+            config.webhook_secret,
+            retries=config.notify_retries,
+            timeout_ms=config.notify_timeout_ms,
+            backoff_max_ms=config.notify_backoff_max_ms,
         )
         self.service = BillingService(self.store, config, self.clock, self.notifier.submit)
-        self.metrics = BillingMetrics(self.service, self.notifier, self.store)
+        self.metrics = BillingMetrics(self.service, self.store)
         self.metrics_port: int | None = None  # where /metrics listens, when it does
         self._stack = contextlib.AsyncExitStack()
         self._task: asyncio.Task[None] | None = None
@@ -52,6 +61,11 @@ class BillingServer:
         return f"http://{self.config.host}:{self.port}"
 
     async def __aenter__(self) -> BillingServer:
+        log.info(  # names only, never values
+            "config_from_env",
+            keys=list(self.config.env_keys),
+            ignored=list(self.config.env_ignored),
+        )
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
             await stack.enter_async_context(self.store.fan_out(self.service.push.hear))

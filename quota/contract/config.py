@@ -11,7 +11,10 @@ Invariants:
   caller adds its own cross-key rules to the same list and raises once.
 - A key that failed keeps its default, so later rules still see typed values.
 - An environment override is text, decoded like the key's type (bools from
-  true/false/1/0), and wins over the file.
+  true/false/1/0), and wins over the file. Each program reads only its own
+  prefix, `QUOTARELAY_<PROGRAM>_<SECTION>_<KEY>` (`Environment`), so a variable
+  meant for one program (or for the command line's client settings) is never
+  taken by another; the names used are kept for the start log, never the values.
 """
 
 from __future__ import annotations
@@ -140,6 +143,38 @@ class Problems:
             raise error("; ".join(self.found))
 
 
+class Environment:
+    """The overrides of one program: `QUOTARELAY_<PROGRAM>_<SECTION>_<KEY>`, upper case.
+
+    `used` lists the variable names read (never their values), for the start log;
+    `ignored` the variables with the prefix that name no key (a typo, or another
+    program's setting), which nothing reads.
+    """
+
+    def __init__(self, program: str, env: Mapping[str, str]) -> None:
+        self.prefix = f"QUOTARELAY_{program}_".upper()
+        self.env = env
+        self.used: list[str] = []
+        self._asked: set[str] = set()
+
+    def name(self, section: str, key: str) -> str:
+        return f"{self.prefix}{section}_{key}".upper()
+
+    def get(self, section: str, key: str) -> str | None:
+        name = self.name(section, key)
+        self._asked.add(name)
+        text = self.env.get(name)
+        if text is not None:
+            self.used.append(name)
+        return text
+
+    def ignored(self) -> tuple[str, ...]:
+        """Variables with this prefix that no key asked for (call after decoding)."""
+        return tuple(
+            sorted(k for k in self.env if k.startswith(self.prefix) and k not in self._asked)
+        )
+
+
 def decode_value(tp: Any, value: Any, key: str, problems: Problems, strict: bool = True) -> Any:
     """`value` decoded as `tp`, or `msgspec.UNSET` after noting the problem under `key`."""
     try:
@@ -155,9 +190,9 @@ def decode_section(
     raw: Any,
     name: str,
     problems: Problems,
-    env: Mapping[str, str] | None = None,
+    env: Environment | None = None,
 ) -> F:
-    """Section `name` of a file: every key checked, overrides from `env` (QUOTARELAY_S_K)."""
+    """Section `name` of a file: every key checked, overrides from `env`."""
     if not isinstance(raw, Mapping):
         problems.add(name, "must be a table")
         raw = {}
@@ -166,7 +201,7 @@ def decode_section(
         problems.add(f"{name}.{key}", "unknown key")
     values: dict[str, Any] = {}
     for key, field in fields.items():
-        text = (env or {}).get(f"QUOTARELAY_{name}_{key}".upper())
+        text = env.get(name, key) if env is not None else None
         if text is not None:
             value = decode_value(field.type, text, f"{name}.{key}", problems, strict=False)
         elif key in raw:
@@ -179,7 +214,7 @@ def decode_section(
 
 
 def decode_file(
-    cls: type[F], raw: Mapping[str, Any], problems: Problems, env: Mapping[str, str] | None = None
+    cls: type[F], raw: Mapping[str, Any], problems: Problems, env: Environment | None = None
 ) -> F:
     """A whole file: its sections key by key, its arrays of tables whole."""
     fields = {f.name: f for f in msgspec.structs.fields(cls)}

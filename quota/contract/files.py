@@ -121,7 +121,8 @@ class BillingLinkSection(Section, frozen=True, kw_only=True):
     journal: str = "var/journal.db"
     interval: Millis = millis("1s")
     timeout: Millis = millis("5s")
-    min_want: Bytes = size("10M")
+    min_want: Bytes = size("64M")
+    max_want: Bytes = size("1G")
     offline: Literal["pause", "continue"] = "pause"
     offline_allowance: Bytes = size("0")
     idle_return: Millis = millis("5m")
@@ -155,7 +156,7 @@ class ServerSection(Section, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535, description="not a TCP port")] = 8480
     database: str = "var/billing.sqlite3"  # a SQLite file, or a postgresql:// URL
-    admin_token: str = ""  # or QUOTARELAY_BILLING_ADMIN_TOKEN
+    admin_token: str = ""  # or QUOTARELAY_BILLING_SERVER_ADMIN_TOKEN
     maintenance_interval: Millis = millis("5m")
     lease_ttl: Millis = millis("10m")
     # unknown tokens one address may send per window before it is answered 429
@@ -171,9 +172,12 @@ class PricingSection(Section, frozen=True, kw_only=True):
 
 class NotificationsSection(Section, frozen=True, kw_only=True):
     webhook_url: URL = ""
+    # HMAC-SHA256 key of the Quotarelay-Signature header (env: ..._NOTIFICATIONS_WEBHOOK_SECRET)
+    webhook_secret: str = ""
     low_balance_interval: Millis = millis("7d")
-    retries: Annotated[int, msgspec.Meta(ge=0, le=100, description="must be 0..100")] = 5
+    retries: Annotated[int, msgspec.Meta(ge=0, le=100, description="must be 0..100")] = 20
     timeout: Millis = millis("5s")
+    backoff_max: Millis = millis("1h")  # the longest wait between two attempts
 
 
 class BillingMetricsSection(Section, frozen=True, kw_only=True):

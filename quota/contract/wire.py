@@ -327,3 +327,22 @@ class PushEvent(Message, frozen=True, kw_only=True):
     type: Literal["hello", "changed"]
     agent_ids: Items[Text] = []
     reason: Text = ""  # deposit, package, renewal, topup, freeze, unfreeze, revoke, settings, ...
+
+
+class WebhookDelivery(Message, frozen=True, kw_only=True):
+    """One notice in the webhook outbox, and how its delivery stands."""
+
+    id: Text  # the event id: the body's `id` and the Quotarelay-Event-Id header
+    kind: Text  # low_balance, account_frozen, account_unfrozen, deposit_review
+    at: Count  # when the notice was made
+    # none: no webhook was configured when it was made; failed: given up after the retries
+    state: Literal["pending", "delivered", "failed", "none"]
+    attempts: Count
+    next_attempt_at: Count | None  # when a pending notice is tried next
+    delivered_at: Count | None
+    last_error: Text | None  # of the last failed attempt
+
+
+class WebhookDeliveryPage(Message, frozen=True, kw_only=True):
+    deliveries: Items[WebhookDelivery]
+    next_cursor: Count | None

@@ -42,6 +42,9 @@ class PlanKind(enum.StrEnum):
     TUNNEL_TIME = "tunnel_time"  # pay-as-you-go: a monthly price per tunnel, per second
 
 
+NOT_METERED = "n/a"  # the state shown for an agent that pays nothing
+
+
 class AgentRole(enum.StrEnum):
     CLIENT = "client"
     SUPPORT = "support"
@@ -51,6 +54,10 @@ class AgentRole(enum.StrEnum):
     def pays(self) -> bool:
         """Only agents that open tunnels need a plan."""
         return self is not AgentRole.SUPPORT
+
+    def shown_state(self, bucket_state: str) -> str:
+        """The state operators see: a support agent pays nothing, so its bucket's is `n/a`."""
+        return bucket_state if self.pays else NOT_METERED
 
     @property
     def may_expose(self) -> bool:

@@ -467,3 +467,7 @@ class GrantWatch:
             return None
         self._wanting.add(agent_id)
         return WantGrant(agent_id=agent_id, remaining=remaining)
+
+    def forget(self, agent_id: str) -> None:
+        """`agent_id`'s bucket is gone: a new one starts from not wanting."""
+        self._wanting.discard(agent_id)

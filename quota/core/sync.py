@@ -15,8 +15,17 @@ Invariants:
 - An answer whose seq is not the one sent is a failure. After a failure, no
   send before the backoff time; a success resets it. Journal failures back off
   on their own clock, and counting goes on meanwhile (deltas just grow).
-- Offline ("continue" policy, billing unreachable): each agent gets at most
-  `offline_allowance` bytes until the billing API answers again.
+- Leases follow traffic (quota.core.relay_sync.LeaseRules): an agent is asked
+  for only while a stream of it waits or its rate was measured, never in the
+  report that gives its lease back, nor while a report asking for it waits for
+  its answer (reports queued in an outage ask once); leases go back only while
+  the billing API answers (it must take them).
+- Offline ("continue" policy, billing unreachable): an agent the relay would
+  ask for gets what is left of `offline_allowance` at once, at most the
+  allowance per outage. The first answer after the outage nets them out: its
+  grants first pay those bytes back (`LeaseUpdate.grant` is what is left), and
+  what they do not cover is taken back (`Applied.reclaim`), so the relay then
+  holds what the billing API thinks it holds, and every byte relayed is reported.
 No I/O, no clock: `now` (ms) is a parameter; jitter is drawn from `draw`.
 """
 
@@ -29,7 +38,7 @@ from typing import Protocol
 
 from quota.core.backoff import backoff_ms
 from quota.core.errors import IllegalTransition
-from quota.core.relay_sync import Deltas, TimeCarry, want_bytes
+from quota.core.relay_sync import Deltas, Holding, LeaseBook, LeaseRules, TimeCarry
 
 Key = tuple[str, str]  # (agent_id, tunnel_id)
 
@@ -43,7 +52,9 @@ _FIRST_BACKOFF_MS = 250
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SyncSettings:
     interval_ms: int = 1000
-    min_want: int = 10_000_000
+    min_want: int = 64_000_000  # the lease floor
+    max_want: int = 1_000_000_000  # the lease ceiling (what a rate may ask for)
+    low_water: int = 0  # the least low-water mark of a bucket
     offline_policy: str = "pause"  # or "continue"
     offline_allowance: int = 0
     idle_return_ms: int = 300_000
@@ -99,6 +110,7 @@ class Report:
 class Flush:
     report: Report | None  # None: a quiet interval, nothing to write
     offline_grants: Mapping[str, int]  # agent -> bytes to add to its bucket now
+    low_water: Mapping[str, int]  # agent -> its bucket's low-water mark from now on
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +118,7 @@ class LeaseUpdate:
     agent_id: str
     grant: int  # bytes to add to the bucket (0: none)
     active: bool
+    low_water: int = 0  # the bucket's low-water mark from now on (0: keep it)
     exhausted: bool | None = None  # asked for more and got less (None: nothing was asked)
 
 
@@ -115,6 +128,7 @@ class Applied:
     updates: tuple[LeaseUpdate, ...]
     applied: Mapping[str, int]  # agent -> new applied total, for the journal
     duplicate: bool
+    reclaim: Mapping[str, int]  # agent -> offline bytes to take back, those grants did not pay
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,6 +175,14 @@ class SyncMachine:
 
     def __init__(self, settings: SyncSettings, draw: Callable[[], float]) -> None:
         self.settings, self._draw = settings, draw
+        rules = LeaseRules(
+            interval_ms=settings.interval_ms,
+            floor=settings.min_want,
+            ceiling=max(settings.min_want, settings.max_want),
+            low_water=settings.low_water,
+            idle_return_ms=settings.idle_return_ms,
+        )
+        self.leases = LeaseBook(rules, settings.offline_allowance)
         self.online = False  # the last send succeeded
         self.offline = False  # the last send failed (unknown at start: neither)
         self.failures = 0
@@ -172,8 +194,6 @@ class SyncMachine:
         self._applied: dict[str, int] = {}
         self._valid_until: dict[str, int] = {}
         self._pushed: set[str] = set()
-        self._recent: dict[str, int] = {}
-        self._offline_given: Counter[str] = Counter()
         self._quiet = 0
         self._next_try = 0
         self._journal_failures = 0
@@ -201,37 +221,49 @@ class SyncMachine:
 
     # -- counting ----------------------------------------------------------------
 
-    @property
-    def gives_back_idle(self) -> bool:
-        """Idle leases go back only while the billing API answers (it must take them)."""
-        return self.online
+    def returns(self, holdings: Mapping[str, Holding], now: int) -> dict[str, int]:
+        """Leases to give back now: agent -> bytes (only while the billing API answers)."""
+        back = self.leases.returns(holdings, now)
+        return back if self.online else {}
 
     def flush(
         self,
         *,
         usage: Mapping[Key, int],
         tunnel_time: Mapping[Key, int],
-        needs: Mapping[str, int],
+        holdings: Mapping[str, Holding],
         returned: Mapping[str, int],
+        now: int,
+        round_ms: int = 0,
     ) -> Flush:
-        """This interval's deltas and lease asks as one numbered report, or None if quiet."""
+        """This interval's deltas and lease asks as one numbered report, or None if quiet.
+
+        `returned` is what the relay took back of the leases `returns` named;
+        `round_ms` the recent sync round trip, which sizes leases and low water.
+        """
         if self._next_seq is None:
             raise IllegalTransition("flush before start: the next report number is unknown")
         if self._in_flight is not None:  # its write never finished: fold it in
             self.unwritten(self._in_flight)
-        items, recent = self._deltas(usage, tunnel_time)
-        self._recent = recent
-        wants = self._wants(needs)
-        offline = self._offline_grants(needs)
+        items, moved = self._deltas(usage, tunnel_time)
+        self.leases.measure(moved, now)
+        going_back = {**self._carry_returned, **returned}
+        needed, asked = self.leases.asks(holdings, round_ms, going_back)
+        offline = self._offline_grants(needed)
+        wants: dict[str, list[int]] = {a: [w, 0] for a, w in asked.items()}
+        for agent_id in self._pushed:  # ask for its state, and bytes if it waits
+            wants.setdefault(agent_id, [0, 0])
+        self._pushed.clear()
         self._carry_returned.update(returned)
         for agent_id, nbytes in self._carry_returned.items():
             wants.setdefault(agent_id, [0, 0])[1] += nbytes
+        low = self.leases.low_waters(holdings, round_ms)
         self._quiet = 0 if (items or wants) else self._quiet + 1
         if not items and not wants and self._quiet % self.settings.heartbeat_every:
-            return Flush(report=None, offline_grants=offline)
+            return Flush(report=None, offline_grants=offline, low_water=low)
         report = self._report(self._next_seq, items, wants)
         self._carry, self._carry_returned, self._in_flight = {}, Counter(), report
-        return Flush(report=report, offline_grants=offline)
+        return Flush(report=report, offline_grants=offline, low_water=low)
 
     def _deltas(
         self, usage: Mapping[Key, int], tunnel_time: Mapping[Key, int]
@@ -247,30 +279,10 @@ class SyncMachine:
                 items.setdefault(key, [0, 0])[1] += s
         return items, dict(recent)
 
-    def _wants(self, needs: Mapping[str, int]) -> dict[str, list[int]]:
-        wants: dict[str, list[int]] = {}
-        for agent_id, short in needs.items():
-            recent = self._recent.get(agent_id, 0)
-            wants[agent_id] = [
-                want_bytes(short=short, recent=recent, floor=self.settings.min_want),
-                0,
-            ]
-        for agent_id in self._pushed:  # ask for its state, and bytes if it waits
-            wants.setdefault(agent_id, [0, 0])
-        self._pushed.clear()
-        return wants
-
-    def _offline_grants(self, needs: Mapping[str, int]) -> dict[str, int]:
+    def _offline_grants(self, needed: Mapping[str, int]) -> dict[str, int]:
         if not (self.offline and self.settings.offline_policy == "continue"):
             return {}
-        grants = {}
-        for agent_id, short in needs.items():
-            room = self.settings.offline_allowance - self._offline_given[agent_id]
-            give = min(max(short, 1), room)
-            if give > 0:
-                self._offline_given[agent_id] += give
-                grants[agent_id] = give
-        return grants
+        return self.leases.offline_grants(needed)
 
     @staticmethod
     def _report(seq: int, items: dict[Key, list[int]], wants: dict[str, list[int]]) -> Report:
@@ -295,6 +307,7 @@ class SyncMachine:
         if report is not self._in_flight:
             raise IllegalTransition(f"report {report.seq} is not the one being written")
         self._next_seq, self._in_flight = report.seq + 1, None
+        self.leases.written(report.seq, [ask.agent_id for ask in report.leases if ask.want])
         self._asked[report.seq] = {a.agent_id: a.want for a in report.leases if a.want}
 
     def unwritten(self, report: Report) -> None:
@@ -320,6 +333,9 @@ class SyncMachine:
             return self.failed(
                 seq=seq, reason=f"answer for seq {answer.seq}, expected {seq}", now=now
             )
+        # The outage is over: bytes handed out offline are paid back from this answer's
+        # grants, and what those do not cover is taken back from the buckets.
+        owing = self.leases.answered(seq)
         updates, applied = [], {}
         asked = self._asked.pop(seq, {})
         for lease in answer.leases:
@@ -331,16 +347,28 @@ class SyncMachine:
             grant = max(0, lease.granted_total - before)
             if grant:
                 self._applied[lease.agent_id] = applied[lease.agent_id] = lease.granted_total
+            owed = owing.get(lease.agent_id, 0)
+            paid = min(grant, owed)
+            owing[lease.agent_id] = owed - paid
+            low = self.leases.granted(lease.agent_id, grant - paid, now)
             want = asked.get(lease.agent_id)
             updates.append(
                 LeaseUpdate(
                     agent_id=lease.agent_id,
-                    grant=grant,
+                    grant=grant - paid,
                     active=lease.status == "active",
+                    low_water=low,
                     exhausted=None if want is None else grant < want,
                 )
             )
-        return Applied(seq=seq, updates=tuple(updates), applied=applied, duplicate=answer.duplicate)
+        reclaim = {a: n for a, n in owing.items() if n > 0}
+        return Applied(
+            seq=seq,
+            updates=tuple(updates),
+            applied=applied,
+            duplicate=answer.duplicate,
+            reclaim=reclaim,
+        )
 
     def failed(self, *, seq: int, reason: str, now: int) -> Retry:
         """Report `seq` was not acknowledged: stop the round, retry after a backoff."""
@@ -355,7 +383,6 @@ class SyncMachine:
         """Every waiting report was acknowledged; the failures before, if it was offline."""
         after = None if self.online else self.failures
         self.online, self.offline, self.failures, self._next_try = True, False, 0, 0
-        self._offline_given.clear()
         return after
 
     def backoff(self, failures: int) -> int:
@@ -393,6 +420,10 @@ class SyncMachine:
         for agent_id in gone:
             del self._valid_until[agent_id]
         return gone
+
+    def dropped(self, agent_id: str, nbytes: int) -> None:
+        """An expired lease's `nbytes` were dropped (offline bytes among them, first)."""
+        self.leases.dropped(agent_id, nbytes)
 
     def push(self, *, kind: str, reason: str, agent_ids: Sequence[str]) -> bool:
         """A push event: ask for these agents' state next report; True to re-read the registry."""

@@ -7,6 +7,9 @@ Invariants:
 - Leases only ever add to a bucket through `Buckets.grant` (no admin view is
   built); statuses go through `OwnerActivity.set_active`, so paused streams
   wake and inactive ones pause the usual way.
+- Only buckets of client agents served here are reported (`holdings`): an
+  answer or a registry refresh about another agent creates no bucket, and a
+  bucket whose agent left (no tunnel, no stream, nothing left) is dropped.
 - A refreshed registry closes the connections of agents whose key was revoked
   (their streams close with reason "revoked") and keeps everyone else's.
 """
@@ -18,6 +21,7 @@ from typing import Any
 import structlog
 
 from quota.contract import wire
+from quota.core.relay_sync import Holding
 from relay.hub.hub import Hub
 from relay.registry import Agent, Role, key_blob
 
@@ -40,7 +44,6 @@ class BillingLink:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self._last_used: dict[str, tuple[int, int]] = {}  # agent -> (used, at_ms)
 
     def usage(self) -> dict[tuple[str, str], int]:
         return self.hub.live.usage()
@@ -48,11 +51,18 @@ class BillingLink:
     def tunnel_time(self) -> dict[tuple[str, str], int]:
         return self.hub.live.tunnel_time(self.hub.tunnels.all(), self.hub.now_ms())
 
-    def needs(self) -> dict[str, int]:
+    def holdings(self) -> dict[str, Holding]:
+        """The buckets of client agents served here; a bucket nobody needs any more is dropped."""
+        served = {t.agent.agent_id for t in self.hub.tunnels.all()}
+        self.hub.buckets.forget_unused(served)
         return {
-            agent_id: bucket.short
+            agent_id: Holding(
+                remaining=bucket.remaining,
+                short=0 if bucket.inactive else bucket.short,  # no lease helps it now
+                streams=bucket.meters,
+                tunnels=agent_id in served,
+            )
             for agent_id, bucket in self.hub.buckets.items()
-            if bucket.wants_grant()
         }
 
     def add_lease(self, agent_id: str, nbytes: int) -> None:
@@ -62,9 +72,9 @@ class BillingLink:
 
     def set_status(self, agent_id: str, active: bool) -> None:
         agent = self.hub.registry.get(agent_id)
-        if agent is None:
+        bucket = self.hub.buckets.get(agent_id)
+        if agent is None or bucket is None:  # not served here: nothing to change
             return
-        bucket = self.hub.bucket_for(agent)
         if bucket.inactive == active:  # a change
             self.hub.activity.set_active(agent, active)
 
@@ -77,19 +87,15 @@ class BillingLink:
         for stream in self.hub.live.of_agent(agent_id):
             stream.bucket_changed()
 
-    def take_back_idle(self, idle_ms: int) -> dict[str, int]:
-        """Give back the unused lease of agents with no stream and no use for `idle_ms`."""
-        now, back = self.hub.now_ms(), {}
-        busy = {s.tunnel.agent.agent_id for s in self.hub.live.values()}
-        for agent_id, bucket in self.hub.buckets.items():
-            used = bucket.used
-            last = self._last_used.get(agent_id)
-            if last is None or last[0] != used or agent_id in busy:
-                self._last_used[agent_id] = (used, now)
-                continue
-            if now - last[1] >= idle_ms and bucket.remaining > 0:
-                back[agent_id] = bucket.revoke(bucket.remaining)
-        return {a: n for a, n in back.items() if n}
+    def take_back(self, agent_id: str, nbytes: int) -> int:
+        """Take back up to `nbytes` unused bytes of `agent_id`'s bucket; how many."""
+        bucket = self.hub.buckets.get(agent_id)
+        return 0 if bucket is None else bucket.revoke(nbytes)
+
+    def set_low_water(self, agent_id: str, nbytes: int) -> None:
+        bucket = self.hub.buckets.get(agent_id)
+        if bucket is not None:
+            bucket.low_water = nbytes
 
     def drop_lease(self, agent_id: str) -> int:
         bucket = self.hub.buckets.get(agent_id)

@@ -1,7 +1,10 @@
 """The buckets of one relay: one per paying agent, and what a grant wakes.
 
 Invariants:
-- One bucket per paying agent, created on first use, kept across reconnects.
+- One bucket per client agent that registers a tunnel here (or that an operator
+  grants bytes to), kept across reconnects; reading creates none (`get`).
+  `forget_unused` drops a bucket whose agent holds no tunnel, no stream and no
+  bytes here, so the relay keeps buckets only for agents it serves.
 - A grant reaches a bucket only through `grant`, which wakes the meters it
   handed bytes to and checks the low-water mark once.
 - The quota agent is nudged once per crossing of the low-water mark
@@ -15,7 +18,7 @@ from typing import Protocol, cast
 
 import structlog
 
-from quota.core.bucket import Bucket, BucketState, Meter
+from quota.core.bucket import Bucket, Meter
 from quota.core.streams import GrantWatch
 from relay.config import RelayConfig
 from relay.registry import Agent
@@ -60,6 +63,18 @@ class Buckets(Mapping[str, Bucket]):
             self._by_agent[agent.agent_id] = bucket
         return bucket
 
+    def forget_unused(self, served: set[str]) -> list[str]:
+        """Drop the buckets of agents not in `served` that hold no stream and no bytes."""
+        gone = [
+            agent_id
+            for agent_id, b in self._by_agent.items()
+            if agent_id not in served and b.meters == 0 and b.remaining == 0
+        ]
+        for agent_id in gone:
+            del self._by_agent[agent_id]
+            self._watch.forget(agent_id)
+        return gone
+
     def dispatch(self, wakes: tuple[Meter, ...]) -> None:
         for meter in wakes:
             cast(Wakeable, meter.owner).on_wake()
@@ -79,6 +94,3 @@ class Buckets(Mapping[str, Bucket]):
         self.check_low_water(bucket)
         log.info("granted", agent_id=agent.agent_id, bytes=nbytes, remaining=bucket.remaining)
         return bucket
-
-    def depleted(self) -> int:
-        return sum(1 for b in self._by_agent.values() if b.state is BucketState.DEPLETED)

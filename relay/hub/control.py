@@ -4,12 +4,14 @@ Invariants:
 - Every call names a known agent or raises `UnknownAgent`; nothing changes then.
 - Grants go through `Buckets.grant` and statuses through `OwnerActivity`, the
   same paths the billing sync takes; only the answer (an agent's view) is extra.
+- Reads create nothing: an agent with no bucket here is shown as an empty one.
 """
 
 from __future__ import annotations
 
 import structlog
 
+from quota.core.bucket import BucketState
 from quota.core.stream import LOGGED_REASONS
 from relay.errors import UnknownAgent, UnknownStream
 from relay.hub.hub import Hub
@@ -33,17 +35,26 @@ class Control:
         return agent
 
     def _view(self, agent: Agent) -> dict[str, object]:
-        bucket = self.hub.bucket_for(agent)
+        """An agent as the relay holds it; an agent without a bucket here reads as an empty one."""
+        bucket = self.hub.buckets.get(agent.agent_id)
+        if bucket is None:  # reading creates nothing: the empty bucket it would be
+            state = BucketState.DEPLETED if agent.active else BucketState.INACTIVE
+            granted = used = remaining = waiting = 0
+        else:
+            state, waiting = bucket.state, bucket.waiting
+            granted, used, remaining = bucket.granted, bucket.used, bucket.remaining
         return {
             "agent_id": agent.agent_id,
             "account": agent.account,
             "role": agent.role.value,
-            "state": bucket.state.value,
-            "granted": bucket.granted,
-            "used": bucket.used,
-            "remaining": bucket.remaining,
-            "streams": sum(1 for s in self.hub.live.values() if s.tunnel.agent is agent),
-            "waiting": bucket.waiting,
+            "state": agent.role.shown_state(state.value),
+            "granted": granted,
+            "used": used,
+            "remaining": remaining,
+            "streams": len(
+                self.hub.live.of_agent(agent.agent_id)
+            ),  # by id: a refresh makes new Agents
+            "waiting": waiting,
         }
 
     def grant(self, agent_id: str, nbytes: int) -> dict[str, object]:
@@ -53,7 +64,8 @@ class Control:
 
     def revoke(self, agent_id: str, nbytes: int) -> dict[str, object]:
         agent = self._agent(agent_id)
-        back = self.hub.bucket_for(agent).revoke(nbytes)
+        bucket = self.hub.buckets.get(agent.agent_id)
+        back = 0 if bucket is None else bucket.revoke(nbytes)
         log.info("revoked", agent_id=agent_id, bytes=back)
         return self._view(agent)
 
@@ -104,7 +116,10 @@ class Control:
             "uptime_ms": hub.now_ms() - hub.started_ms,
             "tunnels": len(hub.tunnels),
             "streams": len(hub.live),
-            "depleted": hub.buckets.depleted(),
+            # as `relay agents` shows them: an agent with no bucket here reads as an empty one
+            "depleted": sum(
+                1 for a in hub.registry if self._view(a)["state"] == BucketState.DEPLETED.value
+            ),
             "sync": dict(hub.quota_counters),
             "connections": self.connections(),
         }

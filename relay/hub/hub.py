@@ -12,6 +12,8 @@ Invariants:
 - Fair shares a stream took are given back when it closes, exactly once.
 - Every stream that opens is closed exactly once, and logged open and closed.
 - Every task the relay starts for a stream is owned here and cancelled at shutdown.
+- An agent whose last tunnel here goes while its bucket holds bytes starts a
+  sync round at once, which gives its lease back (it moved to another relay).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Hub:
         self.refusals: Counter[str] = Counter()  # cause -> count
         self.gate = Gate(config.gate.admission(descriptor_limit()))  # before login
         self.remote: Reacher | None = None  # a worker's reach into the others (relay.workers)
+        self.closing = False  # close_all was called: the relay is stopping
         # the stream figures the quota agent journals with each report (billing and a log)
         self.book: StreamBook | None = None
         if streamlog is not None and config.billing is not None:
@@ -190,8 +193,17 @@ class Hub:
         if self.tunnels.remove(tunnel):
             self.live.tunnel_closed(tunnel, self.now_ms())
             log.info("tunnel_closed", tunnel_id=tunnel.tunnel_id)
+            self._maybe_left(tunnel.agent.agent_id)
         if tunnel.server is not None:
             tunnel.server.close()
+
+    def _maybe_left(self, agent_id: str) -> None:
+        """The agent's last tunnel here went: sync now, so its lease follows it elsewhere."""
+        bucket = self.buckets.get(agent_id)
+        if self.closing or bucket is None or bucket.remaining == 0 or self.holds_tunnels(agent_id):
+            return  # closing: the final round reports it, no round may race that one
+        if self.buckets.on_want is not None:
+            self.buckets.on_want(agent_id)
 
     # -- the relay's life -------------------------------------------------------------------
 
@@ -206,6 +218,7 @@ class Hub:
         task.add_done_callback(self._tasks.discard)
 
     def close_all(self, reason: str) -> None:
+        self.closing = True
         for stream in list(self.live.values()):
             stream.close(reason)
         for tunnel in self.tunnels.all():

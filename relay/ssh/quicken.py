@@ -102,9 +102,9 @@ class _LazyClosed:
 
     __slots__ = ("done", "event")
 
-    def __init__(self) -> None:
+    def __init__(self, event: asyncio.Event | None = None) -> None:
         self.done = False
-        self.event: asyncio.Event | None = None
+        self.event = event  # kept when someone already waits on it
 
     def set(self) -> None:
         self.done = True
@@ -141,7 +141,8 @@ def quicken(chan: Any, wants_view: Callable[[Any], bool]) -> None:
     quiet = getattr(asyncssh.logger, "_debug_level", 3) < 3
     closed = chan.__dict__.get("_close_event")
     if type(closed) is asyncio.Event and not closed.is_set():
-        chan._close_event = _LazyClosed()
+        # a waiter may already be parked on the Event (the front's share release is)
+        chan._close_event = _LazyClosed(closed if getattr(closed, "_waiters", True) else None)
     conn = chan.get_connection()
     if quiet and hasattr(chan, "log_sent_packet"):
         chan.log_sent_packet = chan.log_received_packet = _no_log

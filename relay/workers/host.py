@@ -28,6 +28,7 @@ import structlog
 
 from quota.contract import wire
 from quota.core.money import MAX_COUNTER
+from quota.core.relay_sync import Holding
 from quota.core.sublease import Served, SubLeases
 from relay.config import RelayConfig
 from relay.errors import UnknownAgent, UnknownStream
@@ -48,6 +49,7 @@ from relay.workers.messages import (
     Recall,
     Records,
     SetActive,
+    SetLowWater,
     Usage,
     Want,
 )
@@ -81,7 +83,6 @@ class WorkerHost:
         self.remote_agents: list[wire.RelayAgent] | None = None
         self.quota_counters: dict[str, int] = {}
         self.on_want: Callable[[str], None] | None = None  # the quota agent's nudge
-        self._idle: dict[str, tuple[int, int]] = {}  # agent -> (used, since ms)
         self._seq = 0
         self._answered: dict[int, int] = {}  # incarnation -> the last Flush it answered
         self._fresh = asyncio.Event()
@@ -217,8 +218,34 @@ class WorkerHost:
             totals.update({(a, t): n for a, t, n in report.tunnel_ms})
         return dict(totals)
 
-    def needs(self) -> dict[str, int]:
-        return {a: leases.short for a, leases in self.leases.items() if leases.short}
+    def holdings(self) -> dict[str, Holding]:
+        """Each agent's bucket over the whole relay: what it holds, lacks, carries."""
+        served = {a for r in self.reports.values() for a in r.holding}
+        streams = Counter(rec.agent_id for _, rec in self.live.values())
+        return {
+            agent_id: Holding(
+                remaining=leases.added - leases.revoked - leases.used - leases.lost,
+                short=0 if agent_id in self.inactive else leases.short,
+                streams=streams[agent_id],
+                tunnels=agent_id in served,
+            )
+            for agent_id, leases in self.leases.items()
+        }
+
+    def take_back(self, agent_id: str, nbytes: int) -> int:
+        """Up to `nbytes` of what no worker holds; the workers are recalled for the next round."""
+        leases = self.leases.get(agent_id)
+        if leases is None:
+            return 0
+        back = leases.revoke(nbytes)
+        if back < nbytes and leases.outstanding_all:
+            self.recall(agent_id)
+        return back
+
+    def set_low_water(self, agent_id: str, nbytes: int) -> None:
+        """The relay's low-water mark of an agent, shared out among the workers."""
+        share = -(-nbytes // max(1, len(self.links)))
+        self.broadcast(SetLowWater(agent_id=agent_id, nbytes=share))
 
     def add_lease(self, agent_id: str, nbytes: int) -> None:
         if nbytes > 0 and self.registry.get(agent_id) is not None:
@@ -230,22 +257,6 @@ class WorkerHost:
         if (agent_id in self.inactive) == active:  # a change
             self.inactive.discard(agent_id) if active else self.inactive.add(agent_id)
             self.broadcast(SetActive(agent_id=agent_id, active=active))
-
-    def take_back_idle(self, idle_ms: int) -> dict[str, int]:
-        """Pools of agents with no stream and no use for `idle_ms`; their workers are recalled."""
-        now, back = _now_ms(), {}
-        busy = {rec.agent_id for _, rec in self.live.values()}
-        for agent_id, leases in self.leases.items():
-            last = self._idle.get(agent_id)
-            if last is None or last[0] != leases.used or agent_id in busy:
-                self._idle[agent_id] = (leases.used, now)
-                continue
-            if now - last[1] >= idle_ms:
-                if leases.outstanding_all:
-                    self.recall(agent_id)  # their bytes come back to the pool: next round
-                if leases.pool:
-                    back[agent_id] = leases.revoke(leases.pool)
-        return back
 
     def drop_lease(self, agent_id: str) -> int:
         leases = self.leases.get(agent_id)

@@ -108,6 +108,13 @@ class PauseStream(Msg, frozen=True, kw_only=True):
     paused: bool
 
 
+class SetLowWater(Msg, frozen=True, kw_only=True):
+    """This worker's share of the relay's low-water mark for an agent."""
+
+    agent_id: str
+    nbytes: int
+
+
 class SetActive(Msg, frozen=True, kw_only=True):
     agent_id: str
     active: bool
@@ -152,6 +159,7 @@ Message = (
     | Grant
     | Recall
     | SetActive
+    | SetLowWater
     | Agents
     | Flush
     | LeaseAnswered

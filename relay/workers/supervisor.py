@@ -277,6 +277,8 @@ async def _quota_agent(
     settings = SyncSettings(
         interval_ms=link.interval_ms,
         min_want=link.min_want,
+        max_want=link.max_want,
+        low_water=config.low_water,
         offline_policy=link.offline,
         offline_allowance=link.offline_allowance,
         idle_return_ms=link.idle_return_ms,

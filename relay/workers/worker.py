@@ -50,6 +50,7 @@ from relay.workers.messages import (
     Recall,
     Records,
     SetActive,
+    SetLowWater,
     Usage,
     Want,
 )
@@ -195,6 +196,8 @@ class Feeder:
             self.billing.set_status(message.agent_id, message.active)
         elif isinstance(message, Agents):
             self.billing.set_agents(message.agents)
+        elif isinstance(message, SetLowWater):
+            self.billing.set_low_water(message.agent_id, message.nbytes)
         elif isinstance(message, LeaseAnswered):
             self.billing.lease_answered(message.agent_id, message.exhausted)
         elif isinstance(message, PauseStream):

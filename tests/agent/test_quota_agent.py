@@ -21,6 +21,7 @@ from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, SyncSettings, wall_ms
 from quota.billing.server import BillingServer
 from quota.contract import wire
+from quota.core.relay_sync import Holding
 from tests.billing.api import RELAY, Api, make_config
 from tests.rigs.sync_proxy import SyncProxy
 from tests.rigs.waits import poll
@@ -35,6 +36,8 @@ class Host:
         self.status: dict[str, bool] = {}
         self.short: dict[str, int] = {}
         self.agents: list[wire.RelayAgent] = []
+        self.taken_back: Counter[str] = Counter()
+        self.low_water: dict[str, int] = {}
 
     def usage(self) -> dict[tuple[str, str], int]:
         return dict(self.used)
@@ -42,8 +45,8 @@ class Host:
     def tunnel_time(self) -> dict[tuple[str, str], int]:
         return {}
 
-    def needs(self) -> dict[str, int]:
-        return dict(self.short)
+    def holdings(self) -> dict[str, Holding]:
+        return {a: Holding(short=n, streams=1) for a, n in self.short.items()}
 
     def add_lease(self, agent_id: str, nbytes: int) -> None:
         self.leased[agent_id] += nbytes
@@ -51,8 +54,14 @@ class Host:
     def set_status(self, agent_id: str, active: bool) -> None:
         self.status[agent_id] = active
 
-    def take_back_idle(self, idle_ms: int) -> dict[str, int]:
-        return {}
+    def take_back(self, agent_id: str, nbytes: int) -> int:
+        back = min(nbytes, self.leased[agent_id])
+        self.leased[agent_id] -= back
+        self.taken_back[agent_id] += back
+        return back
+
+    def set_low_water(self, agent_id: str, nbytes: int) -> None:
+        self.low_water[agent_id] = nbytes
 
     def lease_answered(self, agent_id: str, exhausted: bool) -> None:
         pass
@@ -266,10 +275,44 @@ async def test_offline_policy_pause_or_continue_up_to_the_allowance(
     ) as quota:
         host.short["agt_a"] = 30_000
         await quota.round()  # learns the billing API is away
-        for _ in range(3):
+        quota.retry_now()
+        await quota.round()  # the whole allowance at once, not one held chunk a round
+        assert host.leased["agt_a"] == expect
+        for _ in range(2):
+            quota.retry_now()
             await quota.round()
         assert host.leased["agt_a"] == expect
         assert quota.counters["offline_bytes"] == expect
+
+
+async def test_offline_bytes_are_netted_out_exactly_when_billing_returns(
+    tmp_path: Path, billing: tuple[BillingServer, Api]
+) -> None:
+    """After the outage the relay holds what billing granted minus every byte used, to the byte."""
+    server, api = billing
+    (agent_id,) = await subscribed_agents(api, 1)
+    host = Host()
+    settings = {"offline_policy": "continue", "offline_allowance": 50_000, "min_want": 100_000}
+    async with (
+        Failing(server.url) as failing,
+        quota_agent(tmp_path / "j.db", failing.url, host, **settings) as quota,
+    ):
+        failing.mode = "error"
+        host.short[agent_id] = 30_000
+        await quota.round()  # learns the billing API is away
+        quota.retry_now()
+        await quota.round()
+        assert host.leased[agent_id] == 50_000
+        host.used[(agent_id, "t1")] = 45_000  # relayed on the offline allowance
+        failing.mode = "forward"
+        quota.retry_now()
+        await quota.round()
+        assert quota.online and await quota.journal.pending_count() == 0
+        granted = (await quota.journal.leases())[agent_id].applied_total
+        assert granted >= 30_000 + 100_000
+        assert host.leased[agent_id] == granted  # offline bytes paid back out of the grant
+        assert quota.counters["offline_bytes"] == 50_000
+    assert await agent_usage(api, agent_id) == 45_000  # billed = counted
 
 
 async def test_agent_registry_is_cached_so_an_outage_locks_no_one_out(

@@ -40,7 +40,7 @@ def test_fleet_never_uses_more_than_its_lease() -> None:
     for _ in range(20):
         fleet.traffic()
     assert fleet.used["b"] == 0 and fleet.used["a"] <= 1_500_000
-    assert set(fleet.needs()) == {"a", "b"} and nudged
+    assert set(fleet.holdings()) == {"a", "b"} and nudged
 
 
 def test_durability_figures_compare_full_with_normal(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ ADMIN = "admin-token-0123456789"
 RELAY = "relay-token-0123456789"
 RELAY2 = "relay-token-2-0123456789"
 DAY = 86_400_000
+WEBHOOK_SECRET = "whsec-test-0123456789abcdef"
 
 CATALOGUE: dict[str, Any] = {
     "plans": [
@@ -55,6 +56,7 @@ def make_config(tmp_path: Path, webhook: str | None = None, **server: Any) -> Bi
     }
     if webhook:
         raw["notifications"]["webhook_url"] = webhook
+        raw["notifications"]["webhook_secret"] = WEBHOOK_SECRET
     return config_from_mapping(raw, {})
 
 

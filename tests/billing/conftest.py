@@ -59,6 +59,6 @@ async def hooked(
 ) -> AsyncIterator[tuple[Api, BillingServer, Webhook]]:
     config = make_config(tmp_path, webhook=webhook.url, database=database)
     async with BillingServer(config, clock=clock, maintenance=False) as srv:
-        srv.notifier.backoff_s = 0.01
+        srv.notifier.backoff_first_ms = 10
         async with aiohttp.ClientSession() as session:
             yield Api(session, srv.url), srv, webhook

@@ -87,6 +87,11 @@ def test_admin_token_comes_from_the_environment(tmp_path: Path) -> None:
     """The environment's admin token wins over the file's; bad TOML is a ConfigError."""
     config = config_from_mapping({}, {ADMIN_TOKEN_ENV: TOKEN})
     assert config.admin_token == TOKEN
+    assert ADMIN_TOKEN_ENV == "QUOTARELAY_BILLING_SERVER_ADMIN_TOKEN"
+    cli = {"QUOTARELAY_BILLING_URL": "http://x:1", "QUOTARELAY_BILLING_TOKEN": "t" * 20}
+    env = {**cli, "QUOTARELAY_BILLING_SERVER_PORT": "9001", "QUOTARELAY_RELAY_SERVER_PORT": "1"}
+    config = config_from_mapping({"server": {"admin_token": TOKEN}}, env)
+    assert (config.port, config.env_keys) == (9001, ("QUOTARELAY_BILLING_SERVER_PORT",))
     bad = tmp_path / "bad.toml"
     bad.write_text("[server\n")
     with pytest.raises(ConfigError, match="not valid TOML"):

@@ -105,6 +105,8 @@ async def test_tokens_of_the_wrong_kind_are_refused(api: Api, server: BillingSer
             "POST", "/v1/deposits", tok, {"account_id": acc, "payment_id": "p", "amount": 5}
         )
         assert status == 403 and "admin" in answer["error"]
+    wanted = "a relay token may not call POST /v1/deposits; it takes an admin token"
+    assert answer["error"] == wanted
     status, _ = await api.call("POST", "/v1/sync", token, {"seq": 1, "items": []})
     assert status == 403
     status, _ = await api.call("GET", f"/v1/accounts/{acc}", RELAY)

@@ -97,7 +97,17 @@ async def test_schemathesis_finds_nothing_outside_the_document(
     await api.deposit(acc, 10**9, "fuzz-funds")
     agent = await api.agent(acc, token)
     await api.ok("POST", f"/v1/agents/{agent['id']}/subscription", token, {"plan": "pro"})
+    intent = await api.ok("POST", f"/v1/accounts/{acc}/deposit-intents", token, {"amount": 9})
+    review = {
+        "account_id": acc,
+        "payment_id": "fuzz-review",
+        "amount": 1,
+        "intent_id": intent["id"],
+    }
+    await api.ok("POST", "/v1/deposits", body=review)  # a notice: a real webhook event id
+    (notice,) = (await api.ok("GET", f"/v1/accounts/{acc}/webhooks", token))["deliveries"]
     ids = {"account_id": acc, "agent_id": agent["id"], "key_id": agent["keys"][0]["id"]}
+    ids["event_id"] = notice["id"]
     cases, failed = 0, []
     for kind, tok in (("admin", ADMIN), ("account", token), ("relay", RELAY)):
         config = tmp_path / f"{kind}.toml"

@@ -258,8 +258,11 @@ async def test_bad_input_and_wrong_tokens(api: Api, server: BillingServer) -> No
     for tok in (token, ADMIN):
         status, answer = await api.call("POST", "/v1/sync", tok, {"seq": 1})
         assert status == 403 and "relay" in answer["error"]
-        status, _ = await api.call("GET", "/v1/relay/agents", tok)
+        status, answer = await api.call("GET", "/v1/relay/agents", tok)
         assert status == 403
+    assert answer["error"] == (
+        "an admin token may not call GET /v1/relay/agents; it takes a relay token"
+    )
     for body, named in [
         ({"seq": "1"}, "seq"),
         ({"seq": 1, "items": [{"agent_id": "a", "bytes": -1}]}, "items[0].bytes"),

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from quota.contract.config import Problems, Section, decode_file
+from quota.contract.config import Environment, Problems, Section, decode_file
 from quota.contract.files import AgentFile, BillingFile, RelayFile
 from tools.agent.config import AgentConfigError, load_agent_config
 
@@ -36,7 +36,10 @@ def test_sizes_durations_and_coin_go_through_the_shared_parsers() -> None:
         RelayFile,
         {"quota": {"low_water": "2Mi", "inactive_grace": 90}},
         problems,
-        {"QUOTARELAY_STREAM_LOG_FLUSH": "250ms", "QUOTARELAY_QUOTA_METERING": "0"},
+        Environment(
+            "relay",
+            {"QUOTARELAY_RELAY_STREAM_LOG_FLUSH": "250ms", "QUOTARELAY_RELAY_QUOTA_METERING": "0"},
+        ),
     )
     assert (relay.quota.low_water, relay.quota.inactive_grace) == (2 * 2**20, 90_000)
     assert (relay.stream_log.flush, relay.quota.metering) == (250, False)

@@ -1,9 +1,9 @@
-"""Relay-side sync arithmetic: deltas add up, time carries, wants cover waiters."""
+"""Relay-side sync arithmetic: deltas add up, time carries (lease rules: test_lease_rules)."""
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quota.core.relay_sync import Deltas, TimeCarry, want_bytes
+from quota.core.relay_sync import Deltas, TimeCarry
 
 
 @given(st.lists(st.integers(0, 10**6), max_size=50))
@@ -33,9 +33,3 @@ def test_time_carry_never_overreports(chunks: list[int]) -> None:
     for ms in chunks:
         seconds += carry.seconds("t", ms)
     assert 0 <= sum(chunks) - seconds * 1000 < 1000
-
-
-def test_want_covers_waiters_and_rate() -> None:
-    """A want covers what waits plus two intervals of use, and never less than the floor."""
-    assert want_bytes(short=0, recent=0, floor=1000) == 1000
-    assert want_bytes(short=500, recent=2000, floor=1000) == 4500

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quota.core.errors import IllegalTransition
+from quota.core.relay_sync import Holding
 from quota.core.sync import (
     Applied,
     HeldLease,
@@ -47,13 +48,19 @@ def machine(next_seq: int = 1, **kw: object) -> SyncMachine:
     return m
 
 
-def flush(m: SyncMachine, used: int = 0, **kw: dict[str, int]) -> Report | None:
+def holdings(needs: dict[str, int]) -> dict[str, Holding]:
+    """Buckets whose streams wait for `needs` bytes."""
+    return {agent_id: Holding(short=short, streams=1) for agent_id, short in needs.items()}
+
+
+def flush(m: SyncMachine, used: int = 0, now: int = 0, **kw: dict[str, int]) -> Report | None:
     usage = {KEY: used} if used else {}
     return m.flush(
         usage=usage,
         tunnel_time=kw.get("time", {}),  # type: ignore[arg-type]
-        needs=kw.get("needs", {}),
+        holdings=holdings(kw.get("needs", {})),
         returned=kw.get("returned", {}),
+        now=now,
     ).report
 
 
@@ -105,14 +112,14 @@ def test_flush_before_start_is_refused() -> None:
 
 
 def test_wants_cover_waiters_and_pushed_agents_are_asked_about() -> None:
-    """An agent short of bytes asks for its need plus two intervals; a pushed one for its state."""
-    m = machine(min_want=1000)
-    m.written(flush(m, used=600) or pytest.fail("no report"))
+    """A waiting agent asks for its need plus a lease for its rate; a pushed one for its state."""
+    m = machine(min_want=1000, interval_ms=1000)
+    m.written(flush(m, used=600, now=0) or pytest.fail("no report"))
     assert m.push(kind="changed", reason="deposit", agent_ids=["agt_b"]) is False
-    report = flush(m, used=900, needs={"agt_a": 5000})
+    report = flush(m, used=900, now=1000, needs={"agt_a": 5000})
     assert report is not None
     assert report.leases == (
-        LeaseAsk(agent_id="agt_a", want=5000 + 2 * 300, returned=0),
+        LeaseAsk(agent_id="agt_a", want=5000 + 1000, returned=0),  # 300 B/s: the floor
         LeaseAsk(agent_id="agt_b", want=0, returned=0),
     )
 
@@ -150,7 +157,7 @@ def test_an_answer_grants_only_growth_and_a_duplicate_never_twice() -> None:
 def test_an_answer_says_whether_billing_gave_all_that_was_asked() -> None:
     """Granted less than the report asked: exhausted; all of it: not; not asked: unknown."""
     m = machine(min_want=1000)
-    for seq, granted_total in ((1, 400), (2, 1400)):
+    for seq, granted_total in ((1, 400), (2, 1410)):  # each asks 10 waiting + the 1000 floor
         report = flush(m, needs={"agt_a": 10})
         assert report is not None and report.seq == seq
         m.written(report)
@@ -161,7 +168,7 @@ def test_an_answer_says_whether_billing_gave_all_that_was_asked() -> None:
     report = flush(m, used=5)
     assert report is not None
     m.written(report)
-    answer = Answer(seq=3, leases=(Lease(agent_id="agt_a", granted_total=1400),))
+    answer = Answer(seq=3, leases=(Lease(agent_id="agt_a", granted_total=1410),))
     step = m.answered(seq=3, answer=answer, now=0)
     assert isinstance(step, Applied) and [u.exhausted for u in step.updates] == [None]
 
@@ -179,31 +186,57 @@ def test_a_wrong_answer_or_a_failure_backs_off_and_success_resets() -> None:
     assert m.caught_up() is None  # already online: nothing to announce
 
 
-def test_offline_continue_grants_up_to_the_allowance_until_billing_answers() -> None:
-    """Billing away, "continue": waiting agents get bytes, at most the allowance each."""
+def _offline_flush(m: SyncMachine, needs: dict[str, int]) -> dict[str, int]:
+    return dict(
+        m.flush(
+            usage={}, tunnel_time={}, holdings=holdings(needs), returned={}, now=0
+        ).offline_grants
+    )
+
+
+def test_offline_continue_hands_out_the_whole_allowance_at_once() -> None:
+    """Billing away, "continue": a waiting agent gets all its allowance in one go, once."""
     m = machine(offline_policy="continue", offline_allowance=50_000)
-    grants = m.flush(usage={}, tunnel_time={}, needs={"agt_a": 30_000}, returned={})
-    assert grants.offline_grants == {}  # not known to be offline yet
+    assert _offline_flush(m, {"agt_a": 30_000}) == {}  # not known to be offline yet
     m.failed(seq=1, reason="down", now=0)
-    given = [
-        m.flush(usage={}, tunnel_time={}, needs={"agt_a": 30_000}, returned={}).offline_grants
-        for _ in range(3)
-    ]
-    assert given == [{"agt_a": 30_000}, {"agt_a": 20_000}, {}]
+    given = [_offline_flush(m, {"agt_a": 30_000, "agt_b": 0}) for _ in range(3)]
+    assert given == [{"agt_a": 50_000}, {}, {}]  # agt_b waits for nothing: it gets nothing
     m.caught_up()
     m.failed(seq=1, reason="down", now=0)
-    again = m.flush(usage={}, tunnel_time={}, needs={"agt_a": 10}, returned={})
-    assert again.offline_grants == {"agt_a": 10}
+    assert _offline_flush(m, {"agt_a": 10}) == {}  # no answer came between: same outage
 
 
-def test_pause_policy_grants_nothing_and_idle_leases_go_back_only_online() -> None:
-    """ "pause" never grants offline; idle leases are given back only while billing answers."""
+def test_the_first_answer_after_an_outage_nets_out_the_offline_bytes() -> None:
+    """Offline bytes are paid back from the answer's grants; what those miss is taken back."""
+    m = machine(offline_policy="continue", offline_allowance=50_000)
+    m.failed(seq=1, reason="down", now=0)
+    assert _offline_flush(m, {"agt_a": 1}) == {"agt_a": 50_000}
+    lease = Lease(agent_id="agt_a", granted_total=1000, valid_until=50)
+    step = m.answered(seq=1, answer=Answer(seq=1, leases=(lease,)), now=0)
+    assert isinstance(step, Applied) and step.reclaim == {"agt_a": 49_000}
+    assert [u.grant for u in step.updates] == [0] and step.applied == {"agt_a": 1000}
+    m.caught_up()
+    m.failed(seq=2, reason="down", now=0)
+    assert _offline_flush(m, {"agt_a": 1}) == {"agt_a": 50_000}  # a new outage, a new allowance
+    m.dropped("agt_a", 20_000)  # its lease expired meanwhile: 20,000 unused offline bytes gone
+    lease = Lease(agent_id="agt_a", granted_total=101_000, valid_until=50)
+    step = m.answered(seq=2, answer=Answer(seq=2, leases=(lease,)), now=0)
+    assert isinstance(step, Applied) and step.reclaim == {}
+    assert [u.grant for u in step.updates] == [100_000 - 30_000]
+    step = m.answered(seq=3, answer=Answer(seq=3, leases=(lease,)), now=0)
+    assert isinstance(step, Applied) and step.reclaim == {} and step.updates[0].grant == 0
+
+
+def test_pause_policy_grants_nothing_and_leases_go_back_only_online() -> None:
+    """ "pause" never grants offline; leases are given back only while billing answers."""
     m = machine(offline_allowance=50_000)
-    assert not m.gives_back_idle
+    gone = {"a": Holding(remaining=10, tunnels=False)}
+    assert m.returns(gone, now=0) == {}
     m.failed(seq=1, reason="down", now=0)
-    assert m.flush(usage={}, tunnel_time={}, needs={"a": 1}, returned={}).offline_grants == {}
+    assert _offline_flush(m, {"a": 1}) == {}
+    assert m.returns(gone, now=0) == {}
     m.caught_up()
-    assert m.gives_back_idle
+    assert m.returns(gone, now=0) == {"a": 10}
 
 
 def test_restore_puts_back_what_the_journal_holds_unused() -> None:
@@ -263,7 +296,7 @@ class World:
 
     def flush(self) -> None:
         report = self.m.flush(
-            usage=dict(self.counted), tunnel_time={}, needs={}, returned={}
+            usage=dict(self.counted), tunnel_time={}, holdings={}, returned={}, now=self.now
         ).report
         if report is None:
             return

@@ -312,5 +312,5 @@ def test_relay_config_names_the_files_that_hold_its_tokens(
         ("admin.token_file", tmp_path / "admin.token"),
         ("billing.token", config),
     )
-    monkeypatch.setenv("QUOTARELAY_ADMIN_TOKEN", "e" * 32)  # the file is not read then
+    monkeypatch.setenv("QUOTARELAY_RELAY_ADMIN_TOKEN", "e" * 32)  # the file is not read then
     assert load_config(config).secret_files == (("billing.token", config),)

@@ -94,7 +94,13 @@ class FakeRelay:
         return {**self.streams()[0], "state": "paused" if paused else "open"}
 
     def status(self) -> dict[str, object]:
-        return {"relay_id": "relay-test", "uptime_ms": 3_723_000, "tunnels": 1, "streams": 1}
+        return {
+            "relay_id": "relay-test",
+            "uptime_ms": 3_723_000,
+            "tunnels": 1,
+            "streams": 1,
+            "sync": {"push_events": 2, "reports_acked": 10},
+        }
 
 
 def _control(relay: FakeRelay) -> RelayControl:
@@ -453,7 +459,7 @@ def test_cli_grant_and_agents(
     auth = ["--admin", f"http://{admin}", "--token", TOKEN]
     assert main(["relay", "grant", "nas-agent", "10M", *auth]) == 0
     out = capsys.readouterr().out
-    assert out == "granted 10M to nas-agent: remaining 10000000 bytes (state active)\n"
+    assert out == "granted 10M to nas-agent: 10000000 (10M) bytes remaining, state active\n"
     assert relay.buckets["nas-agent"].granted == 10_000_000
     assert main(["relay", "agents", *auth]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -474,7 +480,7 @@ def test_cli_token_from_env(
     relay.buckets["nas-agent"].grant(3000)
     assert main(["relay", "revoke", "nas-agent", "1K", "--admin", admin]) == 0
     assert capsys.readouterr().out.startswith(
-        "revoked up to 1K from nas-agent: remaining 2000 bytes"
+        "revoked up to 1K from nas-agent: 2000 (2K) bytes remaining"
     )
     assert main(["relay", "deactivate", "nas-agent", "--admin", admin]) == 0
     assert "state inactive" in capsys.readouterr().out
@@ -495,7 +501,8 @@ def test_cli_from_config_file(
     monkeypatch.chdir(tmp_path)
     assert main(["relay", "status"]) == 0
     out = capsys.readouterr().out
-    assert "relay-test" in out and "uptime:    1h 2m 3s" in out
+    assert out.splitlines()[:2] == ["relay id: relay-test", "uptime:   1h02m"]
+    assert "sync:\n  push events:   2\n  reports acked: 10\n" in out and "{" not in out
     assert main(["relay", "streams", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["bytes_down"] == 2_500_000
     assert main(["relay", "streams"]) == 0

@@ -49,9 +49,9 @@ def test_limits_default_to_sshds_anchors_and_the_documented_shares(
         64,
     )
     assert gate.admission(1024).ordinary_cap == 896
-    monkeypatch.setenv("QUOTARELAY_LIMITS_MAX_AUTH_TRIES", "3")
+    monkeypatch.setenv("QUOTARELAY_RELAY_LIMITS_MAX_AUTH_TRIES", "3")
     assert load_config(_write(tmp_path, "")).gate.max_auth_tries == 3
-    monkeypatch.setenv("QUOTARELAY_LIMITS_MAX_AUTH_TRIES", "\uff13")  # a full-width 3
+    monkeypatch.setenv("QUOTARELAY_RELAY_LIMITS_MAX_AUTH_TRIES", "\uff13")  # a full-width 3
     with pytest.raises(ConfigError, match=r"limits\.max_auth_tries"):
         load_config(_write(tmp_path, ""))
 
@@ -71,11 +71,26 @@ def test_write_buffer_defaults_to_256_kib_and_takes_a_size(tmp_path: Path) -> No
 
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """QUOTARELAY_<SECTION>_<KEY> wins over the file, typed like the key."""
-    monkeypatch.setenv("QUOTARELAY_QUOTA_METERING", "false")
-    monkeypatch.setenv("QUOTARELAY_ADMIN_TOKEN", "from-env")
+    """QUOTARELAY_RELAY_<SECTION>_<KEY> wins over the file, typed like the key; names kept."""
+    monkeypatch.setenv("QUOTARELAY_RELAY_QUOTA_METERING", "false")
+    monkeypatch.setenv("QUOTARELAY_RELAY_ADMIN_TOKEN", "from-env")
     config = load_config(_write(tmp_path, '[admin]\ntoken = "from-file"\n'))
     assert (config.metering, config.admin_token) == (False, "from-env")
+    assert config.env_keys == ("QUOTARELAY_RELAY_ADMIN_TOKEN", "QUOTARELAY_RELAY_QUOTA_METERING")
+
+
+def test_other_programs_variables_are_not_the_relays(tmp_path: Path) -> None:
+    """The CLI's QUOTARELAY_BILLING_URL/_TOKEN and unprefixed keys never configure a relay."""
+    env = {
+        "QUOTARELAY_BILLING_URL": "http://127.0.0.1:8480",
+        "QUOTARELAY_BILLING_TOKEN": "admin-token-0123456789",
+        "QUOTARELAY_ADMIN_TOKEN": "the-cli-admin-token",
+        "QUOTARELAY_BILLING_SERVER_PORT": "9",
+        "QUOTARELAY_RELAY_BILING_URL": "http://127.0.0.1:8480",  # a typo: named, not read
+    }
+    config = load_config(_write(tmp_path, '[admin]\ntoken = "from-file"\n'), env=env)
+    assert (config.billing, config.admin_token, config.env_keys) == (None, "from-file", ())
+    assert config.env_ignored == ("QUOTARELAY_RELAY_BILING_URL",)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +131,7 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> Non
 
 def test_every_bad_key_is_reported_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Several mistakes (file and environment) give one error naming each key, in file order."""
-    monkeypatch.setenv("QUOTARELAY_QUOTA_METERING", "perhaps")
+    monkeypatch.setenv("QUOTARELAY_RELAY_QUOTA_METERING", "perhaps")
     text = (
         '[relay]\npublic_ports = "20-10"\ncolour = "red"\n'
         '[quota]\nlow_water = "lots"\n'
@@ -197,11 +212,11 @@ def test_metrics_section_defaults_off_and_is_validated(
         100,
         False,
     )
-    monkeypatch.setenv("QUOTARELAY_METRICS_MAX_AGENTS", "7")
+    monkeypatch.setenv("QUOTARELAY_RELAY_METRICS_MAX_AGENTS", "7")
     on = load_config(_write(tmp_path, '[metrics]\nlisten = "127.0.0.1:9480"\nper_tunnel = true\n'))
     assert (on.metrics.host, on.metrics.port, on.metrics.max_agents) == ("127.0.0.1", 9480, 7)
     assert on.metrics.per_tunnel is True
-    monkeypatch.delenv("QUOTARELAY_METRICS_MAX_AGENTS")
+    monkeypatch.delenv("QUOTARELAY_RELAY_METRICS_MAX_AGENTS")
     for text, key in (
         ('[metrics]\nlisten = "9480"\n', "metrics.listen"),
         ("[metrics]\nmax_agents = 0\n", "metrics.max_agents"),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import pytest
 
 from relay.ssh.fastrecv import FastReceiver, install
 from relay.ssh.quicken import quicken
@@ -167,16 +168,28 @@ async def _through_openssh_or_cut(tmp_path: Path, port: int, payload: bytes) -> 
 _ = _round_trip
 
 
-async def test_a_quickened_channel_closes_and_its_waiters_wake() -> None:
-    """`quicken` swaps the channel's close Event for a lazy one; wait_closed still returns."""
+@pytest.mark.parametrize("parked_first", [False, True])
+async def test_a_quickened_channel_closes_and_its_waiters_wake(parked_first: bool) -> None:
+    """`quicken` swaps the close Event for a lazy one; waiters before or after it wake."""
     chans: list[Any] = []
     made = asyncio.Event()
+    early: list[asyncio.Future[None]] = []
+
+    async def parked(chan: Any) -> None:
+        await chan.wait_closed()
+
+    def quickened(chan: Any) -> None:
+        quicken(chan, lambda c: False)
+        chans.append(chan)
+        made.set()
 
     class Session(asyncssh.SSHTCPSession[bytes]):
         def connection_made(self, chan: Any) -> None:
-            quicken(chan, lambda c: False)
-            chans.append(chan)
-            made.set()
+            if parked_first:  # a waiter parks on asyncssh's Event before quicken runs
+                early.append(asyncio.ensure_future(parked(chan)))
+                asyncio.get_running_loop().call_soon(quickened, chan)
+            else:
+                quickened(chan)
 
     class Server(asyncssh.SSHServer):
         def begin_auth(self, username: str) -> bool:
@@ -195,10 +208,10 @@ async def test_a_quickened_channel_closes_and_its_waiters_wake() -> None:
             await asyncio.wait_for(made.wait(), 10)
             chan = chans[0]
             assert type(chan._close_event).__name__ == "_LazyClosed"
-            waiter = asyncio.create_task(chan.wait_closed())
+            waiter = asyncio.ensure_future(chan.wait_closed())
             await asyncio.sleep(0)
             writer.close()
-            await asyncio.wait_for(waiter, 10)
+            await asyncio.wait_for(asyncio.gather(waiter, *early), 10)
             assert chan._close_event.is_set()
     finally:
         server.close()

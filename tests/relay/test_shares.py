@@ -21,12 +21,12 @@ B = Agent(agent_id="b", account="acme", role=Role.CLIENT, keys=frozenset())
 def test_shares_section_defaults_file_and_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """[shares] defaults to the documented limits; the file and QUOTARELAY_SHARES_* set them."""
+    """[shares] has the documented defaults; the file and QUOTARELAY_RELAY_SHARES_* set it."""
     assert load_config(None).shares == ShareLimits()
     assert load_config(None).udp_unanswered_interval_ms == 60_000
     path = tmp_path / "relay.toml"
     path.write_text('[shares]\npublic_ports_per_agent = 2\n[udp]\nunanswered_interval = "5s"\n')
-    monkeypatch.setenv("QUOTARELAY_SHARES_STREAMS_PER_TUNNEL", "9")
+    monkeypatch.setenv("QUOTARELAY_RELAY_SHARES_STREAMS_PER_TUNNEL", "9")
     config = load_config(path)
     assert (config.shares.public_ports_per_agent, config.shares.streams_per_tunnel) == (2, 9)
     assert config.udp_unanswered_interval_ms == 5000

@@ -15,7 +15,8 @@ import pytest
 from relay.streamlog.writer import StreamLog, iso_ms
 from tests.relay.test_streamlog import ROOT, T0, rec, seed_mixed
 from tools.cli import main
-from tools.streams_cmd import format_duration, format_event, parse_since
+from tools.render import duration
+from tools.streams_cmd import format_event, parse_since
 
 Capture = pytest.CaptureFixture[str]
 
@@ -183,11 +184,12 @@ def test_event_line_and_durations() -> None:
     assert line.endswith("reason=revoked") and "paused_for=" not in line
     record = rec("s9", "reason", T0, state="paused", pause_reason="quota", paused_ms=5)
     assert " paused=5ms paused_for=quota" in format_event({"id": 2, **asdict(record)})
-    assert [format_duration(ms) for ms in (850, 12_345, 245_000, 7_380_000)] == [
+    assert [duration(ms) for ms in (850, 12_345, 245_000, 7_380_000, 90_000_000)] == [
         "850ms",
         "12.3s",
         "4m05s",
         "2h03m",
+        "1d01h",
     ]
 
 

@@ -2,7 +2,8 @@
 
 Invariants:
 - One config (`BILLING_TOML`): a "small" plan, a "pro" plan and one package
-  "pack", relay "relay-1" with `RELAY_TOKEN`; the database is a SQLite file in
+  "pack", relays "relay-1" with `RELAY_TOKEN`, "relay-2" and "relay-3" with
+  `relay_token(n)`; the database is a SQLite file in
   the rig's folder unless a database (a PostgreSQL URL, or another file) is
   given: processes given the same one are replicas.
 - Every call is made with a token (the admin one unless told) and, for mutations,
@@ -49,6 +50,14 @@ metered_price_per_gb = "0.1"
 [[relays]]
 id = "relay-1"
 token = "{relay}"
+
+[[relays]]
+id = "relay-2"
+token = "{relay}-2"
+
+[[relays]]
+id = "relay-3"
+token = "{relay}-3"
 
 [[plans]]
 name = "small"
@@ -106,6 +115,11 @@ def agent_body(spec: AgentSpec) -> dict[str, Any]:
     return {"name": spec.agent_id, "role": spec.role, "public_keys": [spec.public]}
 
 
+def relay_token(n: int) -> str:
+    """The token of relay `relay-n` in `BILLING_TOML`."""
+    return RELAY_TOKEN if n == 1 else f"{RELAY_TOKEN}-{n}"
+
+
 def synced_sections(url: str, /, **billing_keys: Any) -> Sections:
     """The `[billing]` section of a relay synced with the billing API at `url` (keys override)."""
     return {"billing": {"url": url, "token": RELAY_TOKEN, "min_want": "1M", **billing_keys}}
@@ -125,6 +139,7 @@ class Billing:
     session: aiohttp.ClientSession | None = field(default=None, repr=False)
     metrics_listen: str = ""  # "127.0.0.1:0" serves /metrics; `metrics_port` is where
     metrics_port: int = 0
+    extra_toml: str = ""  # more sections, appended to the config as written
 
     async def start(self) -> Billing:
         config = write_billing_config(
@@ -133,6 +148,9 @@ class Billing:
         if self.metrics_listen:
             with config.open("a") as f:
                 f.write(f'\n[metrics]\nlisten = "{self.metrics_listen}"\n')
+        if self.extra_toml:
+            with config.open("a") as f:
+                f.write("\n" + self.extra_toml)
         with (self.tmp / "billing.log").open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *billing_command(config), cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=log
@@ -198,11 +216,12 @@ class Billing:
             after = page["next_cursor"]
 
 
-def synced_relay(tmp: Path, billing: Billing, **billing_keys: Any) -> Relay:
-    """A relay for a test whose agents and grants come from `billing`."""
-    keys = {"interval": "200ms", "registry_refresh": "2s", **billing_keys}
-    extra = synced_sections(billing.url, **keys)
+def synced_relay(tmp: Path, billing: Billing, *, relay: int = 1, **billing_keys: Any) -> Relay:
+    """A relay for a test whose agents and grants come from `billing`; `relay-<relay>` in it."""
+    keys = {"interval": "200ms", "registry_refresh": "2s", "token": relay_token(relay)}
+    extra = synced_sections(billing.url, **{**keys, **billing_keys})
     extra["quota"] = {"low_water": "200K", "inactive_grace": "30s"}
+    extra["relay"] = {"id": f"relay-{relay}"}
     return Relay(tmp, [], extra=extra)
 
 

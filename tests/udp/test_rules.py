@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from relay.streamlog.query import list_streams
 from tests.rigs.agent import AgentProc, start
 from tests.rigs.keys import AgentSpec
-from tests.rigs.relay import Relay
+from tests.rigs.relay import ROOT, Relay
+from tests.rigs.services import env_without_agent
 from tests.rigs.waits import poll
 from tests.udp.helpers import UdpService, datagram, echo_round_trips, peer
 from tools.agent.config import AgentConfigError, load_agent_config, parse_connect, parse_expose
@@ -96,6 +101,14 @@ def test_specs_parse_or_name_the_mistake(tmp_path: Path) -> None:
         tmp_path / "k",
         None,
     )
+    env = {"QUOTARELAY_AGENT_AGENT_USER": "env-agent", "QUOTARELAY_AGENT_AGENT_KEY": "e"}
+    env["QUOTARELAY_RELAY_AGENT_KEY"] = "not-the-agents"
+    cfg = load_agent_config(config, {"user": "flag-agent"}, env=env)
+    assert (cfg.user, cfg.key, cfg.env_keys) == (  # a flag beats the variable
+        "flag-agent",
+        tmp_path / "e",
+        ("QUOTARELAY_AGENT_AGENT_KEY",),
+    )
     config.write_text('[agent]\nrelay = "x:1"\nusr = "a"\n')
     with pytest.raises(AgentConfigError, match=r"agent\.usr"):
         load_agent_config(config, {})
@@ -136,3 +149,39 @@ async def test_an_inactive_owner_drops_datagrams_and_its_flows_close_after_the_g
         assert (await relay.call("agent", "nas-agent"))["used"] == 2 * (100 + 200)
     finally:
         await relay.stop()
+
+
+async def test_the_agent_names_the_variables_it_took(tmp_path: Path) -> None:
+    """An agent process prints config_from_env first: its own variables' names, no values."""
+    key = tmp_path / "id"
+    key.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+    key.chmod(0o600)
+    env = {
+        **env_without_agent(),
+        "QUOTARELAY_AGENT_AGENT_KEY": str(key),
+        "QUOTARELAY_AGENT_AGENT_KNOWN_HOSTS": "ignore",
+        "QUOTARELAY_RELAY_AGENT_USER": "a-relay-variable",  # another program's: not read
+        "QUOTARELAY_AGENT_AGENT_USR": "a-typo",  # its prefix, no key: named as ignored
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "tools.cli", "agent", "expose", "--relay", "127.0.0.1:9"),
+        *("--user", "nas-agent", "--tcp", "web:80:127.0.0.1:8080"),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        assert first == {
+            "event": "config_from_env",
+            "keys": ["QUOTARELAY_AGENT_AGENT_KEY", "QUOTARELAY_AGENT_AGENT_KNOWN_HOSTS"],
+            "ignored": ["QUOTARELAY_AGENT_AGENT_USR"],
+        }
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -8,7 +8,9 @@
     backoff_max = "30s"                # longest wait between reconnect attempts
     idle_timeout = "120s"              # a local UDP flow idle this long is forgotten
 
-Invariants: a flag beats the file, the file beats the default; keys, types and
+Invariants: a flag beats the environment (QUOTARELAY_AGENT_AGENT_<KEY>, e.g.
+QUOTARELAY_AGENT_AGENT_USER; no other variable is read), the environment beats
+the file, the file beats the default; keys, types and
 defaults are `quota.contract.files.AgentFile`; every problem is reported at once,
 each naming its key or flag. Specs are validated before the agent connects, so a typo never
 reaches the relay. Relative paths are taken from the config file's folder.
@@ -16,13 +18,17 @@ reaches the relay. Relative paths are taken from the config file's folder.
 
 from __future__ import annotations
 
+import os
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quota.contract.config import Address, Problems, decode_file, decode_value
+from quota.contract.config import Address, Environment, Problems, decode_file, decode_value
 from quota.contract.files import AgentFile
+
+ENV_PROGRAM = "agent"  # QUOTARELAY_AGENT_<SECTION>_<KEY>
 
 
 class AgentConfigError(ValueError):
@@ -38,6 +44,8 @@ class AgentConfig:
     known_hosts: Path | None  # None: accept any host key
     backoff_max_ms: int
     idle_timeout_ms: int
+    env_keys: tuple[str, ...] = field(default=())  # variables that set keys (names only)
+    env_ignored: tuple[str, ...] = field(default=())  # variables with the prefix, no key
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,15 +132,22 @@ def _read_file(path: Path | None) -> dict[str, Any]:
         raise AgentConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
-def load_agent_config(path: Path | None, flags: dict[str, str | None]) -> AgentConfig:
-    """Merge defaults, the file at `path` and the flags given; report every problem at once."""
+def load_agent_config(
+    path: Path | None, flags: dict[str, str | None], env: Mapping[str, str] | None = None
+) -> AgentConfig:
+    """Merge defaults, the file at `path`, `env` (default: the process's) and the flags
+    given; report every problem at once."""
     raw = _read_file(path)
     given = {k: v for k, v in flags.items() if v is not None}
     if given:
         table = raw.get("agent", {})
         raw["agent"] = dict(table) | given if isinstance(table, dict) else table
+    names = Environment(ENV_PROGRAM, {})
+    flagged = {names.name("agent", key) for key in given}  # a flag beats the variable
+    variables = os.environ if env is None else env
+    environment = Environment(ENV_PROGRAM, {k: v for k, v in variables.items() if k not in flagged})
     problems = Problems()
-    a = decode_file(AgentFile, raw, problems).agent
+    a = decode_file(AgentFile, raw, problems, environment).agent
     base = path.resolve().parent if path is not None else Path.cwd()
 
     def rel(text: str) -> Path:
@@ -153,4 +168,6 @@ def load_agent_config(path: Path | None, flags: dict[str, str | None]) -> AgentC
         known_hosts=None if a.known_hosts == "ignore" else rel(a.known_hosts),
         backoff_max_ms=max(100, a.backoff_max),
         idle_timeout_ms=max(1, a.idle_timeout),
+        env_keys=tuple(sorted(environment.used)),
+        env_ignored=environment.ignored(),
     )

@@ -3,11 +3,13 @@
 One module per aggregate: `accounts` (balances, version checks, notices),
 `agents` (agents and keys), `ledger` (immutable entries, `post`), `records`
 (answers kept for idempotency: keys, payments, relay reports, intents),
-`leases` (each relay's share of an agent's traffic) and `usage` (per-tunnel
-totals). Each function runs in the caller's transaction (`Tx`) and speaks in
-typed rows, never in SQL rows. Callers use the names re-exported here.
+`leases` (each relay's share of an agent's traffic), `usage` (per-tunnel
+totals) and `webhooks` (the notices' delivery outbox, called as
+`repo.webhooks.*`). Each function runs in the caller's transaction (`Tx`) and
+speaks in typed rows, never in SQL rows. Callers use the names re-exported here.
 """
 
+from quota.billing.repo import webhooks
 from quota.billing.repo.accounts import (
     AccountRow,
     account_id_by_token,
@@ -60,6 +62,7 @@ from quota.billing.repo.records import (
     save_report,
 )
 from quota.billing.repo.usage import TunnelUsage, add_tunnel_usage, tunnel_usage_of
+from quota.billing.repo.webhooks import Outgoing
 
 __all__ = [
     "IN_CHUNK",
@@ -67,6 +70,7 @@ __all__ = [
     "AgentBrief",
     "AgentRow",
     "Answered",
+    "Outgoing",
     "Payment",
     "Posting",
     "Report",
@@ -112,4 +116,5 @@ __all__ = [
     "save_report",
     "sums",
     "tunnel_usage_of",
+    "webhooks",
 ]

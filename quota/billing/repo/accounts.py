@@ -102,9 +102,12 @@ async def save_account(tx: Tx, old: AccountRow, new: AccountRow) -> AccountRow:
     return dataclasses.replace(new, version=old.version + 1)
 
 
-async def add_notice(tx: Tx, account_id: str, kind: str, payload: str, at: int) -> None:
-    """Keep a notice with its account (the webhook only delivers a copy); held, batched."""
+async def add_notice(
+    tx: Tx, account_id: str, kind: str, payload: str, at: int, *, event_id: str, state: str
+) -> None:
+    """Keep a notice with its account, in the webhook outbox (`repo.webhooks`); held, batched."""
     tx.later(
-        "INSERT INTO notices (account_id, kind, payload, at) VALUES (?, ?, ?, ?)",
-        (account_id, kind, payload, at),
+        "INSERT INTO notices (account_id, kind, payload, at, event_id, state)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (account_id, kind, payload, at, event_id, state),
     )

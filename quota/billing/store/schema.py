@@ -158,6 +158,20 @@ SQLITE: tuple[str, ...] = (
     );
     CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
     """,
+    # 5: notices are the webhook outbox: each keeps its event id, its delivery
+    # state (none: no webhook configured when it was made; pending, delivered,
+    # failed), its attempts, when the next one is due (wall-clock ms) and the
+    # last error, so a notice survives a restart or a SIGKILL until delivered.
+    """
+    ALTER TABLE notices ADD COLUMN event_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE notices ADD COLUMN state TEXT NOT NULL DEFAULT 'none';
+    ALTER TABLE notices ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE notices ADD COLUMN next_at INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE notices ADD COLUMN delivered_at INTEGER;
+    ALTER TABLE notices ADD COLUMN last_error TEXT;
+    CREATE INDEX notices_pending ON notices (state, id);
+    CREATE INDEX notices_account ON notices (account_id, id);
+    """,
 )
 
 
@@ -306,5 +320,15 @@ POSTGRESQL: tuple[str, ...] = (
         expires_at BIGINT NOT NULL
     );
     CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
+    """,
+    """
+    ALTER TABLE notices ADD COLUMN event_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE notices ADD COLUMN state TEXT NOT NULL DEFAULT 'none';
+    ALTER TABLE notices ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE notices ADD COLUMN next_at BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE notices ADD COLUMN delivered_at BIGINT;
+    ALTER TABLE notices ADD COLUMN last_error TEXT;
+    CREATE INDEX notices_pending ON notices (state, id);
+    CREATE INDEX notices_account ON notices (account_id, id);
     """,
 )
