@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quota.core.bucket import Bucket, Meter
@@ -170,7 +170,7 @@ def _low(sim: Sim, slot: int) -> None:
     sim.apply(sim.leases.want(slot, n, need=bucket.short))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OPS)
 def test_streams_over_every_worker_never_pass_more_than_the_relay_was_granted(
     ops: list[tuple[object, ...]],
@@ -186,7 +186,7 @@ def test_streams_over_every_worker_never_pass_more_than_the_relay_was_granted(
         assert sim.leases.pool >= 0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(0, 2), st.integers(1, 500)), min_size=1, max_size=30))
 def test_a_grant_reaches_the_worker_whose_streams_wait(takes: list[tuple[int, int]]) -> None:
     """Idle bytes in one worker never keep another's streams waiting once the relay holds enough."""
