@@ -1,4 +1,4 @@
-"""Point 7: 1,000 agents active on one relay, synced with a real billing API process.
+"""Point 7: 10,000 agents on one relay, synced with a real billing API process.
 
 The relay side runs in this process: the real `QuotaAgent` (its journal, billing
 client, push and registry loops) over a `Fleet` host that holds 1,000 agents'
@@ -7,9 +7,11 @@ billing API is a `quotarelay billing serve` process; every request between the
 two passes a counting proxy in this process.
 
 Invariants:
-- The 1,000 agents are registered and subscribed through the billing admin API
-  over HTTP (100 accounts of 10 client agents on plan "pro"), before the quota
-  agent starts, so no registration is counted in a window.
+- The agents (10,000: 1,000 accounts of 10 client agents on plan "pro") are
+  registered and subscribed through the billing admin API over HTTP before the
+  quota agent starts, so no registration is counted in a window. The
+  ingestion figure sends every agent's delta in one report; the window that
+  counts requests and CPU has only the first `window_agents` (1,000) relaying.
 - A fleet agent never uses more than its lease holds (a relay never forwards
   beyond its grants), and it nudges the quota agent when it falls below its low
   water, as the relay's hub does: extra syncs in a window are the real behaviour.
@@ -48,7 +50,8 @@ MEAN_USE = 100_000  # bytes per agent per interval: 1,000 agents, ~100 MB/s thro
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoadPlan:
-    agents: int = 1000
+    agents: int = 10_000  # registered; each ingestion report holds all of them
+    window_agents: int = 1000  # relaying in the window of requests and CPU
     per_account: int = 10
     interval_ms: int = 1000
     reports: int = 10  # back-to-back reports timed for the ingestion rate
@@ -66,7 +69,8 @@ class Fleet:
     """The relay side as the quota agent sees it: one tunnel per agent, counters and leases."""
 
     def __init__(self, ids: list[str], seed: int = 17) -> None:
-        self.ids = ids
+        self.ids = ids  # the agents that relay (`traffic`); every agent gets a lease
+        self.all = list(ids)
         self.rng = random.Random(seed)
         self.used: Counter[str] = Counter()
         self.leased: Counter[str] = Counter()
@@ -102,7 +106,7 @@ class Fleet:
     def holdings(self) -> dict[str, Holding]:
         """Every agent holds a stream; one below LOW_WATER has it waiting for the difference."""
         held = {}
-        for agent_id in self.ids:
+        for agent_id in self.all:
             left = max(0, self.remaining(agent_id))
             short = LOW_WATER - left if left < LOW_WATER else 0
             held[agent_id] = Holding(remaining=left, short=short, streams=1)
@@ -318,6 +322,7 @@ async def measure(url: str, pid: int, folder: Path, plan: LoadPlan) -> LoadFigur
         if sum(1 for a in ids if fleet.leased[a] > 0) != len(ids):
             raise RuntimeError(f"not every agent got a lease: {dict(quota.counters)}")
         ms, ingest, report_cpu = await _reports(quota, fleet, pid, plan)
+        fleet.ids = ids[: plan.window_agents]
         requests, cpu, others, nudges, start = await _window(quota, fleet, proxy, pid, plan)
         in_window = [s for s in proxy.seen if s.path == "/v1/sync" and s.at >= start]
     return LoadFigures(
@@ -342,6 +347,7 @@ def describe(fig: LoadFigures, plan: LoadPlan) -> dict[str, str]:
     """Notes for each figure: what was driven and how it was counted."""
     relay = (
         f"{plan.agents} agents ({plan.agents // plan.per_account} accounts of {plan.per_account},"
+        f" {plan.window_agents} relaying in the window"
         " plan pro, registered through the admin API over HTTP in "
         f"{fig.registered_s:.0f} s); relay side in-process: the real QuotaAgent over a host"
         " holding the agents' counters (each uses 1-200 KB per interval within its lease and"

@@ -308,3 +308,33 @@ def test_event_and_flag_checks_find_invented_names() -> None:
     flags = documented_flags("```sh\nquotarelay streams --db x \\\n    --folow\n```\n")
     assert flags == {"--db", "--folow"}
     assert flags - argparse_flags() == {"--folow"}
+
+
+_MARKER = re.compile(r"^(<{7}|={7}|>{7})( |$)", re.M)
+
+
+def conflict_markers(name: str, text: str) -> list[str]:
+    """Lines of a merge left unresolved: `<<<<<<< `, `=======`, `>>>>>>> `."""
+    return [
+        f"{name}:{text.count(chr(10), 0, m.start()) + 1}: merge conflict marker"
+        for m in _MARKER.finditer(text)
+    ]
+
+
+def test_no_file_holds_a_merge_conflict_marker() -> None:
+    """Docs, code, tests and build files carry no unresolved merge."""
+    suffixes = {".md", ".py", ".toml", ".cfg", ".html", ".js", ".css", ".sh", ".service", ""}
+    problems: list[str] = []
+    for folder in ("", "docs", "quota", "relay", "tools", "tests", "bench", "contrib", "examples"):
+        base = ROOT / folder
+        paths = [p for p in base.iterdir() if p.is_file()] if not folder else base.rglob("*")
+        for path in paths:
+            if path.is_file() and path.suffix in suffixes and "__pycache__" not in path.parts:
+                text = path.read_text(errors="replace")
+                problems += conflict_markers(str(path.relative_to(ROOT)), text)
+    assert problems == []
+    assert conflict_markers("x.md", "a\n<<<<<<< HEAD\nb\n=======\nc\n>>>>>>> main\n") == [
+        "x.md:2: merge conflict marker",
+        "x.md:4: merge conflict marker",
+        "x.md:6: merge conflict marker",
+    ]

@@ -2,7 +2,7 @@
 
 `serve --config F` runs the service; `check-config F` reports every problem
 of a config at once. The client commands (account, agent, plan, subscribe,
-deposit, package, ledger) take `--url` and `--token` (or the command line's own
+deposit, package, ledger, usage) take `--url` and `--token` (or the command line's own
 QUOTARELAY_BILLING_URL / QUOTARELAY_BILLING_TOKEN) and print tables with
 readable sizes, coin and times (`tools.render`), or the API's JSON answer,
 unchanged, with `--json`. Amounts are coin ("19", "0.125"), sizes are
@@ -33,7 +33,7 @@ from quota.core.units import parse_size
 from tools import billing_views as views
 from tools.errors import WHAT_TO_DO, CliError
 from tools.log_options import add_log_options
-from tools.render import check_report, parse_when, problems_of
+from tools.render import TIME, check_report, column, parse_when, problems_of, table
 
 URL_ENV = "QUOTARELAY_BILLING_URL"
 TOKEN_ENV = "QUOTARELAY_BILLING_TOKEN"
@@ -168,6 +168,36 @@ def _ledger_params(a: argparse.Namespace) -> dict[str, str]:
         if text is not None:
             params[flag] = str(parse_when(text, now, f"--{flag}"))
     return params
+
+
+def _usage_params(a: argparse.Namespace) -> dict[str, str]:
+    params = {}
+    now = _now_ms()
+    for flag, text in (("since", a.since), ("until", a.until)):
+        if text is not None:
+            params[flag] = str(parse_when(text, now, f"--{flag}"))
+    for name, value in (("agent_id", a.agent), ("tunnel_id", a.tunnel)):
+        if value is not None:
+            params[name] = value
+    return params
+
+
+def _usage_view(p: dict[str, Any]) -> str:
+    """One line per agent and tunnel, then the account's total."""
+    rows = [{**t, "bytes_total": t["bytes"]} for t in p["tunnels"]]
+    total = {"agent_id": "total", "tunnel_id": "", "bytes_total": p["bytes"]}
+    total |= {"tunnel_seconds": p["tunnel_seconds"], "first_at": None, "last_at": None}
+    rows.append({**total, "reports": sum(t["reports"] for t in p["tunnels"])})
+    columns = [
+        column("AGENT", "agent_id"),
+        column("TUNNEL", "tunnel_id"),
+        column("BYTES", "bytes_total"),
+        column("SECONDS", "tunnel_seconds"),
+        column("REPORTS", "reports"),
+        ("FIRST", "first_at", TIME),
+        ("LAST", "last_at", TIME),
+    ]
+    return table(columns, rows)
 
 
 def _now_ms() -> int:
@@ -392,6 +422,19 @@ def _register_money(sub: Any, parents: _Parents) -> None:
     p.add_argument("--until", metavar="WHEN", help="entries before: 2h, 7d, or ISO-8601")
     p.add_argument("--limit", type=int, default=100, help="at most this many entries (100)")
     p.add_argument("--after", type=int, default=0, help="next_cursor of the previous page")
+    p = _leaf(
+        sub,
+        "usage",
+        parents,
+        "an account's usage per agent and tunnel over a time range, from every relay report",
+        Call("GET", lambda a: f"/v1/accounts/{a.account}/usage", params=_usage_params),
+        _usage_view,
+    )
+    p.add_argument("account", help=ACCOUNT)
+    p.add_argument("--since", metavar="WHEN", help="usage at or after: 2h, 7d, or ISO-8601")
+    p.add_argument("--until", metavar="WHEN", help="usage before: 2h, 7d, or ISO-8601")
+    p.add_argument("--agent", metavar="ID", help="only this agent")
+    p.add_argument("--tunnel", metavar="ID", help="only this tunnel")
 
 
 async def check_config(args: argparse.Namespace) -> int:

@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS stream_figures (
     stream_id TEXT PRIMARY KEY, tunnel_id TEXT NOT NULL, agent_id TEXT NOT NULL,
     account TEXT NOT NULL, kind TEXT NOT NULL, peer TEXT NOT NULL, target TEXT NOT NULL,
     opened_at_ms INTEGER NOT NULL, bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL,
-    bytes_dropped INTEGER NOT NULL, closed INTEGER NOT NULL
+    bytes_dropped INTEGER NOT NULL, closed INTEGER NOT NULL,
+    record TEXT NOT NULL DEFAULT 'stream'
 );
 CREATE TABLE IF NOT EXISTS stream_runs (prefix TEXT PRIMARY KEY);
 """
@@ -81,6 +82,8 @@ class StreamFigures:
     bytes_down: int
     bytes_dropped: int
     closed: bool  # its final figures
+    # "stream", or "unanswered": UDP flows of one tunnel that no answer came back to
+    record: str = "stream"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -268,7 +271,7 @@ class Journal:
             ).fetchone()
         figures = [
             StreamFigures(
-                **{**dict(zip(_FIGURE_COLUMNS, row, strict=True)), "closed": bool(row[-1])}
+                **{**dict(zip(_FIGURE_COLUMNS, row, strict=True)), "closed": bool(row[-2])}
             )
             for row in rows
         ]

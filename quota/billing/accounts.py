@@ -27,6 +27,9 @@ from quota.billing.repo import AccountRow
 from quota.billing.runner import Runner, body_of, read_body
 from quota.contract import wire
 from quota.core.billing import EntryKind
+from quota.core.money import checked_add
+
+MAX_INT, MAX_ITEMS = wire.MAX_INT, 10_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,7 +39,8 @@ class Audit:
     balance: int
     ledger_total: int  # sum of the account's entry amounts
     traffic: dict[str, int]  # agent id -> bucket and package bytes held
-    ledger_traffic: dict[str, int]  # agent id -> sum of its entries' traffic bytes
+    # agent id -> sum of its entries' traffic bytes, less its open roll-up window's draws
+    ledger_traffic: dict[str, int]
 
 
 class Accounts:
@@ -200,6 +204,58 @@ class Accounts:
 
         return await self._runner.read(run)
 
+    async def usage(self, who: Principal, query: repo.UsageFilter) -> wire.UsageSummary:
+        """The account's usage in a time range, per agent and tunnel, from the raw reports."""
+
+        async def run(op: Op) -> wire.UsageSummary:
+            await owned_account(op, who, query.account_id)
+            rows = await repo.usage_between(op.tx, query)
+            if len(rows) > MAX_ITEMS:
+                raise Conflict(
+                    f"{len(rows)} tunnels used in this range, at most {MAX_ITEMS} are answered;"
+                    " narrow it with since, until or agent_id"
+                )
+            tunnels = [
+                wire.TunnelUsageTotal(
+                    agent_id=a,
+                    tunnel_id=t,
+                    bytes=b,
+                    tunnel_seconds=s,
+                    reports=n,
+                    first_at=lo,
+                    last_at=hi,
+                )
+                for a, t, b, s, n, lo, hi in rows
+            ]
+            per_agent: dict[str, list[int]] = {}
+            for u in tunnels:
+                total = per_agent.setdefault(u.agent_id, [0, 0])
+                total[0] = checked_add(total[0], u.bytes, what="an agent's usage", limit=MAX_INT)
+                total[1] = checked_add(
+                    total[1], u.tunnel_seconds, what="an agent's tunnel seconds", limit=MAX_INT
+                )
+            agents = [
+                wire.AgentUsageTotal(agent_id=a, bytes=b, tunnel_seconds=s)
+                for a, (b, s) in per_agent.items()
+            ]
+            nbytes = seconds = 0
+            for t in agents:
+                nbytes = checked_add(nbytes, t.bytes, what="the account's usage", limit=MAX_INT)
+                seconds = checked_add(
+                    seconds, t.tunnel_seconds, what="the account's tunnel seconds", limit=MAX_INT
+                )
+            return wire.UsageSummary(
+                account_id=query.account_id,
+                since=query.since,
+                until=query.until,
+                agents=agents,
+                tunnels=tunnels,
+                bytes=nbytes,
+                tunnel_seconds=seconds,
+            )
+
+        return await self._runner.read(run)
+
     async def webhook_deliveries(
         self, who: Principal, account_id: str, *, after: int, limit: int
     ) -> wire.WebhookDeliveryPage:
@@ -247,9 +303,15 @@ class Accounts:
             if account is None:
                 raise NotFound(f"no account {account_id!r}")
             total, traffic = await repo.sums(op.tx, account_id)
-            agents = {a.id: a.traffic for a in await repo.agents_of(op.tx, account_id)}
+            agents = await repo.agents_of(op.tx, account_id)
+            for agent in agents:  # draws of an open roll-up window are not in the ledger yet
+                if agent.open_used:
+                    traffic[agent.id] = traffic.get(agent.id, 0) - agent.open_used
             return Audit(
-                balance=account.balance, ledger_total=total, traffic=agents, ledger_traffic=traffic
+                balance=account.balance,
+                ledger_total=total,
+                traffic={a.id: a.traffic for a in agents},
+                ledger_traffic=traffic,
             )
 
         return await self._runner.read(run)

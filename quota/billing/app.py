@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -38,14 +39,15 @@ from quota.billing.errors import (
 )
 from quota.billing.openapi import document
 from quota.billing.push import serve_events
-from quota.billing.routes import ROUTES, Route
+from quota.billing.routes import ROUTES, SYNC_MAX_BODY, Route
 from quota.billing.service import BillingService
 from quota.contract import wire
 
 log = structlog.get_logger("quota.billing")
 
 SERVICE: web.AppKey[BillingService] = web.AppKey("service", BillingService)
-MAX_BODY = 256 * 1024
+_ENCODER = msgspec.json.Encoder()
+MAX_BODY = 256 * 1024  # of every route but /v1/sync (`Route.max_body`)
 MAX_KEY = 200
 # Printable ASCII, no space at either end (HTTP strips those); the document's pattern.
 KEY_PATTERN = re.compile(r"[!-~](?:[ -~]{0,198}[!-~])?", re.ASCII)
@@ -99,7 +101,11 @@ def _whole_number(text: str) -> int | float:
 
 
 async def _body(request: web.Request, route: Route) -> Any:
+    if (request.content_length or 0) > route.max_body:
+        raise web.HTTPRequestEntityTooLarge(route.max_body, request.content_length or 0)
     raw = await request.read()
+    if len(raw) > route.max_body:  # sent without a length (chunked)
+        raise web.HTTPRequestEntityTooLarge(route.max_body, len(raw))
     if route.request is None:
         if raw.strip() not in (b"", b"{}"):
             raise BadRequest("this endpoint takes no request body")
@@ -192,7 +198,10 @@ def _handler(route: Route) -> _Handler:
             return await serve_events(request, service.push, who.id)
         args = await _arguments(request, route)
         result = await route.handler(service, who, **args)
-        return web.json_response(wire.dump(result), status=route.status)
+        # msgspec writes the message's JSON directly: a sync answer of 10,000 leases
+        # costs a few ms, not the tens a dump to dicts and json.dumps take
+        body = _ENCODER.encode(result)
+        return web.Response(body=body, status=route.status, content_type="application/json")
 
     return handle
 
@@ -222,7 +231,9 @@ async def _to_console(request: web.Request) -> web.StreamResponse:
 
 def make_app(service: BillingService, middlewares: Sequence[Middleware] = ()) -> web.Application:
     """The aiohttp application over `service`; `middlewares` run outside the error handling."""
-    app = web.Application(middlewares=[*middlewares, errors_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[*middlewares, errors_middleware], client_max_size=SYNC_MAX_BODY
+    )
     app[SERVICE] = service
 
     async def close_push(_: web.Application) -> None:

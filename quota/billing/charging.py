@@ -38,6 +38,7 @@ from quota.core.billing import (
     TopupOutcome,
     decide_topup,
     draw_traffic,
+    roll_up,
 )
 from quota.core.errors import InvalidValue
 from quota.core.money import (
@@ -176,6 +177,37 @@ async def auto_topup(
     return account, await save_agent(op, agent, topup_spent=spent)
 
 
+async def post_traffic(op: Op, account: AccountRow, agent: AgentRow, held: int) -> AccountRow:
+    """The ledger entry of `held` bytes drawn from bucket and packages (no roll-up)."""
+    return await op.post(
+        account,
+        Posting(
+            kind=EntryKind.TRAFFIC,
+            agent_id=agent.id,
+            traffic_bytes=-held,
+            used_bytes=held,
+            reason=f"{held} bytes relayed from bucket and packages",
+        ),
+    )
+
+
+async def post_metered(
+    op: Op, account: AccountRow, agent: AgentRow, nbytes: int, cost: int, *, deferred: bool = False
+) -> AccountRow:
+    """The ledger entry of `nbytes` metered traffic drawn from the balance for `cost`."""
+    return await op.post(
+        account,
+        Posting(
+            kind=EntryKind.METERED_TRAFFIC,
+            amount=-cost,
+            agent_id=agent.id,
+            used_bytes=nbytes,
+            reason=f"{nbytes} bytes metered at {format_coin(op.config.metered_price_per_gb)}/GB",
+        ),
+        deferred=deferred,
+    )
+
+
 async def _charge_traffic(
     op: Op, account: AccountRow, agent: AgentRow, need: int
 ) -> tuple[AccountRow, AgentRow, int]:
@@ -190,35 +222,22 @@ async def _charge_traffic(
         carry=agent.metered_carry,
     )
     held = draw.from_bucket + draw.from_packages
-    if held:
-        account = await op.post(
-            account,
-            Posting(
-                kind=EntryKind.TRAFFIC,
-                agent_id=agent.id,
-                traffic_bytes=-held,
-                used_bytes=held,
-                reason=f"{held} bytes relayed from bucket and packages",
-            ),
-        )
+    window = (agent.open_used, agent.open_from, agent.open_until)
+    if held and op.config.traffic_rollup_ms:  # one entry per window (`repo.rollup`)
+        window = roll_up(window, held, now=op.now, length=op.config.traffic_rollup_ms)
+    elif held:
+        account = await post_traffic(op, account, agent, held)
     if draw.metered_bytes:
-        account = await op.post(
-            account,
-            Posting(
-                kind=EntryKind.METERED_TRAFFIC,
-                amount=-draw.cost,
-                agent_id=agent.id,
-                used_bytes=draw.metered_bytes,
-                reason=f"{draw.metered_bytes} bytes metered at "
-                f"{format_coin(op.config.metered_price_per_gb)}/GB",
-            ),
-        )
+        account = await post_metered(op, account, agent, draw.metered_bytes, draw.cost)
     agent = await save_agent(
         op,
         agent,
         bucket_bytes=agent.bucket_bytes - draw.from_bucket,
         package_bytes=agent.package_bytes - draw.from_packages,
         metered_carry=draw.carry,
+        open_used=window[0],
+        open_from=window[1],
+        open_until=window[2],
     )
     return account, agent, draw.unbilled
 

@@ -61,6 +61,7 @@ class BillingConfig:
     notify_retries: int = 20
     notify_timeout_ms: int = 5_000
     notify_backoff_max_ms: int = 3_600_000
+    traffic_rollup_ms: int = 3_600_000  # one traffic entry per agent per window; 0: per report
     relays: tuple[RelayCred, ...] = ()
     catalogue: PriceList = field(default_factory=lambda: PriceList(plans={}, packages={}))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # port None: no listener
@@ -115,6 +116,9 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
         catalogue = catalogue_from_config(f.plans, f.packages)
     except InvalidValue as exc:
         problems.note(str(exc))  # plans[1].price: ...
+    rollup = f.ledger.traffic_rollup
+    if rollup < 0 or (rollup and 86_400_000 % rollup):
+        problems.add("ledger.traffic_rollup", "must divide a day (1h, 15m, 1d), or be 0 for off")
     database = _database(server.database, problems)
     metrics = metrics_config(f.metrics.listen, problems)
     problems.raise_as(ConfigError)
@@ -134,6 +138,7 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
         notify_retries=notes.retries,
         notify_timeout_ms=notes.timeout,
         notify_backoff_max_ms=notes.backoff_max,
+        traffic_rollup_ms=rollup,
         relays=tuple(f.relays),
         catalogue=catalogue,
         metrics=metrics,

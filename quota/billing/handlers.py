@@ -15,14 +15,17 @@ from collections.abc import Mapping
 
 from quota.billing.auth import Principal
 from quota.billing.errors import BadRequest
+from quota.billing.repo import UsageFilter
 from quota.billing.service import BillingService
 from quota.contract import wire
 
 LEDGER_QUERY = ("after", "limit", "agent_id", "kind", "since", "until")
+USAGE_QUERY = ("since", "until", "agent_id", "tunnel_id")
 PAGE_QUERY = ("after", "limit")
 _DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)
 # Ids are "agt_" and 16 hex digits; the bound keeps a request line within the server's 8 KiB.
 MAX_ID = 64
+MAX_TUNNEL = 512  # a tunnel id in a query: the request line must stay under 8 KiB
 
 
 async def get_catalogue(billing: BillingService, who: Principal) -> wire.Catalogue:
@@ -226,3 +229,24 @@ async def relay_events(billing: BillingService, who: Principal) -> wire.PushEven
 async def run_maintenance(billing: BillingService, who: Principal) -> wire.MaintenanceResult:
     """Run maintenance now (operators, tests); not idempotent by key: it is by nature."""
     return await billing.maintenance.run()
+
+
+async def get_usage(
+    billing: BillingService, who: Principal, *, account_id: str, query: Mapping[str, str]
+) -> wire.UsageSummary:
+    unknown = set(query) - set(USAGE_QUERY)
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    for name, most in (("agent_id", MAX_ID), ("tunnel_id", MAX_TUNNEL)):
+        if len(query.get(name, "")) > most:
+            raise BadRequest(f"{name}: longer than {most} characters")
+    return await billing.accounts.usage(
+        who,
+        UsageFilter(
+            account_id=account_id,
+            since=_int_query(query, "since", 0, wire.MAX_INT),
+            until=_int_query(query, "until", wire.MAX_INT, wire.MAX_INT),
+            agent_id=query.get("agent_id"),
+            tunnel_id=query.get("tunnel_id"),
+        ),
+    )

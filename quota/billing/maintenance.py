@@ -1,6 +1,9 @@
 """Maintenance: renewals and expirations, as one pass and as the loop the server runs.
 
 Invariants:
+- A pass first closes every traffic roll-up window that ended (`repo.rollup`),
+  in one transaction, so an agent that stopped relaying gets its last window's
+  ledger entry within a maintenance interval of the window's end.
 - A pass processes each agent in its own transaction, so one agent's failure
   never undoes another's renewal; it is safe to run at any time and any number
   of times, because each renewal moves `active_until` in the transaction that
@@ -35,6 +38,7 @@ class Maintenance:
 
     async def run(self) -> wire.MaintenanceResult:
         """One pass over the agents due now; each in its own transaction."""
+        await self._runner.run("rollup", self._close_windows)
         due = await self._runner.read(self._due)
         counts = dict.fromkeys(_OUTCOMES, 0)
         frozen: list[str] = []
@@ -47,6 +51,11 @@ class Maintenance:
             if outcome == "lapsed" and account_id not in frozen:
                 frozen.append(account_id)
         return wire.MaintenanceResult(frozen_accounts=frozen, **counts)
+
+    @staticmethod
+    async def _close_windows(op: Op) -> int:
+        """Write the roll-up windows that ended into the ledger (also of idle agents)."""
+        return await repo.close_due(op.tx, op.now)
 
     @staticmethod
     async def _due(op: Op) -> list[str]:

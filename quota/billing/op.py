@@ -61,9 +61,17 @@ class Op:
     topups: list[wire.TopupNote] = field(default_factory=list)  # bought automatically
     numbered: bool = True  # False: entries are written in batches, their ids not read back
 
-    async def post(self, account: AccountRow, posting: Posting) -> AccountRow:
+    async def post(
+        self, account: AccountRow, posting: Posting, *, deferred: bool = False
+    ) -> AccountRow:
         account, entry = await repo.post(
-            self.tx, account, posting, key=self.key, at=self.now, numbered=self.numbered
+            self.tx,
+            account,
+            posting,
+            key=self.key,
+            at=self.now,
+            numbered=self.numbered,
+            deferred=deferred,
         )
         self.entries.append(entry)
         return account

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from quota.billing.handlers import MAX_ID
+from quota.billing.handlers import MAX_ID, MAX_TUNNEL
 from quota.billing.routes import ROUTES
 from quota.contract import wire
 
@@ -28,7 +28,7 @@ ERROR_STATUSES = {
     "405": "the path does not take this method; the Allow header names those it does",
     "409": "conflict: an idempotency key, payment id or relay seq reused for another request,"
     " the wrong state, or a balance or counter that would pass its maximum (2**62)",
-    "413": "the request body is above 256 KiB",
+    "413": "the request body is above 256 KiB (8 MiB for /v1/sync)",
     "422": "the request matches this document but names an unknown plan or package, a blank"
     " name or a malformed SSH key",
     "429": "too many unknown tokens from this address; the Retry-After header says when to retry",
@@ -48,6 +48,7 @@ _QUERY: dict[str, dict[str, Any]] = {
     "until": _NUMBER,
     "agent_id": {"type": "string", "maxLength": MAX_ID},
     "kind": {"type": "string", "enum": list(wire.KINDS)},
+    "tunnel_id": {"type": "string", "maxLength": MAX_TUNNEL},
 }
 REF = "#/components/schemas/{name}"
 # msgspec sorts an enum's values; the document lists them in the order the domain declares

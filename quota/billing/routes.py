@@ -27,7 +27,9 @@ ADMIN = frozenset({"admin"})
 OWNER = frozenset({"admin", "account"})
 RELAY = frozenset({"relay"})
 ANY = frozenset({"admin", "account", "relay"})
+SYNC_MAX_BODY = 8 * 2**20  # a report of 10,000 agents' items and lease requests
 LEDGER_QUERY = h.LEDGER_QUERY
+USAGE_QUERY = h.USAGE_QUERY
 _SPECIAL = frozenset({"key", "body", "query"})
 
 
@@ -46,6 +48,7 @@ class Route:
     query: tuple[str, ...] = ()
     websocket: bool = False  # upgrades; `response` is the message each frame carries
     description: str = ""
+    max_body: int = 256 * 1024  # bytes of request body; larger is 413
 
 
 def path_params(path: str) -> list[str]:
@@ -175,6 +178,15 @@ ROUTES: tuple[Route, ...] = (
         "receiver gets the same body and event id as before.",
     ),
     route(
+        "GET",
+        "/v1/accounts/{account_id}/usage",
+        "getUsage",
+        "Usage per agent and tunnel over since <= at < until, summed from every relay report",
+        OWNER,
+        h.get_usage,
+        query=USAGE_QUERY,
+    ),
+    route(
         "POST",
         "/v1/accounts/{account_id}/console-links",
         "createConsoleLink",
@@ -253,7 +265,9 @@ ROUTES: tuple[Route, ...] = (
         "auto top-up, tunnel time) and added to each tunnel's totals; each agent's lease on "
         "this relay grows by at most what the agent can pay for beyond every relay's "
         "outstanding leases; every lease of the relay is extended to now + lease_ttl. "
-        "granted_total is cumulative.",
+        "granted_total is cumulative. The body may be up to 8 MiB (10,000 items and "
+        "10,000 lease requests).",
+        max_body=SYNC_MAX_BODY,
     ),
     route(
         "GET",

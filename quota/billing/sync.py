@@ -7,9 +7,21 @@ Invariants (everything below runs inside the caller's one transaction):
   the same seq with another body (a digest of it is kept) is refused with 409.
   A seq number a database recorded for the old `/v1/usage` is refused (409),
   so one number is never applied twice.
-- Usage is charged exactly as `charging.apply_usage` charges it; every byte a
-  relay reports is also added to that relay's lease `used_total`, and to the
-  per-tunnel totals of the tunnel it names (`tunnel_id`).
+- Set-based: the rows a report names are read in a few statements, each
+  agent's charge and lease are decided in memory, and the results are written
+  with one statement per table (`Bulk`), whatever the number of agents. An
+  agent whose charge buys something or charges time (tunnel time, an auto
+  top-up) is charged on its own by `charging.apply_usage`; for every other
+  agent the report does what `apply_usage` would: draw bucket, then packages,
+  then metered traffic from the balance (`draw_traffic`), posting the metered
+  entry at once and writing the balances drawn once, with their version checks,
+  at the end (`save_balances`); a low-balance notice is checked once per
+  account the report drew from, after all its charges.
+- Usage is charged for all agents first, in report order; then lease requests
+  are answered in report order, each seeing every charge of the report and the
+  grants before it. Every byte a relay reports is also added to that relay's
+  lease `used_total`, to the per-tunnel totals of the tunnel it names, and to
+  the audit log of raw usage (`usage_log`).
 - The sum over relays of an agent's outstanding leases never exceeds what the
   agent can pay for when a grant is made (`quota.core.lease.grant_size`).
   A lease that expired before this report is written off (its remainder counts
@@ -18,30 +30,41 @@ Invariants (everything below runs inside the caller's one transaction):
 - Every report extends all of the relay's leases to `now + lease_ttl`.
 - Unknown agents are answered with status "unknown", never refused: one bad id
   must not stall a relay.
-- The agents, accounts and leases a report names are read in a few statements
-  up front (`_Rows`), not per agent; what each agent's part reads is the same as
-  if it had read them itself (see `_Rows`). Lease writes are sent in one batch,
-  always before any statement reads leases, so no read sees a stale lease.
+- Traffic drawn from bucket and packages goes to the agent's open roll-up
+  window when `ledger.traffic_rollup` is set (`repo.rollup`); windows that
+  ended are closed into the ledger first, so an open window is the current one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
-from typing import Literal
 
+import msgspec
 import structlog
 
 from quota.billing import charging, repo
 from quota.billing.errors import Conflict, KeyReused
-from quota.billing.op import Op
-from quota.billing.repo import AccountRow, AgentRow, TunnelUsage
-from quota.billing.runner import body_of, fingerprint, read_body
+from quota.billing.op import Op, check_low_balance
+from quota.billing.repo import AccountRow, AgentRow
+from quota.billing.runner import fingerprint, read_body
 from quota.contract import wire
-from quota.core.billing import AgentRole
-from quota.core.lease import LeaseTotals, capacity, grant_size, metered_reserve, shortfall
-from quota.core.money import MAX_COUNTER, checked_add, metered_rate
+from quota.core.billing import (
+    AgentRole,
+    PlanKind,
+    TopupOutcome,
+    decide_topup,
+    draw_held,
+    draw_traffic,
+    roll_up,
+)
+from quota.core.lease import after_report, capacity, grant_size, metered_reserve, shortfall
+from quota.core.money import MAX_COUNTER, MS_PER_MONTH, OverLimit, Rate, checked_add, metered_rate
 
 log = structlog.get_logger("quota.billing")
+_ENCODER = msgspec.json.Encoder()
+_PAYING = frozenset(r.value for r in AgentRole if r.pays)  # thousands of lookups a report
 
 
 @dataclass(slots=True)
@@ -54,158 +77,355 @@ class _Ask:
     returned: int = 0
 
 
-def _sum(total: int, delta: int, what: str) -> int:
-    return checked_add(total, delta, what=what, limit=MAX_COUNTER)
-
-
 def _merge(req: wire.SyncRequest) -> dict[str, _Ask]:
     """Each agent's part of a report; a sum past 2**62 is refused (`OverLimit`)."""
     asks: dict[str, _Ask] = {}
     for item in req.items:
-        ask = asks.setdefault(item.agent_id, _Ask())
-        ask.nbytes = _sum(ask.nbytes, item.bytes, "a report's bytes of one agent")
-        ask.seconds = _sum(ask.seconds, item.tunnel_seconds, "a report's seconds of one agent")
+        ask = asks.get(item.agent_id)
+        if ask is None:
+            ask = asks[item.agent_id] = _Ask()
+        ask.nbytes += item.bytes
+        ask.seconds += item.tunnel_seconds
     for lease in req.leases:
-        ask = asks.setdefault(lease.agent_id, _Ask())
-        ask.want = _sum(ask.want, lease.want, "a report's want of one agent")
-        ask.returned = _sum(ask.returned, lease.returned, "a report's returns of one agent")
+        ask = asks.get(lease.agent_id)
+        if ask is None:
+            ask = asks[lease.agent_id] = _Ask()
+        ask.want += lease.want
+        ask.returned += lease.returned
+    for ask in asks.values():  # each term is at most 2**62: the sums are exact, then checked
+        for total, what in (
+            (ask.nbytes, "a report's bytes of one agent"),
+            (ask.seconds, "a report's seconds of one agent"),
+            (ask.want, "a report's want of one agent"),
+            (ask.returned, "a report's returns of one agent"),
+        ):
+            if total > MAX_COUNTER:
+                raise OverLimit(what, MAX_COUNTER)
     return asks
 
 
-def _per_tunnel(req: wire.SyncRequest, known: dict[str, AgentRow], now: int) -> list[TunnelUsage]:
+def _per_tunnel(req: wire.SyncRequest, known: dict[str, AgentRow]) -> list[repo.Delta]:
     """The report's usage of each tunnel of a known agent, summed per (agent, tunnel)."""
     totals: dict[tuple[str, str], list[int]] = {}
     for item in req.items:
-        if item.agent_id in known and (item.bytes or item.tunnel_seconds):
-            total = totals.setdefault((item.agent_id, item.tunnel_id), [0, 0])
-            total[0] += item.bytes
-            total[1] += item.tunnel_seconds
-    return [
-        TunnelUsage(agent_id=a, tunnel_id=t, bytes=b, tunnel_seconds=s, first_at=now, last_at=now)
-        for (a, t), (b, s) in totals.items()
-    ]
+        if (item.bytes or item.tunnel_seconds) and item.agent_id in known:
+            total = totals.get((item.agent_id, item.tunnel_id))
+            if total is None:
+                totals[(item.agent_id, item.tunnel_id)] = [item.bytes, item.tunnel_seconds]
+            else:
+                total[0] += item.bytes
+                total[1] += item.tunnel_seconds
+    return [(a, t, b, s) for (a, t), (b, s) in totals.items()]
 
 
-async def _reserved(op: Op, agent: AgentRow) -> int:
-    """Millicoins other agents of the account may draw for leases beyond their traffic."""
-    rate = metered_rate(op.config.metered_price_per_gb)
-    held = await repo.outstanding_by_agent(op.tx, agent.account_id, op.now)
-    total = 0
-    for other in await repo.agents_of(op.tx, agent.account_id):
-        if other.id != agent.id:
-            total += metered_reserve(held.get(other.id, 0) - other.traffic, rate)
-    return total
-
-
-async def _capacity(op: Op, account: AccountRow, agent: AgentRow) -> int:
-    return capacity(
-        traffic=agent.traffic,
-        metered=agent.allow_metered and not account.frozen,
-        balance=account.balance,
-        rate=metered_rate(op.config.metered_price_per_gb),
-        carry=agent.metered_carry,
-        reserved=await _reserved(op, agent),
+def _traffic(agent: AgentRow) -> repo.Traffic:
+    """What a report may change of an agent's row, as `repo.save_traffic` writes it."""
+    return (
+        agent.bucket_bytes,
+        agent.package_bytes,
+        agent.metered_carry,
+        agent.open_used,
+        agent.open_from,
+        agent.open_until,
     )
-
-
-async def _grant(
-    op: Op, account: AccountRow, agent: AgentRow, want: int
-) -> tuple[int, AccountRow, AgentRow]:
-    """Bytes to add to this relay's lease, after an auto top-up for a shortfall if set."""
-    cap = await _capacity(op, account, agent)
-    held = await repo.outstanding(op.tx, agent.id, op.now)
-    short = shortfall(want=want, capacity=cap, outstanding=held)
-    if short and agent.topup_package:
-        # exactly the missing bytes, with no low-water margin: one purchase, no loop
-        account, agent = await charging.auto_topup(
-            op, account, agent, need=agent.traffic + short, low_water=0
-        )
-        cap = await _capacity(op, account, agent)
-    return grant_size(want=want, capacity=cap, outstanding=held), account, agent
 
 
 @dataclass(slots=True)
-class _Rows:
-    """The rows a report touches, read once for the whole report and kept up to date.
+class _Report:
+    """What one report reads once and changes in memory, then writes in a few statements.
 
-    An agent's row and its lease on this relay change only in that agent's part
-    of the report; an account's row changes only through the rows charging
-    returns, which are put back here. So each part finds what it would have read.
+    `agents` holds each agent's row as last saved, `traffic` what the report
+    changed since: bucket, packages, carry and the open roll-up window (written
+    by `save`); `row` joins the two whenever one agent's part runs through the
+    charging rules one at a time.
     """
 
+    op: Op
+    relay_id: str
+    rate: Rate
     agents: dict[str, AgentRow]
     accounts: dict[str, AccountRow]
-    leases: dict[str, LeaseTotals]
-    unsaved: dict[str, LeaseTotals] = field(default_factory=dict)  # lease writes not sent yet
-
-    def save_lease(self, agent_id: str, lease: LeaseTotals) -> None:
-        """Write a lease, at the latest by the next `flush` (always before leases are read)."""
-        self.leases[agent_id] = self.unsaved[agent_id] = lease
-
-    async def flush(self, op: Op, relay_id: str) -> None:
-        """Send the lease writes held back, in one statement."""
-        if self.unsaved:
-            await repo.save_leases(op.tx, relay_id, self.unsaved)
-            self.unsaved.clear()
+    leases: dict[str, tuple[int, int, int, int]]  # granted, used, returned, valid_until here
+    stored: dict[str, int] = field(default_factory=dict)  # pre-report outstanding here
+    traffic: dict[str, repo.Traffic] = field(default_factory=dict)
+    unbilled: dict[str, int] = field(default_factory=dict)
+    # balances drawn in memory (account id -> its version then), written by `save`
+    # unless the charging rules saved the account since (its version moved)
+    drawn: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    async def read(cls, op: Op, relay_id: str, agent_ids: list[str]) -> _Rows:
-        agents = await repo.agents_by_id(op.tx, agent_ids)
+    async def read(cls, op: Op, relay_id: str, agent_ids: list[str]) -> _Report:
+        agents, leases = await repo.agents_with_leases(op.tx, relay_id, agent_ids)
         accounts = await repo.accounts_by_id(op.tx, sorted({a.account_id for a in agents.values()}))
-        return cls(agents, accounts, await repo.leases_of(op.tx, relay_id, agent_ids))
+        rate = metered_rate(op.config.metered_price_per_gb)
+        report = cls(op, relay_id, rate, agents, accounts, leases)
+        report.stored = {
+            a: max(0, g - u - r) for a, (g, u, r, until) in leases.items() if until > op.now
+        }
+        return report
+
+    def row(self, agent_id: str) -> AgentRow:
+        """The agent's row as the report left it so far (still written by `save`)."""
+        agent = self.agents[agent_id]
+        changed = self.traffic.get(agent_id)
+        if changed is not None and changed != _traffic(agent):
+            bucket, packages, carry, used, start, end = changed
+            agent = dataclasses.replace(
+                agent,
+                bucket_bytes=bucket,
+                package_bytes=packages,
+                metered_carry=carry,
+                open_used=used,
+                open_from=start,
+                open_until=end,
+            )
+            self.agents[agent_id] = agent
+        return agent
+
+    def current(self, agent: AgentRow) -> repo.Traffic:
+        changed = self.traffic.get(agent.id)
+        return _traffic(agent) if changed is None else changed
+
+    def traffic_of(self, agent: AgentRow) -> int:
+        changed = self.traffic.get(agent.id)
+        return agent.traffic if changed is None else changed[0] + changed[1]
+
+    def carry_of(self, agent: AgentRow) -> int:
+        return self.current(agent)[2]
+
+    def took(self, account: AccountRow, agent: AgentRow) -> None:
+        """Keep the rows the charging rules left; the agent's traffic is written by `save`.
+
+        Also when the rules saved nothing (an auto top-up that bought nothing):
+        what the report drew before them must not be lost.
+        """
+        self.accounts[account.id] = account
+        self.agents[agent.id] = agent
+        self.traffic[agent.id] = _traffic(agent)
+
+    async def check_balances(self) -> None:
+        """A low-balance notice, once per account whose balance the report drew."""
+        for account_id in self.drawn:
+            account = await check_low_balance(self.op, self.accounts[account_id])
+            self.accounts[account_id] = account
+
+    async def save(self) -> None:
+        """Write what the report changed in memory: balances, traffic drawn, leases."""
+        tx = self.op.tx
+        await repo.save_balances(
+            tx, [a for i, v in self.drawn.items() if (a := self.accounts[i]).version == v]
+        )
+        await repo.save_traffic(tx, [(*t, a) for a, t in self.traffic.items()])
+        await repo.save_lease_totals(tx, self.relay_id, self.leases)
 
 
-def _lease(
-    agent_id: str,
-    status: Literal["active", "inactive", "unknown"],
-    valid_until: int,
-    *,
-    granted_total: int = 0,
-    traffic_remaining: int = 0,
-    unbilled_bytes: int = 0,
-) -> wire.Lease:
+def _simple(op: Op, report: _Report, agent: AgentRow, ask: _Ask) -> bool:
+    """Whether `apply_usage` would only draw bucket and packages (no money, no purchase)."""
+    account = report.accounts[agent.account_id]
+    if ask.seconds and agent.active:
+        plan = op.config.catalogue.plans.get(agent.plan or "")
+        if plan is not None and plan.kind is PlanKind.TUNNEL_TIME:
+            return False  # tunnel time is charged
+    if not ask.nbytes or account.frozen or not agent.active or not agent.topup_package:
+        return True
+    package = op.config.catalogue.packages.get(agent.topup_package)
+    if package is None:
+        return True  # the package left the catalogue: auto top-up is off
+    if agent.active_until is None and op.now - agent.topup_since >= MS_PER_MONTH:
+        return False  # the top-up limit's 30 days start again: saved
+    traffic = report.traffic_of(agent)
+    decision = decide_topup(
+        remaining=traffic,
+        need=ask.nbytes,
+        low_water=agent.topup_below,
+        package=package,
+        limit=agent.topup_limit,
+        spent=agent.topup_spent,
+        balance=account.balance,
+        blocked=agent.topup_blocked,
+    )
+    return decision.outcome not in (TopupOutcome.BUY, TopupOutcome.BALANCE_SHORT)
+
+
+async def _draw(op: Op, report: _Report, agent: AgentRow, need: int) -> None:
+    """Draw `need` bytes: bucket and packages in memory, metered traffic posted at once."""
+    bucket, packages, carry, used, start, end = report.current(agent)
+    held = draw_held(need, bucket, packages)
+    if held is not None:
+        from_bucket, from_packages, unbilled = *held, 0
+    else:
+        account = report.accounts[agent.account_id]
+        draw = draw_traffic(
+            need=need,
+            bucket=bucket,
+            packages=packages,
+            metered=agent.allow_metered and not account.frozen,
+            balance=account.balance,
+            rate=report.rate,
+            carry=carry,
+        )
+        from_bucket, from_packages, unbilled, carry = (
+            draw.from_bucket,
+            draw.from_packages,
+            draw.unbilled,
+            draw.carry,
+        )
+        if draw.metered_bytes:  # its entry now, the balance written once a report (`save`)
+            account = await charging.post_metered(
+                op, account, agent, draw.metered_bytes, draw.cost, deferred=True
+            )
+            report.accounts[account.id] = account
+            if draw.cost:  # a charge (not all carry): the balance to write, a notice to check
+                report.drawn[account.id] = account.version
+    drawn = from_bucket + from_packages
+    window = (used, start, end)
+    if drawn and op.config.traffic_rollup_ms:
+        window = roll_up(window, drawn, now=op.now, length=op.config.traffic_rollup_ms)
+    elif drawn:
+        account = report.accounts[agent.account_id]
+        report.accounts[account.id] = await charging.post_traffic(op, account, agent, drawn)
+    report.traffic[agent.id] = (bucket - from_bucket, packages - from_packages, carry, *window)
+    if unbilled:
+        report.unbilled[agent.id] = unbilled
+
+
+async def _charge(op: Op, report: _Report, agent_id: str, ask: _Ask) -> None:
+    """Charge one agent's usage: in memory when only traffic is drawn, else by the rules."""
+    agent = report.agents[agent_id]
+    if agent.role not in _PAYING:
+        return
+    if _simple(op, report, agent, ask):
+        if ask.nbytes:
+            await _draw(op, report, agent, ask.nbytes)
+        return
+    account = report.accounts[agent.account_id]
+    charged = await charging.apply_usage(
+        op, account, report.row(agent_id), nbytes=ask.nbytes, seconds=ask.seconds
+    )
+    report.took(charged.account, charged.agent)
+    if charged.unbilled:
+        report.unbilled[agent_id] = charged.unbilled
+
+
+def _lease(report: _Report, agent_id: str, ask: _Ask, valid_until: int) -> None:
+    """One report's deltas on this relay's lease of the agent: used, returned, expiry, validity."""
+    before = report.leases.get(agent_id, (0, 0, 0, report.op.now))
+    report.leases[agent_id] = after_report(
+        before, used=ask.nbytes, returned=ask.returned, now=report.op.now, valid_until=valid_until
+    )
+
+
+class _Grants:
+    """Lease requests answered in report order, over what all relays hold, kept in memory.
+
+    `held` is each agent's outstanding over every relay as if this report's lease
+    deltas were written; `reserve` the sum over an account's agents of what their
+    leases beyond their own traffic may cost (`metered_reserve`), so what the
+    other agents of its account reserve is that sum less the agent's own term,
+    kept up to date as grants and top-ups change one agent at a time.
+    """
+
+    def __init__(self, report: _Report) -> None:
+        self.report = report
+        self.held: dict[str, int] = {}
+        self.term: dict[str, int] = {}
+        self.reserve: dict[str, int] = {}
+        self.mates: dict[str, AgentRow] = {}
+
+    async def read(self, wanting: list[str]) -> None:
+        r, op = self.report, self.report.op
+        metered = sorted(
+            {
+                r.agents[a].account_id
+                for a in wanting
+                if r.agents[a].allow_metered and not r.accounts[r.agents[a].account_id].frozen
+            }
+        )
+        for mate in await repo.agents_of_accounts(op.tx, metered):
+            self.mates[mate.id] = r.agents.get(mate.id, mate)
+        ids = sorted({*wanting, *self.mates})
+        stored = await repo.outstanding_of(op.tx, ids, op.now)
+        for agent_id in ids:
+            here = r.leases.get(agent_id)
+            now_here = 0 if here is None else max(0, here[0] - here[1] - here[2])
+            if agent_id not in r.leases:  # not named: its stored lease stands as it is
+                now_here = r.stored.get(agent_id, 0)
+            self.held[agent_id] = stored.get(agent_id, 0) - r.stored.get(agent_id, 0) + now_here
+        for mate in self.mates.values():
+            self._set_term(mate)
+
+    def _set_term(self, agent: AgentRow) -> None:
+        r = self.report
+        old = self.term.get(agent.id, 0)
+        new = metered_reserve(self.held.get(agent.id, 0) - r.traffic_of(agent), r.rate)
+        self.term[agent.id] = new
+        self.reserve[agent.account_id] = self.reserve.get(agent.account_id, 0) + new - old
+
+    def _capacity(self, account: AccountRow, agent: AgentRow) -> int:
+        r = self.report
+        metered = agent.allow_metered and not account.frozen
+        return capacity(
+            traffic=r.traffic_of(agent),
+            metered=metered,
+            balance=account.balance,
+            rate=r.rate,
+            carry=r.carry_of(agent),
+            reserved=self.reserve.get(agent.account_id, 0) - self.term.get(agent.id, 0)
+            if metered
+            else 0,
+        )
+
+    async def grant(self, agent_id: str, want: int) -> None:
+        """Add to this relay's lease what the agent can pay for, after a top-up if set."""
+        r, op = self.report, self.report.op
+        agent = r.agents[agent_id]
+        account = r.accounts[agent.account_id]
+        cap = self._capacity(account, agent)
+        held = self.held.get(agent_id, 0)
+        short = shortfall(want=want, capacity=cap, outstanding=held)
+        if short and agent.topup_package:
+            # exactly the missing bytes, with no low-water margin: one purchase, no loop
+            traffic = r.traffic_of(agent)
+            account, agent = await charging.auto_topup(
+                op, account, r.row(agent_id), need=traffic + short, low_water=0
+            )
+            r.took(account, agent)
+            cap = self._capacity(account, agent)
+        more = grant_size(want=want, capacity=cap, outstanding=held)
+        if more:
+            g, u, ret, until = r.leases[agent_id]
+            g = checked_add(g, more, what="lease granted_total", limit=MAX_COUNTER)
+            r.leases[agent_id] = (g, u, ret, until)
+            self.held[agent_id] = held + more
+        if agent_id in self.mates:  # its lease or its traffic changed: so did its term
+            self._set_term(agent)
+
+
+def _answer(report: _Report, agent_id: str, ask: _Ask, valid_until: int) -> wire.Lease:
+    agent = report.agents.get(agent_id)
+    if agent is None:  # nobody pays for an unknown agent's bytes
+        return wire.Lease(
+            agent_id=agent_id,
+            status="unknown",
+            granted_total=0,
+            valid_until=valid_until,
+            traffic_remaining=0,
+            unbilled_bytes=ask.nbytes,
+        )
+    lease = report.leases.get(agent_id)
     return wire.Lease(
         agent_id=agent_id,
-        status=status,
-        granted_total=granted_total,
+        status="active" if agent.active or agent.role not in _PAYING else "inactive",
+        granted_total=0 if lease is None else lease[0],
         valid_until=valid_until,
-        traffic_remaining=traffic_remaining,
-        unbilled_bytes=unbilled_bytes,
+        traffic_remaining=report.traffic_of(agent) if lease is not None else 0,
+        unbilled_bytes=report.unbilled.get(agent_id, 0),
     )
 
 
-async def _one_agent(op: Op, relay_id: str, agent_id: str, ask: _Ask, rows: _Rows) -> wire.Lease:
-    """One agent's part of a report."""
-    agent = rows.agents.get(agent_id)
-    valid_until = op.now + op.config.lease_ttl_ms
-    if agent is None:
-        return _lease(agent_id, "unknown", valid_until, unbilled_bytes=ask.nbytes)
-    account = rows.accounts[agent.account_id]  # a foreign key guarantees it
-    charged = await charging.apply_usage(op, account, agent, nbytes=ask.nbytes, seconds=ask.seconds)
-    account, agent = charged.account, charged.agent
-    rows.accounts[account.id] = account
-    if not AgentRole(agent.role).pays:  # support agents pay nothing and need no lease
-        return _lease(agent_id, "active", valid_until)
-    stored = rows.leases.get(agent_id)
-    if stored is None:
-        stored = LeaseTotals(valid_until=op.now)
-    lease = stored.report(used=ask.nbytes, returned=ask.returned)
-    lease = lease.expire(op.now).extend(valid_until)
-    rows.save_lease(agent_id, lease)
-    if ask.want and agent.active:
-        await rows.flush(op, relay_id)  # `_grant` reads leases, this agent's and others'
-        more, account, agent = await _grant(op, account, agent, ask.want)  # maybe a top-up
-        rows.accounts[account.id] = account
-        lease = lease.grant(more)
-        rows.save_lease(agent_id, lease)
-    return _lease(
-        agent_id,
-        "active" if agent.active else "inactive",
-        valid_until,
-        granted_total=lease.granted_total,
-        traffic_remaining=agent.traffic,
-        unbilled_bytes=charged.unbilled,
-    )
+def digest(req: wire.SyncRequest) -> str:
+    """The digest a report is kept under: of its canonical JSON (fields in the message's order)."""
+    return hashlib.sha256(_ENCODER.encode(req)).hexdigest()
 
 
 async def _answered(op: Op, relay_id: str, req: wire.SyncRequest) -> wire.SyncAnswer | None:
@@ -215,7 +435,8 @@ async def _answered(op: Op, relay_id: str, req: wire.SyncRequest) -> wire.SyncAn
         return None
     if found.kind != "sync":
         raise Conflict(f"seq: {req.seq} of relay {relay_id} was a /v1/usage report")
-    if found.fingerprint != fingerprint(wire.dump(req)):
+    # reports kept before the canonical digest carry the digest of their sorted JSON
+    if found.fingerprint not in (digest(req), fingerprint(wire.dump(req))):
         log.warning("billing_sync_seq_reused", relay_id=relay_id, seq=req.seq)
         raise KeyReused(
             f"seq: {req.seq} of relay {relay_id} was already applied with another body;"
@@ -237,16 +458,44 @@ async def apply_sync(op: Op, relay_id: str, req: wire.SyncRequest) -> wire.SyncA
     if first is not None:
         return first
     op.numbered = False  # a report is answered with leases, not entries: write them in batches
+    await repo.close_due(op.tx, op.now)  # before any draw: an open window is the current one
     asks = _merge(req)
-    rows = await _Rows.read(op, relay_id, list(asks))
-    leases = [await _one_agent(op, relay_id, a, ask, rows) for a, ask in asks.items()]
-    await rows.flush(op, relay_id)
-    await repo.expire_relay(op.tx, relay_id, op.now)  # the leases this report did not name
-    await repo.extend_relay(op.tx, relay_id, op.now + op.config.lease_ttl_ms)
-    await repo.add_tunnel_usage(op.tx, _per_tunnel(req, rows.agents, op.now))
+    report = await _Report.read(op, relay_id, list(asks))
+    valid_until = op.now + op.config.lease_ttl_ms
+    paying = []
+    for agent_id, ask in asks.items():
+        if agent_id in report.agents:
+            await _charge(op, report, agent_id, ask)
+            if report.agents[agent_id].role in _PAYING:
+                _lease(report, agent_id, ask, valid_until)
+                paying.append(agent_id)
+    await report.check_balances()
+    wanting = [a for a in paying if asks[a].want and report.agents[a].active]
+    if wanting:
+        grants = _Grants(report)
+        await grants.read(wanting)
+        for agent_id in wanting:
+            await grants.grant(agent_id, asks[agent_id].want)
+    await _write(op, report, req)
     answer = wire.SyncAnswer(
-        relay_id=relay_id, seq=req.seq, duplicate=False, leases=leases, topups=op.topups
+        relay_id=relay_id,
+        seq=req.seq,
+        duplicate=False,
+        leases=[_answer(report, a, ask, valid_until) for a, ask in asks.items()],
+        topups=op.topups,
     )
-    report = repo.Report(kind="sync", fingerprint=fingerprint(wire.dump(req)), body=body_of(answer))
-    await repo.save_report(op.tx, relay_id, req.seq, report, op.now)
+    body = _ENCODER.encode(answer).decode()
+    saved = repo.Report(kind="sync", fingerprint=digest(req), body=body)
+    await repo.save_report(op.tx, relay_id, req.seq, saved, op.now)
     return answer
+
+
+async def _write(op: Op, report: _Report, req: wire.SyncRequest) -> None:
+    """Everything the report changed, a statement per table."""
+    await report.save()
+    await repo.expire_relay(op.tx, report.relay_id, op.now)  # the leases this report did not name
+    await repo.extend_relay(op.tx, report.relay_id, op.now + op.config.lease_ttl_ms)
+    deltas = _per_tunnel(req, report.agents)
+    await repo.add_tunnel_usage(op.tx, deltas, op.now)
+    owners = {a: agent.account_id for a, agent in report.agents.items()}
+    await repo.log_usage(op.tx, report.relay_id, req.seq, op.now, deltas, owners)

@@ -184,6 +184,11 @@ class BillingMetricsSection(Section, frozen=True, kw_only=True):
     listen: str = ""  # HOST:PORT of /metrics; "" is off
 
 
+class LedgerSection(Section, frozen=True, kw_only=True):
+    # traffic drawn from bucket and packages: one ledger entry per agent per window; "0": per report
+    traffic_rollup: Millis = millis("1h")
+
+
 class RelayCred(Section, frozen=True, kw_only=True):
     """A relay allowed to sync, and the token it proves itself with."""
 
@@ -196,6 +201,7 @@ class BillingFile(Section, frozen=True, kw_only=True):
     pricing: PricingSection = PricingSection()
     notifications: NotificationsSection = NotificationsSection()
     metrics: BillingMetricsSection = BillingMetricsSection()
+    ledger: LedgerSection = LedgerSection()
     relays: list[RelayCred] = []
     plans: list[dict[str, Any]] = []  # read by quota.core.billing.catalogue_from_config
     packages: list[dict[str, Any]] = []

@@ -219,6 +219,36 @@ class LedgerPage(Message, frozen=True, kw_only=True):
     next_cursor: Count | None
 
 
+class TunnelUsageTotal(Message, frozen=True, kw_only=True):
+    """What relays reported for one tunnel of one agent within a time range."""
+
+    agent_id: Text
+    tunnel_id: Text  # the relay's id of the tunnel ("" for usage sent without one)
+    bytes: Count
+    tunnel_seconds: Count
+    reports: Count  # relay reports that named it
+    first_at: Count  # ms since the epoch: the first such report
+    last_at: Count  # and the last
+
+
+class AgentUsageTotal(Message, frozen=True, kw_only=True):
+    agent_id: Text
+    bytes: Count
+    tunnel_seconds: Count
+
+
+class UsageSummary(Message, frozen=True, kw_only=True):
+    """An account's usage over `since <= at < until`, per agent and tunnel, from the raw reports."""
+
+    account_id: Text
+    since: Count
+    until: Count
+    agents: Items[AgentUsageTotal]
+    tunnels: Items[TunnelUsageTotal]
+    bytes: Count
+    tunnel_seconds: Count
+
+
 class ConsoleLink(Message, frozen=True, kw_only=True):
     """A one-time sign-in link to the web console: its path on the billing API, shown once."""
 

@@ -216,14 +216,46 @@ class Draw:
     unbilled: int  # bytes nobody could pay for
 
 
+def _from_held(need: int, bucket: int, packages: int) -> tuple[int, int]:
+    from_bucket = min(need, bucket)
+    return from_bucket, min(need - from_bucket, packages)
+
+
+def draw_held(need: int, bucket: int, packages: int) -> tuple[int, int] | None:
+    """(from bucket, from packages) when they cover `need`: all `draw_traffic` draws then.
+
+    None when they do not: the rest is metered or unbilled, ask `draw_traffic`.
+    """
+    if need < 0 or bucket < 0 or packages < 0:
+        raise InvalidValue("traffic must not be negative")
+    return _from_held(need, bucket, packages) if need <= bucket + packages else None
+
+
+def roll_up(
+    window: tuple[int, int, int], held: int, *, now: int, length: int
+) -> tuple[int, int, int]:
+    """Add `held` drawn bytes to an agent's open roll-up window `(used, start, end)`.
+
+    A window opens at the first draw, aligned to the epoch (`now - now % length`),
+    and takes every draw until its end; one that ended is closed into the ledger
+    before any draw is added, so an open window here is always the current one.
+    """
+    used, start, end = window
+    if held <= 0:
+        return window
+    if not used:
+        start = now - now % length
+        end = start + length
+    return used + held, start, end
+
+
 def draw_traffic(
     *, need: int, bucket: int, packages: int, metered: bool, balance: int, rate: Rate, carry: int
 ) -> Draw:
     """Split `need` bytes over bucket, packages, then the balance (if `metered`)."""
     if min(need, bucket, packages, balance) < 0:
         raise InvalidValue("traffic and balance must not be negative")
-    from_bucket = min(need, bucket)
-    from_packages = min(need - from_bucket, packages)
+    from_bucket, from_packages = _from_held(need, bucket, packages)
     rest = need - from_bucket - from_packages
     metered_bytes = min(rest, units_affordable(balance, rate, carry)) if metered else 0
     charge = charge_with_carry(metered_bytes, rate, carry)

@@ -90,6 +90,9 @@ class Bucket:
         self._meters: set[Meter] = set()
         self._waiters: deque[Meter] = deque()
         self._detached_passed = 0
+        # Datagram bytes refused since the last grant: UDP cannot wait, so a dropped
+        # datagram is the only sign an agent with UDP tunnels alone needs bytes.
+        self.dropped_want = 0
 
     # -- views -------------------------------------------------------------------
 
@@ -125,8 +128,8 @@ class Bucket:
 
     @property
     def short(self) -> int:
-        """Bytes the waiting meters still lack."""
-        return sum(m.need for m in self._waiters)
+        """Bytes the waiting meters still lack, and datagram bytes refused since the last grant."""
+        return sum(m.need for m in self._waiters) + self.dropped_want
 
     @property
     def meters(self) -> int:
@@ -140,7 +143,7 @@ class Bucket:
         """
         if self.inactive:
             return False
-        if self._waiters:
+        if self._waiters or self.dropped_want:
             return True
         return self.granted - self.charged < self.low_water and self.remaining < self.low_water
 
@@ -213,10 +216,12 @@ class Bucket:
             return False
         if n > meter.allowance:
             if self._waiters:
+                self._refused(n)
                 return False
             if n > meter.allowance + self.free:
                 self._reclaim_quietly()  # no waiters, so nobody is owed a wake
             if n > meter.allowance + self.free:
+                self._refused(n)
                 return False
             fresh = n - meter.allowance
             self.charged += fresh
@@ -227,11 +232,17 @@ class Bucket:
             self._give_slice(meter)
         return True
 
+    def _refused(self, n: int) -> None:
+        """A datagram of `n` bytes did not fit: remember the demand (capped: a flood of
+        refused datagrams asks a lease of the usual size, not one of its own size)."""
+        self.dropped_want = min(self.slice_bytes, self.dropped_want + n)
+
     def grant(self, nbytes: int) -> tuple[Meter, ...]:
         """Add granted bytes; returns the meters that now hold bytes to flush."""
         if nbytes < 0:
             raise InvalidValue(f"a grant cannot be negative: {nbytes}")
         self.granted += nbytes
+        self.dropped_want = 0
         return self._serve_waiters()
 
     def revoke(self, nbytes: int) -> int:

@@ -238,6 +238,10 @@ class UnansweredSummary:
         """Tunnels with a pending row."""
         return len(self._tallies)
 
+    def pending(self) -> dict[str, tuple[int, int, int]]:
+        """What each tunnel's pending row sums so far: (flows, bytes in, bytes dropped)."""
+        return {t: (x.flows, x.bytes_in, x.bytes_dropped) for t, x in self._tallies.items()}
+
     def drain(self, now: int, tunnel: str | None = None) -> list[UnansweredRow]:
         """The pending row of `tunnel` (it ended), or every pending row (the relay stops)."""
         tunnels = list(self._tallies) if tunnel is None else [tunnel]

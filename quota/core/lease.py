@@ -85,6 +85,25 @@ class LeaseTotals:
         return dataclasses.replace(self, granted_total=total)
 
 
+def after_report(
+    totals: tuple[int, int, int, int], *, used: int, returned: int, now: int, valid_until: int
+) -> tuple[int, int, int, int]:
+    """`LeaseTotals(*totals).report(...).expire(now).extend(valid_until)`, as a plain tuple.
+
+    (granted, used, returned, valid_until) in and out: what a report does to one
+    lease, without building three objects (a report of 10,000 agents does it
+    10,000 times). Refuses negative deltas and totals past `MAX_COUNTER` alike.
+    """
+    granted, used_total, returned_total, until = totals
+    if used < 0 or returned < 0:
+        raise InvalidValue("used and returned must not be negative")
+    used_total = _add(used_total, used, "lease used_total")
+    returned_total = _add(returned_total, returned, "lease returned_total")
+    if until <= now:  # expired: the remainder is written off as returned
+        returned_total += max(0, granted - used_total - returned_total)
+    return granted, used_total, returned_total, valid_until
+
+
 def metered_reserve(excess: int, rate: Rate) -> int:
     """Millicoins that `excess` leased bytes beyond an agent's traffic may cost (rounded up)."""
     if excess <= 0:

@@ -133,7 +133,7 @@ class PauseClock:
         self._since: int | None = None
         self._reason: PauseReason | None = None
         self._switched = 0  # when the running pause was last charged to `_reason`
-        self._by_reason: dict[PauseReason, int] = {}
+        self._by_reason: dict[PauseReason, int] | None = None  # made at the first pause
 
     def pause(self, now_ms: int, reason: PauseReason | None = None) -> bool:
         """Start a pause (charged to `reason`); False if one is already running."""
@@ -164,7 +164,9 @@ class PauseClock:
     def _settle(self, now_ms: int) -> None:
         if self._reason is not None:
             spent = max(0, now_ms - self._switched)
-            self._by_reason[self._reason] = self._by_reason.get(self._reason, 0) + spent
+            by_reason = self._by_reason if self._by_reason is not None else {}
+            by_reason[self._reason] = by_reason.get(self._reason, 0) + spent
+            self._by_reason = by_reason
         self._switched = max(self._switched, now_ms)
 
     def total_ms(self, now_ms: int) -> int:
@@ -174,7 +176,7 @@ class PauseClock:
 
     def reason_ms(self, reason: PauseReason, now_ms: int) -> int:
         """Paused time charged to `reason` so far, counting a pause still running."""
-        spent = self._by_reason.get(reason, 0)
+        spent = 0 if self._by_reason is None else self._by_reason.get(reason, 0)
         if self._since is not None and reason is self._reason:
             spent += max(0, now_ms - self._switched)
         return spent

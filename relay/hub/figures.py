@@ -16,18 +16,25 @@ Invariants:
   and the stream log has committed its close record: from then on both agree
   for good. `settled_ms` (when that earlier report was taken) lets a restart
   tell a settled stream from one never counted.
-- A stream that writes no record (an unanswered UDP flow, summed apart) and a
-  stream that closed without a byte have no row.
+- UDP flows no answer came back to write no record of their own: per tunnel,
+  one "unanswered" row holds the bytes of those still live and of those ended
+  but not yet written in an `unanswered` record (the tunnel's pending sum);
+  a written `unanswered` record is then a closed row like a stream's. A stream
+  that closed without a byte has no row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from quota.agent.journal import StreamBatch, StreamFigures
 from relay.hub.live import LiveStreams
 from relay.hub.stream import Stream
+from relay.hub.tunnels import Tunnel
 from relay.streamlog.writer import StreamLog
+
+# tunnel id -> (tunnel, flows, bytes in, bytes dropped) of its pending unanswered sum
+Pending = Mapping[str, tuple[Tunnel, int, int, int]]
 
 Figures = tuple[int, int, int]  # bytes up, down, dropped
 
@@ -67,6 +74,18 @@ class StreamBook:
         self._written: dict[str, Figures] = {}  # live streams: figures the journal holds
         self._closing: dict[str, tuple[StreamFigures, int]] = {}  # final figures, log position
         self._closed: dict[str, tuple[int, int]] = {}  # journaled closed: taken at, log position
+        self.pending: Callable[[], Pending] | None = None  # set by the UDP side when it exists
+
+    def unanswered_id(self, tunnel_id: str) -> str:
+        """The id of a tunnel's row of unanswered flows not yet in a written record."""
+        return f"{self.run}q/{tunnel_id}"
+
+    def unanswered_written(
+        self, stream_id: str, tunnel: Tunnel, sums: tuple[int, int, int], since_ms: int
+    ) -> None:
+        """An `unanswered` record was queued: its (flows, bytes, dropped) left the pending sum."""
+        final = _unanswered_row(stream_id, tunnel, sums, since_ms, closed=True)
+        self._closing[stream_id] = (final, self.streamlog.position)
 
     def closed(self, stream: Stream) -> None:
         """`stream` closed (its close record is queued): its final figures go in the next write."""
@@ -84,6 +103,7 @@ class StreamBook:
             and (s.bytes_up, s.bytes_down, s.bytes_dropped)
             != self._written.get(s.stream_id, (0, 0, 0))
         ]
+        rows += self._unanswered_rows(now)
         rows += [final for final, _ in self._closing.values()]
         durable = self.streamlog.durable
         settled = {
@@ -99,6 +119,33 @@ class StreamBook:
             at_ms=now,
         )
 
+    def _unanswered_rows(self, now: int) -> list[StreamFigures]:
+        """Per tunnel: its live unanswered flows plus its pending sum, where that changed."""
+        sums: dict[str, tuple[Tunnel, list[int]]] = {}
+        for s in self.live.values():
+            if s.quiet:
+                entry = sums.setdefault(s.tunnel.tunnel_id, (s.tunnel, [0, 0, 0]))[1]
+                entry[0] += 1
+                entry[1] += s.bytes_up + s.bytes_down
+                entry[2] += s.bytes_dropped
+        for tunnel_id, (tunnel, flows, nbytes, dropped) in (self.pending or dict)().items():
+            entry = sums.setdefault(tunnel_id, (tunnel, [0, 0, 0]))[1]
+            entry[0] += flows
+            entry[1] += nbytes
+            entry[2] += dropped
+        rows = []
+        for tunnel_id, (tunnel, (flows, nbytes, dropped)) in sums.items():
+            sid = self.unanswered_id(tunnel_id)
+            if (nbytes, 0, dropped) != self._written.get(sid, (0, 0, 0)):
+                sums_now = (flows, nbytes, dropped)
+                rows.append(_unanswered_row(sid, tunnel, sums_now, now, closed=False))
+        for sid in self._written.keys() - {self.unanswered_id(t) for t in sums}:
+            # all of them written in records since: nothing pending any more
+            if sid.startswith(f"{self.run}q/") and self._written[sid] != (0, 0, 0):
+                tunnel_id = sid[len(self.run) + 2 :]
+                rows.append(_emptied(sid, tunnel_id))
+        return rows
+
     def written(self, batch: StreamBatch) -> None:
         for row in batch.rows:
             if row.closed:
@@ -109,3 +156,43 @@ class StreamBook:
                 self._written[row.stream_id] = _counts(row)
         for stream_id in batch.settled:
             self._closed.pop(stream_id, None)
+
+
+def _unanswered_row(
+    stream_id: str, tunnel: Tunnel, sums: tuple[int, int, int], since_ms: int, *, closed: bool
+) -> StreamFigures:
+    flows, nbytes, dropped = sums
+    return StreamFigures(
+        stream_id=stream_id,
+        tunnel_id=tunnel.tunnel_id,
+        agent_id=tunnel.agent.agent_id,
+        account=tunnel.agent.account,
+        kind=tunnel.kind,
+        peer=f"unanswered flows: {flows}",
+        target=tunnel.target,
+        opened_at_ms=since_ms,
+        bytes_up=nbytes,
+        bytes_down=0,
+        bytes_dropped=dropped,
+        closed=closed,
+        record="unanswered",
+    )
+
+
+def _emptied(stream_id: str, tunnel_id: str) -> StreamFigures:
+    """A tunnel's unanswered row once nothing is pending: 0 bytes (written, then left)."""
+    return StreamFigures(
+        stream_id=stream_id,
+        tunnel_id=tunnel_id,
+        agent_id="",
+        account="",
+        kind="",
+        peer="unanswered flows: 0",
+        target="",
+        opened_at_ms=0,
+        bytes_up=0,
+        bytes_down=0,
+        bytes_dropped=0,
+        closed=False,
+        record="unanswered",
+    )

@@ -8,8 +8,10 @@ Invariants:
   journal's figures where it has a row, 0 for a stream no report counted. So
   per agent, the stream log's total equals what the billing API was told, to
   the byte. A stream the journal settled (closed in the log, figures agreed,
-  closed at or before `settled_ms`) is left alone, and so are `refused` and
-  `unanswered` records, which no journal row stands for.
+  closed at or before `settled_ms`) is left alone, and so are `refused`
+  records (no bytes). `unanswered` records are held to the same rule; the
+  journal's per-tunnel row of unanswered flows not yet written in a record
+  becomes an `unanswered` record of its own.
 - A closed stream whose bytes change this way gets a "corrected" record; a
   stream the journal counted but the log never heard of gets its row, closed.
 - Without a journal (no billing API), streams keep the last figures written.
@@ -24,7 +26,7 @@ from quota.agent.journal import JournaledStreams, StreamFigures
 from relay.streamlog.record import FIELDS, StreamRecord
 
 ROW_FIELDS: tuple[str, ...] = FIELDS[2:]
-_NOT_STREAMS = frozenset({"refused", "unanswered"})
+_NOT_STREAMS = frozenset({"refused"})
 
 
 def run_start_ms(run: str) -> int:
@@ -75,15 +77,16 @@ def restart_records(
             out.append(StreamRecord(event="corrected", at_ms=now_ms, **values))
     if journaled is not None:
         for sid, f in journaled.rows.items():
-            if sid not in seen:
+            if sid not in seen and (f.bytes_up or f.bytes_down or f.bytes_dropped):
                 out.append(_unheard_of(f, relay_id, now_ms))
     return out
 
 
 def _unheard_of(f: StreamFigures, relay_id: str, now_ms: int) -> StreamRecord:
-    """A stream the journal counted whose records never reached the log."""
+    """A stream (or a tunnel's unanswered flows) the journal counted that the log never had."""
+    unanswered = f.record == "unanswered"
     return StreamRecord(
-        event="close",
+        event="unanswered" if unanswered else "close",
         at_ms=now_ms,
         stream_id=f.stream_id,
         tunnel_id=f.tunnel_id,
@@ -100,5 +103,5 @@ def _unheard_of(f: StreamFigures, relay_id: str, now_ms: int) -> StreamRecord:
         pauses=0,
         paused_ms=0,
         state="closed",
-        close_reason="relay_restart",
+        close_reason="unanswered" if unanswered else "relay_restart",
     )

@@ -334,7 +334,15 @@ class StreamLog:
         except sqlite3.Error as exc:
             raise StreamLogError(f"stream log {self.path}: cannot close leftovers: {exc}") from exc
         self._written += len(records)
-        if records and (self._json_file is not None or self._json_path == Path("-")):
+        if not records:
+            return
+        structlog.get_logger().info(
+            "stream_log_restart",
+            closed=sum(r.event == "close" for r in records),
+            corrected=sum(r.event == "corrected" for r in records),
+            journal=self._journaled is not None,
+        )
+        if self._json_file is not None or self._json_path == Path("-"):
             await asyncio.to_thread(self._emit_json, records)
 
     async def _restart_rows(self, db: aiosqlite.Connection) -> list[dict[str, Any]]:

@@ -79,6 +79,8 @@ class UdpRelay:
         self._flusher: asyncio.TimerHandle | None = None
         self._ids = itertools.count(1)
         self._next_flow = 0
+        if hub.book is not None:
+            hub.book.pending = self.pending  # the journal counts what these sums hold
 
     @property
     def max_datagram(self) -> int:
@@ -133,6 +135,17 @@ class UdpRelay:
             if tunnel is not None:
                 stream_id = self.hub.stream_id(f"n{next(self._ids)}")
                 self.hub.recorder.unanswered(stream_id=stream_id, tunnel=tunnel, row=row)
+                if self.hub.book is not None:
+                    sums = (row.flows, row.bytes_in, row.bytes_dropped)
+                    self.hub.book.unanswered_written(stream_id, tunnel, sums, row.since)
+
+    def pending(self) -> dict[str, tuple[Tunnel, int, int, int]]:
+        """Each tunnel's unanswered flows ended but not yet written in a record."""
+        return {
+            tunnel_id: (self._summed[tunnel_id], *sums)
+            for tunnel_id, sums in self.summary.pending().items()
+            if tunnel_id in self._summed
+        }
 
     # -- registration (tcpip-forward "udp/...") --------------------------------------
 

@@ -22,6 +22,8 @@ def test_sync_section_records_every_figure(tmp_path: Path) -> None:
     for key, *_ in sync.FIGURES:
         assert res.figures[key].samples, key
     assert [t.name for t in res.targets] == [
+        "ingestion of a 20-agent report, SQLite",
+        "ingestion of a 20-agent report, PostgreSQL",
         "resume after a package purchase, p99, against the purchase call",
         "resume after a package purchase, p99",
     ]

@@ -78,7 +78,7 @@ async def test_plan_change_the_balance_cannot_cover_changes_nothing(
 
 
 async def test_traffic_draws_bucket_then_packages_then_metered(
-    api: Api, server: BillingServer
+    api: Api, server: BillingServer, clock: ManualClock
 ) -> None:
     """1G bucket, 1G package, metered beyond: 3.5G costs exactly 0.150 from the balance."""
     acc, token, agent = await _funded_agent(api, 10_000, "basic")
@@ -89,9 +89,11 @@ async def test_traffic_draws_bucket_then_packages_then_metered(
     grant = (await api.usage(2, [{"agent_id": agent, "bytes": 1_500_000_000}]))["leases"][0]
     assert grant["unbilled_bytes"] == 0 and await _metered(api, agent, 3)
     assert await api.balance(acc) == 10_000 - 5_000 - 500 - 150
+    clock.advance(3_600_000)  # the hour's draws from bucket and packages: one entry at its end
+    await server.service.maintenance.run()
     page = await api.ok("GET", f"/v1/accounts/{acc}/ledger", params={"agent_id": agent})
     used = [(e["kind"], e["traffic_bytes"], e["used_bytes"]) for e in page["entries"][-2:]]
-    assert used == [("traffic", -2 * GB, 2 * GB), ("metered_traffic", 0, 1_500_000_000)]
+    assert used == [("metered_traffic", 0, 1_500_000_000), ("traffic", -2 * GB, 2 * GB)]
 
 
 async def test_auto_top_up_buys_the_shortfall_within_the_limit_and_never_loops(

@@ -13,15 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 from quota.billing import repo
 from quota.billing.clock import ManualClock
 from quota.billing.push import FAN_OUT_IDS, PushHub
 from quota.billing.server import BillingServer
+from quota.billing.store import open_store
 from quota.contract import wire
+from quota.core.billing import EntryKind
 from tests.billing.api import RELAY, RELAY2, Api, make_config
 from tests.rigs.billing import RELAY_TOKEN, Billing
 from tests.rigs.postgres import TestDatabase
+from tests.rigs.waits import poll
 
 G = 10**9
 M = 10**6
@@ -77,6 +81,8 @@ async def test_two_replicas_apply_concurrent_duplicates_once_and_keep_leases_pay
         _once_each(await asyncio.gather(*jobs))
         agent = await apis[1].ok("GET", f"/v1/agents/{agt}")
         assert agent["traffic_remaining"] == G - 16 * M
+        clock.advance(3_600_000)  # the hour's traffic becomes its one ledger entry
+        await two.service.maintenance.run()
         page = await apis[1].ok("GET", f"/v1/accounts/{acc}/ledger", params={"limit": "1000"})
         assert sum(e["used_bytes"] for e in page["entries"]) == 16 * M
         assert await apis[0].balance(acc) == sum(e["amount"] for e in page["entries"])
@@ -149,6 +155,99 @@ async def test_a_change_committed_on_one_replica_is_pushed_by_every_replica(
                 ([agt], "settings"),
             ]
             await ws.close()
+
+
+async def test_a_lost_listen_connection_comes_back_and_pushes_again(
+    tmp_path: Path, clock: ManualClock, postgresql_db: TestDatabase
+) -> None:
+    """PostgreSQL: LISTEN backends terminated, replicas listen again and push other's changes."""
+    config = make_config(tmp_path, database=postgresql_db.fresh_url())
+    listeners = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN %'"
+        " AND NOT (pid = ANY($2::int[]))"
+    )
+    async with (
+        BillingServer(config, clock=clock, maintenance=False) as one,
+        BillingServer(config, clock=clock, maintenance=False) as two,
+        aiohttp.ClientSession() as session,
+    ):
+        api = Api(session, one.url)
+        acc, agt = await _paying(api)
+        await api.deposit(acc, 5_000, "more")  # before any relay listens
+        far = await _events(session, two.url)
+        conn = await asyncpg.connect(postgresql_db.url)
+        try:
+            pids = [r[0] for r in await conn.fetch(listeners, postgresql_db.name, [])]
+            assert len(pids) == 2
+            for pid in pids:
+                await conn.execute("SELECT pg_terminate_backend($1)", pid)
+
+            async def back() -> bool:
+                return len(await conn.fetch(listeners, postgresql_db.name, pids)) == 2
+
+            await poll(back, "both replicas to listen again", timeout=20)
+        finally:
+            await conn.close()
+        await api.ok("POST", f"/v1/agents/{agt}/packages", body={"package": "1G"})
+        got = wire.parse(wire.PushEvent, await far.receive_json(timeout=5))
+        assert (got.agent_ids, got.reason) == ([agt], "package")
+        await far.close()
+
+
+async def test_ledger_pages_never_skip_an_entry_committed_late(
+    postgresql_db: TestDatabase,
+) -> None:
+    """PostgreSQL: two replicas write one account's ledger at once; a cursor sees every entry."""
+    url = postgresql_db.fresh_url()
+    account = repo.AccountRow(
+        id="acc_late",
+        name="late",
+        balance=0,
+        version=0,
+        frozen=False,
+        frozen_reason=None,
+        low_notice_at=None,
+        created_at=0,
+    )
+    traffic = repo.Posting(kind=EntryKind.TRAFFIC, reason="zero-amount entry")
+    async with open_store(url) as one, open_store(url) as two:
+        async with one.transaction() as tx:
+            await repo.create_account(tx, account, "hash-late")
+        first_in, release = asyncio.Event(), asyncio.Event()
+
+        async def early() -> None:  # takes the lower id, commits last
+            async with one.transaction() as tx:
+                await repo.post(tx, account, traffic, key="early", at=1)
+                first_in.set()
+                await release.wait()
+
+        async def late() -> None:
+            async with two.transaction() as tx:
+                await repo.post(tx, account, traffic, key="late", at=2)
+
+        async def page(after: int) -> list[wire.LedgerEntry]:
+            async with one.reading() as tx:
+                return await repo.ledger_page(tx, account.id, after=after, limit=10, filters={})
+
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(early())
+            await first_in.wait()
+            second = tasks.create_task(late())
+            waiting = (
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            )
+
+            async def blocked_or_done() -> bool:
+                async with one.reading() as tx:
+                    return second.done() or bool(await tx.all(waiting))
+
+            await poll(blocked_or_done, "the second writer to wait or to commit", timeout=10)
+            seen = await page(0)
+            release.set()
+        cursor = seen[-1].id if seen else 0
+        seen += await page(cursor)
+        assert sorted(e.idempotency_key for e in seen) == ["early", "late"]
 
 
 def test_announcements_slice_many_agents_and_replicas_skip_their_own() -> None:

@@ -269,3 +269,19 @@ def test_bytes_handed_to_a_waiter_survive_a_reclaim_before_it_flushes() -> None:
     b.flush()
     assert (a.forwarded, b.forwarded, b.held, a.held) == (100, 100, 0, 50)
     assert bucket.used == 200
+
+
+def test_a_refused_datagram_is_demand_until_the_next_grant() -> None:
+    """UDP cannot wait: a refused datagram makes the bucket short and ask for a grant
+    (capped at a slice however many were refused); a grant clears it."""
+    bucket = Bucket("a", slice_bytes=1000)
+    meter = bucket.attach("flow")
+    assert (bucket.short, bucket.wants_grant()) == (0, False)
+    assert not bucket.take_whole(meter, 600)
+    assert (bucket.short, bucket.wants_grant()) == (600, True)
+    for _ in range(5):
+        bucket.take_whole(meter, 600)
+    assert bucket.short == 1000  # a flood asks the usual lease, not one of its own size
+    bucket.grant(5000)
+    assert (bucket.short, bucket.wants_grant()) == (0, False)
+    assert bucket.take_whole(meter, 600) and bucket.used == 600

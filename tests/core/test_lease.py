@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from quota.core.billing import draw_traffic
 from quota.core.errors import InvalidValue
-from quota.core.lease import LeaseTotals, capacity, grant_size, metered_reserve, shortfall
+from quota.core.lease import (
+    LeaseTotals,
+    after_report,
+    capacity,
+    grant_size,
+    metered_reserve,
+    shortfall,
+)
 from quota.core.money import GB, Rate, metered_rate
 
 RATE = metered_rate(100)  # 0.1 coin per GB
@@ -191,3 +198,26 @@ def test_grant_never_raises_the_sum_above_capacity(want: int, cap: int, held: in
     assert held + grant <= max(held, cap)
     if held <= cap:
         assert grant + shortfall(want=want, capacity=cap, outstanding=held) == want
+
+
+_TOTAL = st.integers(0, 2**40)
+
+
+@given(g=_TOTAL, u=_TOTAL, r=_TOTAL, until=_TOTAL, used=_TOTAL, back=_TOTAL, now=_TOTAL, to=_TOTAL)
+def test_after_report_is_report_expire_extend(
+    g: int, u: int, r: int, until: int, used: int, back: int, now: int, to: int
+) -> None:
+    """The tuple form of a report's lease update equals the LeaseTotals chain it replaces."""
+    chained = (
+        LeaseTotals(granted_total=g, used_total=u, returned_total=r, valid_until=until)
+        .report(used=used, returned=back)
+        .expire(now)
+        .extend(to)
+    )
+    fast = after_report((g, u, r, until), used=used, returned=back, now=now, valid_until=to)
+    assert fast == (
+        chained.granted_total,
+        chained.used_total,
+        chained.returned_total,
+        chained.valid_until,
+    )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from structlog.testing import capture_logs
 
 from quota.agent.journal import JournaledStreams, StreamFigures
 from relay.hub.figures import StreamBook
@@ -61,8 +63,11 @@ async def test_a_restart_gives_each_stream_the_bytes_the_journal_counted(tmp_pat
         },
         settled_ms=T0 + 40,
     )
-    async with StreamLog(db, relay_id="r1", journaled=journaled):
-        pass
+    with capture_logs() as logs:
+        async with StreamLog(db, relay_id="r1", journaled=journaled):
+            pass
+    [line] = [e for e in logs if e["event"] == "stream_log_restart"]
+    assert (line["closed"], line["corrected"], line["journal"]) == (4, 2, True)
     every = await list_streams(db)
     rows = {
         r["stream_id"][len(RUN) :]: r
@@ -143,7 +148,7 @@ def test_the_book_writes_changes_and_closes_and_settles_only_what_both_sides_hol
     book = StreamBook("r-", live, log, lambda: now[0])  # type: ignore[arg-type]
     live["s1"], live["s2"], live["q"] = _Stream("s1", 5), _Stream("s2"), _Stream("q", 9, quiet=True)
     batch = book.snapshot()
-    assert [r.stream_id for r in batch.rows] == ["s1"]
+    assert [r.stream_id for r in batch.rows] == ["s1", "r-q/t"]  # a quiet flow: its tunnel's row
     book.written(batch)
     assert book.snapshot().rows == ()  # nothing changed since
     live["s1"].bytes_down = 2
@@ -162,3 +167,49 @@ def test_the_book_writes_changes_and_closes_and_settles_only_what_both_sides_hol
     assert (batch.settled, batch.settled_ms) == (("s1",), 100)
     book.written(batch)
     assert book.snapshot().settled == ()
+
+
+def test_unanswered_flows_are_one_row_a_tunnel_until_a_record_holds_them() -> None:
+    """Live quiet flows plus the pending sum make the tunnel's row; a record takes them over."""
+    live: dict[str, _Stream] = {"q1": _Stream("q1", 9, quiet=True)}
+    log, tunnel = _Log(position=3), _Tunnel()
+    pending: dict[str, tuple[Any, int, int, int]] = {"t": (tunnel, 2, 40, 1)}
+    book = StreamBook("r-", live, log, lambda: 50)  # type: ignore[arg-type]
+    book.pending = lambda: pending
+    [row] = book.snapshot().rows
+    assert (row.stream_id, row.record, row.peer) == ("r-q/t", "unanswered", "unanswered flows: 3")
+    assert (row.bytes_up, row.bytes_dropped, row.closed) == (49, 1, False)
+    book.written(book.snapshot())
+    pending.clear()  # the pending sum became a record
+    book.unanswered_written("r-n1", tunnel, (2, 40, 1), 7)  # type: ignore[arg-type]
+    live.clear()  # and the live flow was answered or ended in the next sum... gone here
+    rows = {r.stream_id: r for r in book.snapshot().rows}
+    assert (rows["r-q/t"].bytes_up, rows["r-q/t"].record) == (0, "unanswered")
+    assert (rows["r-n1"].bytes_up, rows["r-n1"].closed, rows["r-n1"].opened_at_ms) == (40, True, 7)
+    book.written(book.snapshot())
+    assert book.snapshot().rows == ()
+
+
+async def test_a_restart_holds_unanswered_records_to_the_journal_too(tmp_path: Path) -> None:
+    """A record the journal counted stays; one it never counted is 0; its pending row is added."""
+    db = tmp_path / "s.db"
+    udp = {"kind": "udp_public", "state": "closed", "close_reason": "unanswered"}
+    async with StreamLog(db, relay_id="r1") as log:
+        log.record(rec(f"{RUN}n1", "unanswered", T0 + 10, bytes_up=10, **udp))
+        log.record(rec(f"{RUN}n2", "unanswered", T0 + 90, bytes_up=20, **udp))
+    counted = replace(figures(f"{RUN}n1", 10, closed=True), record="unanswered")
+    pending = replace(figures(f"{RUN}q/t", 33), record="unanswered", peer="unanswered flows: 4")
+    empty = replace(figures(f"{RUN}q/u", 0), record="unanswered")
+    rows = {r.stream_id: r for r in (counted, pending, empty)}
+    journaled = JournaledStreams(runs=(RUN,), rows=rows, settled_ms=T0 + 40)
+    async with StreamLog(db, relay_id="r1", journaled=journaled):
+        pass
+    got = {
+        r["stream_id"][len(RUN) :]: (r["bytes_up"], r["close_reason"], r["last_event"], r["peer"])
+        for r in await list_streams(db)
+    }
+    assert got == {
+        "n1": (10, "unanswered", "unanswered", "support:bob@127.0.0.1:50123"),
+        "n2": (0, "unanswered", "corrected", "support:bob@127.0.0.1:50123"),
+        "q/t": (33, "unanswered", "unanswered", "unanswered flows: 4"),
+    }

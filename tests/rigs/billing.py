@@ -203,17 +203,12 @@ class Billing:
         return spec
 
     async def usage_total(self, account_id: str, agent_id: str) -> int:
-        """Bytes the ledger says this agent used, over every page."""
-        total, after = 0, 0
-        while True:
-            page = await self.api(
-                "GET",
-                f"/v1/accounts/{account_id}/ledger?agent_id={agent_id}&after={after}&limit=1000",
-            )
-            total += sum(int(e["used_bytes"]) for e in page["entries"])
-            if page["next_cursor"] is None:
-                return total
-            after = page["next_cursor"]
+        """Bytes billing took in from every relay's reports for this agent (the usage API).
+
+        Not the ledger: its traffic entries are written once per agent and hour.
+        """
+        got = await self.api("GET", f"/v1/accounts/{account_id}/usage?agent_id={agent_id}")
+        return int(got["bytes"])
 
 
 def synced_relay(tmp: Path, billing: Billing, *, relay: int = 1, **billing_keys: Any) -> Relay:

@@ -4,9 +4,11 @@ One module per aggregate: `accounts` (balances, version checks, notices),
 `agents` (agents and keys), `ledger` (immutable entries, `post`), `records`
 (answers kept for idempotency: keys, payments, relay reports, intents),
 `leases` (each relay's share of an agent's traffic), `usage` (per-tunnel
-totals) and `webhooks` (the notices' delivery outbox, called as
-`repo.webhooks.*`). Each function runs in the caller's transaction (`Tx`) and
-speaks in typed rows, never in SQL rows. Callers use the names re-exported here.
+totals and the raw usage of every report), `rollup` (an agent's open window
+of traffic draws, one ledger entry when it closes) and `webhooks` (the
+notices' delivery outbox, called as `repo.webhooks.*`). Each function runs in
+the caller's transaction (`Tx`) and speaks in typed rows, never in SQL rows.
+Callers use the names re-exported here.
 """
 
 from quota.billing.repo import webhooks
@@ -19,16 +21,20 @@ from quota.billing.repo.accounts import (
     create_account,
     get_account,
     save_account,
+    save_balances,
 )
 from quota.billing.repo.agents import (
     AgentBrief,
     AgentRow,
+    Traffic,
     add_key,
     agent_ids_of,
     agent_name_taken,
     agent_wire,
     agents_by_id,
     agents_of,
+    agents_of_accounts,
+    agents_with_leases,
     all_agent_briefs,
     due_agents,
     get_agent,
@@ -37,15 +43,14 @@ from quota.billing.repo.agents import (
     live_keys,
     revoke_key,
     save_agent,
+    save_traffic,
 )
-from quota.billing.repo.common import IN_CHUNK
 from quota.billing.repo.leases import (
     expire_relay,
     extend_relay,
-    leases_of,
     outstanding,
-    outstanding_by_agent,
-    save_leases,
+    outstanding_of,
+    save_lease_totals,
 )
 from quota.billing.repo.ledger import Posting, counts_by_kind, ledger_page, post, sums
 from quota.billing.repo.records import (
@@ -61,20 +66,31 @@ from quota.billing.repo.records import (
     save_payment,
     save_report,
 )
-from quota.billing.repo.usage import TunnelUsage, add_tunnel_usage, tunnel_usage_of
+from quota.billing.repo.rollup import close_due, window
+from quota.billing.repo.usage import (
+    Delta,
+    TunnelUsage,
+    UsageFilter,
+    add_tunnel_usage,
+    log_usage,
+    tunnel_usage_of,
+    usage_between,
+)
 from quota.billing.repo.webhooks import Outgoing
 
 __all__ = [
-    "IN_CHUNK",
     "AccountRow",
     "AgentBrief",
     "AgentRow",
     "Answered",
+    "Delta",
     "Outgoing",
     "Payment",
     "Posting",
     "Report",
+    "Traffic",
     "TunnelUsage",
+    "UsageFilter",
     "account_id_by_token",
     "accounts_by_id",
     "add_intent",
@@ -86,8 +102,11 @@ __all__ = [
     "agent_wire",
     "agents_by_id",
     "agents_of",
+    "agents_of_accounts",
+    "agents_with_leases",
     "all_accounts",
     "all_agent_briefs",
+    "close_due",
     "counts_by_kind",
     "create_account",
     "due_agents",
@@ -101,20 +120,24 @@ __all__ = [
     "insert_agent",
     "intent_amount",
     "keys_of",
-    "leases_of",
     "ledger_page",
     "live_keys",
+    "log_usage",
     "outstanding",
-    "outstanding_by_agent",
+    "outstanding_of",
     "post",
     "revoke_key",
     "save_account",
     "save_agent",
     "save_answer",
-    "save_leases",
+    "save_balances",
+    "save_lease_totals",
     "save_payment",
     "save_report",
+    "save_traffic",
     "sums",
     "tunnel_usage_of",
+    "usage_between",
     "webhooks",
+    "window",
 ]

@@ -1,9 +1,9 @@
 """Accounts: typed rows, optimistic version checks, and the notices kept with them.
 
 Invariants:
-- A balance is written only by `save_account`, with an optimistic version check
-  (`WHERE version = ?`, `version + 1`); a stale version raises `VersionConflict`
-  and the caller's retry loop starts over.
+- A balance is written only by `save_account` or `save_balances` (many at
+  once), with an optimistic version check (`WHERE version = ?`, `version + 1`);
+  a stale version raises `VersionConflict` and the caller's retry loop starts over.
 - An account is found by the hash of its token, never by the token itself.
 """
 
@@ -13,8 +13,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from quota.billing.errors import VersionConflict
-from quota.billing.repo.common import Row, chunks, marks
-from quota.billing.store import Tx
+from quota.billing.repo.common import Row
+from quota.billing.store import Bulk, Tx
 from quota.contract import wire
 
 _ACCOUNT_COLS = "id, name, balance, version, frozen, frozen_reason, low_notice_at, created_at"
@@ -63,14 +63,10 @@ async def get_account(tx: Tx, account_id: str) -> AccountRow | None:
 
 
 async def accounts_by_id(tx: Tx, account_ids: list[str]) -> dict[str, AccountRow]:
-    """The accounts with these ids that exist, read in a few statements, not one each."""
-    found: dict[str, AccountRow] = {}
-    for chunk in chunks(account_ids):
-        rows = await tx.all(
-            f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id IN ({marks(chunk)})", chunk
-        )
-        found.update((a.id, a) for a in map(_account, rows))
-    return found
+    """The accounts with these ids that exist, read in one statement, not one each."""
+    where, params = tx.in_ids("id", account_ids)
+    rows = await tx.all(f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE {where}", params)
+    return {a.id: a for a in map(_account, rows)}
 
 
 async def account_id_by_token(tx: Tx, token_hash: str) -> str | None:
@@ -100,6 +96,26 @@ async def save_account(tx: Tx, old: AccountRow, new: AccountRow) -> AccountRow:
     if changed != 1:
         raise VersionConflict(f"account {old.id} changed since version {old.version}")
     return dataclasses.replace(new, version=old.version + 1)
+
+
+_BALANCES = Bulk(
+    table="accounts",
+    columns=("balance", "id", "version"),
+    types=("bigint", "text", "bigint"),
+    key=("id", "version"),
+    also="version = accounts.version + 1",
+)
+
+
+async def save_balances(tx: Tx, accounts: list[AccountRow]) -> None:
+    """Write the balances of many accounts at once, each with its version check.
+
+    For balances `post(..., deferred=True)` changed in memory; any account whose
+    stored version moved meanwhile raises `VersionConflict` (the caller retries).
+    """
+    changed = await tx.update_rows(_BALANCES, [(a.balance, a.id, a.version) for a in accounts])
+    if changed != len(accounts):
+        raise VersionConflict(f"{len(accounts) - changed} account(s) changed under a report")
 
 
 async def add_notice(

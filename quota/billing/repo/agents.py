@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from quota.billing.repo.common import Row, chunks, marks
-from quota.billing.store import Tx
+from quota.billing.repo.common import Row
+from quota.billing.store import Bulk, Tx
 from quota.contract import wire
 from quota.core.billing import AgentRole
 from quota.core.money import MAX_COUNTER, checked_add
@@ -23,7 +23,8 @@ from quota.core.money import MAX_COUNTER, checked_add
 _AGENT_COLS = (
     "id, account_id, name, role, plan, active, lapsed, active_until, auto_renew, allow_metered,"
     " bucket_bytes, package_bytes, metered_carry, time_carry, topup_package, topup_limit,"
-    " topup_spent, topup_below, topup_blocked, topup_since, created_at"
+    " topup_spent, topup_below, topup_blocked, topup_since, created_at,"
+    " open_used, open_from, open_until"
 )
 
 
@@ -50,6 +51,11 @@ class AgentRow:
     topup_blocked: bool
     topup_since: int  # start of the period the auto top-up limit counts in
     created_at: int
+    # the open roll-up window: bytes drawn from bucket and packages not yet in the
+    # ledger, and the window's start and end (0: none open; see `repo.rollup`)
+    open_used: int = 0
+    open_from: int = 0
+    open_until: int = 0
 
     @property
     def traffic(self) -> int:
@@ -94,11 +100,54 @@ _AGENT_SAVED = tuple(n for n in _AGENT_FIELDS if n not in ("id", "account_id"))
 _AGENT_UPDATE = f"UPDATE agents SET {', '.join(f'{n} = ?' for n in _AGENT_SAVED)} WHERE id = ?"
 
 
+_SAVE_TRAFFIC = Bulk(
+    table="agents",
+    columns=(
+        "bucket_bytes",
+        "package_bytes",
+        "metered_carry",
+        "open_used",
+        "open_from",
+        "open_until",
+        "id",
+    ),
+    types=("bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "text"),
+    key=("id",),
+)
+Traffic = tuple[int, int, int, int, int, int]  # the `_SAVE_TRAFFIC` columns before the id
+
+
 def _agent(row: Row) -> AgentRow:
-    values = dict(zip(_AGENT_FIELDS, row, strict=True))
-    for flag in ("active", "lapsed", "auto_renew", "allow_metered", "topup_blocked"):
-        values[flag] = bool(values[flag])
-    return AgentRow(**values)
+    # spelled out: a report reads thousands of rows, and this is 5x quicker than a dict
+    (i, acc, name, role, plan, active, lapsed, until, renew, metered, bucket, packages) = row[:12]
+    (m_carry, t_carry, t_pkg, t_limit, t_spent, t_below, t_blocked, t_since, created) = row[12:21]
+    used, open_from, open_until = row[21:]
+    return AgentRow(
+        id=i,
+        account_id=acc,
+        name=name,
+        role=role,
+        plan=plan,
+        active=bool(active),
+        lapsed=bool(lapsed),
+        active_until=until,
+        auto_renew=bool(renew),
+        allow_metered=bool(metered),
+        bucket_bytes=bucket,
+        package_bytes=packages,
+        metered_carry=m_carry,
+        time_carry=t_carry,
+        topup_package=t_pkg,
+        topup_limit=t_limit,
+        topup_spent=t_spent,
+        topup_below=t_below,
+        topup_blocked=bool(t_blocked),
+        topup_since=t_since,
+        created_at=created,
+        open_used=used,
+        open_from=open_from,
+        open_until=open_until,
+    )
 
 
 async def get_agent(tx: Tx, agent_id: str) -> AgentRow | None:
@@ -107,12 +156,50 @@ async def get_agent(tx: Tx, agent_id: str) -> AgentRow | None:
 
 
 async def agents_by_id(tx: Tx, agent_ids: list[str]) -> dict[str, AgentRow]:
-    """The agents with these ids that exist, read in a few statements, not one each."""
-    found: dict[str, AgentRow] = {}
-    for chunk in chunks(agent_ids):
-        rows = await tx.all(f"SELECT {_AGENT_COLS} FROM agents WHERE id IN ({marks(chunk)})", chunk)
-        found.update((a.id, a) for a in map(_agent, rows))
-    return found
+    """The agents with these ids that exist, read in one statement, not one each."""
+    where, params = tx.in_ids("id", agent_ids)
+    rows = await tx.all(f"SELECT {_AGENT_COLS} FROM agents WHERE {where}", params)
+    return {a.id: a for a in map(_agent, rows)}
+
+
+async def agents_with_leases(
+    tx: Tx, relay_id: str, agent_ids: list[str]
+) -> tuple[dict[str, AgentRow], dict[str, tuple[int, int, int, int]]]:
+    """These agents, and this relay's lease of each (granted, used, returned, valid_until).
+
+    One statement for both (a report reads every agent it names and its lease).
+    """
+    where, params = tx.in_ids("id", agent_ids)
+    rows = await tx.all(
+        f"SELECT {_AGENT_COLS}, granted_total, used_total, returned_total, valid_until"
+        f" FROM agents LEFT JOIN leases ON relay_id = ? AND agent_id = id WHERE {where}",
+        (relay_id, *params),
+    )
+    agents: dict[str, AgentRow] = {}
+    leases: dict[str, tuple[int, int, int, int]] = {}
+    for row in rows:
+        agent = agents[row[0]] = _agent(row[:-4])
+        if row[-1] is not None:
+            g, u, r, v = row[-4:]
+            leases[agent.id] = (g, u, r, v)
+    return agents, leases
+
+
+async def agents_of_accounts(tx: Tx, account_ids: list[str]) -> list[AgentRow]:
+    """Every agent of these accounts, read in one statement, not one per account."""
+    where, params = tx.in_ids("account_id", account_ids)
+    return [
+        _agent(r) for r in await tx.all(f"SELECT {_AGENT_COLS} FROM agents WHERE {where}", params)
+    ]
+
+
+async def save_traffic(tx: Tx, rows: list[tuple[int, int, int, int, int, int, str]]) -> None:
+    """Write the traffic a report changed (`_SAVE_TRAFFIC`'s columns) of many agents at once.
+
+    For traffic drawn by a report: it only ever lowers bucket and packages, so the
+    sum stays within `MAX_COUNTER` as `save_agent` requires.
+    """
+    await tx.update_rows(_SAVE_TRAFFIC, rows)
 
 
 async def agents_of(tx: Tx, account_id: str) -> list[AgentRow]:

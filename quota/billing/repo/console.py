@@ -69,10 +69,13 @@ class DayUsage:
 
 
 async def usage_by_day(tx: Tx, account_id: str, since: int) -> list[DayUsage]:
-    """Bytes used per agent and UTC day, from the ledger entries at or after `since`."""
+    """Bytes used per agent and UTC day, from the relays' raw reports at or after `since`.
+
+    Not the ledger: its traffic entries are one per agent and hour (`repo.rollup`).
+    """
     rows = await tx.all(  # the divisor is written out: PostgreSQL groups by equal text
-        f"SELECT agent_id, at / {DAY_MS} AS day, CAST(SUM(used_bytes) AS BIGINT) FROM ledger"
-        " WHERE account_id = ? AND at >= ? AND agent_id IS NOT NULL AND used_bytes > 0"
+        f"SELECT agent_id, at / {DAY_MS} AS day, CAST(SUM(bytes) AS BIGINT) FROM usage_log"
+        " WHERE account_id = ? AND at >= ? AND bytes > 0"
         f" GROUP BY agent_id, at / {DAY_MS} ORDER BY day, agent_id",
         (account_id, since),
     )

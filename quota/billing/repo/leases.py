@@ -3,51 +3,50 @@
 Invariants:
 - One row per (relay, agent) holding cumulative totals (granted, used,
   returned), never negative (CHECKs); every report's deltas are added by the
-  caller (`quota.core.lease.LeaseTotals`) and written back whole.
+  caller (`quota.core.lease.after_report`) and written back whole, a whole
+  report's leases in one statement.
 - "Outstanding" is what a valid lease still promises: granted - used -
   returned, never below zero, and nothing once `valid_until <= now`.
 """
 
 from __future__ import annotations
 
-from quota.billing.repo.common import chunks, marks
-from quota.billing.store import Tx
-from quota.core.lease import LeaseTotals
+from quota.billing.store import Bulk, Tx
 
-_SAVE_LEASE = (
-    "INSERT INTO leases (relay_id, agent_id, granted_total, used_total, returned_total,"
-    " valid_until) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (relay_id, agent_id) DO UPDATE SET"
+_SAVE_LEASES = Bulk(
+    table="leases",
+    columns=(
+        "relay_id",
+        "agent_id",
+        "granted_total",
+        "used_total",
+        "returned_total",
+        "valid_until",
+    ),
+    types=("text", "text", "bigint", "bigint", "bigint", "bigint"),
+    conflict="ON CONFLICT (relay_id, agent_id) DO UPDATE SET"
     " granted_total = excluded.granted_total, used_total = excluded.used_total,"
-    " returned_total = excluded.returned_total, valid_until = excluded.valid_until"
+    " returned_total = excluded.returned_total, valid_until = excluded.valid_until",
 )
+Totals = tuple[int, int, int, int]  # granted, used, returned, valid_until
 _LEFT = "granted_total - used_total - returned_total"
 _OUTSTANDING = f"CAST(COALESCE(SUM(CASE WHEN {_LEFT} > 0 THEN {_LEFT} ELSE 0 END), 0) AS BIGINT)"
 
 
-async def leases_of(tx: Tx, relay_id: str, agent_ids: list[str]) -> dict[str, LeaseTotals]:
-    """This relay's stored leases of these agents, read in a few statements, not one each."""
-    found: dict[str, LeaseTotals] = {}
-    for chunk in chunks(agent_ids):
-        for agent_id, g, u, r, v in await tx.all(
-            "SELECT agent_id, granted_total, used_total, returned_total, valid_until FROM leases"
-            f" WHERE relay_id = ? AND agent_id IN ({marks(chunk)})",
-            (relay_id, *chunk),
-        ):
-            found[agent_id] = LeaseTotals(
-                granted_total=g, used_total=u, returned_total=r, valid_until=v
-            )
-    return found
+async def save_lease_totals(tx: Tx, relay_id: str, leases: dict[str, Totals]) -> None:
+    """Write these leases of one relay (agent id -> (granted, used, returned, valid_until))."""
+    await tx.insert_rows(_SAVE_LEASES, [(relay_id, a, *x) for a, x in leases.items()])
 
 
-async def save_leases(tx: Tx, relay_id: str, leases: dict[str, LeaseTotals]) -> None:
-    """Write these leases of one relay (agent id -> totals), in one statement."""
-    await tx.run_many(
-        _SAVE_LEASE,
-        [
-            (relay_id, a, x.granted_total, x.used_total, x.returned_total, x.valid_until)
-            for a, x in leases.items()
-        ],
+async def outstanding_of(tx: Tx, agent_ids: list[str], now: int) -> dict[str, int]:
+    """What `outstanding` answers for each of these agents, in one statement."""
+    where, params = tx.in_ids("agent_id", agent_ids)
+    rows = await tx.all(
+        f"SELECT agent_id, {_OUTSTANDING} FROM leases WHERE {where}"
+        " AND valid_until > ? GROUP BY agent_id",
+        (*params, now),
     )
+    return {str(a): int(n) for a, n in rows}
 
 
 async def outstanding(tx: Tx, agent_id: str, now: int) -> int:
@@ -57,17 +56,6 @@ async def outstanding(tx: Tx, agent_id: str, now: int) -> int:
         (agent_id, now),
     )
     return int(row[0]) if row else 0
-
-
-async def outstanding_by_agent(tx: Tx, account_id: str, now: int) -> dict[str, int]:
-    """What `outstanding` answers for each agent of the account, in one statement."""
-    rows = await tx.all(
-        f"SELECT agent_id, {_OUTSTANDING} FROM leases"
-        " WHERE agent_id IN (SELECT id FROM agents WHERE account_id = ?)"
-        " AND valid_until > ? GROUP BY agent_id",
-        (account_id, now),
-    )
-    return {str(a): int(n) for a, n in rows}
 
 
 async def expire_relay(tx: Tx, relay_id: str, now: int) -> None:
@@ -81,5 +69,8 @@ async def expire_relay(tx: Tx, relay_id: str, now: int) -> None:
 
 
 async def extend_relay(tx: Tx, relay_id: str, valid_until: int) -> None:
-    """Make every lease of this relay valid until `valid_until`."""
-    await tx.run("UPDATE leases SET valid_until = ? WHERE relay_id = ?", (valid_until, relay_id))
+    """Make every lease of this relay valid until `valid_until` (rows already so stay unwritten)."""
+    await tx.run(
+        "UPDATE leases SET valid_until = ? WHERE relay_id = ? AND valid_until <> ?",
+        (valid_until, relay_id, valid_until),
+    )

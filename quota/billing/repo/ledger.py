@@ -3,11 +3,13 @@
 Invariants:
 - A balance changes only through `post`, which writes the new balance with the
   account's optimistic version check and appends the one ledger entry that
-  explains it, in the caller's transaction.
+  explains it, in the caller's transaction (or, `deferred`, hands the new
+  balance back for `save_balances` to write with the same check before commit).
 - `post` refuses (402) an entry that would take the balance below zero, and
   (`OverLimit`) one that would take it past `MAX_MILLICOINS` (2**62).
 - Entries are never updated or deleted (triggers in the store refuse it);
-  corrections are new entries.
+  corrections are new entries. Ids follow commit order (`Tx.before_ledger`),
+  so paging by id (`after`) never skips an entry committed late.
 - An entry posted with `numbered=False` is held and sent in a batch with the
   transaction's next statement; its id is not read back, so the entry handed
   back carries id 0 (for operations that answer no one with their entries).
@@ -55,9 +57,20 @@ def _entry(row: Row) -> wire.LedgerEntry:
 
 
 async def post(
-    tx: Tx, account: AccountRow, posting: Posting, *, key: str, at: int, numbered: bool = True
+    tx: Tx,
+    account: AccountRow,
+    posting: Posting,
+    *,
+    key: str,
+    at: int,
+    numbered: bool = True,
+    deferred: bool = False,
 ) -> tuple[AccountRow, wire.LedgerEntry]:
-    """Apply `posting` to the balance (version-checked) and append its ledger entry."""
+    """Apply `posting` to the balance (version-checked) and append its ledger entry.
+
+    `deferred`: the new balance is only returned (same version); the caller
+    writes it with `save_balances` in the same transaction.
+    """
     balance = account.balance + posting.amount
     if posting.amount > 0:
         checked_add(account.balance, posting.amount, what="balance", limit=MAX_MILLICOINS)
@@ -66,7 +79,9 @@ async def post(
             f"balance {format_coin(account.balance)} cannot cover {format_coin(-posting.amount)}"
             f" for {posting.kind.value}"
         )
-    if posting.amount:
+    if posting.amount and deferred:
+        account = dataclasses.replace(account, balance=balance)
+    elif posting.amount:
         account = await save_account(tx, account, dataclasses.replace(account, balance=balance))
     reason = posting.reason
     if len(reason) > wire.MAX_STR:
@@ -84,6 +99,7 @@ async def post(
         at,
     )
     entry_id = 0
+    await tx.before_ledger()
     if numbered:
         entry_id = await tx.insert(_INSERT_ENTRY, row)
     else:

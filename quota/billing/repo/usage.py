@@ -1,6 +1,9 @@
-"""Per-tunnel usage: the bytes and tunnel seconds relays reported for each tunnel, summed.
+"""Usage: per-tunnel totals, and the raw usage of every report kept for audit.
 
 Invariants:
+- `usage_log` keeps each report's usage per (agent, tunnel) as it was applied,
+  one row each, in the transaction that charged it; rows are never updated or
+  deleted (triggers refuse it). Usage over a time range is summed from it.
 - One row per (agent, tunnel id) with cumulative totals; a report adds its
   deltas in the transaction that charges them, so a report applied once is
   counted once, and the tunnels of an agent add up to everything reported
@@ -15,17 +18,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quota.billing.repo.common import chunks, marks
-from quota.billing.store import Tx
+from quota.billing.store import Bulk, Tx
 from quota.core.money import MAX_COUNTER, OverLimit
 
-_ADD = (
-    "INSERT INTO tunnel_usage (agent_id, tunnel_id, bytes, tunnel_seconds, first_at, last_at)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, tunnel_id) DO UPDATE SET"
+_ADD = Bulk(
+    table="tunnel_usage",
+    columns=("agent_id", "tunnel_id", "bytes", "tunnel_seconds", "first_at", "last_at"),
+    types=("text", "text", "bigint", "bigint", "bigint", "bigint"),
+    conflict="ON CONFLICT (agent_id, tunnel_id) DO UPDATE SET"
     " bytes = tunnel_usage.bytes + excluded.bytes,"
     " tunnel_seconds = tunnel_usage.tunnel_seconds + excluded.tunnel_seconds,"
-    " last_at = excluded.last_at"
+    " last_at = excluded.last_at",
 )
+_LOG = Bulk(
+    table="usage_log",
+    columns=(
+        "relay_id",
+        "seq",
+        "account_id",
+        "agent_id",
+        "tunnel_id",
+        "bytes",
+        "tunnel_seconds",
+        "at",
+    ),
+    types=("text", "bigint", "text", "text", "text", "bigint", "bigint", "bigint"),
+)
+# (agent_id, tunnel_id, bytes, tunnel_seconds) of one report
+Delta = tuple[str, str, int, int]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,26 +60,19 @@ class TunnelUsage:
     last_at: int  # ms since the epoch: the latest report that named it
 
 
-async def add_tunnel_usage(tx: Tx, deltas: list[TunnelUsage]) -> None:
+async def add_tunnel_usage(tx: Tx, deltas: list[Delta], at: int) -> None:
     """Add each delta's bytes and seconds to its tunnel's totals, in one statement."""
     if not deltas:
         return
-    await tx.run_many(
-        _ADD,
-        [
-            (u.agent_id, u.tunnel_id, u.bytes, u.tunnel_seconds, u.first_at, u.last_at)
-            for u in deltas
-        ],
-    )
+    await tx.insert_rows(_ADD, [(a, t, b, s, at, at) for a, t, b, s in deltas])
     # A sum past 2**63 - 1 turns REAL in SQLite (an error elsewhere): look for any past the max.
-    for ids in chunks(sorted({u.agent_id for u in deltas})):
-        over = await tx.one(
-            f"SELECT 1 FROM tunnel_usage WHERE agent_id IN ({marks(ids)})"
-            " AND (bytes > ? OR tunnel_seconds > ?) LIMIT 1",
-            [*ids, MAX_COUNTER, MAX_COUNTER],
-        )
-        if over is not None:
-            raise OverLimit("a tunnel's usage total", MAX_COUNTER)
+    where, params = tx.in_ids("agent_id", sorted({d[0] for d in deltas}))
+    over = await tx.one(
+        f"SELECT 1 FROM tunnel_usage WHERE {where} AND (bytes > ? OR tunnel_seconds > ?) LIMIT 1",
+        [*params, MAX_COUNTER, MAX_COUNTER],
+    )
+    if over is not None:
+        raise OverLimit("a tunnel's usage total", MAX_COUNTER)
 
 
 async def tunnel_usage_of(tx: Tx, agent_id: str) -> list[TunnelUsage]:
@@ -71,4 +84,42 @@ async def tunnel_usage_of(tx: Tx, agent_id: str) -> list[TunnelUsage]:
     return [
         TunnelUsage(agent_id=a, tunnel_id=t, bytes=b, tunnel_seconds=s, first_at=f, last_at=last)
         for a, t, b, s, f, last in rows
+    ]
+
+
+async def log_usage(
+    tx: Tx, relay_id: str, seq: int, at: int, deltas: list[Delta], accounts: dict[str, str]
+) -> None:
+    """Keep one report's usage per (agent, tunnel) for audit; `accounts`: agent id -> account."""
+    await tx.insert_rows(
+        _LOG, [(relay_id, seq, accounts[a], a, t, b, s, at) for a, t, b, s in deltas]
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageFilter:
+    """Which usage to sum: an account's, over `since <= at < until`, maybe one agent or tunnel."""
+
+    account_id: str
+    since: int = 0
+    until: int = MAX_COUNTER
+    agent_id: str | None = None
+    tunnel_id: str | None = None
+
+
+async def usage_between(tx: Tx, f: UsageFilter) -> list[tuple[str, str, int, int, int, int, int]]:
+    """(agent, tunnel, bytes, seconds, reports, first_at, last_at) per agent and tunnel."""
+    where, params = ["account_id = ?", "at >= ?", "at < ?"], [f.account_id, f.since, f.until]
+    for column, value in (("agent_id", f.agent_id), ("tunnel_id", f.tunnel_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    rows = await tx.all(
+        "SELECT agent_id, tunnel_id, CAST(SUM(bytes) AS BIGINT), CAST(SUM(tunnel_seconds) AS"
+        " BIGINT), COUNT(*), MIN(at), MAX(at) FROM usage_log"
+        f" WHERE {' AND '.join(where)} GROUP BY agent_id, tunnel_id ORDER BY agent_id, tunnel_id",
+        params,
+    )
+    return [
+        (str(a), str(t), int(b), int(s), int(n), int(lo), int(hi)) for a, t, b, s, n, lo, hi in rows
     ]

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quota.billing.store.base import Row, Store, Tx, is_postgresql
+from quota.billing.store.base import Bulk, Row, Store, Tx, is_postgresql
 from quota.billing.store.postgres import PgStore
 from quota.billing.store.sqlite import SqliteStore
 
 __all__ = [
+    "Bulk",
     "PgStore",
     "Row",
     "SqliteStore",

@@ -15,6 +15,12 @@ Invariants:
   other held statement depends on are held (each held statement writes a table
   of its own), so the batches leave the database as the statements one by one
   would, in far fewer trips; a held write that fails fails the transaction.
+- Set-based statements (`Bulk`: many rows inserted, upserted or updated by
+  one statement) are described once, as a table, its typed columns and what a
+  conflict does; each store spells them its own way (SQLite: one prepared
+  statement run for every row in one call; PostgreSQL: one statement over
+  `unnest` of one array per column), so a report of 10,000 agents is a
+  handful of statements, not 10,000 round trips.
 - Database errors never leave a store: they become `StoreError`, or
   `VersionConflict` when another transaction won a race (busy, serialization
   failure, deadlock, a key inserted meanwhile); callers run the whole
@@ -27,6 +33,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -37,6 +44,33 @@ POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 def is_postgresql(database: str) -> bool:
     """Whether `server.database` names PostgreSQL (a URL) rather than a SQLite file."""
     return database.startswith(POSTGRESQL_SCHEMES)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bulk:
+    """One set-based statement over `table`, in the words both stores understand.
+
+    Insert: rows of `columns` (an upsert when `conflict` is the `ON CONFLICT ...`
+    clause, which may refer to `excluded.<column>`). Update: `key` columns (the
+    last ones of `columns`) pick the row, the other columns are set. `types` are
+    the SQL types of the columns, `bigint` or `text`, in the order of `columns`.
+    """
+
+    table: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+    conflict: str = ""
+    key: tuple[str, ...] = ()
+    also: str = ""  # an update's further assignments, e.g. "version = accounts.version + 1"
+
+    def __post_init__(self) -> None:
+        assert len(self.columns) == len(self.types), "one type per column"
+        assert self.columns[len(self.columns) - len(self.key) :] == self.key, "key comes last"
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """The columns an update sets (all but the key)."""
+        return tuple(c for c in self.columns if c not in self.key)
 
 
 class Tx(ABC):
@@ -72,6 +106,30 @@ class Tx(ABC):
         if rows:
             await self._many(sql, rows)
 
+    @abstractmethod
+    def in_ids(self, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
+        """`column IN (ids)` as one condition and its one parameter, for any number of ids."""
+
+    async def before_ledger(self) -> None:
+        """Call before the first ledger row of a transaction: ids then follow commit order.
+
+        A reader paging the ledger by id must never find a gap filled later. One
+        writer at a time (SQLite) gives that already; a store whose transactions
+        run side by side makes ledger writers take turns here until they commit.
+        """
+        return  # one writer at a time: nothing to wait for
+
+    async def insert_rows(self, bulk: Bulk, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert (or upsert) `rows` of `bulk.columns` with one set-based statement."""
+        await self.flush()
+        if rows:
+            await self._insert_rows(bulk, rows)
+
+    async def update_rows(self, bulk: Bulk, rows: Sequence[Sequence[Any]]) -> int:
+        """Update the rows `bulk.key` names with one set-based statement; rows changed."""
+        await self.flush()
+        return await self._update_rows(bulk, rows) if rows else 0
+
     async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Execute an INSERT into a table with an `id` column it numbers; return the new id."""
         await self.flush()
@@ -94,6 +152,12 @@ class Tx(ABC):
 
     @abstractmethod
     async def _insert(self, sql: str, params: Sequence[Any]) -> int: ...
+
+    @abstractmethod
+    async def _insert_rows(self, bulk: Bulk, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    @abstractmethod
+    async def _update_rows(self, bulk: Bulk, rows: Sequence[Sequence[Any]]) -> int: ...
 
     @abstractmethod
     async def _all(self, sql: str, params: Sequence[Any]) -> list[Row]: ...

@@ -14,10 +14,15 @@ Invariants:
   new id with `RETURNING id`; nothing else is rewritten.
 - Migrations run in one transaction under an advisory lock, so replicas that
   start together migrate once; `schema_version` holds the versions applied.
+- Ledger ids follow commit order: a transaction takes a transaction-scoped
+  advisory lock before its first ledger row (`before_ledger`), so a reader
+  paging by id never sees a higher id before a lower one is committed.
 - `announce` is a `pg_notify` in the announcing transaction, so it is
   delivered when (and only if) that transaction commits, to every process
   holding `fan_out` open (its own included: the receiver filters) on its own
-  connection, in commit order.
+  connection, in commit order. A lost LISTEN connection is opened again with
+  backoff (`billing_fan_out_lost`, then `billing_fan_out_restored`); what was
+  announced in between is not heard, and relays learn it at their next sync.
 - asyncpg errors never leave this module, and the URL in a message never
   carries its password. Text PostgreSQL cannot hold (a NUL character, which
   SQLite keeps) is the client's error: 400, not 500.
@@ -28,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
+import random
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -38,14 +45,16 @@ import asyncpg
 import structlog
 
 from quota.billing.errors import BadRequest, StoreError, VersionConflict
-from quota.billing.store.base import Row, Store, Tx
+from quota.billing.store.base import Bulk, Row, Store, Tx
 from quota.billing.store.schema import POSTGRESQL
+from quota.core.backoff import backoff_ms
 
 CHANNEL = "quotarelay_push"
 POOL_SIZE = 10  # connections per process; each transaction holds one
 CONNECT_TIMEOUT_S = 10
 log = structlog.get_logger("quota.billing")
 _MIGRATION_LOCK = 0x71756F7461  # "quota": the advisory lock key replicas migrate under
+_LEDGER_LOCK = 0x6C6564676572  # "ledger": ledger writers of all replicas take turns under it
 _RACES = (
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
@@ -87,12 +96,45 @@ def _count(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
+@functools.lru_cache(maxsize=256)
+def _unnest(bulk: Bulk) -> str:
+    """`unnest($1::type[], ...) AS v(columns)`: one array parameter per column."""
+    arrays = ", ".join(f"${n}::{t}[]" for n, t in enumerate(bulk.types, start=1))
+    return f"unnest({arrays}) AS v({', '.join(bulk.columns)})"
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(bulk: Bulk) -> str:
+    cols = ", ".join(bulk.columns)
+    return f"INSERT INTO {bulk.table} ({cols}) SELECT {cols} FROM {_unnest(bulk)} {bulk.conflict}"
+
+
+@functools.lru_cache(maxsize=256)
+def _update_sql(bulk: Bulk) -> str:
+    sets = [f"{c} = v.{c}" for c in bulk.values] + ([bulk.also] if bulk.also else [])
+    where = " AND ".join(f"{bulk.table}.{k} = v.{k}" for k in bulk.key)
+    return f"UPDATE {bulk.table} SET {', '.join(sets)} FROM {_unnest(bulk)} WHERE {where}"
+
+
+def _columns(bulk: Bulk, rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in bulk.columns]
+
+
 class PgTx(Tx):
     """Statements of one open PostgreSQL transaction."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         super().__init__()
         self._conn = conn
+        self._ledger_turn = False
+
+    async def before_ledger(self) -> None:
+        # Identity ids are drawn at insert, but commits may land in another order: a
+        # reader paging by id would skip an id that commits after a higher one. Held to
+        # the commit, this lock makes ledger ids follow commit order across replicas.
+        if not self._ledger_turn:
+            await self.run("SELECT pg_advisory_xact_lock(?)", (_LEDGER_LOCK,))
+            self._ledger_turn = True
 
     async def _run(self, sql: str, params: Sequence[Any]) -> int:
         try:
@@ -103,6 +145,21 @@ class PgTx(Tx):
     async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         try:  # asyncpg pipelines the rows: one round trip's wait for all of them
             await self._conn.executemany(numbered(sql), rows)
+        except _ERRORS as exc:
+            raise _translate(exc) from exc
+
+    def in_ids(self, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?::text[])", [list(ids)]
+
+    async def _insert_rows(self, bulk: Bulk, rows: Sequence[Sequence[Any]]) -> None:
+        try:  # one statement, one array per column, whatever the number of rows
+            await self._conn.execute(_insert_sql(bulk), *_columns(bulk, rows))
+        except _ERRORS as exc:
+            raise _translate(exc) from exc
+
+    async def _update_rows(self, bulk: Bulk, rows: Sequence[Sequence[Any]]) -> int:
+        try:
+            return _count(await self._conn.execute(_update_sql(bulk), *_columns(bulk, rows)))
         except _ERRORS as exc:
             raise _translate(exc) from exc
 
@@ -231,22 +288,74 @@ class PgStore(Store):
 
     @asynccontextmanager
     async def fan_out(self, deliver: Callable[[str], None]) -> AsyncIterator[None]:
+        listener = _Listener(self.url, deliver)
+        await listener.connect()  # the first connection must work: the caller learns at start
+        async with asyncio.TaskGroup() as tasks:
+            task = tasks.create_task(listener.keep(), name="billing-fan-out")
+            try:
+                yield
+            finally:
+                task.cancel()
+                await listener.close()
+
+
+class _Listener:
+    """One LISTEN connection, opened again (with backoff) whenever it is lost."""
+
+    def __init__(self, url: str, deliver: Callable[[str], None]) -> None:
+        self.url = url
+        self.deliver = deliver
+        self.conn: asyncpg.Connection | None = None
+        self.lost = asyncio.Event()
+
+    def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.deliver(payload)
+
+    def _lost(self, _conn: Any) -> None:
+        # until it is back, relays of this replica learn of other replicas' changes at
+        # their next sync or registry refresh
+        log.warning("billing_fan_out_lost", database=redacted(self.url))
+        self.lost.set()
+
+    async def connect(self) -> None:
         try:
             conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_S)
         except (*_ERRORS, ValueError, TimeoutError) as exc:
             raise StoreError(f"cannot listen on {redacted(self.url)}: {exc}") from exc
-
-        def heard(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            deliver(payload)
-
-        def lost(_conn: Any) -> None:  # relays still learn every change at their next sync
-            log.warning("billing_fan_out_lost", database=redacted(self.url))
-
         try:
-            await conn.add_listener(CHANNEL, heard)
-            conn.add_termination_listener(lost)
-            yield
-        finally:
-            conn.remove_termination_listener(lost)
-            with contextlib.suppress(*_ERRORS, TimeoutError):
-                await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT_S)
+            await conn.add_listener(CHANNEL, self._heard)
+        except _ERRORS as exc:
+            await self._drop(conn)
+            raise StoreError(f"cannot listen on {redacted(self.url)}: {exc}") from exc
+        self.lost.clear()
+        conn.add_termination_listener(self._lost)
+        self.conn = conn
+
+    async def keep(self) -> None:
+        """Wait for the connection to be lost, then connect again until it works."""
+        while True:
+            await self.lost.wait()
+            await self.close()
+            for attempt in itertools.count():
+                wait_ms = backoff_ms(attempt, first_ms=100, cap_ms=5_000, draw=random.random())
+                await asyncio.sleep(wait_ms / 1000)
+                try:
+                    await self.connect()
+                except StoreError as exc:
+                    log.warning("billing_fan_out_retry", error=str(exc), attempt=attempt + 1)
+                    continue
+                log.info("billing_fan_out_restored", database=redacted(self.url))
+                break
+
+    async def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.remove_termination_listener(self._lost)
+            await self._drop(conn)
+
+    @staticmethod
+    async def _drop(conn: asyncpg.Connection) -> None:
+        try:
+            await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT_S)
+        except (*_ERRORS, TimeoutError):
+            conn.terminate()

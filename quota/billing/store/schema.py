@@ -172,6 +172,41 @@ SQLITE: tuple[str, ...] = (
     CREATE INDEX notices_pending ON notices (state, id);
     CREATE INDEX notices_account ON notices (account_id, id);
     """,
+    # 6: raw usage of every report kept for audit (append-only, like the ledger), and
+    # each agent's open roll-up window of traffic draws (bytes, from, until), written
+    # to the ledger as one entry when the window closes. Leases are indexed by agent
+    # alone: every report moves valid_until, which then rewrites no index entry
+    # (PostgreSQL also leaves room on the pages of the rows every report updates,
+    # so those updates stay on their page: fillfactor, not in SQLite).
+    """
+    CREATE TABLE usage_log (
+        relay_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        account_id TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        tunnel_id TEXT NOT NULL,
+        bytes INTEGER NOT NULL CHECK (bytes >= 0),
+        tunnel_seconds INTEGER NOT NULL CHECK (tunnel_seconds >= 0),
+        at INTEGER NOT NULL
+    );
+    CREATE INDEX usage_log_account ON usage_log (account_id, at);
+    -- usage before this migration: what the ledger charged, under tunnel id ''
+    INSERT INTO usage_log (relay_id, seq, account_id, agent_id, tunnel_id, bytes,
+        tunnel_seconds, at)
+        SELECT 'ledger', id, account_id, agent_id, '', used_bytes, 0, at FROM ledger
+        WHERE kind IN ('traffic', 'metered_traffic') AND used_bytes > 0
+        AND agent_id IS NOT NULL;
+    CREATE TRIGGER usage_log_no_update BEFORE UPDATE ON usage_log
+        BEGIN SELECT RAISE(ABORT, 'usage records are immutable'); END;
+    CREATE TRIGGER usage_log_no_delete BEFORE DELETE ON usage_log
+        BEGIN SELECT RAISE(ABORT, 'usage records are immutable'); END;
+    ALTER TABLE agents ADD COLUMN open_used INTEGER NOT NULL DEFAULT 0 CHECK (open_used >= 0);
+    ALTER TABLE agents ADD COLUMN open_from INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN open_until INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX agents_open_until ON agents (open_until);
+    DROP INDEX leases_agent;
+    CREATE INDEX leases_agent ON leases (agent_id);
+    """,
 )
 
 
@@ -330,5 +365,42 @@ POSTGRESQL: tuple[str, ...] = (
     ALTER TABLE notices ADD COLUMN last_error TEXT;
     CREATE INDEX notices_pending ON notices (state, id);
     CREATE INDEX notices_account ON notices (account_id, id);
+    """,
+    """
+    CREATE TABLE usage_log (
+        relay_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        account_id TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        tunnel_id TEXT NOT NULL,
+        bytes BIGINT NOT NULL CHECK (bytes >= 0),
+        tunnel_seconds BIGINT NOT NULL CHECK (tunnel_seconds >= 0),
+        at BIGINT NOT NULL
+    );
+    CREATE INDEX usage_log_account ON usage_log (account_id, at);
+    -- usage before this migration: what the ledger charged, under tunnel id ''
+    INSERT INTO usage_log (relay_id, seq, account_id, agent_id, tunnel_id, bytes,
+        tunnel_seconds, at)
+        SELECT 'ledger', id, account_id, agent_id, '', used_bytes, 0, at FROM ledger
+        WHERE kind IN ('traffic', 'metered_traffic') AND used_bytes > 0
+        AND agent_id IS NOT NULL;
+    CREATE FUNCTION usage_log_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'usage records are immutable'; END;
+    $$;
+    CREATE TRIGGER usage_log_no_update BEFORE UPDATE ON usage_log
+        FOR EACH ROW EXECUTE FUNCTION usage_log_immutable();
+    CREATE TRIGGER usage_log_no_delete BEFORE DELETE ON usage_log
+        FOR EACH ROW EXECUTE FUNCTION usage_log_immutable();
+    CREATE TRIGGER usage_log_no_truncate BEFORE TRUNCATE ON usage_log
+        FOR EACH STATEMENT EXECUTE FUNCTION usage_log_immutable();
+    ALTER TABLE agents ADD COLUMN open_used BIGINT NOT NULL DEFAULT 0 CHECK (open_used >= 0);
+    ALTER TABLE agents ADD COLUMN open_from BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN open_until BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX agents_open_until ON agents (open_until);
+    DROP INDEX leases_agent;
+    CREATE INDEX leases_agent ON leases (agent_id);
+    ALTER TABLE agents SET (fillfactor = 70);
+    ALTER TABLE leases SET (fillfactor = 70);
+    ALTER TABLE tunnel_usage SET (fillfactor = 70);
     """,
 )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -31,7 +32,7 @@ from typing import Any
 import aiosqlite
 
 from quota.billing.errors import StoreError, VersionConflict
-from quota.billing.store.base import Row, Store, Tx
+from quota.billing.store.base import Bulk, Row, Store, Tx
 from quota.billing.store.schema import SQLITE
 from quota.private_files import private_database
 from quota.sqlite_open import join_worker
@@ -41,6 +42,17 @@ def _translate(exc: Exception) -> Exception:
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower():
         return VersionConflict(f"database busy: {exc}")
     return StoreError(f"database error: {exc}")
+
+
+def _insert_sql(bulk: Bulk) -> str:
+    marks = ", ".join("?" * len(bulk.columns))
+    return f"INSERT INTO {bulk.table} ({', '.join(bulk.columns)}) VALUES ({marks}) {bulk.conflict}"
+
+
+def _update_sql(bulk: Bulk) -> str:
+    sets = [f"{c} = ?" for c in bulk.values] + ([bulk.also] if bulk.also else [])
+    where = " AND ".join(f"{k} = ?" for k in bulk.key)
+    return f"UPDATE {bulk.table} SET {', '.join(sets)} WHERE {where}"
 
 
 class SqliteTx(Tx):
@@ -62,6 +74,20 @@ class SqliteTx(Tx):
             await self._conn.executemany(sql, rows)
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
+
+    def in_ids(self, column: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
+        # one JSON array bound once: no limit on bound parameters, one statement
+        return f"{column} IN (SELECT value FROM json_each(?))", [json.dumps(list(ids))]
+
+    async def _insert_rows(self, bulk: Bulk, rows: Sequence[Sequence[Any]]) -> None:
+        await self._many(_insert_sql(bulk), rows)
+
+    async def _update_rows(self, bulk: Bulk, rows: Sequence[Sequence[Any]]) -> int:
+        try:  # one trip to the connection's thread; rowcount sums over all rows
+            cursor = await self._conn.executemany(_update_sql(bulk), rows)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+        return cursor.rowcount
 
     async def _insert(self, sql: str, params: Sequence[Any]) -> int:
         try:
