@@ -6,7 +6,8 @@ transfer beside a support agent that stopped reading), hostile (9: a legitimate
 transfer under silent and slow peers), instructions (issue 13 point 3: the relay's
 instructions per byte with metering on and off, under callgrind), purchase (only
 the purchase-to-first-byte part of sync), stalls (issue 10: a funded transfer never
-waits for its lease). Each section runs in its own
+waits for its lease), workers (13: eight tunnels through 1 and 2 workers and
+through sshd). Each section runs in its own
 `Procs`, so whatever it started is stopped before the next one starts. A section
 that fails is recorded as failed in the report, and the others still run.
 """
@@ -30,6 +31,7 @@ from bench import (
     stalls,
     sync,
     throughput,
+    workers,
 )
 from bench.report import Results
 from bench.setup_tools import missing_tools
@@ -54,6 +56,7 @@ SECTIONS: dict[str, Section] = {
     "instructions": instructions.run,
     "purchase": sync.run_purchase,
     "stalls": stalls.run,
+    "workers": workers.run,
 }
 
 

@@ -42,6 +42,7 @@ from relay.registry import Registry
 from relay.ssh.front import AgentServer
 from relay.startup import check_secrets
 from relay.streamlog.writer import StreamLog
+from relay.workers.supervisor import serve_workers
 
 log = structlog.get_logger("relay")
 
@@ -111,6 +112,37 @@ async def _metrics_server(
         raise ConfigError(str(exc)) from None
 
 
+async def open_front(
+    config: RelayConfig,
+    hub: Hub,
+    host_key: Any,
+    *,
+    port: int | None = None,
+    reuse_port: bool = False,
+) -> Any:
+    """The SSH front on `relay.ssh_listen` (or `port`); workers share it with SO_REUSEPORT."""
+    try:
+        return await asyncssh.create_server(
+            lambda: AgentServer(hub),
+            config.ssh_listen.host,
+            config.ssh_listen.port if port is None else port,
+            server_host_keys=[host_key],
+            keepalive_interval=config.keepalive_ms / 1000,
+            encryption_algs=list(config.ciphers),
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=LISTEN_BACKLOG,
+            login_timeout=_login_backstop_s(config),
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"relay.ssh_listen: cannot listen on {config.ssh_listen}: {exc.strerror}"
+        ) from None
+
+
 async def serve(
     config: RelayConfig,
     on_ready: Callable[[Hub], Awaitable[None]] | None = None,
@@ -125,6 +157,9 @@ async def serve(
     log.info(  # names only, never values
         "config_from_env", keys=list(config.env_keys), ignored=list(config.env_ignored)
     )
+    if config.workers > 1:
+        load_host_key(config.host_key)  # made once, here, before the workers read it
+        return await serve_workers(config, on_ready)
     limit = raise_nofile()
     registry = Registry(None if config.billing else config.agents_file)
     host_key = load_host_key(config.host_key)
@@ -153,25 +188,7 @@ async def serve(
         quota = None
         if config.billing is not None and journal is not None:
             quota = await _quota_agent(stack, config.billing, hub, journal)
-        try:
-            server = await asyncssh.create_server(
-                lambda: AgentServer(hub),
-                config.ssh_listen.host,
-                config.ssh_listen.port,
-                server_host_keys=[host_key],
-                keepalive_interval=config.keepalive_ms / 1000,
-                encryption_algs=list(config.ciphers),
-                agent_forwarding=False,
-                x11_forwarding=False,
-                allow_scp=False,
-                reuse_address=True,
-                backlog=LISTEN_BACKLOG,
-                login_timeout=_login_backstop_s(config),
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"relay.ssh_listen: cannot listen on {config.ssh_listen}: {exc.strerror}"
-            ) from None
+        server = await open_front(config, hub, host_key)
         offline = config.billing.offline if config.billing else "continue"
         health = RelayHealth(streamlog, quota, offline)
         health.listening = bool(server.sockets)

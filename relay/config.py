@@ -94,6 +94,7 @@ class RelayConfig:
     secret_files: tuple[tuple[str, Path], ...] = ()  # (key, file) of each file holding a token
     env_keys: tuple[str, ...] = ()  # the environment variables that set keys (names only)
     env_ignored: tuple[str, ...] = ()  # variables with the prefix that name no key
+    workers: int = 1  # worker processes (relay.workers); 1: the relay is one process
 
 
 def parse_host_port(text: str, key: str) -> HostPort:
@@ -182,6 +183,7 @@ def load_config(
         secret_files=_secret_files(raw, f, path, rel),
         env_keys=tuple(sorted(environment.used)),
         env_ignored=environment.ignored(),
+        workers=r.workers or os.cpu_count() or 1,
     )
 
 

@@ -209,10 +209,12 @@ class AdminServer:
         token: str,
         health: Readiness | None = None,
         stream_log: Path | None = None,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.control = control
         self.health = health
         self.stream_log = stream_log
+        self.refresh = refresh  # awaited before each authorized request (a relay of workers)
         self.listen = listen
         self.port: int | None = None  # the bound TCP port (useful with port 0)
         self._token = token.encode()
@@ -305,6 +307,8 @@ class AdminServer:
         if path not in OPEN_PATHS and not console and not self._authorized(request):
             return _error(401, "missing or wrong admin token (send Authorization: Bearer <token>)")
         try:
+            if self.refresh is not None:
+                await self.refresh()
             return await handler(request)
         except _Problem as exc:
             return _error(exc.status, exc.message)

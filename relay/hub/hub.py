@@ -23,7 +23,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -50,6 +50,15 @@ log = structlog.get_logger("relay")
 SHARE_LOG_EVERY_MS = 10_000  # a fair share's refusals: one log line per agent and cause
 
 
+class Reacher(Protocol):
+    """Endpoints held by the relay's other workers (relay.workers.reach)."""
+
+    def wants(self, agent: Agent, host: str, port: int) -> bool: ...
+    def reach(
+        self, agent: Agent, host: str, port: int, orig: tuple[str, int]
+    ) -> Coroutine[Any, Any, Any]: ...
+
+
 class Hub:
     def __init__(
         self, config: RelayConfig, registry: Registry, streamlog: StreamLog | None
@@ -64,6 +73,7 @@ class Hub:
         self.activity = OwnerActivity(self.buckets, self.live, config.inactive_grace_ms)
         self.started_ms = self.now_ms()
         self._ids = itertools.count(1)
+        self.serial_tag = ""  # a worker's own ("w2."), so stream ids stay unique in the relay
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[Any] = set()  # logged-in agents' SSH front objects
         self.quota_counters: dict[str, int] = {}  # the quota agent's, for the status view
@@ -72,6 +82,7 @@ class Hub:
         self.pauses: Counter[PauseReason] = Counter()
         self.refusals: Counter[str] = Counter()  # cause -> count
         self.gate = Gate(config.gate.admission(descriptor_limit()))  # before login
+        self.remote: Reacher | None = None  # a worker's reach into the others (relay.workers)
         self.closing = False  # close_all was called: the relay is stopping
         # the stream figures the quota agent journals with each report (billing and a log)
         self.book: StreamBook | None = None
@@ -88,7 +99,7 @@ class Hub:
     def stream_id(self, serial: str | None = None) -> str:
         """A relay-unique stream id; UDP flows pass their own serial ("u7")."""
         serial = serial if serial is not None else str(next(self._ids))
-        return f"{self.config.relay_id}-{self.started_ms:x}-{serial}"
+        return f"{self.config.relay_id}-{self.started_ms:x}-{self.serial_tag}{serial}"
 
     # -- StreamHost: what every stream calls -------------------------------------------
 

@@ -222,6 +222,9 @@ class AgentServer(asyncssh.SSHServer):
         return chan, session
 
     def _session(self, agent: Agent, host: str, port: int, orig: tuple[str, int]) -> Any:
+        remote = self.hub.remote
+        if remote is not None and remote.wants(agent, host, port):
+            return remote.reach(agent, host, port, orig)  # held by another worker
         if host.startswith(UDP_PREFIX):
             return udp_for(self.hub).support_session(agent, host, port, orig)
         tunnel = self.tcp.resolve(agent, host, port)

@@ -134,6 +134,25 @@ class TcpTunnels:
             raise
         return up
 
+    async def bridge_socket(
+        self, tunnel: Tunnel, peer: str, held: list[Held], sock: Any, orig: tuple[str, int]
+    ) -> None:
+        """A stream from `sock` (another worker's end of a socket pair) to the owner.
+
+        Metered and logged here, as any stream of `tunnel`; raises ChannelOpenError
+        (the socket closed) when the owner refuses.
+        """
+        pair = self._new_pair(tunnel, peer)
+        pair.stream.held = held
+        up, down = TcpLeg(pair, "up"), ChannelLeg(pair, "down")
+        pair.bind(up, down)
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: up, sock)
+        try:
+            await self._open_owner(pair, down, orig)
+        except asyncssh.ChannelOpenError:
+            up.close()
+            raise
+
     def _public_leg(self, tunnel: Tunnel) -> TcpLeg:
         pair = self._new_pair(tunnel, "")
         up = _PublicLeg(pair, "up", self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import asyncssh
@@ -223,3 +224,15 @@ def test_metrics_section_defaults_off_and_is_validated(
     ):
         with pytest.raises(ConfigError, match=rf"^{key}"):
             load_config(_write(tmp_path, text))
+
+
+def test_workers_default_to_one_and_zero_means_every_core(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """relay.workers: 1 by default, 0 is the number of cores, beyond 0..256 is refused."""
+    monkeypatch.delenv("QUOTARELAY_RELAY_WORKERS", raising=False)
+    assert load_config(_write(tmp_path, "")).workers == 1
+    assert load_config(_write(tmp_path, "[relay]\nworkers = 3\n")).workers == 3
+    assert load_config(_write(tmp_path, "[relay]\nworkers = 0\n")).workers == (os.cpu_count() or 1)
+    with pytest.raises(ConfigError, match=r"relay\.workers"):
+        load_config(_write(tmp_path, "[relay]\nworkers = -1\n"))
