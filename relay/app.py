@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,6 +37,7 @@ from relay.errors import ConfigError
 from relay.hub.billing import BillingLink
 from relay.hub.control import Control
 from relay.hub.hub import Hub
+from relay.ready import announce
 from relay.registry import Registry
 from relay.ssh.front import AgentServer
 from relay.startup import check_secrets
@@ -203,19 +203,11 @@ async def serve(
         )
         metrics = await stack.enter_async_context(_metrics_server(config, hub, quota))
         ssh_port = server.sockets[0].getsockname()[1]
-        ready_line = {
-            "event": "relay_ready",
-            "relay_id": config.relay_id,
-            "ssh_port": ssh_port,
-            "admin": str(config.admin_listen)
-            if isinstance(config.admin_listen, Path)
-            else admin.port,
-            "metrics": metrics.port,
-        }
-        print(json.dumps(ready_line), flush=True)
-        log.info(
-            "relay_ready",
-            **{k: v for k, v in ready_line.items() if k != "event"},
+        announce(
+            config,
+            ssh_port=ssh_port,
+            admin_port=admin.port,
+            metrics_port=metrics.port,
             nofile=limit,
             connection_cap=hub.gate.admission.config.ordinary_cap,
         )

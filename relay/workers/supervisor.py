@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import random
 import signal
@@ -47,6 +46,7 @@ from relay.config import RelayConfig
 from relay.descriptors import raise_nofile
 from relay.errors import ConfigError
 from relay.hub.hub import Hub
+from relay.ready import announce
 from relay.registry import Registry
 from relay.streamlog.writer import StreamLog
 from relay.workers.host import WorkerHost
@@ -365,19 +365,13 @@ async def serve_workers(
                 )
             )
             metrics = await stack.enter_async_context(_metrics_server(config, host, quota))
-            ready_line = {
-                "event": "relay_ready",
-                "relay_id": config.relay_id,
-                "ssh_port": ssh_port,
-                "admin": str(config.admin_listen)
-                if isinstance(config.admin_listen, Path)
-                else admin.port,
-                "metrics": metrics.port,
-                "workers": config.workers,
-            }
-            print(json.dumps(ready_line), flush=True)
-            log.info(
-                "relay_ready", **{k: v for k, v in ready_line.items() if k != "event"}, nofile=limit
+            announce(
+                config,
+                ssh_port=ssh_port,
+                admin_port=admin.port,
+                metrics_port=metrics.port,
+                line={"workers": config.workers},
+                nofile=limit,
             )
             watchers = [
                 asyncio.create_task(supervisor.watch(s), name=f"worker-{s.index}")

@@ -68,7 +68,7 @@ def relay_command(config: Path) -> list[str]:
 def ready_ports(line: str | bytes) -> tuple[int, int]:
     """The SSH and admin ports named by the relay's ready line."""
     ready = json.loads(line)
-    return int(ready["ssh_port"]), int(ready["admin"])
+    return int(ready["ssh_port"]), int(str(ready["admin"]).rpartition(":")[2])
 
 
 # Fair shares raised for the bench's load sections (64 public streams and 10,000 idle
