@@ -131,6 +131,7 @@ async def test_prometheus_scrapes_relay_and_billing_byte_exact(
                 return await p.value(query) == str(up + down)
 
             await poll(counted, f"Prometheus to report {up + down} bytes", timeout=60)
+            print(f"prometheus: {query} = {await p.query(query)}")  # shown with -s
             direction = 'quotarelay_relay_bytes_total{agent="nas-agent",direction="down"}'
             assert await p.value(direction) == str(down)
             await poll(_billing_up(p), "Prometheus to scrape the billing API", timeout=30)
