@@ -188,32 +188,6 @@ class CorrectionRequest(Message, frozen=True, kw_only=True):
     traffic_bytes: Signed = 0
 
 
-class UsageItem(Message, frozen=True, kw_only=True):
-    agent_id: Text
-    bytes: Count = 0
-    tunnel_seconds: Count = 0
-
-
-class UsageReport(Message, frozen=True, kw_only=True):
-    seq: Count  # per relay, applied once
-    items: Items[UsageItem]
-
-
-class AgentGrant(Message, frozen=True, kw_only=True):
-    agent_id: Text
-    status: Literal["active", "inactive", "unknown"]
-    traffic_remaining: Count
-    metered: bool  # may draw traffic from the balance beyond traffic_remaining
-    unbilled_bytes: Count  # bytes of this report nobody could pay for
-
-
-class UsageResult(Message, frozen=True, kw_only=True):
-    relay_id: Text
-    seq: Count
-    duplicate: bool
-    agents: Items[AgentGrant]
-
-
 class LedgerPage(Message, frozen=True, kw_only=True):
     entries: Items[LedgerEntry]
     next_cursor: Count | None

@@ -30,7 +30,7 @@ from quota.core.billing import AgentRole, PlanKind
 def test_bad_messages_are_refused_naming_the_field(data: Any, message: str) -> None:
     """Unknown fields, bools, negatives, floats, huge or missing values name their path."""
     with pytest.raises(wire.WireError) as info:
-        wire.parse(wire.UsageReport, data)
+        wire.parse(wire.SyncRequest, data)
     assert message in str(info.value)
 
 
@@ -47,6 +47,7 @@ def test_signed_and_choice_fields() -> None:
         st.builds(
             dict,
             agent_id=st.text(st.characters(exclude_characters="\x00"), max_size=20),
+            tunnel_id=st.text(st.characters(exclude_characters="\x00"), max_size=20),
             bytes=st.integers(0, 2**62),
             tunnel_seconds=st.integers(0, 2**62),
         ),
@@ -55,8 +56,8 @@ def test_signed_and_choice_fields() -> None:
 )
 def test_dump_of_parse_is_identity(seq: int, items: list[dict[str, Any]]) -> None:
     """A valid message with all fields round-trips unchanged."""
-    data = {"seq": seq, "items": items}
-    assert wire.dump(wire.parse(wire.UsageReport, data)) == data
+    data = {"seq": seq, "items": items, "leases": []}
+    assert wire.dump(wire.parse(wire.SyncRequest, data)) == data
 
 
 def test_roles_and_kinds_decode_to_the_domain_enums() -> None:
@@ -74,7 +75,7 @@ def test_roles_and_kinds_decode_to_the_domain_enums() -> None:
 def test_every_unknown_field_and_the_full_path_are_named() -> None:
     """All unknown fields of the object are listed; nested errors carry the whole path."""
     with pytest.raises(wire.WireError, match=r"^body: unknown field\(s\) 'a', 'b'$"):
-        wire.parse(wire.UsageReport, {"seq": 1, "items": [], "b": 1, "a": 2})
+        wire.parse(wire.SyncRequest, {"seq": 1, "items": [], "b": 1, "a": 2})
     bad = {"seq": 1, "leases": [{"agent_id": "a"}, {"agent_id": "b", "want": -3}]}
     with pytest.raises(wire.WireError, match=r"^leases\[1\]\.want: -3 is out of range"):
         wire.parse(wire.SyncRequest, bad)
