@@ -7,6 +7,7 @@ its banner; the download through the relay is checked byte for byte.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shlex
 import signal
@@ -39,12 +40,15 @@ def _ctrl_c_as_in_a_terminal() -> None:
 
 def test_make_up_installs_the_runtime_only_and_passes_args() -> None:
     """`make -n -B up ARGS=...`: pip installs `-e .` (no dev extras), runs `quotarelay up ARGS`."""
+    # run by `make test`, make's own variables would make the inner make print its folders
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE") and k != "MFLAGS"}
     out = subprocess.run(
-        ["make", "-n", "-B", "up", "ARGS=--ssh-port 2200 --dir var/demo2"],
+        ["make", "--no-print-directory", "-n", "-B", "up", "ARGS=--ssh-port 2200 --dir var/demo2"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     ).stdout.splitlines()
     installs = [line for line in out if "pip install" in line]
     assert installs and all("dev" not in line and line.endswith("-e .") for line in installs)
