@@ -12,10 +12,9 @@ on stdout says the relay listens, with the ports it got.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -23,25 +22,21 @@ from typing import Any
 import asyncssh
 import structlog
 
-from quota.agent.client import BillingClient
-from quota.agent.journal import Journal
-from quota.agent.sync import QuotaAgent, SyncSettings
-from quota.metrics import MetricsListenError, MetricsServer
+from quota.agent.sync import QuotaAgent
 from quota.private_files import create_private, private_folder
 from relay.admin.health import RelayHealth
-from relay.admin.metrics import RelayCollector, relay_registry
 from relay.admin.server import AdminServer
-from relay.config import BillingLinkConfig, RelayConfig
+from relay.config import RelayConfig
 from relay.descriptors import LISTEN_BACKLOG, AcceptErrors, raise_nofile
 from relay.errors import ConfigError
 from relay.hub.billing import BillingLink
 from relay.hub.control import Control
 from relay.hub.hub import Hub
+from relay.opening import metrics_server, open_books, open_quota_agent
 from relay.ready import announce
 from relay.registry import Registry
 from relay.ssh.front import AgentServer
 from relay.startup import check_secrets
-from relay.streamlog.writer import StreamLog
 from relay.workers.supervisor import serve_workers
 
 log = structlog.get_logger("relay")
@@ -74,42 +69,9 @@ async def _interim(hub: Hub, every_ms: int) -> None:
         hub.interim()
 
 
-async def _quota_agent(
-    stack: AsyncExitStack, link: BillingLinkConfig, hub: Hub, journal: Journal
-) -> QuotaAgent:
-    """Open the billing client, restore leases and the agent cache."""
-    client = await stack.enter_async_context(
-        BillingClient(link.urls, link.token, timeout_s=link.timeout_ms / 1000)
-    )
-    settings = SyncSettings(
-        interval_ms=link.interval_ms,
-        min_want=link.min_want,
-        max_want=link.max_want,
-        low_water=hub.config.low_water,
-        offline_policy=link.offline,
-        offline_allowance=link.offline_allowance,
-        idle_return_ms=link.idle_return_ms,
-        registry_refresh_ms=link.registry_refresh_ms,
-    )
-    quota = QuotaAgent(BillingLink(hub), journal, client, settings, figures=hub.book)
+def _hook(hub: Hub, quota: QuotaAgent) -> None:
     hub.buckets.on_want = lambda _agent_id: quota.nudge()
     hub.quota_counters = quota.counters
-    await quota.restore()
-    return quota
-
-
-@contextlib.asynccontextmanager
-async def _metrics_server(
-    config: RelayConfig, hub: Hub, quota: QuotaAgent | None
-) -> AsyncIterator[MetricsServer]:
-    """`/metrics` on `metrics.listen`, or nothing listening when it is off."""
-    collector = RelayCollector(hub, quota, config.metrics)
-    server = MetricsServer(relay_registry(collector), config.metrics, collector.refresh)
-    try:
-        async with server:
-            yield server
-    except MetricsListenError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 async def open_front(
@@ -169,25 +131,19 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
-        journal, journaled = None, None
-        if config.billing is not None:
-            journal = await stack.enter_async_context(Journal(config.billing.journal))
-            journaled = await journal.journaled_streams()
-        streamlog = await stack.enter_async_context(
-            StreamLog(
-                config.stream_log_path,
-                relay_id=config.relay_id,
-                flush_ms=config.flush_ms,
-                json_lines=config.json_lines,
-                journaled=journaled,  # a killed run's streams get the figures billing is told
-            )
-        )
-        if journal is not None:
-            await journal.forget_streams()  # the stream log holds them now
+        journal, streamlog = await open_books(stack, config)
         hub = Hub(config, registry, streamlog)
         quota = None
         if config.billing is not None and journal is not None:
-            quota = await _quota_agent(stack, config.billing, hub, journal)
+            quota = await open_quota_agent(
+                stack,
+                config.billing,
+                BillingLink(hub),
+                journal,
+                low_water=config.low_water,
+                hook=lambda q: _hook(hub, q),
+                figures=hub.book,
+            )
         server = await open_front(config, hub, host_key)
         offline = config.billing.offline if config.billing else "continue"
         health = RelayHealth(streamlog, quota, offline)
@@ -201,7 +157,7 @@ async def serve(
                 stream_log=config.stream_log_path,
             )
         )
-        metrics = await stack.enter_async_context(_metrics_server(config, hub, quota))
+        metrics = await stack.enter_async_context(metrics_server(config, hub, quota))
         ssh_port = server.sockets[0].getsockname()[1]
         announce(
             config,

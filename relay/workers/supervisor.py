@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, cast
@@ -33,22 +33,18 @@ from typing import Any, cast
 import msgspec
 import structlog
 
-from quota.agent.client import BillingClient
-from quota.agent.journal import Journal
-from quota.agent.sync import QuotaAgent, SyncSettings
+from quota.agent.sync import QuotaAgent
 from quota.core.backoff import backoff_ms
 from quota.core.errors import InvalidValue
-from quota.metrics import MetricsListenError, MetricsServer
 from relay.admin.health import RelayHealth
-from relay.admin.metrics import RelayCollector, relay_registry
 from relay.admin.server import AdminServer
 from relay.config import RelayConfig
 from relay.descriptors import raise_nofile
 from relay.errors import ConfigError
 from relay.hub.hub import Hub
+from relay.opening import metrics_server, open_books, open_quota_agent
 from relay.ready import announce
 from relay.registry import Registry
-from relay.streamlog.writer import StreamLog
 from relay.workers.host import WorkerHost
 from relay.workers.link import Link
 from relay.workers.messages import IpcError, Message, Reach, Reached, Ready
@@ -265,50 +261,9 @@ class Supervisor:
                 await slot.proc.wait()
 
 
-async def _quota_agent(
-    stack: AsyncExitStack, config: RelayConfig, host: WorkerHost, journal: Journal
-) -> QuotaAgent:
-    """The relay's one quota agent; stream figures are not journaled across workers yet."""
-    link = config.billing
-    assert link is not None
-    client = await stack.enter_async_context(
-        BillingClient(link.urls, link.token, timeout_s=link.timeout_ms / 1000)
-    )
-    settings = SyncSettings(
-        interval_ms=link.interval_ms,
-        min_want=link.min_want,
-        max_want=link.max_want,
-        low_water=config.low_water,
-        offline_policy=link.offline,
-        offline_allowance=link.offline_allowance,
-        idle_return_ms=link.idle_return_ms,
-        registry_refresh_ms=link.registry_refresh_ms,
-    )
-    quota = QuotaAgent(host, journal, client, settings)
+def _hook(host: WorkerHost, quota: QuotaAgent) -> None:
     host.quota_counters = quota.counters
     host.on_want = lambda _agent_id: quota.nudge()
-    await quota.restore()
-    return quota
-
-
-@contextlib.asynccontextmanager
-async def _metrics_server(
-    config: RelayConfig, host: WorkerHost, quota: QuotaAgent | None
-) -> AsyncIterator[MetricsServer]:
-    """`/metrics` of the whole relay (relay.workers.view), or nothing listening when off."""
-    view = cast(Hub, RelayView(host))  # the collector reads only what RelayView has
-    collector = RelayCollector(view, quota, config.metrics)
-
-    async def refresh() -> None:
-        await host.refresh()
-        await collector.refresh()
-
-    server = MetricsServer(relay_registry(collector), config.metrics, refresh)
-    try:
-        async with server:
-            yield server
-    except MetricsListenError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 async def serve_workers(
@@ -325,25 +280,19 @@ async def serve_workers(
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         stack.callback(held.close)
-        journal, journaled = None, None
-        if config.billing is not None:
-            journal = await stack.enter_async_context(Journal(config.billing.journal))
-            journaled = await journal.journaled_streams()
-        streamlog = await stack.enter_async_context(
-            StreamLog(
-                config.stream_log_path,
-                relay_id=config.relay_id,
-                flush_ms=config.flush_ms,
-                json_lines=config.json_lines,
-                journaled=journaled,  # a killed one-process run's streams, as billing was told
-            )
-        )
-        if journal is not None:
-            await journal.forget_streams()  # the stream log holds them now
+        journal, streamlog = await open_books(stack, config)
         host = WorkerHost(config, registry, streamlog)
         quota = None
-        if journal is not None:
-            quota = await _quota_agent(stack, config, host, journal)
+        if config.billing is not None and journal is not None:
+            # stream figures are not journaled across workers yet
+            quota = await open_quota_agent(
+                stack,
+                config.billing,
+                host,
+                journal,
+                low_water=config.low_water,
+                hook=lambda q: _hook(host, q),
+            )
         supervisor = Supervisor(config, host, ssh_port)
         offline = config.billing.offline if config.billing else "continue"
         health = RelayHealth(streamlog, quota, offline)
@@ -364,7 +313,9 @@ async def serve_workers(
                     refresh=host.refresh,
                 )
             )
-            metrics = await stack.enter_async_context(_metrics_server(config, host, quota))
+            metrics = await stack.enter_async_context(
+                metrics_server(config, cast(Hub, RelayView(host)), quota, host.refresh)
+            )
             announce(
                 config,
                 ssh_port=ssh_port,
