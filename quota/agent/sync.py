@@ -122,6 +122,8 @@ class QuotaAgent:
         self._nudge = asyncio.Event()
         self._refresh = asyncio.Event()
         self._registry_ok = False  # the last registry call succeeded
+        self._begun = self._ended = 0  # rounds begun and ended (numbered from 1)
+        self._round_ended = asyncio.Condition()
         self._unannounced: int | None = None  # billing_online waits for the registry
 
     @property
@@ -190,6 +192,8 @@ class QuotaAgent:
     async def round(self) -> None:
         """One interval: drop expired leases, flush counts to the journal, send what waits."""
         started = time.monotonic_ns()
+        self._begun += 1
+        number = self._begun
         try:
             await self._round()
         finally:
@@ -197,6 +201,25 @@ class QuotaAgent:
             self.round_times.observe(took)
             if self.machine.online:  # a round that failed says nothing of the next good one
                 self._trips.append(took)
+            self._ended = max(self._ended, number)
+            async with self._round_ended:
+                self._round_ended.notify_all()
+
+    async def next_round(self) -> None:
+        """Start a round now; return once a round begun after this call ended.
+
+        What a new tunnel waits for, so the lease it primes is in its bucket before
+        its first stream (quota.core.relay_sync.LeaseBook.primes). At most one sync
+        interval; not at all while the billing API does not answer (that round
+        would fail too).
+        """
+        if self.machine.offline:
+            return
+        target = self._begun + 1
+        self.nudge()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.interval_ms / 1000), self._round_ended:
+                await self._round_ended.wait_for(lambda: self._ended >= target)
 
     async def _round(self) -> None:
         if not self.machine.journal_due(self.clock_ms()):
