@@ -12,6 +12,9 @@ Invariants:
   counts, and resends what was not acknowledged, byte for byte, under the same
   numbers. The figures of the streams behind them (`StreamFigureSource`), taken
   at the same instant, go into the same journal write.
+- A lease pushed with an event (a purchase while streams wait) is journaled,
+  then put in its bucket at once, without waiting for a round; the round the
+  push starts still reports and asks as usual.
 - Reports are sent in sequence order, one at a time; a failure stops the round
   and the next try waits an exponential backoff with jitter. Counting goes on.
 - No storage or billing error ends a loop: each is a structured log line and a
@@ -319,7 +322,9 @@ class QuotaAgent:
         if isinstance(step, Retry):
             self._failed(step)
             return False
-        self._apply(step, answer)
+        self._apply(step)
+        for note in answer.topups:
+            log.info("auto_topup", agent_id=note.agent_id, package=note.package, count=note.count)
         await self.journal.ack(seq, dict(step.applied))
         self.counters["reports_acked"] += 1
         if step.duplicate:
@@ -333,7 +338,7 @@ class QuotaAgent:
                 "billing_unreachable", seq=retry.seq, error=retry.reason, retry_in_ms=retry.delay_ms
             )
 
-    def _apply(self, applied: Applied, answer: wire.SyncAnswer) -> None:
+    def _apply(self, applied: Applied) -> None:
         for agent_id, nbytes in applied.reclaim.items():  # before the grants: see SyncMachine
             if back := self.host.take_back(agent_id, nbytes):
                 self.counters["offline_bytes_reclaimed"] += back
@@ -346,8 +351,24 @@ class QuotaAgent:
             self.host.set_status(update.agent_id, update.active)
             if update.exhausted is not None:
                 self.host.lease_answered(update.agent_id, update.exhausted)
-        for note in answer.topups:
-            log.info("auto_topup", agent_id=note.agent_id, package=note.package, count=note.count)
+
+    async def pushed(self, leases: list[wire.Lease]) -> None:
+        """Leases pushed with an event: in the journal first, then in the buckets.
+
+        A relay killed between the two finds them in the journal, and `restore`
+        puts them back. A journal that fails is logged; the bytes go in anyway,
+        as an answer's do when its acknowledgement cannot be written.
+        """
+        step = self.machine.pushed(leases=leases, now=self.clock_ms())
+        if step is None or not step.updates:
+            return
+        try:
+            await self.journal.applied(dict(step.applied))
+        except JournalError as exc:
+            self.counters["journal_errors"] += 1
+            log.error("journal_error", error=str(exc))
+        self._apply(step)
+        self.counters["leases_pushed"] += len(step.updates)
 
     # -- push and registry ---------------------------------------------------------
 
@@ -358,6 +379,8 @@ class QuotaAgent:
                 async for event in self.client.events():
                     failures = 0
                     self.counters["push_events"] += 1
+                    if event.leases:  # granted on a purchase: no round needed to get them
+                        await self.pushed(event.leases)
                     ids = event.agent_ids
                     if self.machine.push(kind=event.type, reason=event.reason, agent_ids=ids):
                         self._refresh.set()

@@ -263,6 +263,11 @@ class LeaseBook:
         owing, self._offline_given = self._offline_given, Counter()
         return owing
 
+    @property
+    def owing(self) -> bool:
+        """Offline bytes handed out in this outage wait for the first answer to net them out."""
+        return any(self._offline_given.values())
+
     def granted(self, agent_id: str, nbytes: int, now: int) -> int:
         """`nbytes` reached the agent's bucket: its new low water (0: keep it).
 
