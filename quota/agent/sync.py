@@ -76,6 +76,7 @@ class StreamFigureSource(Protocol):
     def written(self, batch: StreamBatch) -> None: ...  # the journal holds `batch`
 
 
+NEXT_ROUND_MAX_MS = 2000  # a new tunnel's answer waits no longer for the lease it primes
 TRIPS_KEPT = 16  # leases are sized for the slowest of the last this many round trips
 ROUND_BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000)
 
@@ -213,15 +214,16 @@ class QuotaAgent:
 
         What a new tunnel waits for, so the lease it primes is in its bucket before
         its first stream (quota.core.relay_sync.LeaseBook.primes). At most one sync
-        interval; not at all while the billing API does not answer (that round
-        would fail too).
+        interval or NEXT_ROUND_MAX_MS, the shorter; not at all while the billing
+        API does not answer (that round would fail too).
         """
         if self.machine.offline:
             return
         target = self._begun + 1
         self.nudge()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.interval_ms / 1000), self._round_ended:
+            wait_ms = min(self.settings.interval_ms, NEXT_ROUND_MAX_MS)
+            async with asyncio.timeout(wait_ms / 1000), self._round_ended:
                 await self._round_ended.wait_for(lambda: self._ended >= target)
 
     async def _round(self) -> None:

@@ -16,7 +16,7 @@ Invariants:
   sync round at once, which gives its lease back (it moved to another relay).
 - A client agent's new tunnel, while its bucket holds no byte and its account
   can pay, starts a sync round at once and its reply waits for that round
-  (`lease_ready`, at most one sync interval): the round asks the lease the
+  (`lease_ready`, one sync interval or 2 s at most): the round asks the lease the
   tunnel primes (quota.core.relay_sync), so the first stream finds it there.
 """
 

@@ -10,7 +10,7 @@ Invariants:
 - A host "udp/..." in either asks for a UDP tunnel (relay.udp), same rules;
   other hosts are TCP tunnels (relay.tcp).
 - A client agent's `-R` is answered once the lease its tunnel primes is in its
-  bucket, or after one sync interval at most (relay.hub.hub.Hub.lease_ready),
+  bucket, or after one sync interval (2 s at most) (relay.hub.hub.Hub.lease_ready),
   so a stream that follows the answer does not wait for a first lease.
 - Every refusal opens nothing; the agent sees the reason (channel open failure
   text, or a debug message for a refused `-R`).

@@ -477,3 +477,30 @@ async def test_a_package_bought_while_a_stream_waits_arrives_on_the_push_and_sur
     async with quota_agent(tmp_path / "j.db", server.url, fresh) as quota:
         await quota.restore()
         assert fresh.leased[agent_id] == 11 * 10**9
+
+
+async def test_next_round_waits_for_a_round_begun_after_it_and_no_longer_than_its_cap(
+    tmp_path: Path, billing: tuple[BillingServer, Api]
+) -> None:
+    """A new tunnel's wait: a whole round begun after the call; a round slower than 2 s, not."""
+    server, api = billing
+    (agent_id,) = await subscribed_agents(api, 1)
+    host = Host()
+    host.short[agent_id] = 1000  # every round has a report to send
+    async with (
+        Failing(server.url) as proxy,
+        quota_agent(tmp_path / "j.db", proxy.url, host, timeout_s=10, interval_ms=60_000) as quota,
+    ):
+        loop = asyncio.create_task(quota.run())
+        try:
+            before = sum(quota.round_times.counts)
+            await asyncio.wait_for(quota.next_round(), 30)
+            assert sum(quota.round_times.counts) > before and host.leased[agent_id] > 0
+            await poll(lambda: quota._begun == quota._ended, "no round under way")
+            proxy.mode = "slow"  # 3 s a request: past the 2 s cap, within the client's 10 s
+            await asyncio.wait_for(quota.next_round(), 30)
+            assert quota._ended < quota._begun  # it returned with its round under way
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
