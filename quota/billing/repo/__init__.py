@@ -26,6 +26,7 @@ from quota.billing.repo.accounts import (
 from quota.billing.repo.agents import (
     AgentBrief,
     AgentRow,
+    AgentTuple,
     Traffic,
     add_key,
     agent_ids_of,
@@ -82,6 +83,7 @@ __all__ = [
     "AccountRow",
     "AgentBrief",
     "AgentRow",
+    "AgentTuple",
     "Answered",
     "Delta",
     "Outgoing",
