@@ -20,8 +20,8 @@ Invariants (everything below runs inside the caller's one transaction):
 - Usage is charged for all agents first, in report order; then lease requests
   are answered in report order, each seeing every charge of the report and the
   grants before it. Every byte a relay reports is also added to that relay's
-  lease `used_total`, to the per-tunnel totals of the tunnel it names, and to
-  the audit log of raw usage (`usage_log`).
+  lease `used_total` and kept in the audit log of raw usage (`usage_log`),
+  one row per agent and tunnel, which the per-tunnel totals are summed from.
 - The sum over relays of an agent's outstanding leases never exceeds what the
   agent can pay for when a grant is made (`quota.core.lease.grant_size`).
   A lease that expired before this report is written off (its remainder counts
@@ -514,6 +514,5 @@ async def _write(op: Op, report: _Report, tunnels: Tunnels, seq: int) -> None:
     await repo.expire_relay(op.tx, report.relay_id, op.now)  # the leases this report did not name
     await repo.extend_relay(op.tx, report.relay_id, op.now + op.config.lease_ttl_ms)
     deltas = _per_tunnel(tunnels, report.lines)
-    await repo.add_tunnel_usage(op.tx, deltas, op.now)
     owners = {a: agent.account_id for a, agent in report.lines.items()}
     await repo.log_usage(op.tx, report.relay_id, seq, op.now, deltas, owners)

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from quota.billing import repo
 from quota.billing.clock import ManualClock
 from quota.billing.config import config_from_mapping
 from quota.billing.errors import ConfigError, StoreError
@@ -210,6 +211,74 @@ async def test_a_report_is_a_few_statements_whatever_its_agents(
         counts.append(sum(statements.values()))
     assert counts[1] == counts[0], counts  # a statement per table, whatever the agents
     await _audit_holds(server, acc)
+
+
+async def test_a_report_writes_its_usage_once_and_tunnel_totals_are_summed_from_it(
+    api: Api, server: BillingServer, clock: ManualClock
+) -> None:
+    """Each (agent, tunnel) of a report is one usage_log row and nothing more; totals add up."""
+    _, _, agt = await _paying(api)
+    t0 = clock.now_ms()
+    await _sync(api, 1, [{"agent_id": agt, "tunnel_id": t, "bytes": M} for t in ("a", "b", "a")])
+    clock.advance(60_000)
+    await _sync(api, 2, [{"agent_id": agt, "tunnel_id": "a", "bytes": 5, "tunnel_seconds": 3}])
+    async with server.store.reading() as tx:
+        assert await tx.one("SELECT COUNT(*) FROM tunnel_usage") == (0,)
+        assert await tx.one("SELECT COUNT(*) FROM usage_log WHERE relay_id = 'relay-1'") == (3,)
+    got = await server.service.relays.tunnel_usage(agt)
+    assert [(u.tunnel_id, u.bytes, u.tunnel_seconds, u.first_at, u.last_at) for u in got] == [
+        ("a", 2 * M + 5, 3, t0, t0 + 60_000),
+        ("b", M, 0, t0, t0),
+    ]
+
+
+async def test_the_upgrade_keeps_tunnel_totals_counted_before_the_usage_log(
+    tmp_path: Path,
+) -> None:
+    """Totals kept before the upgrade read the same after it; the log's share leaves the table."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    for number, script in enumerate(SQLITE[:6], start=1):
+        db.executescript(f"{script}; PRAGMA user_version={number};")
+    db.execute(
+        "INSERT INTO accounts (id, name, token_hash, balance, version, created_at)"
+        " VALUES ('acc', 'a', 'h', 0, 0, 0)"
+    )
+    db.execute(
+        "INSERT INTO agents (id, account_id, name, role, created_at)"
+        " VALUES ('agt', 'acc', 'n', 'client', 0)"
+    )
+    # 'a': 10 bytes before the log, 7 since; 'b': all in the log; 'c': all before it
+    for tunnel, total, seconds, first, last in (
+        ("a", 17, 4, 1, 9),
+        ("b", 3, 0, 5, 5),
+        ("c", 2, 1, 2, 2),
+    ):
+        db.execute(
+            "INSERT INTO tunnel_usage VALUES ('agt', ?, ?, ?, ?, ?)",
+            (tunnel, total, seconds, first, last),
+        )
+    for relay, tunnel, nbytes, seconds, at in (
+        ("r", "a", 7, 4, 9),
+        ("r", "b", 3, 0, 5),
+        ("ledger", "", 12, 0, 1),  # charged traffic from before the log: not a tunnel's usage
+    ):
+        db.execute(
+            "INSERT INTO usage_log VALUES (?, 1, 'acc', 'agt', ?, ?, ?, ?)",
+            (relay, tunnel, nbytes, seconds, at),
+        )
+    db.commit()
+    db.close()
+    path.chmod(0o600)
+    async with SqliteStore(path) as store, store.reading() as tx:
+        kept = await tx.all("SELECT tunnel_id, bytes, tunnel_seconds FROM tunnel_usage")
+        got = await repo.tunnel_usage_of(tx, "agt")
+    assert sorted(kept) == [("a", 10, 0), ("c", 2, 1)]
+    assert [(u.tunnel_id, u.bytes, u.tunnel_seconds, u.first_at, u.last_at) for u in got] == [
+        ("a", 17, 4, 1, 9),
+        ("b", 3, 0, 5, 5),
+        ("c", 2, 1, 2, 2),
+    ]
 
 
 async def test_cli_usage_prints_a_table_and_json(
