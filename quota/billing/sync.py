@@ -307,10 +307,8 @@ async def _draw(op: Op, report: _Report, agent: Agent, need: int) -> None:
 
 
 async def _charge(op: Op, report: _Report, agent_id: str, ask: _Ask) -> None:
-    """Charge one agent's usage: in memory when only traffic is drawn, else by the rules."""
+    """Charge a paying agent's usage: in memory when only traffic is drawn, else by the rules."""
     agent = report.agent(agent_id)
-    if agent.role not in _PAYING:
-        return
     if _simple(op, report, agent, ask):
         if ask.nbytes:
             await _draw(op, report, agent, ask.nbytes)
@@ -482,11 +480,13 @@ async def apply_sync(op: Op, relay_id: str, req: wire.SyncRequest) -> wire.SyncA
     valid_until = op.now + op.config.lease_ttl_ms
     paying = []
     for agent_id, ask in asks.items():
-        if agent_id in report.lines:
+        line = report.lines.get(agent_id)
+        if line is None or line.role not in _PAYING:
+            continue  # unknown, or a support agent: nothing charged, no lease
+        if ask.nbytes or ask.seconds:
             await _charge(op, report, agent_id, ask)
-            if report.lines[agent_id].role in _PAYING:
-                _lease(report, agent_id, ask, valid_until)
-                paying.append(agent_id)
+        _lease(report, agent_id, ask, valid_until)
+        paying.append(agent_id)
     await report.check_balances()
     wanting = [a for a in paying if asks[a].want and report.agent(a).active]
     if wanting:
