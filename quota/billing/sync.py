@@ -154,6 +154,7 @@ class _Report:
     accounts: dict[str, AccountRow]
     leases: dict[str, tuple[int, int, int, int]]  # granted, used, returned, valid_until here
     stored: dict[str, int] = field(default_factory=dict)  # pre-report outstanding here
+    had: frozenset[str] = frozenset()  # the agents whose lease row here was read
     agents: dict[str, AgentRow] = field(default_factory=dict)
     traffic: dict[str, repo.Traffic] = field(default_factory=dict)
     unbilled: dict[str, int] = field(default_factory=dict)
@@ -166,7 +167,7 @@ class _Report:
         lines, leases = await repo.agents_with_leases(op.tx, relay_id, agent_ids)
         accounts = await repo.accounts_by_id(op.tx, sorted({a.account_id for a in lines.values()}))
         rate = metered_rate(op.config.metered_price_per_gb)
-        report = cls(op, relay_id, rate, lines, accounts, leases)
+        report = cls(op, relay_id, rate, lines, accounts, leases, had=frozenset(leases))
         report.stored = {
             a: max(0, g - u - r) for a, (g, u, r, until) in leases.items() if until > op.now
         }
@@ -231,7 +232,7 @@ class _Report:
             tx, [a for i, v in self.drawn.items() if (a := self.accounts[i]).version == v]
         )
         await repo.save_traffic(tx, [(*t, a) for a, t in self.traffic.items()])
-        await repo.save_lease_totals(tx, self.relay_id, self.leases)
+        await repo.save_lease_totals(tx, self.relay_id, self.leases, self.had)
 
 
 def _simple(op: Op, report: _Report, agent: Agent, ask: _Ask) -> bool:
