@@ -60,13 +60,15 @@ def bodies(ids: list[str], reports: int, seed: int = 5) -> list[bytes]:
     return out
 
 
-async def measure(database: str, reports: int) -> tuple[list[float], list[float]]:
+async def measure(
+    database: str, reports: int, agents: int = 10_000
+) -> tuple[list[float], list[float]]:
     """CPU and wall seconds of each report after the first."""
     cpu: list[float] = []
     wall: list[float] = []
     headers = {"Authorization": f"Bearer {RELAY_TOKEN}", "Content-Type": "application/json"}
     async with BillingServer(_config(database), maintenance=False) as srv:
-        ids = await register(srv.url, LoadPlan())
+        ids = await register(srv.url, LoadPlan(agents=agents))
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             for n, body in enumerate(bodies(ids, reports)):
