@@ -6,8 +6,9 @@ Invariants:
   client that posts the reports run in this process. The CPU time of the
   process (all its threads: the handler, aiohttp, aiosqlite's thread) per report
   is what the billing side spends plus a small client share (posting prepared
-  bytes, reading the answer); unlike wall time it barely moves with what else
-  the machine runs. PostgreSQL's own CPU is not in it.
+  bytes, reading the answer). It moves less with what else the machine runs
+  than wall time does, but still by 10-20 % between single runs on a loaded
+  machine: compare runs made alternately. PostgreSQL's own CPU is not in it.
 - The agents (1,000 accounts of 10 on plan "pro") are registered through the
   admin API as `bench.sync_load` does; a first report asks a lease for every
   agent, then each report carries every agent's usage (1-200 KB, one tunnel)
