@@ -331,6 +331,15 @@ def test_traffic_rollup_is_configurable_and_checked() -> None:
             rollup(bad)
 
 
+def test_the_ledger_relay_id_is_reserved() -> None:
+    """A relay named `ledger` would read as usage carried over from the ledger: refused."""
+    raw = {"server": {"admin_token": ADMIN}, "relays": [{"id": "ledger", "token": "t" * 32}]}
+    with pytest.raises(ConfigError, match=r"relays\[0\]\.id: 'ledger' is reserved"):
+        config_from_mapping(raw, {})
+    raw["relays"] = [{"id": "ledger-eu", "token": "t" * 32}]
+    assert [r.id for r in config_from_mapping(raw, {}).relays] == ["ledger-eu"]
+
+
 async def test_random_reports_of_many_agents_keep_the_account_payable(
     api: Api, server: BillingServer, clock: ManualClock
 ) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quota.billing.store import Bulk, Tx
+from quota.billing.store.base import LEDGER_RELAY_ID
 from quota.core.money import MAX_COUNTER
 
 _LOG = Bulk(
@@ -61,8 +62,8 @@ async def tunnel_usage_of(tx: Tx, agent_id: str) -> list[TunnelUsage]:
         " WHERE agent_id = ? UNION ALL"
         " SELECT tunnel_id, bytes, tunnel_seconds, at, at FROM usage_log"
         " WHERE account_id IN (SELECT account_id FROM agents WHERE id = ?) AND agent_id = ?"
-        " AND relay_id <> 'ledger') AS u GROUP BY tunnel_id ORDER BY tunnel_id",
-        (agent_id, agent_id, agent_id),
+        " AND relay_id <> ?) AS u GROUP BY tunnel_id ORDER BY tunnel_id",
+        (agent_id, agent_id, agent_id, LEDGER_RELAY_ID),
     )
     return [
         TunnelUsage(
