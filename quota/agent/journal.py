@@ -235,14 +235,13 @@ class Journal:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (seq + 1,),
             )
-            for agent_id in used.keys() | returned.keys():
-                await db.execute(
-                    "INSERT INTO leases (agent_id, used_total, returned_total) VALUES (?, ?, ?) "
-                    "ON CONFLICT(agent_id) DO UPDATE SET "
-                    "used_total = used_total + excluded.used_total, "
-                    "returned_total = returned_total + excluded.returned_total",
-                    (agent_id, used.get(agent_id, 0), returned.get(agent_id, 0)),
-                )
+            await db.executemany(  # one trip to the connection's thread for all agents
+                "INSERT INTO leases (agent_id, used_total, returned_total) VALUES (?, ?, ?) "
+                "ON CONFLICT(agent_id) DO UPDATE SET "
+                "used_total = used_total + excluded.used_total, "
+                "returned_total = returned_total + excluded.returned_total",
+                [(a, used.get(a, 0), returned.get(a, 0)) for a in used.keys() | returned.keys()],
+            )
             if streams is not None:
                 await self._write_streams(db, streams)
 
@@ -315,23 +314,21 @@ class Journal:
 
     @staticmethod
     async def _raise_applied(db: aiosqlite.Connection, applied: Mapping[str, int]) -> None:
-        for agent_id, total in applied.items():
-            await db.execute(
-                "INSERT INTO leases (agent_id, applied_total) VALUES (?, ?) "
-                "ON CONFLICT(agent_id) DO UPDATE SET "
-                "applied_total = MAX(applied_total, excluded.applied_total)",
-                (agent_id, total),
-            )
+        await db.executemany(  # one trip to the connection's thread for all agents
+            "INSERT INTO leases (agent_id, applied_total) VALUES (?, ?) "
+            "ON CONFLICT(agent_id) DO UPDATE SET "
+            "applied_total = MAX(applied_total, excluded.applied_total)",
+            list(applied.items()),
+        )
 
     async def drop(self, dropped: Mapping[str, int]) -> None:
         """Count expired leases' unused bytes as given back, without reporting them."""
         async with self._writing("record expired leases in the journal") as db:
-            for agent_id, nbytes in dropped.items():
-                await db.execute(
-                    "INSERT INTO leases (agent_id, returned_total) VALUES (?, ?) "
-                    "ON CONFLICT(agent_id) DO UPDATE SET returned_total = returned_total + ?",
-                    (agent_id, nbytes, nbytes),
-                )
+            await db.executemany(
+                "INSERT INTO leases (agent_id, returned_total) VALUES (?, ?) "
+                "ON CONFLICT(agent_id) DO UPDATE SET returned_total = returned_total + ?",
+                [(a, n, n) for a, n in dropped.items()],
+            )
 
     async def leases(self) -> dict[str, HeldLease]:
         async with self._reading("read the lease totals") as db:

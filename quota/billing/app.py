@@ -112,13 +112,27 @@ async def _body(request: web.Request, route: Route) -> Any:
         return None
     if request.content_type != "application/json":
         raise BadRequest("body: send JSON with Content-Type: application/json")
+    return _decode(raw, route.request)
+
+
+def _decode(raw: bytes, cls: type[Any]) -> Any:
+    """The body as a `cls` message: msgspec's own JSON decoder first, the strict rules after.
+
+    Decoding straight into the message takes a third of `json.loads` and a
+    conversion (a sync report of 10,000 agents is about 1 MB). Whatever it
+    refuses (a whole number written `1.0`, or a body that is not valid) is
+    decoded again the long way, so an accepted body and every error message are
+    the same as before.
+    """
+    with contextlib.suppress(msgspec.DecodeError):  # ValidationError is a DecodeError
+        return msgspec.json.decode(raw, type=cls)
     try:
         data = json.loads(raw, parse_float=_whole_number)
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of 5000 digits
         raise BadRequest(f"body: malformed JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("body: JSON nested too deeply") from None
-    return wire.parse(route.request, data)
+    return wire.parse(cls, data)
 
 
 def _token(request: web.Request) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from quota.billing.errors import ConfigError
-from quota.billing.store.base import POSTGRESQL_SCHEMES, is_postgresql
+from quota.billing.store.base import LEDGER_RELAY_ID, POSTGRESQL_SCHEMES, is_postgresql
 from quota.contract.config import Environment, Problems, decode_file
 from quota.contract.files import BillingFile, RelayCred
 from quota.core.billing import PriceList, catalogue_from_config
@@ -116,6 +116,11 @@ def config_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Billi
         catalogue = catalogue_from_config(f.plans, f.packages)
     except InvalidValue as exc:
         problems.note(str(exc))  # plans[1].price: ...
+    for i, relay in enumerate(f.relays):
+        if relay.id == LEDGER_RELAY_ID:  # marks usage carried over from the ledger (migration 6)
+            problems.add(
+                f"relays[{i}].id", f"{LEDGER_RELAY_ID!r} is reserved; name the relay otherwise"
+            )
     rollup = f.ledger.traffic_rollup
     if rollup < 0 or (rollup and 86_400_000 % rollup):
         problems.add("ledger.traffic_rollup", "must divide a day (1h, 15m, 1d), or be 0 for off")

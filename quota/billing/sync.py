@@ -20,8 +20,8 @@ Invariants (everything below runs inside the caller's one transaction):
 - Usage is charged for all agents first, in report order; then lease requests
   are answered in report order, each seeing every charge of the report and the
   grants before it. Every byte a relay reports is also added to that relay's
-  lease `used_total`, to the per-tunnel totals of the tunnel it names, and to
-  the audit log of raw usage (`usage_log`).
+  lease `used_total` and kept in the audit log of raw usage (`usage_log`),
+  one row per agent and tunnel, which the per-tunnel totals are summed from.
 - The sum over relays of an agent's outstanding leases never exceeds what the
   agent can pay for when a grant is made (`quota.core.lease.grant_size`).
   A lease that expired before this report is written off (its remainder counts
@@ -50,7 +50,7 @@ import structlog
 from quota.billing import charging, repo
 from quota.billing.errors import Conflict, KeyReused
 from quota.billing.op import Op, check_low_balance
-from quota.billing.repo import AccountRow, AgentRow
+from quota.billing.repo import AccountRow, AgentRow, AgentTuple
 from quota.billing.runner import fingerprint, read_body
 from quota.contract import wire
 from quota.core.billing import (
@@ -68,6 +68,8 @@ from quota.core.money import MAX_COUNTER, MS_PER_MONTH, OverLimit, Rate, checked
 log = structlog.get_logger("quota.billing")
 _ENCODER = msgspec.json.Encoder()
 _PAYING = frozenset(r.value for r in AgentRole if r.pays)  # thousands of lookups a report
+Agent = AgentRow | AgentTuple  # what is only read of an agent: its row, or the tuple as read
+Tunnels = dict[tuple[str, str], list[int]]  # (agent, tunnel) -> [bytes, seconds] of a report
 
 
 @dataclass(slots=True)
@@ -80,15 +82,27 @@ class _Ask:
     returned: int = 0
 
 
-def _merge(req: wire.SyncRequest) -> dict[str, _Ask]:
-    """Each agent's part of a report; a sum past 2**62 is refused (`OverLimit`)."""
+def _merge(req: wire.SyncRequest, tunnels: Tunnels) -> dict[str, _Ask]:
+    """Each agent's part of a report, and (into `tunnels`) each of its tunnels' usage.
+
+    A sum past 2**62 is refused (`OverLimit`). One pass over the items for both:
+    a report holds thousands.
+    """
     asks: dict[str, _Ask] = {}
     for item in req.items:
-        ask = asks.get(item.agent_id)
+        agent_id, nbytes, seconds = item.agent_id, item.bytes, item.tunnel_seconds
+        ask = asks.get(agent_id)
         if ask is None:
-            ask = asks[item.agent_id] = _Ask()
-        ask.nbytes += item.bytes
-        ask.seconds += item.tunnel_seconds
+            ask = asks[agent_id] = _Ask()
+        ask.nbytes += nbytes
+        ask.seconds += seconds
+        if nbytes or seconds:
+            sums = tunnels.get((agent_id, item.tunnel_id))
+            if sums is None:
+                tunnels[(agent_id, item.tunnel_id)] = [nbytes, seconds]
+            else:
+                sums[0] += nbytes
+                sums[1] += seconds
     for lease in req.leases:
         ask = asks.get(lease.agent_id)
         if ask is None:
@@ -107,21 +121,12 @@ def _merge(req: wire.SyncRequest) -> dict[str, _Ask]:
     return asks
 
 
-def _per_tunnel(req: wire.SyncRequest, known: dict[str, AgentRow]) -> list[repo.Delta]:
+def _per_tunnel(tunnels: Tunnels, known: dict[str, AgentTuple]) -> list[repo.Delta]:
     """The report's usage of each tunnel of a known agent, summed per (agent, tunnel)."""
-    totals: dict[tuple[str, str], list[int]] = {}
-    for item in req.items:
-        if (item.bytes or item.tunnel_seconds) and item.agent_id in known:
-            total = totals.get((item.agent_id, item.tunnel_id))
-            if total is None:
-                totals[(item.agent_id, item.tunnel_id)] = [item.bytes, item.tunnel_seconds]
-            else:
-                total[0] += item.bytes
-                total[1] += item.tunnel_seconds
-    return [(a, t, b, s) for (a, t), (b, s) in totals.items()]
+    return [(a, t, b, s) for (a, t), (b, s) in tunnels.items() if a in known]
 
 
-def _traffic(agent: AgentRow) -> repo.Traffic:
+def _traffic(agent: Agent) -> repo.Traffic:
     """What a report may change of an agent's row, as `repo.save_traffic` writes it."""
     return (
         agent.bucket_bytes,
@@ -137,19 +142,23 @@ def _traffic(agent: AgentRow) -> repo.Traffic:
 class _Report:
     """What one report reads once and changes in memory, then writes in a few statements.
 
-    `agents` holds each agent's row as last saved, `traffic` what the report
+    `lines` holds every named agent's row as read, as a tuple; `agents` the
+    rows the charging rules saved since (made from `lines` only for the agents
+    they take: most agents are only read), and `traffic` what the report
     changed since: bucket, packages, carry and the open roll-up window (written
-    by `save`); `row` joins the two whenever one agent's part runs through the
+    by `save`); `row` joins them whenever one agent's part runs through the
     charging rules one at a time.
     """
 
     op: Op
     relay_id: str
     rate: Rate
-    agents: dict[str, AgentRow]
+    lines: dict[str, AgentTuple]
     accounts: dict[str, AccountRow]
     leases: dict[str, tuple[int, int, int, int]]  # granted, used, returned, valid_until here
     stored: dict[str, int] = field(default_factory=dict)  # pre-report outstanding here
+    had: frozenset[str] = frozenset()  # the agents whose lease row here was read
+    agents: dict[str, AgentRow] = field(default_factory=dict)
     traffic: dict[str, repo.Traffic] = field(default_factory=dict)
     unbilled: dict[str, int] = field(default_factory=dict)
     # balances drawn in memory (account id -> its version then), written by `save`
@@ -159,18 +168,25 @@ class _Report:
 
     @classmethod
     async def read(cls, op: Op, relay_id: str, agent_ids: list[str]) -> _Report:
-        agents, leases = await repo.agents_with_leases(op.tx, relay_id, agent_ids)
-        accounts = await repo.accounts_by_id(op.tx, sorted({a.account_id for a in agents.values()}))
+        lines, leases = await repo.agents_with_leases(op.tx, relay_id, agent_ids)
+        accounts = await repo.accounts_by_id(op.tx, sorted({a.account_id for a in lines.values()}))
         rate = metered_rate(op.config.metered_price_per_gb)
-        report = cls(op, relay_id, rate, agents, accounts, leases)
+        report = cls(op, relay_id, rate, lines, accounts, leases, had=frozenset(leases))
         report.stored = {
             a: max(0, g - u - r) for a, (g, u, r, until) in leases.items() if until > op.now
         }
         return report
 
+    def agent(self, agent_id: str) -> Agent:
+        """The agent as last saved: the rules' row if they took it, else the tuple read."""
+        agent = self.agents.get(agent_id)
+        return self.lines[agent_id] if agent is None else agent
+
     def row(self, agent_id: str) -> AgentRow:
         """The agent's row as the report left it so far (still written by `save`)."""
-        agent = self.agents[agent_id]
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            agent = self.agents[agent_id] = self.lines[agent_id].row()
         changed = self.traffic.get(agent_id)
         if changed is not None and changed != _traffic(agent):
             bucket, packages, carry, used, start, end = changed
@@ -186,15 +202,15 @@ class _Report:
             self.agents[agent_id] = agent
         return agent
 
-    def current(self, agent: AgentRow) -> repo.Traffic:
+    def current(self, agent: Agent) -> repo.Traffic:
         changed = self.traffic.get(agent.id)
         return _traffic(agent) if changed is None else changed
 
-    def traffic_of(self, agent: AgentRow) -> int:
+    def traffic_of(self, agent: Agent) -> int:
         changed = self.traffic.get(agent.id)
         return agent.traffic if changed is None else changed[0] + changed[1]
 
-    def carry_of(self, agent: AgentRow) -> int:
+    def carry_of(self, agent: Agent) -> int:
         return self.current(agent)[2]
 
     def took(self, account: AccountRow, agent: AgentRow) -> None:
@@ -220,10 +236,10 @@ class _Report:
             tx, [a for i, v in self.drawn.items() if (a := self.accounts[i]).version == v]
         )
         await repo.save_traffic(tx, [(*t, a) for a, t in self.traffic.items()])
-        await repo.save_lease_totals(tx, self.relay_id, self.leases)
+        await repo.save_lease_totals(tx, self.relay_id, self.leases, self.had)
 
 
-def _simple(op: Op, report: _Report, agent: AgentRow, ask: _Ask) -> bool:
+def _simple(op: Op, report: _Report, agent: Agent, ask: _Ask) -> bool:
     """Whether `apply_usage` would only draw bucket and packages (no money, no purchase)."""
     account = report.accounts[agent.account_id]
     if ask.seconds and agent.active:
@@ -246,12 +262,12 @@ def _simple(op: Op, report: _Report, agent: AgentRow, ask: _Ask) -> bool:
         limit=agent.topup_limit,
         spent=agent.topup_spent,
         balance=account.balance,
-        blocked=agent.topup_blocked,
+        blocked=bool(agent.topup_blocked),
     )
     return decision.outcome not in (TopupOutcome.BUY, TopupOutcome.BALANCE_SHORT)
 
 
-async def _draw(op: Op, report: _Report, agent: AgentRow, need: int) -> None:
+async def _draw(op: Op, report: _Report, agent: Agent, need: int) -> None:
     """Draw `need` bytes: bucket and packages in memory, metered traffic posted at once."""
     bucket, packages, carry, used, start, end = report.current(agent)
     held = draw_held(need, bucket, packages)
@@ -263,7 +279,7 @@ async def _draw(op: Op, report: _Report, agent: AgentRow, need: int) -> None:
             need=need,
             bucket=bucket,
             packages=packages,
-            metered=agent.allow_metered and not account.frozen,
+            metered=bool(agent.allow_metered) and not account.frozen,
             balance=account.balance,
             rate=report.rate,
             carry=carry,
@@ -276,7 +292,7 @@ async def _draw(op: Op, report: _Report, agent: AgentRow, need: int) -> None:
         )
         if draw.metered_bytes:  # its entry now, the balance written once a report (`save`)
             account = await charging.post_metered(
-                op, account, agent, draw.metered_bytes, draw.cost, deferred=True
+                op, account, report.row(agent.id), draw.metered_bytes, draw.cost, deferred=True
             )
             report.accounts[account.id] = account
             if draw.cost:  # a charge (not all carry): the balance to write, a notice to check
@@ -287,17 +303,17 @@ async def _draw(op: Op, report: _Report, agent: AgentRow, need: int) -> None:
         window = roll_up(window, drawn, now=op.now, length=op.config.traffic_rollup_ms)
     elif drawn:
         account = report.accounts[agent.account_id]
-        report.accounts[account.id] = await charging.post_traffic(op, account, agent, drawn)
+        report.accounts[account.id] = await charging.post_traffic(
+            op, account, report.row(agent.id), drawn
+        )
     report.traffic[agent.id] = (bucket - from_bucket, packages - from_packages, carry, *window)
     if unbilled:
         report.unbilled[agent.id] = unbilled
 
 
 async def _charge(op: Op, report: _Report, agent_id: str, ask: _Ask) -> None:
-    """Charge one agent's usage: in memory when only traffic is drawn, else by the rules."""
-    agent = report.agents[agent_id]
-    if agent.role not in _PAYING:
-        return
+    """Charge a paying agent's usage: in memory when only traffic is drawn, else by the rules."""
+    agent = report.agent(agent_id)
     if _simple(op, report, agent, ask):
         if ask.nbytes:
             await _draw(op, report, agent, ask.nbytes)
@@ -334,19 +350,19 @@ class _Grants:
         self.held: dict[str, int] = {}
         self.term: dict[str, int] = {}
         self.reserve: dict[str, int] = {}
-        self.mates: dict[str, AgentRow] = {}
+        self.mates: dict[str, Agent] = {}
 
     async def read(self, wanting: list[str]) -> None:
         r, op = self.report, self.report.op
         metered = sorted(
             {
-                r.agents[a].account_id
-                for a in wanting
-                if r.agents[a].allow_metered and not r.accounts[r.agents[a].account_id].frozen
+                agent.account_id
+                for agent in map(r.agent, wanting)
+                if agent.allow_metered and not r.accounts[agent.account_id].frozen
             }
         )
         for mate in await repo.agents_of_accounts(op.tx, metered):
-            self.mates[mate.id] = r.agents.get(mate.id, mate)
+            self.mates[mate.id] = r.agent(mate.id) if mate.id in r.lines else mate
         ids = sorted({*wanting, *self.mates})
         stored = await repo.outstanding_of(op.tx, ids, op.now)
         for agent_id in ids:
@@ -355,19 +371,19 @@ class _Grants:
             if agent_id not in r.leases:  # not named: its stored lease stands as it is
                 now_here = r.stored.get(agent_id, 0)
             self.held[agent_id] = stored.get(agent_id, 0) - r.stored.get(agent_id, 0) + now_here
-        for mate in self.mates.values():
-            self._set_term(mate)
+        for agent in self.mates.values():
+            self._set_term(agent)
 
-    def _set_term(self, agent: AgentRow) -> None:
+    def _set_term(self, agent: Agent) -> None:
         r = self.report
         old = self.term.get(agent.id, 0)
         new = metered_reserve(self.held.get(agent.id, 0) - r.traffic_of(agent), r.rate)
         self.term[agent.id] = new
         self.reserve[agent.account_id] = self.reserve.get(agent.account_id, 0) + new - old
 
-    def _capacity(self, account: AccountRow, agent: AgentRow) -> int:
+    def _capacity(self, account: AccountRow, agent: Agent) -> int:
         r = self.report
-        metered = agent.allow_metered and not account.frozen
+        metered = bool(agent.allow_metered) and not account.frozen
         return capacity(
             traffic=r.traffic_of(agent),
             metered=metered,
@@ -382,7 +398,7 @@ class _Grants:
     async def grant(self, agent_id: str, want: int, *, topup: bool = True) -> None:
         """Add to this relay's lease what the agent can pay for, after a top-up if set."""
         r, op = self.report, self.report.op
-        agent = r.agents[agent_id]
+        agent: Agent = r.agent(agent_id)
         account = r.accounts[agent.account_id]
         cap = self._capacity(account, agent)
         held = self.held.get(agent_id, 0)
@@ -407,8 +423,7 @@ class _Grants:
 
 
 def _answer(report: _Report, agent_id: str, ask: _Ask, valid_until: int) -> wire.Lease:
-    agent = report.agents.get(agent_id)
-    if agent is None:  # nobody pays for an unknown agent's bytes
+    if agent_id not in report.lines:  # nobody pays for an unknown agent's bytes
         return wire.Lease(
             agent_id=agent_id,
             status="unknown",
@@ -417,6 +432,7 @@ def _answer(report: _Report, agent_id: str, ask: _Ask, valid_until: int) -> wire
             traffic_remaining=0,
             unbilled_bytes=ask.nbytes,
         )
+    agent = report.agent(agent_id)
     lease = report.leases.get(agent_id)
     return wire.Lease(
         agent_id=agent_id,
@@ -470,24 +486,27 @@ async def apply_sync(
         return first
     op.numbered = False  # a report is answered with leases, not entries: write them in batches
     await repo.close_due(op.tx, op.now)  # before any draw: an open window is the current one
-    asks = _merge(req)
+    tunnels: Tunnels = {}
+    asks = _merge(req, tunnels)
     report = await _Report.read(op, relay_id, list(asks))
     valid_until = op.now + op.config.lease_ttl_ms
     paying = []
     for agent_id, ask in asks.items():
-        if agent_id in report.agents:
+        line = report.lines.get(agent_id)
+        if line is None or line.role not in _PAYING:
+            continue  # unknown, or a support agent: nothing charged, no lease
+        if ask.nbytes or ask.seconds:
             await _charge(op, report, agent_id, ask)
-            if report.agents[agent_id].role in _PAYING:
-                _lease(report, agent_id, ask, valid_until)
-                paying.append(agent_id)
+        _lease(report, agent_id, ask, valid_until)
+        paying.append(agent_id)
     await report.check_balances()
-    wanting = [a for a in paying if asks[a].want and report.agents[a].active]
+    wanting = [a for a in paying if asks[a].want and report.agent(a).active]
     if wanting:
         grants = _Grants(report)
         await grants.read(wanting)
         for agent_id in wanting:
             await grants.grant(agent_id, asks[agent_id].want)
-    await _write(op, report, req)
+    await _write(op, report, tunnels, req.seq)
     if unmet is not None:
         unmet.update({a: report.unmet.get(a, 0) for a in asks})
     answer = wire.SyncAnswer(
@@ -503,15 +522,14 @@ async def apply_sync(
     return answer
 
 
-async def _write(op: Op, report: _Report, req: wire.SyncRequest) -> None:
+async def _write(op: Op, report: _Report, tunnels: Tunnels, seq: int) -> None:
     """Everything the report changed, a statement per table."""
     await report.save()
     await repo.expire_relay(op.tx, report.relay_id, op.now)  # the leases this report did not name
     await repo.extend_relay(op.tx, report.relay_id, op.now + op.config.lease_ttl_ms)
-    deltas = _per_tunnel(req, report.agents)
-    await repo.add_tunnel_usage(op.tx, deltas, op.now)
-    owners = {a: agent.account_id for a, agent in report.agents.items()}
-    await repo.log_usage(op.tx, report.relay_id, req.seq, op.now, deltas, owners)
+    deltas = _per_tunnel(tunnels, report.lines)
+    owners = {a: agent.account_id for a, agent in report.lines.items()}
+    await repo.log_usage(op.tx, report.relay_id, seq, op.now, deltas, owners)
 
 
 async def grant_waiting(op: Op, relay_id: str, agent_id: str, want: int) -> wire.Lease | None:
@@ -522,7 +540,7 @@ async def grant_waiting(op: Op, relay_id: str, agent_id: str, want: int) -> wire
     lease as a sync answer states it, or None when nothing was granted.
     """
     report = await _Report.read(op, relay_id, [agent_id])
-    agent = report.agents.get(agent_id)
+    agent = report.lines.get(agent_id)
     if agent is None or agent.role not in _PAYING or not agent.active or want <= 0:
         return None
     valid_until = op.now + op.config.lease_ttl_ms

@@ -75,3 +75,19 @@ def test_billing_urls_add_replicas_after_url(tmp_path: Path) -> None:
     path.write_text('[billing]\nurls = ["ftp://b"]\ntoken = "t"\n')
     with pytest.raises(Exception, match=r"billing\.urls"):
         load_config(path)
+
+
+async def test_an_answer_is_decoded_straight_into_its_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A well-formed answer is decoded by msgspec alone, never through json.loads."""
+    calls: list[object] = []
+    loads = json.loads
+    async with (
+        BillingServer(make_config(tmp_path), maintenance=False) as live,
+        BillingClient(live.url, RELAY, timeout_s=2) as client,
+    ):
+        monkeypatch.setattr(json, "loads", lambda raw, **kw: calls.append(raw) or loads(raw, **kw))
+        body = {"seq": 1, "items": [{"agent_id": "x", "bytes": 5}], "leases": []}
+        answer = await client.sync(json.dumps(body).encode())
+        assert answer.leases[0].status == "unknown" and calls == []

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,3 +126,28 @@ async def test_stream_figures_ride_with_their_report_and_settle_away(tmp_path: P
         await journal.forget_streams()
         got = await journal.journaled_streams()
         assert (got.runs, dict(got.rows), got.settled_ms) == ((), {}, 1234)
+
+
+async def test_a_report_of_many_agents_is_a_few_trips_to_the_journal(tmp_path: Path) -> None:
+    """Writing, acknowledging and expiring 1,000 agents' leases: one statement each, not 1,000."""
+    agents = [f"agt-{n}" for n in range(1000)]
+    async with Journal(tmp_path / "j.db") as journal:
+        sent: list[str] = []
+        execute, executemany = journal.db.execute, journal.db.executemany
+
+        def counted(original: Any) -> Any:
+            def call(sql: str, *args: Any) -> Any:
+                sent.append(sql)
+                return original(sql, *args)
+
+            return call
+
+        journal.db.execute = counted(execute)  # type: ignore[method-assign]
+        journal.db.executemany = counted(executemany)  # type: ignore[method-assign]
+        await journal.append(1, b"{}", dict.fromkeys(agents, 5), {"agt-1": 2}, 0)
+        await journal.ack(1, dict.fromkeys(agents, 100))
+        await journal.drop(dict.fromkeys(agents, 1))
+        assert len(sent) < 20, len(sent)
+        held = await journal.leases()
+    assert (held["agt-1"].used_total, held["agt-1"].returned_total) == (5, 3)
+    assert held["agt-999"].applied_total == 100 and held["agt-999"].remaining == 94

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import durability, sync, sync_load
+from bench import durability, ingest, sync, sync_load
 from bench.report import Results
 from tests.rigs.procs import Procs
 
@@ -28,6 +28,7 @@ def test_sync_section_records_every_figure(tmp_path: Path) -> None:
         "resume after a package purchase, p99",
     ]
     assert all(t.met is not None for t in res.targets)
+    assert "client CPU per report" in res.figures["sync.ingest"].note
     assert [r.name for r in res.ratios] == [
         "package purchase to first byte p99 / the purchase call alone"
     ]
@@ -53,3 +54,9 @@ def test_durability_figures_compare_full_with_normal(tmp_path: Path) -> None:
     for key, *_ in sync.DURABLE:
         assert len(res.figures[key].samples) == 1, key
     assert "x the latency of NORMAL" in res.info["sync.deposit FULL/NORMAL"]
+
+
+async def test_in_process_ingestion_times_every_report_after_the_first(tmp_path: Path) -> None:
+    """bench.ingest on 20 agents: two reports timed (CPU and wall), the first left out."""
+    cpu, wall = await ingest.measure(str(tmp_path / "b.sqlite3"), reports=2, agents=20)
+    assert len(cpu) == len(wall) == 2 and all(c > 0 for c in cpu)

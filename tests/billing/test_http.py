@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -80,6 +81,30 @@ async def test_malformed_json_and_missing_key_are_400(api: Api, server: BillingS
     )
     assert status == 400 and "role" in answer["error"]
     assert (await api.ok("GET", f"/v1/accounts/{acc}/agents"))["agents"] == []
+
+
+async def test_a_valid_body_is_decoded_once_and_whole_numbers_still_pass(
+    api: Api, server: BillingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A valid body never reaches json.loads; a count written 1.0 or 2e3 is taken the long way."""
+    decoded: list[bytes] = []
+    loads = json.loads
+
+    def counted(raw: Any, **kw: Any) -> Any:
+        decoded.append(raw)
+        return loads(raw, **kw)
+
+    acc, _ = await api.account()
+    monkeypatch.setattr(json, "loads", counted)
+    await api.ok("POST", "/v1/sync", RELAY, {"seq": 1, "items": [{"agent_id": "x", "bytes": 5}]})
+    await api.deposit(acc, 1000, "pay-1")
+    assert decoded == []
+    raw = b'{"account_id": "%s", "payment_id": "pay-2", "amount": 2e3}' % acc.encode()
+    status, answer = await api.call("POST", "/v1/deposits", raw=raw)
+    assert status < 300 and answer["entry"]["amount"] == 2000, answer
+    assert decoded == [raw]
+    status, answer = await api.call("POST", "/v1/sync", RELAY, raw=b'{"seq": 2.0}')
+    assert status == 200 and answer["seq"] == 2, answer
 
 
 async def test_unknown_paths_and_methods_answer_json_errors(

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from quota.billing import repo
 from quota.billing.clock import ManualClock
 from quota.billing.config import config_from_mapping
 from quota.billing.errors import ConfigError, StoreError
@@ -167,7 +168,7 @@ def _fields(config: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
-    """Counts the statements every transaction sends, by kind."""
+    """Counts the statements every transaction sends, by kind, and the rows of set-based ones."""
     seen: Counter[str] = Counter()
     for name in ("_run", "_many", "_all", "_insert", "_insert_rows", "_update_rows"):
         for cls in Tx.__subclasses__():
@@ -177,6 +178,8 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
 
             async def counted(self: Tx, *args: Any, _o: Any = original, _n: str = name) -> Any:
                 seen[_n] += 1
+                if _n in ("_insert_rows", "_update_rows"):  # (bulk, rows)
+                    seen[f"rows {args[0].table}"] += len(args[1])
                 return await _o(self, *args)
 
             monkeypatch.setattr(cls, name, counted)
@@ -186,7 +189,10 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
 async def test_a_report_is_a_few_statements_whatever_its_agents(
     api: Api, server: BillingServer, statements: Counter[str]
 ) -> None:
-    """A report of 600 agents, each with usage and a lease request, costs the statements of 6."""
+    """A report of 600 agents, each with usage and a lease request, costs the statements of 6.
+
+    Both reports counted hold leases read before (updated) and new ones (inserted).
+    """
     acc, token = await api.account()
     await api.deposit(acc, 10**9, "pay-many")
     ids = []
@@ -196,7 +202,7 @@ async def test_a_report_is_a_few_statements_whatever_its_agents(
         ids.append(agent["id"])
     await api.ok("PATCH", f"/v1/agents/{ids[0]}", token, {"allow_metered": True})
     counts = []
-    for seq, agents in ((1, ids[:6]), (2, ids)):
+    for seq, agents in ((1, ids[:3]), (2, ids[:6]), (3, ids)):
         statements.clear()
         answer = await _sync(
             api,
@@ -204,12 +210,82 @@ async def test_a_report_is_a_few_statements_whatever_its_agents(
             [{"agent_id": a, "tunnel_id": "t", "bytes": M} for a in agents],
             [{"agent_id": a, "want": 4 * M} for a in agents],
         )
-        for lease in answer["leases"]:  # cumulative: the first six asked twice
-            asked = 2 if seq == 2 and lease["agent_id"] in ids[:6] else 1
-            assert lease["granted_total"] == asked * 4 * M
-        counts.append(sum(statements.values()))
-    assert counts[1] == counts[0], counts  # a statement per table, whatever the agents
+        for lease in answer["leases"]:  # cumulative: each asked once in every report naming it
+            asked = sum(1 for n in (3, 6) if n < seq * 3 and lease["agent_id"] in ids[:n])
+            assert lease["granted_total"] == (asked + 1) * 4 * M
+        counts.append(sum(n for k, n in statements.items() if not k.startswith("rows ")))
+    assert counts[2] == counts[1], counts  # a statement per table, whatever the agents
+    written = {k: n for k, n in statements.items() if k.startswith("rows ")}
+    assert written == {"rows agents": 600, "rows leases": 600, "rows usage_log": 600}, written
     await _audit_holds(server, acc)
+
+
+async def test_a_report_writes_its_usage_once_and_tunnel_totals_are_summed_from_it(
+    api: Api, server: BillingServer, clock: ManualClock
+) -> None:
+    """Each (agent, tunnel) of a report is one usage_log row and nothing more; totals add up."""
+    _, _, agt = await _paying(api)
+    t0 = clock.now_ms()
+    await _sync(api, 1, [{"agent_id": agt, "tunnel_id": t, "bytes": M} for t in ("a", "b", "a")])
+    clock.advance(60_000)
+    await _sync(api, 2, [{"agent_id": agt, "tunnel_id": "a", "bytes": 5, "tunnel_seconds": 3}])
+    async with server.store.reading() as tx:
+        assert await tx.one("SELECT COUNT(*) FROM tunnel_usage") == (0,)
+        assert await tx.one("SELECT COUNT(*) FROM usage_log WHERE relay_id = 'relay-1'") == (3,)
+    got = await server.service.relays.tunnel_usage(agt)
+    assert [(u.tunnel_id, u.bytes, u.tunnel_seconds, u.first_at, u.last_at) for u in got] == [
+        ("a", 2 * M + 5, 3, t0, t0 + 60_000),
+        ("b", M, 0, t0, t0),
+    ]
+
+
+async def test_the_upgrade_keeps_tunnel_totals_counted_before_the_usage_log(
+    tmp_path: Path,
+) -> None:
+    """Totals kept before the upgrade read the same after it; the log's share leaves the table."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    for number, script in enumerate(SQLITE[:6], start=1):
+        db.executescript(f"{script}; PRAGMA user_version={number};")
+    db.execute(
+        "INSERT INTO accounts (id, name, token_hash, balance, version, created_at)"
+        " VALUES ('acc', 'a', 'h', 0, 0, 0)"
+    )
+    db.execute(
+        "INSERT INTO agents (id, account_id, name, role, created_at)"
+        " VALUES ('agt', 'acc', 'n', 'client', 0)"
+    )
+    # 'a': 10 bytes before the log, 7 since; 'b': all in the log; 'c': all before it
+    for tunnel, total, seconds, first, last in (
+        ("a", 17, 4, 1, 9),
+        ("b", 3, 0, 5, 5),
+        ("c", 2, 1, 2, 2),
+    ):
+        db.execute(
+            "INSERT INTO tunnel_usage VALUES ('agt', ?, ?, ?, ?, ?)",
+            (tunnel, total, seconds, first, last),
+        )
+    for relay, tunnel, nbytes, seconds, at in (
+        ("r", "a", 7, 4, 9),
+        ("r", "b", 3, 0, 5),
+        ("ledger", "", 12, 0, 1),  # charged traffic from before the log: not a tunnel's usage
+    ):
+        db.execute(
+            "INSERT INTO usage_log VALUES (?, 1, 'acc', 'agt', ?, ?, ?, ?)",
+            (relay, tunnel, nbytes, seconds, at),
+        )
+    db.commit()
+    db.close()
+    path.chmod(0o600)
+    async with SqliteStore(path) as store, store.reading() as tx:
+        kept = await tx.all("SELECT tunnel_id, bytes, tunnel_seconds FROM tunnel_usage")
+        got = await repo.tunnel_usage_of(tx, "agt")
+    assert sorted(kept) == [("a", 10, 0), ("c", 2, 1)]
+    assert [(u.tunnel_id, u.bytes, u.tunnel_seconds, u.first_at, u.last_at) for u in got] == [
+        ("a", 17, 4, 1, 9),
+        ("b", 3, 0, 5, 5),
+        ("c", 2, 1, 2, 2),
+    ]
 
 
 async def test_cli_usage_prints_a_table_and_json(
@@ -253,6 +329,15 @@ def test_traffic_rollup_is_configurable_and_checked() -> None:
     for bad in ("7m", "2d", "soon"):
         with pytest.raises(ConfigError, match=r"ledger\.traffic_rollup"):
             rollup(bad)
+
+
+def test_the_ledger_relay_id_is_reserved() -> None:
+    """A relay named `ledger` would read as usage carried over from the ledger: refused."""
+    raw = {"server": {"admin_token": ADMIN}, "relays": [{"id": "ledger", "token": "t" * 32}]}
+    with pytest.raises(ConfigError, match=r"relays\[0\]\.id: 'ledger' is reserved"):
+        config_from_mapping(raw, {})
+    raw["relays"] = [{"id": "ledger-eu", "token": "t" * 32}]
+    assert [r.id for r in config_from_mapping(raw, {}).relays] == ["ledger-eu"]
 
 
 async def test_random_reports_of_many_agents_keep_the_account_payable(

@@ -3,8 +3,8 @@
 One module per aggregate: `accounts` (balances, version checks, notices),
 `agents` (agents and keys), `ledger` (immutable entries, `post`), `records`
 (answers kept for idempotency: keys, payments, relay reports, intents),
-`leases` (each relay's share of an agent's traffic), `usage` (per-tunnel
-totals and the raw usage of every report), `rollup` (an agent's open window
+`leases` (each relay's share of an agent's traffic), `usage` (the raw usage
+of every report, and per-tunnel totals summed from it), `rollup` (an agent's open window
 of traffic draws, one ledger entry when it closes) and `webhooks` (the
 notices' delivery outbox, called as `repo.webhooks.*`). Each function runs in
 the caller's transaction (`Tx`) and speaks in typed rows, never in SQL rows.
@@ -26,6 +26,7 @@ from quota.billing.repo.accounts import (
 from quota.billing.repo.agents import (
     AgentBrief,
     AgentRow,
+    AgentTuple,
     Traffic,
     add_key,
     agent_ids_of,
@@ -71,7 +72,6 @@ from quota.billing.repo.usage import (
     Delta,
     TunnelUsage,
     UsageFilter,
-    add_tunnel_usage,
     log_usage,
     tunnel_usage_of,
     usage_between,
@@ -82,6 +82,7 @@ __all__ = [
     "AccountRow",
     "AgentBrief",
     "AgentRow",
+    "AgentTuple",
     "Answered",
     "Delta",
     "Outgoing",
@@ -96,7 +97,6 @@ __all__ = [
     "add_intent",
     "add_key",
     "add_notice",
-    "add_tunnel_usage",
     "agent_ids_of",
     "agent_name_taken",
     "agent_wire",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from quota.billing.repo.common import Row
 from quota.billing.store import Bulk, Tx
@@ -82,6 +83,48 @@ class AgentRow:
             topup_blocked=self.topup_blocked,
             keys=keys,
         )
+
+
+class AgentTuple(NamedTuple):
+    """An agent's row as read, fields as `AgentRow`'s (flags as 0/1): cheap to make by the thousand.
+
+    A sync report reads every agent it names and only reads most of them: a
+    named tuple is made in C from the database row, where an `AgentRow` costs
+    a call setting 24 frozen fields. `row()` makes the `AgentRow` for the few
+    agents the charging rules take.
+    """
+
+    id: str
+    account_id: str
+    name: str
+    role: str
+    plan: str | None
+    active: int
+    lapsed: int
+    active_until: int | None
+    auto_renew: int
+    allow_metered: int
+    bucket_bytes: int
+    package_bytes: int
+    metered_carry: int
+    time_carry: int
+    topup_package: str | None
+    topup_limit: int
+    topup_spent: int
+    topup_below: int
+    topup_blocked: int
+    topup_since: int
+    created_at: int
+    open_used: int
+    open_from: int
+    open_until: int
+
+    @property
+    def traffic(self) -> int:
+        return self.bucket_bytes + self.package_bytes
+
+    def row(self) -> AgentRow:
+        return _agent(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,24 +207,20 @@ async def agents_by_id(tx: Tx, agent_ids: list[str]) -> dict[str, AgentRow]:
 
 async def agents_with_leases(
     tx: Tx, relay_id: str, agent_ids: list[str]
-) -> tuple[dict[str, AgentRow], dict[str, tuple[int, int, int, int]]]:
+) -> tuple[dict[str, AgentTuple], dict[str, tuple[int, int, int, int]]]:
     """These agents, and this relay's lease of each (granted, used, returned, valid_until).
 
     One statement for both (a report reads every agent it names and its lease).
     """
     where, params = tx.in_ids("id", agent_ids)
     rows = await tx.all(
-        f"SELECT {_AGENT_COLS}, granted_total, used_total, returned_total, valid_until"
+        f"SELECT granted_total, used_total, returned_total, valid_until, {_AGENT_COLS}"
         f" FROM agents LEFT JOIN leases ON relay_id = ? AND agent_id = id WHERE {where}",
         (relay_id, *params),
     )
-    agents: dict[str, AgentRow] = {}
-    leases: dict[str, tuple[int, int, int, int]] = {}
-    for row in rows:
-        agent = agents[row[0]] = _agent(row[:-4])
-        if row[-1] is not None:
-            g, u, r, v = row[-4:]
-            leases[agent.id] = (g, u, r, v)
+    make = AgentTuple._make
+    agents = {row[4]: make(row[4:]) for row in rows}
+    leases = {row[4]: (row[0], row[1], row[2], row[3]) for row in rows if row[3] is not None}
     return agents, leases
 
 

@@ -1,15 +1,16 @@
-"""Usage: per-tunnel totals, and the raw usage of every report kept for audit.
+"""Usage: the raw usage of every report kept for audit, and the per-tunnel totals summed from it.
 
 Invariants:
 - `usage_log` keeps each report's usage per (agent, tunnel) as it was applied,
   one row each, in the transaction that charged it; rows are never updated or
   deleted (triggers refuse it). Usage over a time range is summed from it.
-- One row per (agent, tunnel id) with cumulative totals; a report adds its
-  deltas in the transaction that charges them, so a report applied once is
-  counted once, and the tunnels of an agent add up to everything reported
-  for that agent.
-- A total never passes `MAX_COUNTER` (2**62): a report that would take one
-  past it is refused with `OverLimit` (the caller's transaction rolls back).
+- A tunnel's cumulative totals are summed from the log when read, so a report
+  writes its usage once: a report applied once is counted once, and the
+  tunnels of an agent add up to everything reported for that agent.
+  `tunnel_usage` holds only what reports counted before the log existed
+  (schema migration 7), added to the sums; the log's rows of relay `ledger`
+  (charged traffic before the log, filled in by migration 6) are not counted
+  there, as `tunnel_usage` holds that usage per tunnel already.
 - Tunnel ids are the relay's own (stable across reconnects); an item sent
   without one counts under the empty id.
 """
@@ -19,17 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quota.billing.store import Bulk, Tx
-from quota.core.money import MAX_COUNTER, OverLimit
+from quota.billing.store.base import LEDGER_RELAY_ID
+from quota.core.money import MAX_COUNTER
 
-_ADD = Bulk(
-    table="tunnel_usage",
-    columns=("agent_id", "tunnel_id", "bytes", "tunnel_seconds", "first_at", "last_at"),
-    types=("text", "text", "bigint", "bigint", "bigint", "bigint"),
-    conflict="ON CONFLICT (agent_id, tunnel_id) DO UPDATE SET"
-    " bytes = tunnel_usage.bytes + excluded.bytes,"
-    " tunnel_seconds = tunnel_usage.tunnel_seconds + excluded.tunnel_seconds,"
-    " last_at = excluded.last_at",
-)
 _LOG = Bulk(
     table="usage_log",
     columns=(
@@ -60,30 +53,23 @@ class TunnelUsage:
     last_at: int  # ms since the epoch: the latest report that named it
 
 
-async def add_tunnel_usage(tx: Tx, deltas: list[Delta], at: int) -> None:
-    """Add each delta's bytes and seconds to its tunnel's totals, in one statement."""
-    if not deltas:
-        return
-    await tx.insert_rows(_ADD, [(a, t, b, s, at, at) for a, t, b, s in deltas])
-    # A sum past 2**63 - 1 turns REAL in SQLite (an error elsewhere): look for any past the max.
-    where, params = tx.in_ids("agent_id", sorted({d[0] for d in deltas}))
-    over = await tx.one(
-        f"SELECT 1 FROM tunnel_usage WHERE {where} AND (bytes > ? OR tunnel_seconds > ?) LIMIT 1",
-        [*params, MAX_COUNTER, MAX_COUNTER],
-    )
-    if over is not None:
-        raise OverLimit("a tunnel's usage total", MAX_COUNTER)
-
-
 async def tunnel_usage_of(tx: Tx, agent_id: str) -> list[TunnelUsage]:
+    """Each tunnel's totals: what came before the log, and the log's rows (by account index)."""
     rows = await tx.all(
-        "SELECT agent_id, tunnel_id, bytes, tunnel_seconds, first_at, last_at FROM tunnel_usage"
-        " WHERE agent_id = ? ORDER BY tunnel_id",
-        (agent_id,),
+        "SELECT tunnel_id, CAST(SUM(bytes) AS BIGINT), CAST(SUM(tunnel_seconds) AS BIGINT),"
+        " MIN(first_at), MAX(last_at) FROM ("
+        "SELECT tunnel_id, bytes, tunnel_seconds, first_at, last_at FROM tunnel_usage"
+        " WHERE agent_id = ? UNION ALL"
+        " SELECT tunnel_id, bytes, tunnel_seconds, at, at FROM usage_log"
+        " WHERE account_id IN (SELECT account_id FROM agents WHERE id = ?) AND agent_id = ?"
+        " AND relay_id <> ?) AS u GROUP BY tunnel_id ORDER BY tunnel_id",
+        (agent_id, agent_id, agent_id, LEDGER_RELAY_ID),
     )
     return [
-        TunnelUsage(agent_id=a, tunnel_id=t, bytes=b, tunnel_seconds=s, first_at=f, last_at=last)
-        for a, t, b, s, f, last in rows
+        TunnelUsage(
+            agent_id=agent_id, tunnel_id=t, bytes=b, tunnel_seconds=s, first_at=f, last_at=last
+        )
+        for t, b, s, f, last in rows
     ]
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 Row = tuple[Any, ...]
 POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+LEDGER_RELAY_ID = "ledger"  # usage_log rows carried over from the ledger (migration 6)
 
 
 def is_postgresql(database: str) -> bool:

@@ -207,6 +207,19 @@ SQLITE: tuple[str, ...] = (
     DROP INDEX leases_agent;
     CREATE INDEX leases_agent ON leases (agent_id);
     """,
+    # 7: per-tunnel totals are summed from the usage log when read, so a report writes
+    # its usage once (the log), not twice. tunnel_usage keeps only what reports counted
+    # before the log existed (migration 6): the log's rows, less those the log filled
+    # from the ledger (relay 'ledger'), are taken out of it, and rows left empty go.
+    """
+    UPDATE tunnel_usage SET bytes = tunnel_usage.bytes - l.bytes,
+        tunnel_seconds = tunnel_usage.tunnel_seconds - l.tunnel_seconds
+        FROM (SELECT agent_id, tunnel_id, SUM(bytes) AS bytes,
+            SUM(tunnel_seconds) AS tunnel_seconds FROM usage_log
+            WHERE relay_id <> 'ledger' GROUP BY agent_id, tunnel_id) AS l
+        WHERE tunnel_usage.agent_id = l.agent_id AND tunnel_usage.tunnel_id = l.tunnel_id;
+    DELETE FROM tunnel_usage WHERE bytes = 0 AND tunnel_seconds = 0;
+    """,
 )
 
 
@@ -402,5 +415,18 @@ POSTGRESQL: tuple[str, ...] = (
     ALTER TABLE agents SET (fillfactor = 70);
     ALTER TABLE leases SET (fillfactor = 70);
     ALTER TABLE tunnel_usage SET (fillfactor = 70);
+    """,
+    # 7: per-tunnel totals are summed from the usage log when read, so a report writes
+    # its usage once (the log), not twice. tunnel_usage keeps only what reports counted
+    # before the log existed (migration 6): the log's rows, less those the log filled
+    # from the ledger (relay 'ledger'), are taken out of it, and rows left empty go.
+    """
+    UPDATE tunnel_usage SET bytes = tunnel_usage.bytes - l.bytes,
+        tunnel_seconds = tunnel_usage.tunnel_seconds - l.tunnel_seconds
+        FROM (SELECT agent_id, tunnel_id, SUM(bytes) AS bytes,
+            SUM(tunnel_seconds) AS tunnel_seconds FROM usage_log
+            WHERE relay_id <> 'ledger' GROUP BY agent_id, tunnel_id) AS l
+        WHERE tunnel_usage.agent_id = l.agent_id AND tunnel_usage.tunnel_id = l.tunnel_id;
+    DELETE FROM tunnel_usage WHERE bytes = 0 AND tunnel_seconds = 0;
     """,
 )
