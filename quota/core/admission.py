@@ -20,6 +20,8 @@ Invariants:
 - A connection is told to disconnect once it has `max_auth_tries` failures or
   is still unauthenticated at its login-grace deadline; it stays counted until
   the shell reports it `closed`, because its descriptor is held until then.
+- A connection `held` (admitted by a supervisor's gate, then passed here)
+  counts in `total` only: this process holds its descriptor.
 - Pure: `now` (milliseconds, never decreasing) and `roll` are parameters.
 """
 
@@ -244,6 +246,16 @@ class Admission:
         if not trusted and cfg.max_startups.drops(self.unauthenticated, roll):
             return Reason.MAX_STARTUPS
         return None
+
+    def held(self, conn: Hashable) -> None:
+        """`conn` was admitted by another process's gate (a relay's supervisor) and is held here.
+
+        It counts in `total` (its descriptor is held here) and nowhere else: its
+        login is that gate's business. `closed` ends it as any other.
+        """
+        if conn in self._kinds:
+            raise InvalidValue(f"connection {conn!r} is already admitted")
+        self._kinds[conn] = Kind.SSH
 
     def auth_failed(self, conn: Hashable) -> Accept | Disconnect:
         """One failed authentication attempt (a wrong key or password) on `conn`."""

@@ -98,7 +98,8 @@ class AgentServer(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
         host = str(peer[0]) if isinstance(peer, tuple) else ""
-        self.admitted = self.hub.gate.connect(self, host, Kind.SSH, self._disconnect)
+        ticket = conn.get_extra_info("ticket")  # passed by a relay's supervisor (relay.workers)
+        self.admitted = self.hub.gate.connect(self, host, Kind.SSH, self._disconnect, ticket)
         if not self.admitted:
             conn.abort()
 
@@ -147,7 +148,8 @@ class AgentServer(asyncssh.SSHServer):
         agent = self.agent
         assert agent is not None
         hub = self.hub
-        if hub.gate.authenticated(self, holds_tunnels=lambda: hub.holds_tunnels(agent.agent_id)):
+        holds = lambda: hub.holds_tunnels(agent.agent_id)  # noqa: E731
+        if hub.gate.authenticated(self, holds_tunnels=holds, agent_id=agent.agent_id):
             return  # told to go: the connection limit's reserve is for tunnel holders
         try:
             self.held = hub.shares.take(Share.SSH_CONNECTIONS_PER_AGENT, agent)

@@ -33,6 +33,7 @@ from quota.core.sublease import Served, SubLeases
 from relay.config import RelayConfig
 from relay.errors import UnknownAgent, UnknownStream
 from relay.hub.billing import to_agent
+from relay.hub.gate import Gate
 from relay.registry import Agent, Registry
 from relay.streamlog.record import StreamRecord
 from relay.streamlog.writer import StreamLog
@@ -82,6 +83,7 @@ class WorkerHost:
         self.revoking: dict[str, int] = {}  # agent -> bytes an operator revoked, still held
         self.remote_agents: list[wire.RelayAgent] | None = None
         self.quota_counters: dict[str, int] = {}
+        self.gate: Gate | None = None  # the relay's gate before login (relay.workers.door)
         self.on_want: Callable[[str], None] | None = None  # the quota agent's nudge
         self._seq = 0
         self._answered: dict[int, int] = {}  # incarnation -> the last Flush it answered
@@ -377,19 +379,24 @@ class WorkerHost:
         return views
 
     def connections(self) -> dict[str, object]:
+        """Connections held by the workers; before login, the relay's gate (relay.workers.door)."""
         totals: Counter[str] = Counter()
         refused: Counter[str] = Counter()
         for report in self.reports.values():
             totals.update(report.connections)
             refused.update(report.refused)
-        first = next(iter(self.reports.values()), None)
-        cap = first.connections.get("cap", 0) if first else 0
-        limit = first.connections.get("descriptor_limit", 0) if first else 0
+        gate = self.gate
+        if gate is not None:
+            refused.update(gate.refusals)
+            totals["auth_failures"] += gate.auth_failures
+            totals["unauthenticated"] += gate.admission.unauthenticated
+            totals["cap"] = gate.admission.config.ordinary_cap
+            totals["descriptor_limit"] = gate.admission.config.descriptor_limit
         return {
             "total": totals["total"],
             "unauthenticated": totals["unauthenticated"],
-            "cap": cap,
-            "descriptor_limit": limit,
+            "cap": totals["cap"],
+            "descriptor_limit": totals["descriptor_limit"],
             "auth_failures": totals["auth_failures"],
             "refused": dict(refused),
         }

@@ -74,6 +74,15 @@ class Records(Msg, frozen=True, kw_only=True):
     records: list[StreamRecord]
 
 
+class Login(Msg, frozen=True, kw_only=True):
+    """What became of a connection the supervisor passed: a rejected key, a login, its close."""
+
+    ticket: int
+    event: str  # "auth_failed" | "authenticated" | "closed"
+    agent_id: str = ""
+    username: str = ""
+
+
 # -- supervisor -> worker ------------------------------------------------------------
 
 
@@ -126,6 +135,22 @@ class Agents(Msg, frozen=True, kw_only=True):
     agents: list[wire.RelayAgent]
 
 
+# -- on the descriptor channel: connections to the SSH port (relay.workers.door) ----------
+
+
+class Passed(Msg, frozen=True, kw_only=True):
+    """A connection the supervisor's gate admitted; the message carries its descriptor."""
+
+    ticket: int
+
+
+class Dismiss(Msg, frozen=True, kw_only=True):
+    """The supervisor's gate tells a passed connection to go (a `quota.core.admission.Reason`)."""
+
+    ticket: int
+    reason: str
+
+
 # -- reaching an endpoint held by another worker (on the descriptor channel) --------------
 
 
@@ -156,6 +181,9 @@ Message = (
     | GiveBack
     | Usage
     | Records
+    | Login
+    | Passed
+    | Dismiss
     | Grant
     | Recall
     | SetActive

@@ -23,7 +23,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import socket
@@ -65,8 +64,15 @@ class FdChannel:
 
     def send(self, message: Message, fd: int | None = None) -> None:
         # the other side may be gone: its reach times out, or it is started again
-        with contextlib.suppress(OSError):
+        self.try_send(message, fd)
+
+    def try_send(self, message: Message, fd: int | None = None) -> bool:
+        """Send; False if it could not be (the other side is gone or its queue is full)."""
+        try:
             socket.send_fds(self.sock, [encode(message)], [] if fd is None else [fd])
+        except OSError:
+            return False
+        return True
 
     def _readable(self) -> None:
         while True:
@@ -212,6 +218,7 @@ class RemoteReach:
         self.fds = FdChannel(channel_sock, self._on_message)
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[tuple[Reached, int | None]]] = {}
+        self.on_other: OnMessage | None = None  # what else comes on the channel
 
     def start(self) -> None:
         self.fds.start()
@@ -272,6 +279,8 @@ class RemoteReach:
                 os.close(fd)
         elif isinstance(message, Reach):
             self.hub.spawn(self._answer(message), f"reach-{message.req}")
+        elif self.on_other is not None:
+            self.on_other(message, fd)  # connections to the SSH port (relay.workers.door)
         elif fd is not None:
             os.close(fd)
 

@@ -24,27 +24,34 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
+import asyncssh
 import structlog
+from asyncssh.connection import SSHServerConnection
 
 from quota.core.bucket import Bucket
 from quota.core.sublease import want_size
-from relay.app import _interim, load_host_key, open_front
-from relay.config import load_config
-from relay.descriptors import AcceptErrors, raise_nofile
+from relay.app import _interim, front_options, load_host_key
+from relay.config import RelayConfig, load_config
+from relay.descriptors import AcceptErrors, descriptor_limit, raise_nofile
 from relay.hub.billing import BillingLink
 from relay.hub.control import Control
 from relay.hub.hub import Hub
 from relay.registry import Agent, Registry
+from relay.ssh.front import AgentServer
 from relay.streamlog.record import StreamRecord
 from relay.streamlog.writer import StreamLog
+from relay.workers.door import PassedGate
 from relay.workers.link import Link
 from relay.workers.messages import (
     Agents,
+    Dismiss,
     Flush,
     GiveBack,
     Grant,
     LeaseAnswered,
+    Login,
     Message,
+    Passed,
     PauseStream,
     Ready,
     Recall,
@@ -209,6 +216,54 @@ class Feeder:
             self.report(message.seq)
 
 
+async def front_connection_options(config: RelayConfig, hub: Hub, host_key: Any) -> Any:
+    """asyncssh's server options for the connections the supervisor passes, built once."""
+    return await asyncssh.SSHServerConnectionOptions.construct(
+        server_factory=lambda: AgentServer(hub), **front_options(config, host_key)
+    )
+
+
+class PassedFront:
+    """The SSH front of a worker: it serves the connections the supervisor admitted and passed."""
+
+    def __init__(self, hub: Hub, options: Any) -> None:
+        self.hub = hub
+        self.options = options
+        self.closing = False
+
+    def on_message(self, message: Message, fd: int | None) -> None:
+        gate = self.hub.gate
+        assert isinstance(gate, PassedGate)
+        if isinstance(message, Passed):
+            if fd is not None and not self.closing:
+                self.hub.spawn(self._serve(message.ticket, fd), f"ssh-{message.ticket}")
+                return
+            gate.link.send(Login(ticket=message.ticket, event="closed"))
+        elif isinstance(message, Dismiss):
+            gate.dismiss(message.ticket, message.reason)
+        if fd is not None:
+            os.close(fd)
+
+    async def _serve(self, ticket: int, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+
+        def connection() -> Any:
+            conn = SSHServerConnection(loop, self.options)
+            conn.set_extra_info(ticket=ticket)
+            return conn
+
+        sock = socket.socket(fileno=fd)
+        try:
+            await loop.connect_accepted_socket(connection, sock)
+        except OSError:
+            sock.close()  # gone before it was served: the supervisor's gate forgets it
+            assert isinstance(self.hub.gate, PassedGate)
+            self.hub.gate.link.send(Login(ticket=ticket, event="closed"))
+
+    def close(self) -> None:
+        self.closing = True
+
+
 def _live(hub: Hub) -> list[dict[str, Any]]:
     return Control(hub).streams()
 
@@ -237,6 +292,7 @@ async def run_worker(
     link = await Link.over(socket.socket(fileno=ipc_fd))
     sink = RecordSink(link)
     hub = Hub(config, registry, cast(StreamLog, sink))  # the recorder only calls `record`
+    hub.gate = PassedGate(config.gate.admission(descriptor_limit()), link)
     hub.serial_tag = f"w{index}."
     hub.book = None  # stream figures are journaled by a quota agent; a worker runs none
     feeder = Feeder(hub, link, sink)
@@ -249,7 +305,8 @@ async def run_worker(
     AcceptErrors(loop).install()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
-    server = await open_front(config, hub, host_key, port=ssh_port, reuse_port=True)
+    front = PassedFront(hub, await front_connection_options(config, hub, host_key))
+    reach.on_other = front.on_message
     link.send(Ready(worker=index, pid=os.getpid()))
     tasks = [
         asyncio.create_task(_read(link, feeder, stop), name="worker-link"),
@@ -261,7 +318,7 @@ async def run_worker(
     try:
         await stop.wait()
     finally:
-        server.close()
+        front.close()
         hub.close_all("relay_shutdown")
         await hub.drain_tasks()
         for task in tasks:
@@ -273,7 +330,6 @@ async def run_worker(
         await link.drain()
         await link.aclose()
         reach.close()
-        await server.wait_closed()
     log.info("worker_stopped", worker=index)
     return 0
 

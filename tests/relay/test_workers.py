@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.rigs.agent import AgentProc, start
+from tests.rigs.flood import Flood
 from tests.rigs.keys import AgentSpec, make_agent
 from tests.rigs.procs import free_port
 from tests.rigs.relay import Relay
@@ -307,3 +308,22 @@ async def test_a_revoke_takes_back_what_the_workers_hold(
         await poll(paused, "the stream paused with nothing granted")
         assert sum(c.received for c in service.conns) == 0
         writer.close()
+
+
+async def test_pre_login_limits_count_the_relay_not_a_worker(relay: Relay) -> None:
+    """40 silent connections from one address: 10 held by the relay as a whole, 30 dropped."""
+    with Flood() as flood:
+        flood.open(relay.ssh_port, 40)
+
+        async def settled() -> bool:
+            held = (await relay.call("status"))["connections"]
+            return bool(held["unauthenticated"] + sum(held["refused"].values()) >= 40)
+
+        await poll(settled, "40 connections held or dropped")
+        held = (await relay.call("status"))["connections"]
+        assert held["unauthenticated"] == 10
+        assert held["refused"] == {"per_source_startups": 30}
+        await poll(lambda: flood.still_open() == 10, "the relay to close the dropped ones")
+        workers = await _workers(relay)
+        assert sum(w["connections"] for w in workers) == 10
+        assert all(w["connections"] for w in workers)  # passed to both workers
