@@ -49,11 +49,14 @@ from relay.workers.messages import (
     Ready,
     Recall,
     Records,
+    ReleaseShare,
     SetActive,
     SetLowWater,
+    TakeShare,
     Usage,
     Want,
 )
+from relay.workers.shares import ShareDesk
 
 log = structlog.get_logger("relay.workers")
 
@@ -84,6 +87,7 @@ class WorkerHost:
         self.remote_agents: list[wire.RelayAgent] | None = None
         self.quota_counters: dict[str, int] = {}
         self.gate: Gate | None = None  # the relay's gate before login (relay.workers.door)
+        self.desk = ShareDesk(config.shares, registry)  # per-agent fair shares, relay-wide
         self.on_want: Callable[[str], None] | None = None  # the quota agent's nudge
         self._seq = 0
         self._answered: dict[int, int] = {}  # incarnation -> the last Flush it answered
@@ -125,6 +129,7 @@ class WorkerHost:
             closed += 1
         for agent_id, leases in self.leases.items():
             self._send(agent_id, leases.worker_lost(key))
+        self.desk.lost(key)
         return closed
 
     # -- what workers say -----------------------------------------------------------------
@@ -150,6 +155,13 @@ class WorkerHost:
             self._send(message.agent_id, leases.want(key, message.nbytes, need=message.need))
             if leases.short > short and self.on_want is not None:
                 self.on_want(message.agent_id)  # the relay's own lease runs low: ask billing
+        elif isinstance(message, TakeShare):
+            link = self.links.get(key)
+            answer = self.desk.take(key, message)
+            if link is not None:
+                link.send(answer)
+        elif isinstance(message, ReleaseShare):
+            self.desk.release(key, message)
         elif isinstance(message, GiveBack):
             leases = self._leases(message.agent_id)
             leases.report(key, message.used_total)

@@ -83,7 +83,33 @@ class Login(Msg, frozen=True, kw_only=True):
     username: str = ""
 
 
+class TakeShare(Msg, frozen=True, kw_only=True):
+    """Ask the relay for one of an agent's per-agent fair shares (relay.workers.shares)."""
+
+    req: int
+    share: str  # a quota.core.shares.Share value, one counted per agent
+    agent_id: str
+
+
+class ReleaseShare(Msg, frozen=True, kw_only=True):
+    """Give back one per-agent share the relay granted."""
+
+    share: str
+    agent_id: str
+
+
 # -- supervisor -> worker ------------------------------------------------------------
+
+
+class ShareAnswer(Msg, frozen=True, kw_only=True):
+    """The relay's answer to a TakeShare: granted, or refused with the message the agent sees."""
+
+    req: int
+    share: str
+    agent_id: str
+    ok: bool
+    message: str = ""
+    cause: str = ""
 
 
 class Grant(Msg, frozen=True, kw_only=True):
@@ -182,6 +208,9 @@ Message = (
     | Usage
     | Records
     | Login
+    | TakeShare
+    | ReleaseShare
+    | ShareAnswer
     | Passed
     | Dismiss
     | Grant

@@ -33,9 +33,11 @@ from quota.core.sublease import want_size
 from relay.app import _interim, front_options, load_host_key
 from relay.config import RelayConfig, load_config
 from relay.descriptors import AcceptErrors, descriptor_limit, raise_nofile
+from relay.errors import Refused
 from relay.hub.billing import BillingLink
 from relay.hub.control import Control
 from relay.hub.hub import Hub
+from relay.hub.shares import Held
 from relay.registry import Agent, Registry
 from relay.ssh.front import AgentServer
 from relay.streamlog.record import StreamRecord
@@ -58,10 +60,12 @@ from relay.workers.messages import (
     Records,
     SetActive,
     SetLowWater,
+    ShareAnswer,
     Usage,
     Want,
 )
 from relay.workers.reach import RemoteReach
+from relay.workers.shares import RelayWideShares
 
 log = structlog.get_logger("relay.worker")
 
@@ -214,6 +218,21 @@ class Feeder:
         elif isinstance(message, Flush):
             self.sink.flush()
             self.report(message.seq)
+        elif isinstance(message, ShareAnswer) and isinstance(hub.shares, RelayWideShares):
+            hub.shares.answered(message)
+
+
+def share_refused(hub: Hub, held: Held, exc: Refused) -> None:
+    """The relay refused a share this worker took at once (a login): end what took it."""
+    for server in list(hub.connections):
+        if server.held is held:
+            server.held = None
+            server.login_refused(exc)
+    for tunnel in hub.tunnels.all():
+        if tunnel.held is held:
+            tunnel.held = None
+            hub.refuse(tunnel.conn, tunnel.agent, f"-R {tunnel.listen_host}:{tunnel.port}", exc)
+            hub.remove_tunnel(tunnel)
 
 
 async def front_connection_options(config: RelayConfig, hub: Hub, host_key: Any) -> Any:
@@ -293,6 +312,8 @@ async def run_worker(
     sink = RecordSink(link)
     hub = Hub(config, registry, cast(StreamLog, sink))  # the recorder only calls `record`
     hub.gate = PassedGate(config.gate.admission(descriptor_limit()), link)
+    hub.shares = hub.tunnels.shares = shares = RelayWideShares(config.shares, link)
+    shares.on_refused = lambda held, exc: share_refused(hub, held, exc)
     hub.serial_tag = f"w{index}."
     hub.book = None  # stream figures are journaled by a quota agent; a worker runs none
     feeder = Feeder(hub, link, sink)
