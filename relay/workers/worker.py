@@ -70,6 +70,12 @@ from relay.workers.shares import RelayWideShares
 log = structlog.get_logger("relay.worker")
 
 USAGE_EVERY_MS = 100
+# A sub-lease's headroom: a stream at loopback line rate (1-2 GB/s) passes 16 MiB in
+# about 10 ms, more than the round trip to the supervisor under load; streams that
+# still wait double it, up to the ceiling. The supervisor never hands out more than
+# its pool, and recalls idle headroom when another worker's streams wait.
+SUBLEASE_FLOOR = 16 * 1024 * 1024
+SUBLEASE_CEILING = 256 * 1024 * 1024
 
 
 class RecordSink:
@@ -99,7 +105,8 @@ class Feeder:
         self.sink = sink
         self.billing = BillingLink(hub)  # the same paths the billing sync takes
         config = hub.config
-        self.chunk = max(4 * config.slice_bytes, 2 * config.low_water)
+        self.chunk = max(4 * config.slice_bytes, 2 * config.low_water, SUBLEASE_FLOOR)
+        self.chunks: dict[str, int] = {}  # agent -> its chunk now (doubled after each wait)
         self._nudged = False
         self._holders: set[str] = set()  # agents with a tunnel here, as of the last tick
         self._opening: set[str] = set()  # agents opening a tunnel since the last tick
@@ -121,7 +128,7 @@ class Feeder:
         supervisor; the headroom goes back on a recall when another worker waits.
         """
         if agent_id in self._holders or bucket.meters:
-            return max(bucket.low_water, self.chunk // 2)
+            return max(bucket.low_water, self.chunks.get(agent_id, self.chunk) // 2)
         return bucket.low_water
 
     def check_low_water(self, bucket: Bucket) -> None:
@@ -149,11 +156,14 @@ class Feeder:
         for agent_id, bucket in self.hub.buckets.items():
             if bucket.inactive:
                 continue
+            chunk = self.chunks.get(agent_id, self.chunk)
+            if bucket.short:  # streams wait on this worker's sub-lease (or on the relay's)
+                chunk = self.chunks[agent_id] = min(2 * chunk, SUBLEASE_CEILING)
             n = want_size(
                 short=bucket.short,
                 remaining=bucket.remaining,
                 low_water=self.low_mark(agent_id, bucket),
-                chunk=self.chunk,
+                chunk=chunk,
             )
             if n:
                 self.link.send(Want(agent_id=agent_id, nbytes=n, need=bucket.short))

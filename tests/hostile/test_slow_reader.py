@@ -21,6 +21,7 @@ import pytest
 
 from quota.core.frames import Frame, FrameDecoder, encode
 from relay.streamlog.query import list_streams
+from tests.rigs.flood import Gauge
 from tests.rigs.keys import AgentSpec, make_agent
 from tests.rigs.metrics import scrape, value
 from tests.rigs.procs import free_port
@@ -145,11 +146,8 @@ def in_kernel(relay_port: int, peer_port: int) -> int:
 
 
 def rss(pid: int) -> int:
-    """Resident memory of process `pid`, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
+    """Resident memory of process `pid` and its children (a relay's workers), in bytes."""
+    return Gauge(pid).read().rss_kib * 1024
 
 
 @pytest.fixture
