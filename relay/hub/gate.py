@@ -194,6 +194,10 @@ class Gate:
                 last_flush = self.clock()
                 self.flush()
 
+    def trusts(self, host: str) -> bool:
+        """Is an agent holding live tunnels logged in from `host`'s network?"""
+        return self._trusted(source_key(host))
+
     # -- helpers ------------------------------------------------------------------------
 
     def _trusted(self, source: str) -> bool:

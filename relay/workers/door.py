@@ -14,7 +14,9 @@ Invariants:
 - The worker reports each ticket's rejected keys, its login and its close
   (`Login` on its link, in order); a disconnection the gate decides (too many
   tries, grace over, the reserve) goes back as `Dismiss` on the descriptor
-  channel, after the `Passed` it follows. Every ticket is reported closed to the
+  channel, after the `Passed` it follows. A worker with no room left for it (its
+  own descriptors: public-port peers and passed connections) closes it at once
+  and reports it closed. Every ticket is reported closed to the
   gate exactly once: by its worker, or when that worker is lost.
 - In a worker, `PassedGate` stands for the gate: a passed connection counts in
   its own descriptors only (`Admission.held`); public-port peers pass its own
@@ -34,7 +36,7 @@ from typing import Any
 
 import structlog
 
-from quota.core.admission import AdmissionConfig, Disconnect, Kind, Reason, source_key
+from quota.core.admission import AdmissionConfig, Disconnect, Drop, Kind, Reason, source_key
 from quota.core.throttle import LogNow, LogThrottle
 from relay.descriptors import LISTEN_BACKLOG, descriptor_limit
 from relay.hub.gate import Gate
@@ -119,10 +121,11 @@ class Door:
         with conn:
             if not self.gate.connect(ticket, host, Kind.SSH, self._dismisser(ticket)):
                 return
+            passed = Passed(ticket=ticket, trusted=self.gate.trusts(host))
             workers = self.workers()
             for i in range(len(workers)):
                 key, channel = workers[(self._turn + i) % len(workers)]
-                if channel.try_send(Passed(ticket=ticket), conn.fileno()):
+                if channel.try_send(passed, conn.fileno()):
                     self._turn += i + 1
                     self.where[ticket] = key
                     return
@@ -167,6 +170,7 @@ class PassedGate(Gate):
         self.link = link
         self._tickets: dict[Hashable, int] = {}  # connection -> its ticket
         self._dismiss: dict[int, Callable[[Disconnect], None]] = {}  # ticket -> disconnect
+        self.trusted: set[int] = set()  # tickets passed as trusted (their agent holds tunnels)
 
     def connect(
         self,
@@ -178,7 +182,12 @@ class PassedGate(Gate):
     ) -> bool:
         if ticket is None or kind is not Kind.SSH:
             return super().connect(conn, host, kind, disconnect)
-        self.admission.held(conn)
+        trusted = ticket in self.trusted
+        self.trusted.discard(ticket)
+        if isinstance(self.admission.held(conn, trusted=trusted), Drop):
+            self._note("connection_dropped", source_key(host), reason="connection_limit")
+            self.link.send(Login(ticket=ticket, event="closed"))
+            return False  # this process has no room: closed at once, nothing read
         self._sources[conn] = source_key(host)
         self._tickets[conn] = ticket
         if disconnect is not None:

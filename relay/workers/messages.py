@@ -168,6 +168,7 @@ class Passed(Msg, frozen=True, kw_only=True):
     """A connection the supervisor's gate admitted; the message carries its descriptor."""
 
     ticket: int
+    trusted: bool = False  # from an address where an agent holding tunnels is logged in
 
 
 class Dismiss(Msg, frozen=True, kw_only=True):

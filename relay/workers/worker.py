@@ -265,6 +265,8 @@ class PassedFront:
         assert isinstance(gate, PassedGate)
         if isinstance(message, Passed):
             if fd is not None and not self.closing:
+                if message.trusted:
+                    gate.trusted.add(message.ticket)
                 self.hub.spawn(self._serve(message.ticket, fd), f"ssh-{message.ticket}")
                 return
             gate.link.send(Login(ticket=message.ticket, event="closed"))

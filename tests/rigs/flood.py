@@ -84,8 +84,9 @@ def _alive(sock: socket.socket) -> bool:
 
 @dataclass(frozen=True)
 class Reading:
-    rss_kib: int
-    fds: int
+    rss_kib: int  # summed over the processes
+    fds: int  # summed over the processes
+    fds_max: int = 0  # the most one process holds (each has its own open-files limit)
 
 
 def process_tree(pid: int) -> list[int]:
@@ -128,7 +129,8 @@ class Gauge:
 
     def read(self) -> Reading:
         tree = process_tree(self.pid)
-        return Reading(rss_kib=sum(rss_kib(p) for p in tree), fds=sum(fd_count(p) for p in tree))
+        fds = [fd_count(p) for p in tree]
+        return Reading(rss_kib=sum(rss_kib(p) for p in tree), fds=sum(fds), fds_max=max(fds))
 
     def nofile(self) -> tuple[int, int]:
         """The process's open-files limit (soft, hard)."""
