@@ -153,6 +153,8 @@ class WorkerHost:
             leases = self._leases(message.agent_id)
             short = leases.short
             self._send(message.agent_id, leases.want(key, message.nbytes, need=message.need))
+            if leases.short and not leases.pool:
+                self._recall_idle(key, message.agent_id, leases)
             if leases.short > short and self.on_want is not None:
                 self.on_want(message.agent_id)  # the relay's own lease runs low: ask billing
         elif isinstance(message, TakeShare):
@@ -173,6 +175,18 @@ class WorkerHost:
             if owed > leases.revoked - before:
                 self.revoking[agent_id] = owed - (leases.revoked - before)
             self._send(agent_id, served)
+
+    def _recall_idle(self, asker: int, agent_id: str, leases: SubLeases) -> None:
+        """Bytes held by workers where the agent has no tunnel (it moved) go back to the pool.
+
+        So an agent that reconnects to another worker finds its bytes there before
+        its first datagram, which cannot wait for a recall.
+        """
+        for key, report in self.reports.items():
+            if key != asker and agent_id not in report.holding and leases.outstanding(key):
+                link = self.links.get(key)
+                if link is not None:
+                    link.send(Recall(agent_id=agent_id))
 
     def _leases(self, agent_id: str) -> SubLeases:
         leases = self.leases.get(agent_id)

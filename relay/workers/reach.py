@@ -172,9 +172,15 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
 
 
 class _SocketSide(asyncio.Protocol):
-    """The end of the stream's socket pair in the support agent's worker."""
+    """The end of the stream's socket pair in the support agent's worker.
 
-    def __init__(self) -> None:
+    For a UDP endpoint the owner's worker only ever closes its end whole (the
+    tunnel went): end of file closes the support agent's channel, so the agent
+    reopens toward the tunnel that replaces it, as it does in one process.
+    """
+
+    def __init__(self, *, udp: bool = False) -> None:
+        self.udp = udp
         self.transport: Any = None
         self.channel: _ChannelSide | None = None
         self.early: list[bytes] = []  # bytes from the owner before the channel is up
@@ -201,6 +207,8 @@ class _SocketSide(asyncio.Protocol):
             self.channel.write(data)
 
     def eof_received(self) -> bool:
+        if self.udp:
+            return False  # the transport closes: connection_lost closes the channel
         if self.channel is None:
             self.early_eof = True
         else:
@@ -297,7 +305,7 @@ class RemoteReach:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"quotarelay: {message}"
             )
-        side = _SocketSide()
+        side = _SocketSide(udp=kind == UDP_ENDPOINT)
         sock = socket.socket(fileno=fd)
         await asyncio.get_running_loop().connect_accepted_socket(lambda: side, sock)
         return _ChannelSide(side, self.hub.config.write_buffer)
