@@ -373,3 +373,20 @@ async def test_an_agents_public_ports_count_the_relay(
     assert all(w["tunnels"] for w in await _workers(relay))  # on both workers
     for conn in conns:
         conn.close()
+
+
+async def test_an_operators_pause_answers_with_the_stream_paused(
+    relay: Relay, agents: dict[str, AgentSpec], clients: list[Ssh]
+) -> None:
+    """POST pause on a stream in a worker: the answer already shows it paused, then resumed."""
+    await relay.call("grant", "web-agent", 10 * MiB)
+    async with DigestService() as service:
+        port = await _public_port(relay, agents["web"], service.port, clients)
+        writer = await _push(port, b"x" * 1000)
+        await poll(lambda: len(service.conns) == 1, "the stream at the service")
+        [stream] = await relay.call("streams")
+        paused = await relay.call("pause_stream", stream["stream_id"], True)
+        assert (paused["state"], paused["pause_reason"]) == ("paused", "operator")
+        resumed = await relay.call("pause_stream", stream["stream_id"], False)
+        assert resumed["state"] != "paused"
+        writer.close()
