@@ -71,6 +71,7 @@ async def _interim(hub: Hub, every_ms: int) -> None:
 
 def _hook(hub: Hub, quota: QuotaAgent) -> None:
     hub.buckets.on_want = lambda _agent_id: quota.nudge()
+    hub.lease_round = quota.next_round
     hub.quota_counters = quota.counters
 
 

@@ -306,13 +306,22 @@ class Journal:
         """Drop an acknowledged report and raise the applied lease totals, in one transaction."""
         async with self._writing("acknowledge a report in the journal") as db:
             await db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-            for agent_id, total in applied.items():
-                await db.execute(
-                    "INSERT INTO leases (agent_id, applied_total) VALUES (?, ?) "
-                    "ON CONFLICT(agent_id) DO UPDATE SET "
-                    "applied_total = MAX(applied_total, excluded.applied_total)",
-                    (agent_id, total),
-                )
+            await self._raise_applied(db, applied)
+
+    async def applied(self, applied: Mapping[str, int]) -> None:
+        """Raise the applied lease totals of leases pushed outside any report."""
+        async with self._writing("record pushed leases in the journal") as db:
+            await self._raise_applied(db, applied)
+
+    @staticmethod
+    async def _raise_applied(db: aiosqlite.Connection, applied: Mapping[str, int]) -> None:
+        for agent_id, total in applied.items():
+            await db.execute(
+                "INSERT INTO leases (agent_id, applied_total) VALUES (?, ?) "
+                "ON CONFLICT(agent_id) DO UPDATE SET "
+                "applied_total = MAX(applied_total, excluded.applied_total)",
+                (agent_id, total),
+            )
 
     async def drop(self, dropped: Mapping[str, int]) -> None:
         """Count expired leases' unused bytes as given back, without reporting them."""

@@ -12,6 +12,9 @@ Invariants:
   counts, and resends what was not acknowledged, byte for byte, under the same
   numbers. The figures of the streams behind them (`StreamFigureSource`), taken
   at the same instant, go into the same journal write.
+- A lease pushed with an event (a purchase while streams wait) is journaled,
+  then put in its bucket at once, without waiting for a round; the round the
+  push starts still reports and asks as usual.
 - Reports are sent in sequence order, one at a time; a failure stops the round
   and the next try waits an exponential backoff with jitter. Counting goes on.
 - No storage or billing error ends a loop: each is a structured log line and a
@@ -73,6 +76,7 @@ class StreamFigureSource(Protocol):
     def written(self, batch: StreamBatch) -> None: ...  # the journal holds `batch`
 
 
+NEXT_ROUND_MAX_MS = 2000  # a new tunnel's answer waits no longer for the lease it primes
 TRIPS_KEPT = 16  # leases are sized for the slowest of the last this many round trips
 ROUND_BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000)
 
@@ -122,6 +126,8 @@ class QuotaAgent:
         self._nudge = asyncio.Event()
         self._refresh = asyncio.Event()
         self._registry_ok = False  # the last registry call succeeded
+        self._begun = self._ended = 0  # rounds begun and ended (numbered from 1)
+        self._round_ended = asyncio.Condition()
         self._unannounced: int | None = None  # billing_online waits for the registry
 
     @property
@@ -190,6 +196,8 @@ class QuotaAgent:
     async def round(self) -> None:
         """One interval: drop expired leases, flush counts to the journal, send what waits."""
         started = time.monotonic_ns()
+        self._begun += 1
+        number = self._begun
         try:
             await self._round()
         finally:
@@ -197,6 +205,26 @@ class QuotaAgent:
             self.round_times.observe(took)
             if self.machine.online:  # a round that failed says nothing of the next good one
                 self._trips.append(took)
+            self._ended = max(self._ended, number)
+            async with self._round_ended:
+                self._round_ended.notify_all()
+
+    async def next_round(self) -> None:
+        """Start a round now; return once a round begun after this call ended.
+
+        What a new tunnel waits for, so the lease it primes is in its bucket before
+        its first stream (quota.core.relay_sync.LeaseBook.primes). At most one sync
+        interval or NEXT_ROUND_MAX_MS, the shorter; not at all while the billing
+        API does not answer (that round would fail too).
+        """
+        if self.machine.offline:
+            return
+        target = self._begun + 1
+        self.nudge()
+        with contextlib.suppress(TimeoutError):
+            wait_ms = min(self.settings.interval_ms, NEXT_ROUND_MAX_MS)
+            async with asyncio.timeout(wait_ms / 1000), self._round_ended:
+                await self._round_ended.wait_for(lambda: self._ended >= target)
 
     async def _round(self) -> None:
         if not self.machine.journal_due(self.clock_ms()):
@@ -296,7 +324,9 @@ class QuotaAgent:
         if isinstance(step, Retry):
             self._failed(step)
             return False
-        self._apply(step, answer)
+        self._apply(step)
+        for note in answer.topups:
+            log.info("auto_topup", agent_id=note.agent_id, package=note.package, count=note.count)
         await self.journal.ack(seq, dict(step.applied))
         self.counters["reports_acked"] += 1
         if step.duplicate:
@@ -310,7 +340,7 @@ class QuotaAgent:
                 "billing_unreachable", seq=retry.seq, error=retry.reason, retry_in_ms=retry.delay_ms
             )
 
-    def _apply(self, applied: Applied, answer: wire.SyncAnswer) -> None:
+    def _apply(self, applied: Applied) -> None:
         for agent_id, nbytes in applied.reclaim.items():  # before the grants: see SyncMachine
             if back := self.host.take_back(agent_id, nbytes):
                 self.counters["offline_bytes_reclaimed"] += back
@@ -323,8 +353,24 @@ class QuotaAgent:
             self.host.set_status(update.agent_id, update.active)
             if update.exhausted is not None:
                 self.host.lease_answered(update.agent_id, update.exhausted)
-        for note in answer.topups:
-            log.info("auto_topup", agent_id=note.agent_id, package=note.package, count=note.count)
+
+    async def pushed(self, leases: list[wire.Lease]) -> None:
+        """Leases pushed with an event: in the journal first, then in the buckets.
+
+        A relay killed between the two finds them in the journal, and `restore`
+        puts them back. A journal that fails is logged; the bytes go in anyway,
+        as an answer's do when its acknowledgement cannot be written.
+        """
+        step = self.machine.pushed(leases=leases, now=self.clock_ms())
+        if step is None or not step.updates:
+            return
+        try:
+            await self.journal.applied(dict(step.applied))
+        except JournalError as exc:
+            self.counters["journal_errors"] += 1
+            log.error("journal_error", error=str(exc))
+        self._apply(step)
+        self.counters["leases_pushed"] += len(step.updates)
 
     # -- push and registry ---------------------------------------------------------
 
@@ -335,6 +381,8 @@ class QuotaAgent:
                 async for event in self.client.events():
                     failures = 0
                     self.counters["push_events"] += 1
+                    if event.leases:  # granted on a purchase: no round needed to get them
+                        await self.pushed(event.leases)
                     ids = event.agent_ids
                     if self.machine.push(kind=event.type, reason=event.reason, agent_ids=ids):
                         self._refresh.set()

@@ -8,6 +8,8 @@ Invariants:
   events (`changed`) are handed to the notifier (a wake-up) and the push hub
   by the runner after the commit, so a slow webhook or
   relay never holds a transaction and a rolled-back operation announces nothing.
+  Leases an operation granted a relay (`relay_leases`) ride on its events to
+  that relay alone.
 - A low-balance notice goes out at most once per configured interval, when an
   automatic charge leaves the balance below twice the monthly plan total.
 """
@@ -59,6 +61,8 @@ class Op:
     notices: list[Notice] = field(default_factory=list)
     changes: dict[str, list[str]] = field(default_factory=dict)  # reason -> agent ids
     topups: list[wire.TopupNote] = field(default_factory=list)  # bought automatically
+    # relay -> leases granted it here, pushed to that relay only with the change events
+    relay_leases: dict[str, list[wire.Lease]] = field(default_factory=dict)
     numbered: bool = True  # False: entries are written in batches, their ids not read back
 
     async def post(

@@ -18,6 +18,8 @@ from quota.billing.config import BillingConfig
 from quota.billing.op import Op, require_unfrozen
 from quota.billing.repo import AccountRow, AgentRow
 from quota.billing.runner import Runner
+from quota.billing.sync import grant_waiting
+from quota.billing.waiting import Waiting
 from quota.contract import wire
 
 _Purchase = Callable[[Op, AccountRow, AgentRow], Awaitable[tuple[AccountRow, AgentRow]]]
@@ -26,9 +28,12 @@ _Purchase = Callable[[Op, AccountRow, AgentRow], Awaitable[tuple[AccountRow, Age
 class Plans:
     """What an account holder buys for an agent, and what there is to buy."""
 
-    def __init__(self, runner: Runner, config: BillingConfig) -> None:
+    def __init__(
+        self, runner: Runner, config: BillingConfig, waiting: Waiting | None = None
+    ) -> None:
         self._runner = runner
         self._config = config
+        self._waiting = waiting if waiting is not None else Waiting()
 
     async def _buy(
         self, who: Principal, key: str, agent_id: str, request: tuple[str, object], buy: _Purchase
@@ -70,10 +75,18 @@ class Plans:
                 op, account, agent, req.package, 1, "bought"
             )
             op.changed([agent.id], "package")
+            await self._grant_waiting(op, agent.id)
             return account, agent
 
         request = ("buy_package", [agent_id, wire.dump(req)])
         return await self._buy(who, key, agent_id, request, buy)
+
+    async def _grant_waiting(self, op: Op, agent_id: str) -> None:
+        """Relays whose streams wait for this agent's bytes get them now, pushed with the event."""
+        for relay_id, want in self._waiting.of(agent_id).items():
+            lease = await grant_waiting(op, relay_id, agent_id, want)
+            if lease is not None:
+                op.relay_leases.setdefault(relay_id, []).append(lease)
 
     def catalogue(self) -> wire.Catalogue:
         cat = self._config.catalogue

@@ -9,6 +9,8 @@ Invariants:
   so an event is never silently skipped on a live connection.
 - Every connection first receives `hello`, then `changed` events in commit
   order. Closing the hub (server shutdown) closes every connection.
+- A lease rides only on an event to the relay it was granted to (`publish`);
+  other replicas hear the events without leases, and their relays ask.
 - Replicas on one PostgreSQL database share their events: each committed
   operation announces its events in its own transaction (`announcements`,
   at most `FAN_OUT_IDS` agent ids each, well under PostgreSQL's 8000-byte
@@ -24,8 +26,9 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
+import msgspec
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -86,9 +89,13 @@ class PushHub:
     def connected(self) -> int:
         return len(self._subs)
 
-    def publish(self, event: wire.PushEvent) -> None:
+    def publish(
+        self, event: wire.PushEvent, leases: Mapping[str, list[wire.Lease]] | None = None
+    ) -> None:
+        """Offer `event` to every relay; a relay with `leases` of its agents gets them on it."""
         for sub in list(self._subs):
-            sub.offer(event)
+            own = [x for x in (leases or {}).get(sub.relay_id, []) if x.agent_id in event.agent_ids]
+            sub.offer(msgspec.structs.replace(event, leases=own) if own else event)
 
     def announcements(self, event: wire.PushEvent) -> list[str]:
         """`event` as payloads for the other replicas, a slice of its agent ids each."""

@@ -6,6 +6,8 @@ Invariants:
 - Relays learn every agent's state and its keys not revoked, nothing about
   money; a support agent is always active for them.
 - Per-tunnel usage is read back exactly as the reports summed it.
+- After each sync commits, what it asked for and did not get is noted
+  (`Waiting`): a later purchase grants those relays at once (`Plans`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from quota.billing.op import Op
 from quota.billing.repo import TunnelUsage
 from quota.billing.runner import Runner
 from quota.billing.sync import apply_sync
+from quota.billing.waiting import Waiting
 from quota.contract import wire
 from quota.core.billing import AgentRole
 
@@ -25,18 +28,23 @@ from quota.core.billing import AgentRole
 class Relays:
     """The relay-facing part of billing."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, waiting: Waiting | None = None) -> None:
         self._runner = runner
+        self.waiting = waiting if waiting is not None else Waiting()
         # reports and agent deltas taken in by this process (metrics read them)
         self.ingested: Counter[str] = Counter()
 
     async def sync(self, who: Principal, req: wire.SyncRequest) -> wire.SyncAnswer:
         """Apply one relay sync once (usage, returns, lease requests); answer its leases."""
 
+        unmet: dict[str, int] = {}
+
         async def run(op: Op) -> wire.SyncAnswer:
-            return await apply_sync(op, who.id, req)
+            unmet.clear()  # a retried transaction starts over
+            return await apply_sync(op, who.id, req, unmet)
 
         answer = await self._runner.run(f"sync:{who.id}:{req.seq}", run)
+        self.waiting.note(who.id, unmet)
         self.ingested["duplicate_reports" if answer.duplicate else "reports"] += 1
         if not answer.duplicate:
             self.ingested["agent_deltas"] += len(req.items)

@@ -291,7 +291,10 @@ ROUTES: tuple[Route, ...] = (
         "messages, each a PushEvent: first {type: hello}, then {type: changed, agent_ids, "
         "reason} after every committed change a relay acts on (deposit, unfreeze, package, "
         "subscription, plan, renewal, expiry, lapse, topup, freeze, register, revoke, "
-        "settings, correction). Pings every 10 s. The relay sends nothing. A relay that "
+        "settings, correction). A package event to a relay whose last report asked for "
+        "the agent and got less also carries that relay's new leases of it (cumulative "
+        "totals, as a sync answer states them). Pings every 10 s. The relay sends nothing. "
+        "A relay that "
         "falls behind is disconnected and should resync (GET /v1/relay/agents, POST "
         "/v1/sync) after reconnecting. A plain GET without the upgrade answers 400.",
     ),

@@ -72,7 +72,7 @@ class Announcer:
         for notice in op.notices:
             self._notify(notice)
         for event in op.events():
-            self.push.publish(event)
+            self.push.publish(event, op.relay_leases)
 
 
 class Runner:

@@ -30,6 +30,7 @@ from quota.billing.push import PushHub
 from quota.billing.relays import Relays
 from quota.billing.runner import Announcer, Runner
 from quota.billing.store import Store
+from quota.billing.waiting import Waiting
 from quota.core.authfail import AuthFailures
 
 AUTH_SOURCES = 10_000  # addresses whose unknown tokens are counted, at most (docs/security.md)
@@ -59,7 +60,8 @@ class BillingService:
         )
         self.accounts = Accounts(self.runner)
         self.agents = Agents(self.runner, config)
-        self.plans = Plans(self.runner, config)
-        self.relays = Relays(self.runner)
+        self.waiting = Waiting()  # relays waiting for bytes: a purchase pushes them a lease
+        self.plans = Plans(self.runner, config, self.waiting)
+        self.relays = Relays(self.runner, self.waiting)
         self.maintenance = Maintenance(self.runner)
         self.console = ConsoleSessions(self.runner, store)  # the web console's links, sessions

@@ -30,6 +30,9 @@ Invariants (everything below runs inside the caller's one transaction):
 - Every report extends all of the relay's leases to `now + lease_ttl`.
 - Unknown agents are answered with status "unknown", never refused: one bad id
   must not stall a relay.
+- A purchase may grant a relay that waits for the agent (`grant_waiting`), by
+  the same rules and in the purchase's transaction, and push it that lease; the
+  lease's totals are cumulative, so the relay's next answer never grants it twice.
 - Traffic drawn from bucket and packages goes to the agent's open roll-up
   window when `ledger.traffic_rollup` is set (`repo.rollup`); windows that
   ended are closed into the ledger first, so an open window is the current one.
@@ -152,6 +155,7 @@ class _Report:
     # balances drawn in memory (account id -> its version then), written by `save`
     # unless the charging rules saved the account since (its version moved)
     drawn: dict[str, int] = field(default_factory=dict)
+    unmet: dict[str, int] = field(default_factory=dict)  # agent -> asked and not granted
 
     @classmethod
     async def read(cls, op: Op, relay_id: str, agent_ids: list[str]) -> _Report:
@@ -375,7 +379,7 @@ class _Grants:
             else 0,
         )
 
-    async def grant(self, agent_id: str, want: int) -> None:
+    async def grant(self, agent_id: str, want: int, *, topup: bool = True) -> None:
         """Add to this relay's lease what the agent can pay for, after a top-up if set."""
         r, op = self.report, self.report.op
         agent = r.agents[agent_id]
@@ -383,7 +387,7 @@ class _Grants:
         cap = self._capacity(account, agent)
         held = self.held.get(agent_id, 0)
         short = shortfall(want=want, capacity=cap, outstanding=held)
-        if short and agent.topup_package:
+        if short and topup and agent.topup_package:
             # exactly the missing bytes, with no low-water margin: one purchase, no loop
             traffic = r.traffic_of(agent)
             account, agent = await charging.auto_topup(
@@ -392,6 +396,7 @@ class _Grants:
             r.took(account, agent)
             cap = self._capacity(account, agent)
         more = grant_size(want=want, capacity=cap, outstanding=held)
+        r.unmet[agent_id] = want - more
         if more:
             g, u, ret, until = r.leases[agent_id]
             g = checked_add(g, more, what="lease granted_total", limit=MAX_COUNTER)
@@ -452,8 +457,14 @@ async def _answered(op: Op, relay_id: str, req: wire.SyncRequest) -> wire.SyncAn
     )
 
 
-async def apply_sync(op: Op, relay_id: str, req: wire.SyncRequest) -> wire.SyncAnswer:
-    """Apply one relay report once; answer the relay's leases and the automatic top-ups."""
+async def apply_sync(
+    op: Op, relay_id: str, req: wire.SyncRequest, unmet: dict[str, int] | None = None
+) -> wire.SyncAnswer:
+    """Apply one relay report once; answer the relay's leases and the automatic top-ups.
+
+    `unmet` gets, for each agent the report names, the bytes it asked for and did
+    not get (0: all, or no ask); nothing for a duplicate.
+    """
     first = await _answered(op, relay_id, req)
     if first is not None:
         return first
@@ -477,6 +488,8 @@ async def apply_sync(op: Op, relay_id: str, req: wire.SyncRequest) -> wire.SyncA
         for agent_id in wanting:
             await grants.grant(agent_id, asks[agent_id].want)
     await _write(op, report, req)
+    if unmet is not None:
+        unmet.update({a: report.unmet.get(a, 0) for a in asks})
     answer = wire.SyncAnswer(
         relay_id=relay_id,
         seq=req.seq,
@@ -499,3 +512,26 @@ async def _write(op: Op, report: _Report, req: wire.SyncRequest) -> None:
     await repo.add_tunnel_usage(op.tx, deltas, op.now)
     owners = {a: agent.account_id for a, agent in report.agents.items()}
     await repo.log_usage(op.tx, report.relay_id, req.seq, op.now, deltas, owners)
+
+
+async def grant_waiting(op: Op, relay_id: str, agent_id: str, want: int) -> wire.Lease | None:
+    """Grant `relay_id`, which waits for `want` bytes of `agent_id`, what the agent can pay now.
+
+    What the relay's next report would be granted for the same ask, by the same
+    rules, in the caller's transaction (a purchase that just added traffic); the
+    lease as a sync answer states it, or None when nothing was granted.
+    """
+    report = await _Report.read(op, relay_id, [agent_id])
+    agent = report.agents.get(agent_id)
+    if agent is None or agent.role not in _PAYING or not agent.active or want <= 0:
+        return None
+    valid_until = op.now + op.config.lease_ttl_ms
+    _lease(report, agent_id, _Ask(), valid_until)
+    before = report.leases[agent_id][0]
+    grants = _Grants(report)
+    await grants.read([agent_id])
+    await grants.grant(agent_id, want, topup=False)  # the purchase is what it buys
+    if report.leases[agent_id][0] == before:
+        return None
+    await report.save()
+    return _answer(report, agent_id, _Ask(), valid_until)

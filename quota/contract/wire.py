@@ -331,6 +331,9 @@ class PushEvent(Message, frozen=True, kw_only=True):
     type: Literal["hello", "changed"]
     agent_ids: Items[Text] = []
     reason: Text = ""  # deposit, package, renewal, topup, freeze, unfreeze, revoke, settings, ...
+    # this relay's leases of these agents after the change (a purchase granted bytes its
+    # waiting streams asked for): cumulative, as in a sync answer, so none is applied twice
+    leases: Items[Lease] = []
 
 
 class WebhookDelivery(Message, frozen=True, kw_only=True):

@@ -15,6 +15,12 @@ Invariants:
   and `ceiling`) and adds what waiting streams lack. A lease goes back once
   its agent holds no tunnel on the relay and no stream, or has had no stream
   for `idle_return_ms`; never while a stream of it waits.
+- A tunnel primes its agent's lease (`LeaseBook.primes`): an agent that comes
+  to hold a tunnel on the relay, holds no bytes there and can pay (active, and
+  billing's last answer gave all that was asked) is asked the floor once, so
+  its first stream finds bytes waiting. Once a stay on the relay: a primed
+  lease that goes back unused is not asked again until the agent's tunnels
+  leave the relay and one comes back.
 - Low water follows the rate: two round trips (at least a quarter interval) of
   the measured rate, at least the configured mark, so a funded stream's next
   lease is asked for in time. Before any rate is measured (a stream just
@@ -64,6 +70,7 @@ class Holding:
     short: int = 0  # bytes its waiting streams lack (0: no stream waits)
     streams: int = 0  # streams drawing on it now
     tunnels: bool = True  # it holds a tunnel on this relay
+    can_pay: bool = False  # active, and billing's last answer gave all that was asked
 
 
 def rate_per_s(nbytes: int, elapsed_ms: int) -> int:
@@ -117,6 +124,14 @@ class LeaseRules:
             return 0
         return held.short + top_up
 
+    def primes(self, held: Holding) -> bool:
+        """Would a floor lease let this agent's first stream start at once?
+
+        It holds a tunnel here and no byte, no stream of it waits (`want` asks then),
+        and its account can pay.
+        """
+        return held.tunnels and held.can_pay and held.remaining <= 0 and held.short <= 0
+
     def gives_back(self, held: Holding, idle_ms: int) -> bool:
         """Does this lease go back now: no tunnel here, or idle for `idle_return_ms`?"""
         if held.remaining <= 0 or held.short > 0:
@@ -162,6 +177,9 @@ class LeaseBook:
         # agent -> the report asking for it that no answer has reached yet: no second ask
         # meanwhile, or reports queued in an outage would each be granted when it ends
         self._unanswered: dict[str, int] = {}
+        # agents whose stay on the relay (a tunnel here, since it last had none) was primed
+        # or found served: none is primed twice in one stay
+        self._primed: set[str] = set()
 
     def returns(self, holdings: Mapping[str, Holding], now: int) -> dict[str, int]:
         """Leases that go back now: agent -> bytes."""
@@ -195,7 +213,31 @@ class LeaseBook:
     ) -> tuple[dict[str, int], dict[str, int]]:
         """Agents that need bytes (agent -> want), and those of them a report may ask for."""
         needed = asks(self.rules, holdings, self.rates, round_ms, going_back)
-        return needed, {a: w for a, w in needed.items() if a not in self._unanswered}
+        asked = {a: w for a, w in needed.items() if a not in self._unanswered}
+        for agent_id, want in self.primes(holdings, needed, going_back).items():
+            asked.setdefault(agent_id, want)
+        return needed, asked
+
+    def primes(
+        self, holdings: Mapping[str, Holding], needed: Mapping[str, int], going_back: Iterable[str]
+    ) -> dict[str, int]:
+        """Agents a new stay on the relay primes: agent -> the floor, once a stay.
+
+        An agent with bytes here, a measured rate, an ask of its own or a lease going
+        back is served already: its stay counts as primed. Primes are asks only, never
+        offline grants: a floor lease is worth a round, not an offline allowance.
+        """
+        back = set(going_back)
+        self._primed &= {a for a, held in holdings.items() if held.tunnels}
+        primed = {}
+        for agent_id, held in holdings.items():
+            if not held.tunnels or agent_id in self._primed:
+                continue
+            self._primed.add(agent_id)
+            served = agent_id in needed or self.rates.get(agent_id, 0) > 0 or agent_id in back
+            if self.rules.primes(held) and not served and agent_id not in self._unanswered:
+                primed[agent_id] = self.rules.floor
+        return primed
 
     def low_waters(self, holdings: Mapping[str, Holding], round_ms: int) -> dict[str, int]:
         return {a: self.rules.low_water_at(self.rates.get(a, 0), round_ms) for a in holdings}
@@ -220,6 +262,11 @@ class LeaseBook:
         self._unanswered = {a: n for a, n in self._unanswered.items() if n > seq}
         owing, self._offline_given = self._offline_given, Counter()
         return owing
+
+    @property
+    def owing(self) -> bool:
+        """Offline bytes handed out in this outage wait for the first answer to net them out."""
+        return any(self._offline_given.values())
 
     def granted(self, agent_id: str, nbytes: int, now: int) -> int:
         """`nbytes` reached the agent's bucket: its new low water (0: keep it).

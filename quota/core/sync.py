@@ -20,6 +20,8 @@ Invariants:
   report that gives its lease back, nor while a report asking for it waits for
   its answer (reports queued in an outage ask once); leases go back only while
   the billing API answers (it must take them).
+- A lease pushed with an event (`pushed`) is applied by the same rule as an
+  answer's (`granted_total - applied`), while online and owing no offline bytes.
 - Offline ("continue" policy, billing unreachable): an agent the relay would
   ask for gets what is left of `offline_allowance` at once, at most the
   allowance per outage. The first answer after the outage nets them out: its
@@ -369,6 +371,34 @@ class SyncMachine:
             duplicate=answer.duplicate,
             reclaim=reclaim,
         )
+
+    def pushed(self, *, leases: Sequence[LeaseState], now: int) -> Applied | None:
+        """Leases the billing API granted on its own and pushed (a purchase, streams waiting).
+
+        Applied as an answer's are: only what a lease's `granted_total` adds to what
+        this relay applied, so the next answer, carrying the same total, adds nothing.
+        None (left to the next answer) unless online with no offline bytes owed:
+        that answer nets them out first.
+        """
+        if not self.online or self.leases.owing:
+            return None
+        updates, applied = [], {}
+        for lease in leases:
+            grant = lease.granted_total - self._applied.get(lease.agent_id, 0)
+            if lease.status == "unknown" or grant <= 0:
+                continue
+            self._applied[lease.agent_id] = applied[lease.agent_id] = lease.granted_total
+            until = self._valid_until.get(lease.agent_id, 0)
+            self._valid_until[lease.agent_id] = max(until, lease.valid_until)
+            updates.append(
+                LeaseUpdate(
+                    agent_id=lease.agent_id,
+                    grant=grant,
+                    active=lease.status == "active",
+                    low_water=self.leases.granted(lease.agent_id, grant, now),
+                )
+            )
+        return Applied(seq=0, updates=tuple(updates), applied=applied, duplicate=False, reclaim={})
 
     def failed(self, *, seq: int, reason: str, now: int) -> Retry:
         """Report `seq` was not acknowledged: stop the round, retry after a backoff."""

@@ -61,6 +61,7 @@ class BillingLink:
                 short=0 if bucket.inactive else bucket.short,  # no lease helps it now
                 streams=bucket.meters,
                 tunnels=agent_id in served,
+                can_pay=bucket.can_pay and not bucket.inactive,
             )
             for agent_id, bucket in self.hub.buckets.items()
         }

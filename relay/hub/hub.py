@@ -14,6 +14,10 @@ Invariants:
 - Every task the relay starts for a stream is owned here and cancelled at shutdown.
 - An agent whose last tunnel here goes while its bucket holds bytes starts a
   sync round at once, which gives its lease back (it moved to another relay).
+- A client agent's new tunnel, while its bucket holds no byte and its account
+  can pay, starts a sync round at once and its reply waits for that round
+  (`lease_ready`, one sync interval or 2 s at most): the round asks the lease the
+  tunnel primes (quota.core.relay_sync), so the first stream finds it there.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 import structlog
@@ -84,6 +88,8 @@ class Hub:
         self.gate = Gate(config.gate.admission(descriptor_limit()))  # before login
         self.remote: Reacher | None = None  # a worker's reach into the others (relay.workers)
         self.closing = False  # close_all was called: the relay is stopping
+        # the quota agent's `next_round`: a round at once, awaited (None: no billing here)
+        self.lease_round: Callable[[], Awaitable[None]] | None = None
         # the stream figures the quota agent journals with each report (billing and a log)
         self.book: StreamBook | None = None
         if streamlog is not None and config.billing is not None:
@@ -188,6 +194,14 @@ class Hub:
             raise Refused(f"agent {agent.agent_id} is a support agent and cannot register tunnels")
         if self.bucket_for(agent).inactive:
             raise Refused(f"agent {agent.agent_id} is inactive (no active subscription)")
+
+    async def lease_ready(self, agent: Agent) -> None:
+        """`agent` opened a tunnel: if its bucket is empty and it can pay, await a sync round."""
+        bucket = self.buckets.get(agent.agent_id)
+        if self.lease_round is None or bucket is None or bucket.remaining:
+            return
+        if bucket.can_pay and not bucket.inactive:
+            await self.lease_round()
 
     def remove_tunnel(self, tunnel: Tunnel) -> None:
         if self.tunnels.remove(tunnel):

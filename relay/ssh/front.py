@@ -9,6 +9,9 @@ Invariants:
   account; no host:port outside the tunnel table is ever dialled.
 - A host "udp/..." in either asks for a UDP tunnel (relay.udp), same rules;
   other hosts are TCP tunnels (relay.tcp).
+- A client agent's `-R` is answered once the lease its tunnel primes is in its
+  bucket, or after one sync interval (2 s at most) (relay.hub.hub.Hub.lease_ready),
+  so a stream that follows the answer does not wait for a first lease.
 - Every refusal opens nothing; the agent sees the reason (channel open failure
   text, or a debug message for a refused `-R`).
 - Before login every connection passes the gate (relay.hub.gate): dropped at
@@ -206,6 +209,18 @@ class AgentServer(asyncssh.SSHServer):
             return False
         finally:
             self.hub.shares.settle(share, agent.agent_id)
+        return await self._when_leased(tunnel)
+
+    async def _when_leased(self, tunnel: Tunnel) -> Any:
+        """The tunnel's listener, once the lease its tunnel primes is in (Hub.lease_ready)."""
+        try:
+            await self.hub.lease_ready(tunnel.agent)
+        except BaseException:  # cancelled with the connection: no listener will close it
+            self.hub.remove_tunnel(tunnel)
+            raise
+        if self.conn.is_closed():
+            self.hub.remove_tunnel(tunnel)
+            return False
         return TunnelListener(self.hub, tunnel)
 
     def _attempt(self, agent: Agent, listen_host: str, port: int) -> Attempt:

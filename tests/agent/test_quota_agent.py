@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections import Counter
@@ -447,3 +448,59 @@ async def test_a_storage_error_does_not_end_the_sync_loop(
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
     assert await agent_usage(api, agent_id) == 5000
+
+
+async def test_a_package_bought_while_a_stream_waits_arrives_on_the_push_and_survives_a_restart(
+    tmp_path: Path, billing: tuple[BillingServer, Api]
+) -> None:
+    """The push brings the package's bytes with no report; journaled, a restart restores them."""
+    server, api = billing
+    (agent_id,) = await subscribed_agents(api, 1)  # plan "pro": 10 GB
+    host = Host()
+    async with quota_agent(tmp_path / "j.db", server.url, host, interval_ms=60_000) as quota:
+        host.short[agent_id] = 20 * 10**9  # more than the agent has: billing gives all it has
+        await quota.round()
+        assert host.leased[agent_id] == 10 * 10**9
+        host.short.clear()  # the stream stopped asking; billing still knows what it lacked
+        loop = asyncio.create_task(quota.run())
+        try:
+            await poll(lambda: quota.counters["push_events"] >= 1, "the push channel's hello")
+            await api.ok("POST", f"/v1/agents/{agent_id}/packages", body={"package": "1G"})
+            await poll(lambda: host.leased[agent_id] == 11 * 10**9, "the package's bytes")
+            assert quota.counters["leases_pushed"] == 1
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        assert (await quota.journal.leases())[agent_id].applied_total == 11 * 10**9
+    fresh = Host()  # the process died with the lease unused: the journal holds it
+    async with quota_agent(tmp_path / "j.db", server.url, fresh) as quota:
+        await quota.restore()
+        assert fresh.leased[agent_id] == 11 * 10**9
+
+
+async def test_next_round_waits_for_a_round_begun_after_it_and_no_longer_than_its_cap(
+    tmp_path: Path, billing: tuple[BillingServer, Api]
+) -> None:
+    """A new tunnel's wait: a whole round begun after the call; a round slower than 2 s, not."""
+    server, api = billing
+    (agent_id,) = await subscribed_agents(api, 1)
+    host = Host()
+    host.short[agent_id] = 1000  # every round has a report to send
+    async with (
+        Failing(server.url) as proxy,
+        quota_agent(tmp_path / "j.db", proxy.url, host, timeout_s=10, interval_ms=60_000) as quota,
+    ):
+        loop = asyncio.create_task(quota.run())
+        try:
+            before = sum(quota.round_times.counts)
+            await asyncio.wait_for(quota.next_round(), 30)
+            assert sum(quota.round_times.counts) > before and host.leased[agent_id] > 0
+            await poll(lambda: quota._begun == quota._ended, "no round under way")
+            proxy.mode = "slow"  # 3 s a request: past the 2 s cap, within the client's 10 s
+            await asyncio.wait_for(quota.next_round(), 30)
+            assert quota._ended < quota._begun  # it returned with its round under way
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop

@@ -448,3 +448,35 @@ async def test_random_syncs_of_two_relays_keep_leases_payable(
         assert await _outstanding_sum(server, agt, clock.now_ms()) <= payable
         assert sum(r["held"] for r in relays.values() if r["until"] > clock.now_ms()) <= payable
     assert min(seen.values()) > 0, seen  # top-ups, expiries and cut grants all happened
+
+
+async def _events_as(api: Api, token: str) -> aiohttp.ClientWebSocketResponse:
+    ws = await api.session.ws_connect(
+        api.url + "/v1/relay/events", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert await _next(ws) == wire.PushEvent(type="hello")
+    return ws
+
+
+async def test_a_package_pushes_its_bytes_to_the_relay_that_waits_for_them(api: Api) -> None:
+    """A relay asked more than the agent had: a package bought later rides on its push event."""
+    _, token, agt = await _paying(api, coins=20)  # basic: 1 GB
+    short = await _sync(api, 1, leases=[{"agent_id": agt, "want": 3 * G}])
+    assert _lease(short, agt)["granted_total"] == G  # all there was: 2 GB still wanted
+    waiting, other = await _events_as(api, RELAY), await _events_as(api, RELAY2)
+    await api.ok("POST", f"/v1/agents/{agt}/packages", token, {"package": "1G"})
+    pushed = await _next(waiting)
+    assert (pushed.reason, pushed.agent_ids) == ("package", [agt])
+    [lease] = pushed.leases
+    assert (lease.agent_id, lease.status, lease.granted_total) == (agt, "active", 2 * G)
+    assert lease.traffic_remaining == 2 * G  # the new lease is held, not yet used
+    assert await _next(other) == wire.PushEvent(type="changed", agent_ids=[agt], reason="package")
+    # the relay's next answer states the same total: nothing is granted twice
+    after = await _sync(api, 2, leases=[{"agent_id": agt, "want": 0}])
+    assert _lease(after, agt)["granted_total"] == 2 * G
+    # all granted now: the next package waits for an ask, it is not pushed
+    await api.ok("POST", f"/v1/agents/{agt}/packages", token, {"package": "1G"})
+    assert (await _next(waiting)).leases == []
+    assert (await _sync(api, 3))["leases"] == []
+    await waiting.close()
+    await other.close()

@@ -81,6 +81,67 @@ def test_a_lease_going_back_is_not_asked_for_in_the_same_report() -> None:
     assert asks(RULES, running, {"a": MB}, 10, returned={"a": 7}) == {"b": 5 + MB}
 
 
+def test_a_tunnel_of_an_agent_that_can_pay_primes_the_floor_once_a_stay() -> None:
+    """A new tunnel, no bytes here, can pay: the floor, once; gone back, not again that stay."""
+    m = machine(min_want=MB, idle_return_ms=5000)
+    m.caught_up()  # online
+    fresh = {"a": Holding(tunnels=True, can_pay=True)}
+    assert m.returns(fresh, now=0) == {}  # each round asks what goes back first
+    step = m.flush(usage={}, tunnel_time={}, holdings=fresh, returned={}, now=0)
+    assert step.report is not None
+    assert step.report.leases == (LeaseAsk(agent_id="a", want=MB, returned=0),)
+    assert step.offline_grants == {}
+    m.written(step.report)
+    lease = _Lease(agent_id="a", granted_total=MB, valid_until=10**9)
+    m.answered(seq=step.report.seq, answer=_Answer(step.report.seq, (lease,)), now=10)
+    held = {"a": Holding(remaining=MB, tunnels=True, can_pay=True)}
+    assert m.flush(usage={}, tunnel_time={}, holdings=held, returned={}, now=1000).report is None
+    assert m.returns(held, now=5000) == {"a": MB}  # unused: back after idle_return
+    back = m.flush(usage={}, tunnel_time={}, holdings=held, returned={"a": MB}, now=5000).report
+    assert back is not None and back.leases == (LeaseAsk(agent_id="a", want=0, returned=MB),)
+    m.written(back)
+    for now in (6000, 7000):  # the same stay: not primed again
+        assert (
+            m.flush(usage={}, tunnel_time={}, holdings=fresh, returned={}, now=now).report is None
+        )
+    gone = {"a": Holding(tunnels=False, can_pay=True)}
+    assert m.flush(usage={}, tunnel_time={}, holdings=gone, returned={}, now=8000).report is None
+    again = m.flush(usage={}, tunnel_time={}, holdings=fresh, returned={}, now=9000).report
+    assert again is not None and again.leases == (LeaseAsk(agent_id="a", want=MB, returned=0),)
+
+
+def test_no_prime_without_money_a_tunnel_or_an_empty_bucket() -> None:
+    """Not paying, no tunnel here, or bytes already held: a tunnel asks nothing by itself."""
+    m = machine(min_want=MB)
+    quiet = {
+        "broke": Holding(tunnels=True, can_pay=False),
+        "away": Holding(tunnels=False, can_pay=True, streams=1),
+        "held": Holding(remaining=10, tunnels=True, can_pay=True),
+    }
+    assert m.flush(usage={}, tunnel_time={}, holdings=quiet, returned={}, now=0).report is None
+    assert RULES.primes(Holding(tunnels=True, can_pay=True))
+    assert not RULES.primes(Holding(tunnels=True, can_pay=True, short=5))  # `want` asks
+
+
+def test_an_agent_that_waits_asks_its_need_and_is_not_primed_on_top() -> None:
+    """A stream already waiting when the tunnel is first seen: one ask, its need plus the floor."""
+    m = machine(min_want=MB)
+    waiting = {"a": Holding(short=100, streams=1, tunnels=True, can_pay=True)}
+    step = m.flush(usage={}, tunnel_time={}, holdings=waiting, returned={}, now=0)
+    assert step.report is not None
+    assert step.report.leases == (LeaseAsk(agent_id="a", want=MB + 100, returned=0),)
+
+
+def test_offline_a_prime_is_asked_not_granted_from_the_allowance() -> None:
+    """Billing away under "continue": a fresh tunnel gets no offline allowance, only an ask."""
+    m = machine(min_want=MB, offline_policy="continue", offline_allowance=500_000)
+    m.failed(seq=1, reason="down", now=0)
+    fresh = {"a": Holding(tunnels=True, can_pay=True)}
+    step = m.flush(usage={}, tunnel_time={}, holdings=fresh, returned={}, now=0)
+    assert step.offline_grants == {}
+    assert step.report is not None and step.report.leases[0].want == MB
+
+
 def machine(**kw: int | str) -> SyncMachine:
     m = SyncMachine(SyncSettings(**kw), random.Random(1).random)  # type: ignore[arg-type]
     m.start(1)
@@ -147,6 +208,8 @@ class World:
     bucket: Bucket = field(default_factory=lambda: Bucket("a", slice_bytes=4096))
     meters: list[Meter] = field(default_factory=list)
     tunnels: bool = True
+    can_pay: bool = False
+    primed: bool = False  # this stay of its tunnels was primed (a floor asked, no need)
     now: int = 0
     granted: int = 0  # the billing API's lease total for this relay
     offline_given: int = 0  # over every outage
@@ -158,7 +221,11 @@ class World:
         b = self.bucket
         return {
             "a": Holding(
-                remaining=b.remaining, short=b.short, streams=b.meters, tunnels=self.tunnels
+                remaining=b.remaining,
+                short=b.short,
+                streams=b.meters,
+                tunnels=self.tunnels,
+                can_pay=self.can_pay,
             )
         }
 
@@ -189,9 +256,15 @@ class World:
         if report is None:
             return None
         self.m.written(report)
+        if not self.tunnels:
+            self.primed = False  # the stay ended: the next tunnel may prime again
         for ask in report.leases:
-            if ask.want:  # asked only with a waiting stream or a measured rate
-                assert holdings["a"].short > 0 or rates_before > 0, ask
+            held = holdings["a"]
+            if ask.want and not (held.short > 0 or rates_before > 0):
+                # else only a tunnel's prime: can pay, nothing held, once a stay
+                assert held.tunnels and held.can_pay and held.remaining == 0, (ask, held)
+                assert not self.primed, "primed twice in one stay"
+                self.primed = True
             assert not (ask.want and ask.returned), "a returned lease asked for again"
         self.last_report_used = b.used
         self.reported_used += report.used.get("a", 0)
@@ -248,6 +321,7 @@ _steps = st.one_of(
     st.tuples(st.just("round"), st.just(True)),
     st.tuples(st.just("tick"), st.integers(0, 3000)),
     st.tuples(st.just("tunnel"), st.booleans()),
+    st.tuples(st.just("pay"), st.booleans()),
 )
 
 
@@ -256,7 +330,7 @@ _steps = st.one_of(
 def test_leases_follow_traffic_and_never_pass_a_byte_beyond_a_grant(
     steps: list[tuple[object, ...]], capacity: int
 ) -> None:
-    """No byte past what was granted; asks only for waiting or moving traffic; none re-asked."""
+    """No byte past what was granted; asks for waiting or moving traffic, or a prime once a stay."""
     m = machine(
         min_want=20_000,
         max_want=200_000,
@@ -281,6 +355,8 @@ def test_leases_follow_traffic_and_never_pass_a_byte_beyond_a_grant(
                 w.now += ms
             case ("tunnel", bool(on)):
                 w.tunnels = on
+            case ("pay", bool(on)):
+                w.can_pay = on
         # never a byte beyond what billing granted plus the offline allowance handed out
         assert w.bucket.used <= w.granted + w.offline_given
         assert w.bucket.remaining >= 0

@@ -407,3 +407,41 @@ def test_usage_reported_equals_usage_counted_across_faults_and_restarts(
     assert w.journal == {} and w.billed == w.total
     assert sorted(w.applied) == list(range(1, w.next_seq))
     assert w.put_in_buckets == w.granted
+
+
+def test_a_pushed_lease_adds_what_its_total_adds_and_the_next_answer_nothing_more() -> None:
+    """Pushed totals apply like an answer's: once, and an answer with the same total adds 0."""
+    m = machine()
+    m.caught_up()  # online
+    first = m.pushed(leases=(Lease("agt_a", granted_total=5_000, valid_until=9_000),), now=0)
+    assert first is not None and first.applied == {"agt_a": 5_000}
+    assert [(u.agent_id, u.grant, u.active) for u in first.updates] == [("agt_a", 5_000, True)]
+    again = m.pushed(leases=(Lease("agt_a", granted_total=5_000, valid_until=9_000),), now=1)
+    assert again is not None and again.updates == ()
+    unknown = m.pushed(leases=(Lease("agt_b", status="unknown", granted_total=7),), now=1)
+    assert unknown is not None and unknown.updates == ()
+    report = m.flush(
+        usage={},
+        tunnel_time={},
+        holdings=holdings({"agt_a": 100}),
+        returned={},
+        now=2,
+    ).report
+    assert report is not None
+    m.written(report)
+    lease = Lease("agt_a", granted_total=6_000, valid_until=10_000)
+    step = m.answered(seq=report.seq, answer=Answer(report.seq, leases=(lease,)), now=3)
+    assert isinstance(step, Applied) and [u.grant for u in step.updates] == [1_000]
+    assert m.expired(9_999) == [] and m.expired(10_000) == ["agt_a"]
+
+
+def test_a_pushed_lease_waits_for_an_answer_while_offline_bytes_are_owed() -> None:
+    """Offline or owing offline bytes, a push is left to the next answer, which nets them out."""
+    m = machine(offline_policy="continue", offline_allowance=1_000)
+    lease = (Lease("agt_a", granted_total=5_000, valid_until=9_000),)
+    assert m.pushed(leases=lease, now=0) is None  # not online yet
+    m.failed(seq=1, reason="down", now=0)
+    step = m.flush(usage={}, tunnel_time={}, holdings=holdings({"agt_a": 10}), returned={}, now=0)
+    assert step.offline_grants == {"agt_a": 1_000}
+    m.caught_up()
+    assert m.pushed(leases=lease, now=1) is None  # 1,000 offline bytes still owed

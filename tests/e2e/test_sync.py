@@ -116,6 +116,11 @@ async def _paused(relay: Relay) -> bool:
     return await _stream_state(relay) == ["paused"]
 
 
+async def _waits_for(relay: Relay, reason: str) -> bool:
+    """Every live stream is paused for `reason` (`quota`: billing said there is no more)."""
+    return {s["pause_reason"] for s in await relay.call("streams")} == {reason}
+
+
 async def _billed(billing: Billing, account: str, client: AgentSpec, expect: int) -> bool:
     return await billing.usage_total(account, client.agent_id) == expect
 
@@ -134,6 +139,7 @@ async def test_package_bought_through_the_api_resumes_a_paused_stream_by_push(
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(payload)
             await poll(lambda: _paused(relay), "the stream to pause", timeout=60)
+            await poll(lambda: _waits_for(relay, "quota"), "billing's answer: no more traffic")
             conn = service.conns[0]
             assert conn.received <= 4 * MB and not reader.at_eof()
             loop = asyncio.get_running_loop()
@@ -141,6 +147,8 @@ async def test_package_bought_through_the_api_resumes_a_paused_stream_by_push(
             await billing.api("POST", f"/v1/agents/{client.agent_id}/packages", {"package": "pack"})
             await poll(lambda: conn.received == len(payload), "the rest after the purchase", 10)
             print(f"purchase to all bytes delivered: {loop.time() - bought:.3f} s")
+            # the stream had asked for more than the plan held: the lease came on the push
+            assert (await relay.call("status"))["sync"]["leases_pushed"] == 1
             writer.write_eof()
             await asyncio.wait_for(conn.eof.wait(), 20)
             assert conn.digest.hexdigest() == sha(payload) and len(service.conns) == 1

@@ -173,9 +173,11 @@ async def test_an_admin_read_on_one_relay_takes_no_lease_from_the_relay_the_agen
     assert {a for a, v in views[2].items() if v["granted"]} <= {cast.b.agent_id}
     assert views[1][cast.a.agent_id]["used"] == WANT
     assert all(v["granted"] == 0 for a, v in views[1].items() if a != cast.a.agent_id)
-    # a lease is asked only for a waiting stream: none on r1 (read only), none on r3 (B's
-    # tunnel carries nothing), none for a support agent; on r2 only for A
-    assert (three.asked(1), three.asked(2), three.asked(3)) == (set(), {cast.a.agent_id}, set())
+    # a lease is asked for a tunnel's owner that can pay (its tunnel primes it) or a waiting
+    # stream: none on r1 (read only), on r3 only for B (its tunnel), none for a support
+    # agent; on r2 only for A
+    asked = (three.asked(1), three.asked(2), three.asked(3))
+    assert asked == (set(), {cast.a.agent_id}, {cast.b.agent_id})
 
 
 async def test_an_agent_that_moves_finds_its_bytes_on_each_new_relay(
