@@ -75,6 +75,19 @@ def _hook(hub: Hub, quota: QuotaAgent) -> None:
     hub.quota_counters = quota.counters
 
 
+def front_options(config: RelayConfig, host_key: Any) -> dict[str, Any]:
+    """asyncssh's options for the SSH front, listening or on connections passed to a worker."""
+    return {
+        "server_host_keys": [host_key],
+        "keepalive_interval": config.keepalive_ms / 1000,
+        "encryption_algs": list(config.ciphers),
+        "agent_forwarding": False,
+        "x11_forwarding": False,
+        "allow_scp": False,
+        "login_timeout": _login_backstop_s(config),
+    }
+
+
 async def open_front(
     config: RelayConfig,
     hub: Hub,
@@ -83,22 +96,16 @@ async def open_front(
     port: int | None = None,
     reuse_port: bool = False,
 ) -> Any:
-    """The SSH front on `relay.ssh_listen` (or `port`); workers share it with SO_REUSEPORT."""
+    """The SSH front on `relay.ssh_listen` (or `port`)."""
     try:
         return await asyncssh.create_server(
             lambda: AgentServer(hub),
             config.ssh_listen.host,
             config.ssh_listen.port if port is None else port,
-            server_host_keys=[host_key],
-            keepalive_interval=config.keepalive_ms / 1000,
-            encryption_algs=list(config.ciphers),
-            agent_forwarding=False,
-            x11_forwarding=False,
-            allow_scp=False,
             reuse_address=True,
             reuse_port=reuse_port or None,
             backlog=LISTEN_BACKLOG,
-            login_timeout=_login_backstop_s(config),
+            **front_options(config, host_key),
         )
     except OSError as exc:
         raise ConfigError(

@@ -97,6 +97,21 @@ class RelayConfig:
     workers: int = 1  # worker processes (relay.workers); 1: the relay is one process
 
 
+# `relay.workers = 0` runs one worker per core, at most this many: each
+# worker is a process of its own (about 70 MB resident here), and beyond a few the
+# supervisor's quota host, not the cores, sets the pace.
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on, at most MAX_DEFAULT_WORKERS."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
+
+
 def parse_host_port(text: str, key: str) -> HostPort:
     problems = Problems()
     address = decode_value(Address, text, key, problems)
@@ -183,7 +198,7 @@ def load_config(
         secret_files=_secret_files(raw, f, path, rel),
         env_keys=tuple(sorted(environment.used)),
         env_ignored=environment.ignored(),
-        workers=r.workers or os.cpu_count() or 1,
+        workers=r.workers or default_workers(),
     )
 
 

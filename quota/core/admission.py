@@ -20,6 +20,8 @@ Invariants:
 - A connection is told to disconnect once it has `max_auth_tries` failures or
   is still unauthenticated at its login-grace deadline; it stays counted until
   the shell reports it `closed`, because its descriptor is held until then.
+- A connection `held` (admitted by a supervisor's gate, then passed here) is
+  checked against this process's descriptors only and counts in `total` only.
 - Pure: `now` (milliseconds, never decreasing) and `roll` are parameters.
 """
 
@@ -249,6 +251,22 @@ class Admission:
         if not trusted and cfg.max_startups.drops(self.unauthenticated, roll):
             return Reason.MAX_STARTUPS
         return None
+
+    def held(self, conn: Hashable, *, trusted: bool = False) -> Accept | Drop:
+        """`conn` was admitted by another process's gate (a relay's supervisor), to be held here.
+
+        Only this process's descriptors are checked (as `connect` checks them; a
+        `trusted` one may take the tunnel reserve); admitted, it counts in `total`
+        and nowhere else: its login is that gate's business. `closed` ends it.
+        """
+        if conn in self._kinds:
+            raise InvalidValue(f"connection {conn!r} is already admitted")
+        room = self.config.ordinary_cap + (self.config.tunnel_reserve if trusted else 0)
+        if self.total >= room:
+            self.refusals[Reason.CONNECTION_LIMIT] += 1
+            return Drop(reason=Reason.CONNECTION_LIMIT)
+        self._kinds[conn] = Kind.SSH
+        return Accept()
 
     def auth_failed(self, conn: Hashable) -> Accept | Disconnect:
         """One failed authentication attempt (a wrong key or password) on `conn`."""

@@ -130,9 +130,15 @@ def _byte_count(body: dict[str, Any]) -> int:
 class _Routes:
     """The endpoints, each a thin translation from HTTP to one `RelayControl` call."""
 
-    def __init__(self, control: RelayControl, health: Readiness | None) -> None:
+    def __init__(
+        self,
+        control: RelayControl,
+        health: Readiness | None,
+        refresh: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.control = control
         self.health = health
+        self.refresh = refresh  # a relay of workers: fresh reports after a change
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_get("/healthz", self.healthz)
@@ -193,7 +199,12 @@ class _Routes:
         if not isinstance(paused, bool):
             raise _Problem(400, f'"paused" must be true or false, got {paused!r}')
         stream_id = request.match_info["stream_id"]
-        return web.json_response(self.control.pause_stream(stream_id, paused))
+        view = self.control.pause_stream(stream_id, paused)
+        if self.refresh is not None:  # a relay of workers: the stream's worker paused it by now
+            await self.refresh()
+            fresh = [s for s in self.control.streams() if s.get("stream_id") == stream_id]
+            view = fresh[0] if fresh else view
+        return web.json_response(view)
 
 
 # -- the server ----------------------------------------------------------------------
@@ -232,7 +243,7 @@ class AdminServer:
         if isinstance(self.listen, HostPort) and not self._token:
             raise ConfigError("admin.token is required when admin.listen is a TCP address")
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
-        _Routes(self.control, self.health).add_to(app)
+        _Routes(self.control, self.health, self.refresh).add_to(app)
         if self._token:
             app.router.add_get(CONSOLE.rstrip("/"), _to_console)  # before the sub-application
             app.add_subapp(CONSOLE, OperatorView(self.control, self._token, self.stream_log).app())

@@ -114,8 +114,13 @@ class Gate:
         host: str,
         kind: Kind,
         disconnect: Callable[[Disconnect], None] | None = None,
+        ticket: int | None = None,
     ) -> bool:
-        """A new connection from `host`: True if admitted; else close it at once."""
+        """A new connection from `host`: True if admitted; else close it at once.
+
+        `ticket`: the connection was admitted by a relay's supervisor and passed
+        here (relay.workers.door); a relay's own gate has none.
+        """
         source = source_key(host)
         decision = self.admission.connect(
             conn,
@@ -142,9 +147,12 @@ class Gate:
         return self._told(conn, decision)
 
     def authenticated(
-        self, conn: Hashable, *, holds_tunnels: Callable[[], bool]
+        self, conn: Hashable, *, holds_tunnels: Callable[[], bool], agent_id: str = ""
     ) -> Disconnect | None:
-        """`conn` logged in; `holds_tunnels` says (now or later) if its agent holds tunnels."""
+        """`conn` logged in; `holds_tunnels` says (now or later) if its agent holds tunnels.
+
+        `agent_id` is for a supervisor's gate, which asks its workers.
+        """
         decision = self.admission.authenticated(conn, holds_tunnels=holds_tunnels())
         told = self._told(conn, decision)
         if told is None:
@@ -185,6 +193,10 @@ class Gate:
             if self.clock() - last_flush >= LOG_INTERVAL_MS:
                 last_flush = self.clock()
                 self.flush()
+
+    def trusts(self, host: str) -> bool:
+        """Is an agent holding live tunnels logged in from `host`'s network?"""
+        return self._trusted(source_key(host))
 
     # -- helpers ------------------------------------------------------------------------
 

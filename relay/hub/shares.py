@@ -49,6 +49,16 @@ class FairShares:
         """The limit of share `name` (a `[shares]` key) in force for `agent`."""
         return self.limits_for(agent).limit(Share(name) if isinstance(name, str) else name)
 
+    async def ask(self, share: Share, agent_id: str) -> None:
+        """Before a take that may wait: a relay of workers asks its supervisor first.
+
+        Raises Refused when the relay as a whole has the limit; a lone relay asks
+        no one (its own counts are the relay's). Follow with `settle`.
+        """
+
+    def settle(self, share: Share, agent_id: str) -> None:
+        """After the take that `ask` was for, taken or not (what was not taken goes back)."""
+
     def take(self, share: Share, agent: Agent, scope: Hashable | None = None) -> Held:
         """Take one of `share`; raise Refused (with its cause) when `agent` has its limit."""
         self.limits_for(agent)

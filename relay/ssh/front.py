@@ -60,6 +60,15 @@ def is_public_bind(host: str) -> bool:
     return is_address(host) or host == "0.0.0.0"
 
 
+def _tunnel_share(listen_host: str) -> Share:
+    """The per-agent share a `-R` takes: an endpoint (a name) or a public port (an address)."""
+    if listen_host.startswith(UDP_PREFIX):
+        named = bool(listen_host[len(UDP_PREFIX) :])
+    else:
+        named = not is_public_bind(listen_host)
+    return Share.ENDPOINTS_PER_AGENT if named else Share.PUBLIC_PORTS_PER_AGENT
+
+
 class TunnelListener(asyncssh.SSHListener):
     """What asyncssh keeps for a `-R` forward; closing it removes the tunnel."""
 
@@ -104,7 +113,8 @@ class AgentServer(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
         host = str(peer[0]) if isinstance(peer, tuple) else ""
-        self.admitted = self.hub.gate.connect(self, host, Kind.SSH, self._disconnect)
+        ticket = conn.get_extra_info("ticket")  # passed by a relay's supervisor (relay.workers)
+        self.admitted = self.hub.gate.connect(self, host, Kind.SSH, self._disconnect, ticket)
         if not self.admitted:
             conn.abort()
 
@@ -153,21 +163,37 @@ class AgentServer(asyncssh.SSHServer):
         agent = self.agent
         assert agent is not None
         hub = self.hub
-        if hub.gate.authenticated(self, holds_tunnels=lambda: hub.holds_tunnels(agent.agent_id)):
+        holds = lambda: hub.holds_tunnels(agent.agent_id)  # noqa: E731
+        if hub.gate.authenticated(self, holds_tunnels=holds, agent_id=agent.agent_id):
             return  # told to go: the connection limit's reserve is for tunnel holders
         try:
             self.held = hub.shares.take(Share.SSH_CONNECTIONS_PER_AGENT, agent)
         except Refused as exc:
-            hub.refuse(None, agent, "login", exc, self._ssh_attempt(agent, "login"))
-            self.conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"quotarelay: {exc}")
+            self.login_refused(exc)
             return
         hub.connections.add(self)
         log.info("agent_connected", agent_id=agent.agent_id, peer=self.peer)
+
+    def login_refused(self, exc: Refused) -> None:
+        """Its agent has all its SSH connections (for a relay of workers, perhaps found later)."""
+        agent = self.agent
+        assert agent is not None
+        self.hub.connections.discard(self)
+        self.hub.refuse(None, agent, "login", exc, self._ssh_attempt(agent, "login"))
+        self.conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"quotarelay: {exc}")
 
     async def server_requested(self, listen_host: str, listen_port: int) -> Any:
         agent = self.agent
         assert agent is not None
         what = f"-R {listen_host}:{listen_port}"
+        share = _tunnel_share(listen_host)
+        try:
+            await self.hub.shares.ask(share, agent.agent_id)  # a relay of workers counts it
+        except Refused as exc:
+            self.hub.refuse(
+                self.conn, agent, what, exc, self._attempt(agent, listen_host, listen_port)
+            )
+            return False
         try:
             if listen_host.startswith(UDP_PREFIX):
                 udp = udp_for(self.hub)
@@ -184,6 +210,8 @@ class AgentServer(asyncssh.SSHServer):
             attempt = self._attempt(agent, listen_host, listen_port)
             self.hub.refuse(self.conn, agent, what, exc, attempt)
             return False
+        finally:
+            self.hub.shares.settle(share, agent.agent_id)
         return await self._when_leased(tunnel)
 
     async def _when_leased(self, tunnel: Tunnel) -> Any:

@@ -4,7 +4,10 @@ Invariants:
 - Every change is a per-object override on one connection or channel (never a
   class patch), skipped when the asyncssh names it relies on are missing; the
   bytes on the wire and their order are what asyncssh would send, minus work
-  that has no effect (log formatting nobody reads, an Event nobody awaits).
+  that has no effect (log formatting nobody reads, an Event nobody awaits),
+  with one exception: a paused channel's window goes back to the peer only once
+  what it buffered is delivered (`_AdjustWhenDrained`), so it buffers at most one
+  window.
 - `quicken` installs them once per connection and once per channel.
 """
 
@@ -97,6 +100,37 @@ def _no_log(*args: object) -> None:
     pass
 
 
+class _AdjustWhenDrained:
+    """A channel's `_deliver_data`: no window adjust while more buffered data waits behind it.
+
+    asyncssh gives the peer its whole window back on any delivery once half of it
+    is used, even the first of many items buffered while the channel was paused.
+    A leg that resumes, takes one packet and pauses again (its socket's buffer is
+    full again) thus let the peer send a fresh window each time: a stalled
+    reader's owner filled a worker with 1,159 buffered packets (37 MB, each
+    pinning its 32 KiB packet buffer) against a 2 MiB window. Here the adjust
+    waits until the buffer is empty, so the channel buffers at most one window.
+    """
+
+    __slots__ = ("chan", "deliver")
+
+    def __init__(self, chan: Any) -> None:
+        self.chan = chan
+        self.deliver = chan._deliver_data
+
+    def __call__(self, data: Any, datatype: Any) -> None:
+        chan = self.chan
+        if not chan._recv_buf:
+            self.deliver(data, datatype)
+            return
+        window = chan._recv_window
+        chan._recv_window = chan._init_recv_window  # asyncssh adjusts nothing now
+        try:
+            self.deliver(data, datatype)
+        finally:
+            chan._recv_window = window
+
+
 def quicken(chan: Any, wants_view: Callable[[Any], bool]) -> None:
     """Trim asyncssh's per-packet work for a relayed channel and its connection.
 
@@ -110,8 +144,13 @@ def quicken(chan: Any, wants_view: Callable[[Any], bool]) -> None:
     summed up in the README's Benchmarks section).
     """
     quiet = getattr(asyncssh.logger, "_debug_level", 3) < 3
-    if not isinstance(chan, SlimTCPChannel):  # a slim channel makes its own when asked
+    if not isinstance(chan, SlimTCPChannel):  # a slim channel does both in its class
         lazy_closed(chan)
+        names = ("_recv_buf", "_recv_window", "_init_recv_window", "_deliver_data")
+        if all(hasattr(chan, n) for n in names) and not isinstance(
+            chan.__dict__.get("_deliver_data"), _AdjustWhenDrained
+        ):
+            chan._deliver_data = _AdjustWhenDrained(chan)
     conn = chan.get_connection()
     if quiet and not isinstance(chan, SlimTCPChannel) and hasattr(chan, "log_sent_packet"):
         chan.log_sent_packet = chan.log_received_packet = _no_log  # a slim channel's class does it

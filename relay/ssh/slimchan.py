@@ -20,6 +20,9 @@ Invariants:
   the same object from its first read until asyncssh replaces it.
 - A close callback (`on_closed`) runs once, when asyncssh marks the channel
   closed: a stream's share is given back without a task waiting per channel.
+- A paused channel gives the peer its window back only once what it buffered is
+  delivered (relay.ssh.quicken's `_AdjustWhenDrained`, here in the class, so no
+  per-channel override makes an instance dict).
 """
 
 from __future__ import annotations
@@ -281,6 +284,19 @@ class SlimTCPChannel(asyncssh.SSHTCPChannel[bytes]):
                 if self._x_more is None:
                     self._x_more = {}
                 self._x_more[name] = value
+
+    def _deliver_data(self, data: Any, datatype: Any) -> None:
+        # relay.ssh.quicken._AdjustWhenDrained, in the class: while more buffered data
+        # waits behind this item, the peer gets no window back (at most one window held)
+        if not self._slim_recv_buf:
+            super()._deliver_data(data, datatype)
+            return
+        window = self._recv_window
+        self._recv_window = self._init_recv_window  # asyncssh adjusts nothing now
+        try:
+            super()._deliver_data(data, datatype)
+        finally:
+            self._recv_window = window
 
     def _flush_recv_buf(self, exc: Exception | None = None) -> None:
         super()._flush_recv_buf(exc)

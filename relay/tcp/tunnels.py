@@ -40,6 +40,12 @@ from relay.tcp.stream import TcpPair
 log = structlog.get_logger("relay")
 
 
+# What a stream between workers holds in the socket pair and in the owner's worker's
+# write buffer to it, each way: a stalled reader costs the relay about one `write_buffer`
+# (in the support agent's worker) plus this twice, not two write buffers.
+PAIR_BUFFER = 32 * 1024
+
+
 class TcpTunnels:
     """Registers TCP tunnels and opens the streams through them."""
 
@@ -95,13 +101,13 @@ class TcpTunnels:
 
     # -- streams ------------------------------------------------------------------
 
-    def _new_pair(self, tunnel: Tunnel, peer_desc: str) -> TcpPair:
+    def _new_pair(self, tunnel: Tunnel, peer_desc: str, write_buffer: int = 0) -> TcpPair:
         hub = self.hub
         bucket = hub.bucket_for(tunnel.agent) if hub.config.metering else None
         stream = Stream(
             hub, stream_id=hub.stream_id(), tunnel=tunnel, peer_desc=peer_desc, bucket=bucket
         )
-        return TcpPair(stream, write_buffer=hub.config.write_buffer)
+        return TcpPair(stream, write_buffer=write_buffer or hub.config.write_buffer)
 
     def take_shares(
         self, tunnel: Tunnel, peer: str, *scoped: tuple[Share, object]
@@ -147,7 +153,8 @@ class TcpTunnels:
         Metered and logged here, as any stream of `tunnel`; raises ChannelOpenError
         (the socket closed) when the owner refuses.
         """
-        pair = self._new_pair(tunnel, peer)
+        # the socket's own buffer is small: the support agent's worker holds `write_buffer`
+        pair = self._new_pair(tunnel, peer, min(PAIR_BUFFER, self.hub.config.write_buffer))
         pair.stream.held = held
         up, down = TcpLeg(pair, "up"), ChannelLeg(pair, "down")
         pair.bind(up, down)

@@ -33,6 +33,7 @@ from quota.core.sublease import Served, SubLeases
 from relay.config import RelayConfig
 from relay.errors import UnknownAgent, UnknownStream
 from relay.hub.billing import to_agent
+from relay.hub.gate import Gate
 from relay.registry import Agent, Registry
 from relay.streamlog.record import StreamRecord
 from relay.streamlog.writer import StreamLog
@@ -48,11 +49,14 @@ from relay.workers.messages import (
     Ready,
     Recall,
     Records,
+    ReleaseShare,
     SetActive,
     SetLowWater,
+    TakeShare,
     Usage,
     Want,
 )
+from relay.workers.shares import ShareDesk
 
 log = structlog.get_logger("relay.workers")
 
@@ -82,6 +86,8 @@ class WorkerHost:
         self.revoking: dict[str, int] = {}  # agent -> bytes an operator revoked, still held
         self.remote_agents: list[wire.RelayAgent] | None = None
         self.quota_counters: dict[str, int] = {}
+        self.gate: Gate | None = None  # the relay's gate before login (relay.workers.door)
+        self.desk = ShareDesk(config.shares, registry)  # per-agent fair shares, relay-wide
         self.on_want: Callable[[str], None] | None = None  # the quota agent's nudge
         self._seq = 0
         self._answered: dict[int, int] = {}  # incarnation -> the last Flush it answered
@@ -123,6 +129,7 @@ class WorkerHost:
             closed += 1
         for agent_id, leases in self.leases.items():
             self._send(agent_id, leases.worker_lost(key))
+        self.desk.lost(key)
         return closed
 
     # -- what workers say -----------------------------------------------------------------
@@ -146,8 +153,17 @@ class WorkerHost:
             leases = self._leases(message.agent_id)
             short = leases.short
             self._send(message.agent_id, leases.want(key, message.nbytes, need=message.need))
+            if leases.short and not leases.pool:
+                self._recall_idle(key, message.agent_id, leases)
             if leases.short > short and self.on_want is not None:
                 self.on_want(message.agent_id)  # the relay's own lease runs low: ask billing
+        elif isinstance(message, TakeShare):
+            link = self.links.get(key)
+            answer = self.desk.take(key, message)
+            if link is not None:
+                link.send(answer)
+        elif isinstance(message, ReleaseShare):
+            self.desk.release(key, message)
         elif isinstance(message, GiveBack):
             leases = self._leases(message.agent_id)
             leases.report(key, message.used_total)
@@ -159,6 +175,18 @@ class WorkerHost:
             if owed > leases.revoked - before:
                 self.revoking[agent_id] = owed - (leases.revoked - before)
             self._send(agent_id, served)
+
+    def _recall_idle(self, asker: int, agent_id: str, leases: SubLeases) -> None:
+        """Bytes held by workers where the agent has no tunnel (it moved) go back to the pool.
+
+        So an agent that reconnects to another worker finds its bytes there before
+        its first datagram, which cannot wait for a recall.
+        """
+        for key, report in self.reports.items():
+            if key != asker and agent_id not in report.holding and leases.outstanding(key):
+                link = self.links.get(key)
+                if link is not None:
+                    link.send(Recall(agent_id=agent_id))
 
     def _leases(self, agent_id: str) -> SubLeases:
         leases = self.leases.get(agent_id)
@@ -291,7 +319,7 @@ class WorkerHost:
             "agent_id": agent.agent_id,
             "account": agent.account,
             "role": agent.role.value,
-            "state": state,
+            "state": agent.role.shown_state(state),
             "granted": granted,
             "used": leases.used,
             "remaining": granted - leases.used - leases.lost,
@@ -354,7 +382,7 @@ class WorkerHost:
             "uptime_ms": _now_ms() - self.started_ms,
             "tunnels": sum(r.tunnels for r in self.reports.values()),
             "streams": len(self.live),
-            "depleted": sum(1 for leases in self.leases.values() if leases.short),
+            "depleted": sum(1 for a in self.agents() if a["state"] == "depleted"),
             "sync": dict(self.quota_counters),
             "connections": self.connections(),
             "workers": self.workers(),
@@ -377,19 +405,24 @@ class WorkerHost:
         return views
 
     def connections(self) -> dict[str, object]:
+        """Connections held by the workers; before login, the relay's gate (relay.workers.door)."""
         totals: Counter[str] = Counter()
         refused: Counter[str] = Counter()
         for report in self.reports.values():
             totals.update(report.connections)
             refused.update(report.refused)
-        first = next(iter(self.reports.values()), None)
-        cap = first.connections.get("cap", 0) if first else 0
-        limit = first.connections.get("descriptor_limit", 0) if first else 0
+        gate = self.gate
+        if gate is not None:
+            refused.update(gate.refusals)
+            totals["auth_failures"] += gate.auth_failures
+            totals["unauthenticated"] += gate.admission.unauthenticated
+            totals["cap"] = gate.admission.config.ordinary_cap
+            totals["descriptor_limit"] = gate.admission.config.descriptor_limit
         return {
             "total": totals["total"],
             "unauthenticated": totals["unauthenticated"],
-            "cap": cap,
-            "descriptor_limit": limit,
+            "cap": totals["cap"],
+            "descriptor_limit": totals["descriptor_limit"],
             "auth_failures": totals["auth_failures"],
             "refused": dict(refused),
         }

@@ -74,7 +74,42 @@ class Records(Msg, frozen=True, kw_only=True):
     records: list[StreamRecord]
 
 
+class Login(Msg, frozen=True, kw_only=True):
+    """What became of a connection the supervisor passed: a rejected key, a login, its close."""
+
+    ticket: int
+    event: str  # "auth_failed" | "authenticated" | "closed"
+    agent_id: str = ""
+    username: str = ""
+
+
+class TakeShare(Msg, frozen=True, kw_only=True):
+    """Ask the relay for one of an agent's per-agent fair shares (relay.workers.shares)."""
+
+    req: int
+    share: str  # a quota.core.shares.Share value, one counted per agent
+    agent_id: str
+
+
+class ReleaseShare(Msg, frozen=True, kw_only=True):
+    """Give back one per-agent share the relay granted."""
+
+    share: str
+    agent_id: str
+
+
 # -- supervisor -> worker ------------------------------------------------------------
+
+
+class ShareAnswer(Msg, frozen=True, kw_only=True):
+    """The relay's answer to a TakeShare: granted, or refused with the message the agent sees."""
+
+    req: int
+    share: str
+    agent_id: str
+    ok: bool
+    message: str = ""
+    cause: str = ""
 
 
 class Grant(Msg, frozen=True, kw_only=True):
@@ -126,6 +161,23 @@ class Agents(Msg, frozen=True, kw_only=True):
     agents: list[wire.RelayAgent]
 
 
+# -- on the descriptor channel: connections to the SSH port (relay.workers.door) ----------
+
+
+class Passed(Msg, frozen=True, kw_only=True):
+    """A connection the supervisor's gate admitted; the message carries its descriptor."""
+
+    ticket: int
+    trusted: bool = False  # from an address where an agent holding tunnels is logged in
+
+
+class Dismiss(Msg, frozen=True, kw_only=True):
+    """The supervisor's gate tells a passed connection to go (a `quota.core.admission.Reason`)."""
+
+    ticket: int
+    reason: str
+
+
 # -- reaching an endpoint held by another worker (on the descriptor channel) --------------
 
 
@@ -156,6 +208,12 @@ Message = (
     | GiveBack
     | Usage
     | Records
+    | Login
+    | TakeShare
+    | ReleaseShare
+    | ShareAnswer
+    | Passed
+    | Dismiss
     | Grant
     | Recall
     | SetActive

@@ -23,12 +23,11 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
 
@@ -37,9 +36,10 @@ from relay.errors import Refused
 from relay.hub.hub import Hub
 from relay.hub.tunnels import ENDPOINT, UDP_ENDPOINT, is_address
 from relay.registry import Agent
+from relay.ssh.backlog import NEVER_FULL, backlog_of
 from relay.ssh.fastsend import FastSender, fast_sender
 from relay.ssh.quicken import quicken
-from relay.tcp.tunnels import TcpTunnels
+from relay.tcp.tunnels import PAIR_BUFFER, TcpTunnels
 from relay.udp.channels import SupportSession
 from relay.udp.relay import UDP_PREFIX, udp_for
 from relay.workers.messages import Message, Reach, Reached, decode, encode
@@ -65,8 +65,15 @@ class FdChannel:
 
     def send(self, message: Message, fd: int | None = None) -> None:
         # the other side may be gone: its reach times out, or it is started again
-        with contextlib.suppress(OSError):
+        self.try_send(message, fd)
+
+    def try_send(self, message: Message, fd: int | None = None) -> bool:
+        """Send; False if it could not be (the other side is gone or its queue is full)."""
+        try:
             socket.send_fds(self.sock, [encode(message)], [] if fd is None else [fd])
+        except OSError:
+            return False
+        return True
 
     def _readable(self) -> None:
         while True:
@@ -97,17 +104,29 @@ def _no_views(chan: Any) -> bool:
 
 
 class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
-    """The support agent's channel, spliced to the socket toward the owner's worker."""
+    """The support agent's channel, spliced to the socket toward the owner's worker.
 
-    def __init__(self, other: _SocketSide) -> None:
+    The socket is read only while neither the channel (its window, `pause_writing`)
+    nor the SSH connection's write buffer (relay.ssh.backlog: a peer may advertise
+    a huge window and stop reading) is full: two reasons, composed as a set.
+    """
+
+    def __init__(self, other: _SocketSide, write_buffer: int) -> None:
         self.other = other
+        self.write_buffer = write_buffer
         self.chan: Any = None
         self.fast: FastSender | None = None
+        self.backlog = NEVER_FULL
+        self.backed_up = False  # relay.ssh.backlog.Writer
+        self.lost = False
+        self._holds: set[str] = set()  # why the socket is not read: "window", "backlog"
 
     def connection_made(self, chan: Any) -> None:
         self.chan = chan
         quicken(chan, _no_views)  # the byte path's own trims of asyncssh's per-packet work
-        self.fast = fast_sender(chan.get_connection())
+        conn = chan.get_connection()
+        self.fast = fast_sender(conn)
+        self.backlog = backlog_of(conn, self.write_buffer)
         self.other.joined(self)
 
     def write(self, data: bytes) -> None:
@@ -115,6 +134,23 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
             self.fast.send(self.chan, data)
         else:
             self.chan.write(data)
+        if self.backlog.full and not self.backed_up:
+            self.backlog.hold(self)
+
+    def on_backlog(self, full: bool) -> None:
+        self._hold("backlog", full)
+
+    def _hold(self, reason: str, on: bool) -> None:
+        before = bool(self._holds)
+        if on:
+            self._holds.add(reason)
+        else:
+            self._holds.discard(reason)
+        if before != bool(self._holds):
+            if self._holds:
+                self.other.pause_reading()
+            else:
+                self.other.resume_reading()
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         self.other.write(data)
@@ -124,19 +160,27 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.backlog.forget(self)
         self.other.close()
 
     def pause_writing(self) -> None:
-        self.other.pause_reading()
+        self._hold("window", True)
 
     def resume_writing(self) -> None:
-        self.other.resume_reading()
+        self._hold("window", False)
 
 
 class _SocketSide(asyncio.Protocol):
-    """The end of the stream's socket pair in the support agent's worker."""
+    """The end of the stream's socket pair in the support agent's worker.
 
-    def __init__(self) -> None:
+    For a UDP endpoint the owner's worker only ever closes its end whole (the
+    tunnel went): end of file closes the support agent's channel, so the agent
+    reopens toward the tunnel that replaces it, as it does in one process.
+    """
+
+    def __init__(self, *, udp: bool = False) -> None:
+        self.udp = udp
         self.transport: Any = None
         self.channel: _ChannelSide | None = None
         self.early: list[bytes] = []  # bytes from the owner before the channel is up
@@ -163,6 +207,8 @@ class _SocketSide(asyncio.Protocol):
             self.channel.write(data)
 
     def eof_received(self) -> bool:
+        if self.udp:
+            return False  # the transport closes: connection_lost closes the channel
         if self.channel is None:
             self.early_eof = True
         else:
@@ -212,6 +258,7 @@ class RemoteReach:
         self.fds = FdChannel(channel_sock, self._on_message)
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[tuple[Reached, int | None]]] = {}
+        self.on_other: OnMessage | None = None  # what else comes on the channel
 
     def start(self) -> None:
         self.fds.start()
@@ -258,10 +305,10 @@ class RemoteReach:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"quotarelay: {message}"
             )
-        side = _SocketSide()
+        side = _SocketSide(udp=kind == UDP_ENDPOINT)
         sock = socket.socket(fileno=fd)
         await asyncio.get_running_loop().connect_accepted_socket(lambda: side, sock)
-        return _ChannelSide(side)
+        return _ChannelSide(side, self.hub.config.write_buffer)
 
     def _on_message(self, message: Message, fd: int | None) -> None:
         if isinstance(message, Reached):
@@ -272,6 +319,8 @@ class RemoteReach:
                 os.close(fd)
         elif isinstance(message, Reach):
             self.hub.spawn(self._answer(message), f"reach-{message.req}")
+        elif self.on_other is not None:
+            self.on_other(message, fd)  # connections to the SSH port (relay.workers.door)
         elif fd is not None:
             os.close(fd)
 
@@ -294,7 +343,7 @@ class RemoteReach:
         except Refused as exc:
             self.fds.send(Reached(req=ask.req, status="refused", message=str(exc)))
             return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = _pair()
         try:
             orig = (ask.orig_host, ask.orig_port)
             await self.tcp.bridge_socket(tunnel, peer, held, ours, orig)
@@ -326,8 +375,16 @@ class RemoteReach:
         theirs.close()
 
     async def _serve_udp(self, session: SupportSession, sock: socket.socket) -> None:
-        channel = _SocketChannel(session)
+        channel = _SocketChannel(session, self.hub.config.write_buffer)
         await asyncio.get_running_loop().connect_accepted_socket(lambda: channel, sock)
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    """A stream's socket pair between workers, its kernel buffers kept to PAIR_BUFFER each way."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for end in (ours, theirs):
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_BUFFER)
+    return ours, theirs
 
 
 def _endpoint(host: str) -> tuple[str, str]:
@@ -344,13 +401,16 @@ class _NoConnection:
 class _SocketChannel(asyncio.Protocol):
     """The owner's worker's end of a UDP reach, dressed as the channel a framed session expects."""
 
-    def __init__(self, session: SupportSession) -> None:
+    def __init__(self, session: SupportSession, write_buffer: int) -> None:
         self.session = session
+        self.write_buffer = write_buffer
         self.transport: Any = None
         self._conn = _NoConnection()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        # what an SSH connection's buffer holds (relay.ssh.backlog): datagrams beyond are dropped
+        cast(asyncio.WriteTransport, transport).set_write_buffer_limits(high=self.write_buffer)
         self.session.connection_made(self)
 
     def data_received(self, data: bytes) -> None:

@@ -1,8 +1,9 @@
 """The supervisor of a relay with `relay.workers` > 1: it starts workers, and is their quota host.
 
 Invariants:
-- It holds the SSH port (bound with SO_REUSEPORT, never listening) so that
-  port 0 picks one port all workers share and no other program takes it.
+- It listens on the SSH port, admits each connection by the relay's one gate
+  and passes it to a worker (relay.workers.door): pre-login limits count the
+  relay as a whole.
 - The one quota host (relay.workers.host), quota agent, journal and billing
   sync, stream-log writer and admin API of the relay live here; the workers
   carry the bytes.
@@ -41,13 +42,15 @@ from relay.admin.server import AdminServer
 from relay.config import RelayConfig
 from relay.descriptors import raise_nofile
 from relay.errors import ConfigError
+from relay.hub.gate import Gate
 from relay.hub.hub import Hub
 from relay.opening import metrics_server, open_books, open_quota_agent
 from relay.ready import announce
 from relay.registry import Registry
+from relay.workers.door import Door
 from relay.workers.host import WorkerHost
 from relay.workers.link import Link
-from relay.workers.messages import IpcError, Message, Reach, Reached, Ready
+from relay.workers.messages import IpcError, Login, Message, Reach, Reached, Ready
 from relay.workers.reach import FdChannel
 from relay.workers.view import RelayView
 
@@ -59,12 +62,11 @@ STABLE_S = 5.0  # a worker that dies sooner after its start is started again aft
 
 
 def hold_port(config: RelayConfig) -> socket.socket:
-    """Bind (not listen) the SSH address with SO_REUSEPORT: the port the workers will share."""
+    """Bind (not yet listen) the SSH address: the door listens once every worker is ready."""
     host, port = config.ssh_listen.host, config.ssh_listen.port
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -147,6 +149,13 @@ class Router:
 
 
 class Supervisor:
+    def ready_workers(self) -> list[tuple[int, FdChannel]]:
+        """The workers that listen now, with their descriptor channels (the door's choice)."""
+        channels = self.router.channels
+        return [
+            (s.key, channels[s.key]) for s in self.slots if s.ready.is_set() and s.key in channels
+        ]
+
     def __init__(self, config: RelayConfig, host: WorkerHost, ssh_port: int) -> None:
         if config.source is None:
             raise ConfigError("relay.workers: more than one worker needs a config file")
@@ -159,6 +168,7 @@ class Supervisor:
         self._keys = itertools.count(1)
         self.restarts = 0
         self.router = Router()
+        self.door: Door | None = None
 
     async def start(self, slot: Worker) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -194,6 +204,9 @@ class Supervisor:
                 if isinstance(message, Ready):
                     self.host.joined(key, link, message)
                     slot.ready.set()
+                elif isinstance(message, Login):
+                    if self.door is not None:
+                        self.door.on_login(key, message)
                 else:
                     self.host.handle(key, message)
         except (IpcError, InvalidValue) as exc:
@@ -232,6 +245,8 @@ class Supervisor:
                 await slot.reader  # every record it sent is in before its streams are closed
             closed = self.host.lost(slot.key)
             self.router.lost(slot.key)
+            if self.door is not None:
+                self.door.lost(slot.key)
             if self.stopping:
                 return
             self.restarts += 1
@@ -294,14 +309,18 @@ async def serve_workers(
                 hook=lambda q: _hook(host, q),
             )
         supervisor = Supervisor(config, host, ssh_port)
+        gate = host.gate = Gate(config.gate.admission(limit))
+        door = supervisor.door = Door(held, gate, supervisor.ready_workers, host.holds_tunnels)
         offline = config.billing.offline if config.billing else "continue"
         health = RelayHealth(streamlog, quota, offline)
         watchers: list[asyncio.Task[None]] = []
         syncing = None
+        gating = asyncio.create_task(gate.run(), name="gate")
         try:
             for slot in supervisor.slots:
                 await supervisor.start(slot)
             await supervisor.wait_ready()
+            door.start()
             health.listening = True
             admin = await stack.enter_async_context(
                 AdminServer(
@@ -323,6 +342,7 @@ async def serve_workers(
                 metrics_port=metrics.port,
                 line={"workers": config.workers},
                 nofile=limit,
+                connection_cap=gate.admission.config.ordinary_cap,
             )
             watchers = [
                 asyncio.create_task(supervisor.watch(s), name=f"worker-{s.index}")
@@ -335,11 +355,16 @@ async def serve_workers(
             await stop.wait()
         finally:
             log.info("relay_stopping")
+            door.close()
             await supervisor.stop()
             await asyncio.gather(*watchers, return_exceptions=True)
             for slot in supervisor.slots:
                 host.lost(slot.key)  # none left after a clean stop
                 supervisor.router.lost(slot.key)
+                door.lost(slot.key)
+            gating.cancel()
+            await asyncio.gather(gating, return_exceptions=True)
+            gate.flush(final=True)
             if syncing is not None and quota is not None:
                 syncing.cancel()
                 await asyncio.gather(syncing, return_exceptions=True)

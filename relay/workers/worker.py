@@ -24,41 +24,58 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
+import asyncssh
 import structlog
+from asyncssh.connection import SSHServerConnection
 
 from quota.core.bucket import Bucket
 from quota.core.sublease import want_size
-from relay.app import _interim, load_host_key, open_front
-from relay.config import load_config
-from relay.descriptors import AcceptErrors, raise_nofile
+from relay.app import _interim, front_options, load_host_key
+from relay.config import RelayConfig, load_config
+from relay.descriptors import AcceptErrors, descriptor_limit, raise_nofile
+from relay.errors import Refused
 from relay.hub.billing import BillingLink
 from relay.hub.control import Control
 from relay.hub.hub import Hub
+from relay.hub.shares import Held
 from relay.registry import Agent, Registry
+from relay.ssh.front import AgentServer
 from relay.streamlog.record import StreamRecord
 from relay.streamlog.writer import StreamLog
+from relay.workers.door import PassedGate
 from relay.workers.link import Link
 from relay.workers.messages import (
     Agents,
+    Dismiss,
     Flush,
     GiveBack,
     Grant,
     LeaseAnswered,
+    Login,
     Message,
+    Passed,
     PauseStream,
     Ready,
     Recall,
     Records,
     SetActive,
     SetLowWater,
+    ShareAnswer,
     Usage,
     Want,
 )
 from relay.workers.reach import RemoteReach
+from relay.workers.shares import RelayWideShares
 
 log = structlog.get_logger("relay.worker")
 
 USAGE_EVERY_MS = 100
+# A sub-lease's headroom: a stream at loopback line rate (1-2 GB/s) passes 16 MiB in
+# about 10 ms, more than the round trip to the supervisor under load; streams that
+# still wait double it, up to the ceiling. The supervisor never hands out more than
+# its pool, and recalls idle headroom when another worker's streams wait.
+SUBLEASE_FLOOR = 16 * 1024 * 1024
+SUBLEASE_CEILING = 256 * 1024 * 1024
 
 
 class RecordSink:
@@ -88,7 +105,8 @@ class Feeder:
         self.sink = sink
         self.billing = BillingLink(hub)  # the same paths the billing sync takes
         config = hub.config
-        self.chunk = max(4 * config.slice_bytes, 2 * config.low_water)
+        self.chunk = max(4 * config.slice_bytes, 2 * config.low_water, SUBLEASE_FLOOR)
+        self.chunks: dict[str, int] = {}  # agent -> its chunk now (doubled after each wait)
         self._nudged = False
         self._holders: set[str] = set()  # agents with a tunnel here, as of the last tick
         self._opening: set[str] = set()  # agents opening a tunnel since the last tick
@@ -110,7 +128,7 @@ class Feeder:
         supervisor; the headroom goes back on a recall when another worker waits.
         """
         if agent_id in self._holders or bucket.meters:
-            return max(bucket.low_water, self.chunk // 2)
+            return max(bucket.low_water, self.chunks.get(agent_id, self.chunk) // 2)
         return bucket.low_water
 
     def check_low_water(self, bucket: Bucket) -> None:
@@ -138,11 +156,14 @@ class Feeder:
         for agent_id, bucket in self.hub.buckets.items():
             if bucket.inactive:
                 continue
+            chunk = self.chunks.get(agent_id, self.chunk)
+            if bucket.short:  # streams wait on this worker's sub-lease (or on the relay's)
+                chunk = self.chunks[agent_id] = min(2 * chunk, SUBLEASE_CEILING)
             n = want_size(
                 short=bucket.short,
                 remaining=bucket.remaining,
                 low_water=self.low_mark(agent_id, bucket),
-                chunk=self.chunk,
+                chunk=chunk,
             )
             if n:
                 self.link.send(Want(agent_id=agent_id, nbytes=n, need=bucket.short))
@@ -207,6 +228,71 @@ class Feeder:
         elif isinstance(message, Flush):
             self.sink.flush()
             self.report(message.seq)
+        elif isinstance(message, ShareAnswer) and isinstance(hub.shares, RelayWideShares):
+            hub.shares.answered(message)
+
+
+def share_refused(hub: Hub, held: Held, exc: Refused) -> None:
+    """The relay refused a share this worker took at once (a login): end what took it."""
+    for server in list(hub.connections):
+        if server.held is held:
+            server.held = None
+            server.login_refused(exc)
+    for tunnel in hub.tunnels.all():
+        if tunnel.held is held:
+            tunnel.held = None
+            hub.refuse(tunnel.conn, tunnel.agent, f"-R {tunnel.listen_host}:{tunnel.port}", exc)
+            hub.remove_tunnel(tunnel)
+
+
+async def front_connection_options(config: RelayConfig, hub: Hub, host_key: Any) -> Any:
+    """asyncssh's server options for the connections the supervisor passes, built once."""
+    return await asyncssh.SSHServerConnectionOptions.construct(
+        server_factory=lambda: AgentServer(hub), **front_options(config, host_key)
+    )
+
+
+class PassedFront:
+    """The SSH front of a worker: it serves the connections the supervisor admitted and passed."""
+
+    def __init__(self, hub: Hub, options: Any) -> None:
+        self.hub = hub
+        self.options = options
+        self.closing = False
+
+    def on_message(self, message: Message, fd: int | None) -> None:
+        gate = self.hub.gate
+        assert isinstance(gate, PassedGate)
+        if isinstance(message, Passed):
+            if fd is not None and not self.closing:
+                if message.trusted:
+                    gate.trusted.add(message.ticket)
+                self.hub.spawn(self._serve(message.ticket, fd), f"ssh-{message.ticket}")
+                return
+            gate.link.send(Login(ticket=message.ticket, event="closed"))
+        elif isinstance(message, Dismiss):
+            gate.dismiss(message.ticket, message.reason)
+        if fd is not None:
+            os.close(fd)
+
+    async def _serve(self, ticket: int, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+
+        def connection() -> Any:
+            conn = SSHServerConnection(loop, self.options)
+            conn.set_extra_info(ticket=ticket)
+            return conn
+
+        sock = socket.socket(fileno=fd)
+        try:
+            await loop.connect_accepted_socket(connection, sock)
+        except OSError:
+            sock.close()  # gone before it was served: the supervisor's gate forgets it
+            assert isinstance(self.hub.gate, PassedGate)
+            self.hub.gate.link.send(Login(ticket=ticket, event="closed"))
+
+    def close(self) -> None:
+        self.closing = True
 
 
 def _live(hub: Hub) -> list[dict[str, Any]]:
@@ -237,6 +323,9 @@ async def run_worker(
     link = await Link.over(socket.socket(fileno=ipc_fd))
     sink = RecordSink(link)
     hub = Hub(config, registry, cast(StreamLog, sink))  # the recorder only calls `record`
+    hub.gate = PassedGate(config.gate.admission(descriptor_limit()), link)
+    hub.shares = hub.tunnels.shares = shares = RelayWideShares(config.shares, link)
+    shares.on_refused = lambda held, exc: share_refused(hub, held, exc)
     hub.serial_tag = f"w{index}."
     hub.book = None  # stream figures are journaled by a quota agent; a worker runs none
     feeder = Feeder(hub, link, sink)
@@ -249,7 +338,8 @@ async def run_worker(
     AcceptErrors(loop).install()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
-    server = await open_front(config, hub, host_key, port=ssh_port, reuse_port=True)
+    front = PassedFront(hub, await front_connection_options(config, hub, host_key))
+    reach.on_other = front.on_message
     link.send(Ready(worker=index, pid=os.getpid()))
     tasks = [
         asyncio.create_task(_read(link, feeder, stop), name="worker-link"),
@@ -261,7 +351,7 @@ async def run_worker(
     try:
         await stop.wait()
     finally:
-        server.close()
+        front.close()
         hub.close_all("relay_shutdown")
         await hub.drain_tasks()
         for task in tasks:
@@ -273,7 +363,6 @@ async def run_worker(
         await link.drain()
         await link.aclose()
         reach.close()
-        await server.wait_closed()
     log.info("worker_stopped", worker=index)
     return 0
 

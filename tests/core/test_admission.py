@@ -337,3 +337,20 @@ class AdmissionMachine(RuleBasedStateMachine):
 
 TestAdmissionMachine = AdmissionMachine.TestCase
 TestAdmissionMachine.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
+
+
+def test_a_connection_held_for_another_gate_counts_descriptors_only() -> None:
+    """A held connection (admitted by a supervisor) takes room, not a start-up, until closed."""
+    adm = Admission(AdmissionConfig(descriptor_limit=5, reserve=3, tunnel_reserve=1))
+    assert adm.held("passed") == Accept()
+    assert (adm.total, adm.unauthenticated, adm.standing("10.0.0.1/32")) == (1, 0, 0)
+    with pytest.raises(InvalidValue):
+        adm.held("passed")
+    assert adm.connect("ssh", source="10.0.0.1/32", kind=Kind.SSH, now=0, roll=NEVER) == Accept()
+    dropped = adm.connect("late", source="10.0.0.2/32", kind=Kind.PUBLIC, now=0, roll=NEVER)
+    assert dropped == Drop(reason=Reason.CONNECTION_LIMIT)
+    assert adm.held("more") == Drop(reason=Reason.CONNECTION_LIMIT)  # this process is full
+    assert adm.held("agent", trusted=True) == Accept()  # the tunnel reserve
+    assert adm.refusals[Reason.CONNECTION_LIMIT] == 2
+    adm.closed("passed")
+    assert (adm.total, adm.unauthenticated) == (2, 1)

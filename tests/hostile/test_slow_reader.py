@@ -21,6 +21,7 @@ import pytest
 
 from quota.core.frames import Frame, FrameDecoder, encode
 from relay.streamlog.query import list_streams
+from tests.rigs.flood import Gauge
 from tests.rigs.keys import AgentSpec, make_agent
 from tests.rigs.metrics import scrape, value
 from tests.rigs.procs import free_port
@@ -145,11 +146,8 @@ def in_kernel(relay_port: int, peer_port: int) -> int:
 
 
 def rss(pid: int) -> int:
-    """Resident memory of process `pid`, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
+    """Resident memory of process `pid` and its children (a relay's workers), in bytes."""
+    return Gauge(pid).read().rss_kib * 1024
 
 
 @pytest.fixture
@@ -169,11 +167,17 @@ def write_buffer() -> int:
 
 
 @pytest.fixture
+def workers() -> int:
+    """The relay's `relay.workers` for a test: the default unless it is parametrized."""
+    return 1
+
+
+@pytest.fixture
 async def relay(
-    tmp_path: Path, agents: dict[str, AgentSpec], write_buffer: int
+    tmp_path: Path, agents: dict[str, AgentSpec], write_buffer: int, workers: int
 ) -> AsyncIterator[Relay]:
     sections = {
-        "relay": {"write_buffer": str(write_buffer)},
+        "relay": {"write_buffer": str(write_buffer), "workers": workers},
         "metrics": {"listen": "127.0.0.1:0"},
     }
     r = Relay(tmp_path, list(agents.values()), sections)
@@ -298,6 +302,23 @@ async def test_a_support_agent_that_stops_reading_holds_the_owner_back(
         kernel = in_kernel(relay.ssh_port, conn.get_extra_info("sockname")[1])
         await check_bounded(relay, channel.received, kernel, rss_before, write_buffer)
         await paused_in_log(relay)
+
+
+@pytest.mark.parametrize("workers", [2])
+async def test_a_support_agent_on_another_worker_that_stops_reading_holds_the_owner_back(
+    workers: int,
+    relay: Relay,
+    agents: dict[str, AgentSpec],
+    clients: list[Ssh],
+    pour: Pour,
+    other: OtherTenant,
+) -> None:
+    """Two workers, the stalled channel in one and its owner in the other: bounded all the same."""
+    # connections go to the workers in turn: the other tenant's two, then nas-agent's to
+    # worker 0 and tech's to worker 1, so the stalled stream crosses between them
+    await test_a_support_agent_that_stops_reading_holds_the_owner_back(
+        WRITE_BUFFER, relay, agents, clients, pour, other
+    )
 
 
 async def test_a_public_client_that_stops_reading_holds_the_owner_back(

@@ -226,13 +226,19 @@ def test_metrics_section_defaults_off_and_is_validated(
             load_config(_write(tmp_path, text))
 
 
-def test_workers_default_to_one_and_zero_means_every_core(
+def test_workers_default_to_one_and_zero_means_one_per_core_at_most_eight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """relay.workers: 1 by default, 0 is the number of cores, beyond 0..256 is refused."""
+    """relay.workers: 1 by default; 0 is one per core, at most 8; beyond 0..256 is refused."""
     monkeypatch.delenv("QUOTARELAY_RELAY_WORKERS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    zero = "[relay]\nworkers = 0\n"
     assert load_config(_write(tmp_path, "")).workers == 1
+    assert load_config(_write(tmp_path, zero)).workers == min(cores, 8)
     assert load_config(_write(tmp_path, "[relay]\nworkers = 3\n")).workers == 3
-    assert load_config(_write(tmp_path, "[relay]\nworkers = 0\n")).workers == (os.cpu_count() or 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))
+    assert load_config(_write(tmp_path, zero)).workers == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    assert load_config(_write(tmp_path, zero)).workers == 1  # one core: the one-process relay
     with pytest.raises(ConfigError, match=r"relay\.workers"):
         load_config(_write(tmp_path, "[relay]\nworkers = -1\n"))

@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import pytest
 
 from tests.rigs.agent import AgentProc, start
+from tests.rigs.flood import Flood
 from tests.rigs.keys import AgentSpec, make_agent
 from tests.rigs.procs import free_port
 from tests.rigs.relay import Relay
@@ -306,4 +308,85 @@ async def test_a_revoke_takes_back_what_the_workers_hold(
 
         await poll(paused, "the stream paused with nothing granted")
         assert sum(c.received for c in service.conns) == 0
+        writer.close()
+
+
+async def test_pre_login_limits_count_the_relay_not_a_worker(relay: Relay) -> None:
+    """40 silent connections from one address: 10 held by the relay as a whole, 30 dropped."""
+    with Flood() as flood:
+        flood.open(relay.ssh_port, 40)
+
+        async def settled() -> bool:
+            held = (await relay.call("status"))["connections"]
+            return bool(held["unauthenticated"] + sum(held["refused"].values()) >= 40)
+
+        await poll(settled, "40 connections held or dropped")
+        held = (await relay.call("status"))["connections"]
+        assert held["unauthenticated"] == 10
+        assert held["refused"] == {"per_source_startups": 30}
+        await poll(lambda: flood.still_open() == 10, "the relay to close the dropped ones")
+        workers = await _workers(relay)
+        assert sum(w["connections"] for w in workers) == 10
+        assert all(w["connections"] for w in workers)  # passed to both workers
+
+
+async def _log_in(relay: Relay, agent: AgentSpec) -> Any:
+    return await asyncssh.connect(
+        "127.0.0.1",
+        relay.ssh_port,
+        username=agent.agent_id,
+        client_keys=[str(agent.key_path)],
+        known_hosts=None,
+        agent_path=None,
+    )
+
+
+async def test_an_agents_ssh_connections_count_the_relay(
+    relay: Relay, agents: dict[str, AgentSpec]
+) -> None:
+    """20 logins of nas-agent passed over both workers: 16 stay, 4 are told why and ended."""
+    conns = [await _log_in(relay, agents["nas"]) for _ in range(20)]
+    await poll(lambda: sum(c.is_closed() for c in conns) == 4, "the relay to end 4 logins")
+    assert all(w["connections"] for w in await _workers(relay))  # on both workers
+    await relay.stop()
+    with sqlite3.connect(relay.db_path) as db:
+        rows = db.execute("SELECT close_reason FROM stream_events WHERE event = 'refused'")
+        assert [r[0] for r in rows] == ["too_many_ssh_connections"] * 4
+    for conn in conns:
+        conn.close()
+
+
+async def test_an_agents_public_ports_count_the_relay(
+    relay: Relay, agents: dict[str, AgentSpec]
+) -> None:
+    """One `-R 0` on each of 12 connections of nas-agent, over both workers: 8 ports given."""
+    conns = [await _log_in(relay, agents["nas"]) for _ in range(12)]
+    ports = []
+    for conn in conns:
+        try:
+            listener = await conn.forward_remote_port("", 0, "127.0.0.1", 9)
+            ports.append(listener.get_port())
+        except asyncssh.ChannelListenError:
+            pass
+    assert len(ports) == 8
+    assert (await relay.call("status"))["tunnels"] == 8
+    assert all(w["tunnels"] for w in await _workers(relay))  # on both workers
+    for conn in conns:
+        conn.close()
+
+
+async def test_an_operators_pause_answers_with_the_stream_paused(
+    relay: Relay, agents: dict[str, AgentSpec], clients: list[Ssh]
+) -> None:
+    """POST pause on a stream in a worker: the answer already shows it paused, then resumed."""
+    await relay.call("grant", "web-agent", 10 * MiB)
+    async with DigestService() as service:
+        port = await _public_port(relay, agents["web"], service.port, clients)
+        writer = await _push(port, b"x" * 1000)
+        await poll(lambda: len(service.conns) == 1, "the stream at the service")
+        [stream] = await relay.call("streams")
+        paused = await relay.call("pause_stream", stream["stream_id"], True)
+        assert (paused["state"], paused["pause_reason"]) == ("paused", "operator")
+        resumed = await relay.call("pause_stream", stream["stream_id"], False)
+        assert resumed["state"] != "paused"
         writer.close()

@@ -84,22 +84,53 @@ def _alive(sock: socket.socket) -> bool:
 
 @dataclass(frozen=True)
 class Reading:
-    rss_kib: int
-    fds: int
+    rss_kib: int  # summed over the processes
+    fds: int  # summed over the processes
+    fds_max: int = 0  # the most one process holds (each has its own open-files limit)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a relay's supervisor and its workers), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        todo.extend(int(c) for c in children)
+    return found
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of one process, in KiB (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next(
+        (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0
+    )
+
+
+def fd_count(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
 
 
 class Gauge:
-    """Resident memory and descriptors of one process, from /proc."""
+    """Resident memory and descriptors of a process and its children (a relay's workers)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
 
     def read(self) -> Reading:
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        rss = next(
-            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
-        )
-        return Reading(rss_kib=rss, fds=len(os.listdir(f"/proc/{self.pid}/fd")))
+        tree = process_tree(self.pid)
+        fds = [fd_count(p) for p in tree]
+        return Reading(rss_kib=sum(rss_kib(p) for p in tree), fds=sum(fds), fds_max=max(fds))
 
     def nofile(self) -> tuple[int, int]:
         """The process's open-files limit (soft, hard)."""
