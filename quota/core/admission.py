@@ -28,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 from collections import Counter, OrderedDict
@@ -85,8 +86,12 @@ def parse_max_startups(text: str | int) -> MaxStartups:
     return MaxStartups(start=start, rate=int(match.group(2)), full=int(match.group(3)))
 
 
+@functools.lru_cache(maxsize=4096)
 def source_key(host: str, *, v4_prefix: int = 32, v6_prefix: int = 128) -> str:
-    """The network a peer address counts under (sshd's PerSourceNetBlockSize, 32:128)."""
+    """The network a peer address counts under (sshd's PerSourceNetBlockSize, 32:128).
+
+    Cached: each connection from a source holds the same string, not a copy of its own.
+    """
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:

@@ -87,7 +87,8 @@ class Bucket:
         # it gave less (the account can pay for nothing more), and always on a relay
         # without a billing API. Says only why streams wait (quota.core.stream.held_reason).
         self.can_pay = False
-        self._meters: set[Meter] = set()
+        # a dict, not a set: at 20,000 meters a set's table is 2 MB, a dict's 0.7 MB
+        self._meters: dict[Meter, None] = {}
         self._waiters: deque[Meter] = deque()
         self._detached_passed = 0
         # Datagram bytes refused since the last grant: UDP cannot wait, so a dropped
@@ -151,14 +152,14 @@ class Bucket:
 
     def attach(self, owner: object) -> Meter:
         meter = Meter(self, owner)
-        self._meters.add(meter)
+        self._meters[meter] = None
         return meter
 
     def detach(self, meter: Meter) -> tuple[Meter, ...]:
         """Drop a meter (its stream closed); its unused allowance goes back to the pool."""
         if meter not in self._meters:
             return ()
-        self._meters.discard(meter)
+        del self._meters[meter]
         self._detached_passed += meter.passed
         self.charged -= meter.allowance + meter.owed
         meter.allowance = meter.owed = 0

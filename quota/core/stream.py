@@ -56,10 +56,20 @@ def held_reason(*, inactive: bool, can_pay: bool) -> PauseReason:
     return PauseReason.LEASE if can_pay else PauseReason.QUOTA
 
 
+def pause_bit(reason: PauseReason) -> int:
+    """`reason` as one bit: a set of reasons is an int (an idle stream side holds no object)."""
+    return _BIT[reason]
+
+
+def reasons_of(bits: int) -> frozenset[PauseReason]:
+    """The reasons whose bits are set in `bits`."""
+    return frozenset(r for r, bit in _BIT.items() if bits & bit)
+
+
 class PauseSet:
     """A set of pause reasons; reports only the edges (started / stopped pausing).
 
-    Held as bits of one int (no set object per stream side: idle streams stay small).
+    Held as bits of one int (`pause_bit`); the relay's legs keep the int itself.
     """
 
     __slots__ = ("_bits",)
@@ -90,7 +100,7 @@ class PauseSet:
 
     @property
     def reasons(self) -> frozenset[PauseReason]:
-        return frozenset(r for r, bit in _BIT.items() if self._bits & bit)
+        return reasons_of(self._bits)
 
 
 _BIT = {reason: 1 << i for i, reason in enumerate(PauseReason)}

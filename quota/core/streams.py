@@ -246,6 +246,9 @@ class Close:
 Action = Register | AttachPeers | Pause | Resume | CloseLegs | LogRecord | Close
 
 
+_NO_SIDES: frozenset[Side] = frozenset()  # shared: an idle stream holds no set of its own
+
+
 class StreamMachine:
     """The decisions of one stream (two legs, or one datagram flow)."""
 
@@ -273,7 +276,7 @@ class StreamMachine:
         self.close_reason = ""
         self._holding: PauseReason | None = None  # why the legs wait for bucket bytes
         self._operator = False  # an operator paused the stream
-        self._full: set[Side] = set()  # sides whose write buffer is above high water
+        self._full: frozenset[Side] = _NO_SIDES  # sides whose write buffer is above high water
         self._full_since = 0  # when `_full` last became non-empty
         self._full_seen = False  # an interim tick found the running buffer pause
         self._buffer_logged = False  # the running buffer pause was logged
@@ -364,13 +367,13 @@ class StreamMachine:
             return ()  # the legs are not joined: nothing was written toward a side yet
         if not self._full:
             self._full_since, self._full_seen = event.now_ms, False
-        self._full.add(event.side)
+        self._full = self._full | {event.side}
         return (Pause(reason=PauseReason.BUFFER, sides=(other(event.side),)),)
 
     def _buffer_drained(self, event: BufferDrained) -> tuple[Action, ...]:
         if event.side not in self._full:
             return ()
-        self._full.discard(event.side)
+        self._full = self._full - {event.side} or _NO_SIDES
         resume = Resume(reasons=(PauseReason.BUFFER,), sides=(other(event.side),))
         if self._full or not self._buffer_logged:
             return (resume,)

@@ -116,8 +116,9 @@ class Hub:
         self.live.closed(stream)
         if self.book is not None:
             self.book.closed(stream)
-        while stream.held:
-            self.shares.release(stream.held.pop())
+        held, stream.held = stream.held, ()
+        for one in reversed(held):
+            self.shares.release(one)
 
     def record(self, stream: Stream, event: str) -> None:
         self.recorder.record(stream, event, self.now_ms())

@@ -115,7 +115,7 @@ class Stream:
         self.bucket = bucket
         self.machine = StreamMachine(opened_at_ms=host.now_ms(), datagrams=datagrams)
         self.carrier: Carrier  # set by the TCP pair or the UDP flow that carries it
-        self.held: list[Held] = []  # fair shares taken for this stream
+        self.held: tuple[Held, ...] = ()  # fair shares taken for this stream
         self.quiet = False  # writes no record (an unanswered UDP flow, summed apart)
 
     # -- figures ----------------------------------------------------------------

@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import asyncssh
@@ -47,6 +48,7 @@ from relay.hub.tunnels import (
 )
 from relay.registry import Agent
 from relay.ssh.backlog import backlog_of
+from relay.ssh.slimchan import on_closed, slim_channels
 from relay.tcp.tunnels import TcpTunnels
 from relay.udp.relay import UDP_PREFIX, udp_for
 
@@ -107,6 +109,7 @@ class AgentServer(asyncssh.SSHServer):
     def connection_made(self, conn: Any) -> None:
         self.conn = conn
         backlog_of(conn, self.hub.config.write_buffer)  # before anything is written to it
+        slim_channels(conn)
         peer = conn.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
         host = str(peer[0]) if isinstance(peer, tuple) else ""
@@ -261,7 +264,7 @@ class AgentServer(asyncssh.SSHServer):
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"quotarelay: {exc}"
             ) from None
         chan = self.conn.create_tcp_channel()
-        self.hub.spawn(self._release_when_closed(chan, held), f"channel-{id(chan):x}")
+        on_closed(chan, functools.partial(self.hub.shares.release, held))  # no task per channel
         return chan, session
 
     def _session(self, agent: Agent, host: str, port: int, orig: tuple[str, int]) -> Any:
@@ -272,12 +275,6 @@ class AgentServer(asyncssh.SSHServer):
             return udp_for(self.hub).support_session(agent, host, port, orig)
         tunnel = self.tcp.resolve(agent, host, port)
         return self.tcp.bridge(agent, tunnel, orig)
-
-    async def _release_when_closed(self, chan: Any, held: Held) -> None:
-        try:
-            await chan.wait_closed()
-        finally:
-            self.hub.shares.release(held)
 
     def _ssh_attempt(self, agent: Agent, what: str) -> Attempt:
         """A refused login or channel, as its `refused` record names it (no tunnel)."""

@@ -13,7 +13,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import asyncssh
 
 from relay.ssh.fastrecv import install as install_receiver
+from relay.ssh.slimchan import SlimTCPChannel, lazy_closed
 
 
 class _JoinIgnore:
@@ -96,35 +96,6 @@ class _FeedInSlices:
             self.orig(view[i : i + step])
 
 
-class _LazyClosed:
-    """A channel's close event, an `asyncio.Event` only once someone waits for it.
-
-    asyncssh gives every channel an Event (its deque alone is some 700 bytes) that
-    only `wait_closed` awaits; a public-port stream's channel is never waited for.
-    """
-
-    __slots__ = ("done", "event")
-
-    def __init__(self, event: asyncio.Event | None = None) -> None:
-        self.done = False
-        self.event = event  # kept when someone already waits on it
-
-    def set(self) -> None:
-        self.done = True
-        if self.event is not None:
-            self.event.set()
-
-    def is_set(self) -> bool:
-        return self.done
-
-    async def wait(self) -> bool:
-        if not self.done:
-            if self.event is None:
-                self.event = asyncio.Event()
-            await self.event.wait()
-        return True
-
-
 def _no_log(*args: object) -> None:
     pass
 
@@ -166,25 +137,23 @@ def quicken(chan: Any, wants_view: Callable[[Any], bool]) -> None:
     Writes each MSG_IGNORE with the packet that follows it (`_JoinIgnore`), feeds
     reads in slices (`_FeedInSlices`) behind the AES-GCM receive path
     (relay.ssh.fastrecv), makes the channel's close event only when waited for
-    (`_LazyClosed`) and, while asyncssh's packet logging is off
+    (relay.ssh.slimchan.LazyClosed) and, while asyncssh's packet logging is off
     (debug level below 3), skips the log calls that format a message for every
     packet only to drop it. All are per-object overrides of asyncssh internals,
     skipped if those names change; measured by `make bench` (bench/RESULTS.md,
     summed up in the README's Benchmarks section).
     """
     quiet = getattr(asyncssh.logger, "_debug_level", 3) < 3
-    closed = chan.__dict__.get("_close_event")
-    if type(closed) is asyncio.Event and not closed.is_set():
-        # a waiter may already be parked on the Event (the front's share release is)
-        chan._close_event = _LazyClosed(closed if getattr(closed, "_waiters", True) else None)
-    names = ("_recv_buf", "_recv_window", "_init_recv_window", "_deliver_data")
-    if all(hasattr(chan, n) for n in names) and not isinstance(
-        chan.__dict__.get("_deliver_data"), _AdjustWhenDrained
-    ):
-        chan._deliver_data = _AdjustWhenDrained(chan)
+    if not isinstance(chan, SlimTCPChannel):  # a slim channel does both in its class
+        lazy_closed(chan)
+        names = ("_recv_buf", "_recv_window", "_init_recv_window", "_deliver_data")
+        if all(hasattr(chan, n) for n in names) and not isinstance(
+            chan.__dict__.get("_deliver_data"), _AdjustWhenDrained
+        ):
+            chan._deliver_data = _AdjustWhenDrained(chan)
     conn = chan.get_connection()
-    if quiet and hasattr(chan, "log_sent_packet"):
-        chan.log_sent_packet = chan.log_received_packet = _no_log
+    if quiet and not isinstance(chan, SlimTCPChannel) and hasattr(chan, "log_sent_packet"):
+        chan.log_sent_packet = chan.log_received_packet = _no_log  # a slim channel's class does it
     if conn is None or not hasattr(conn, "_send") or not hasattr(conn, "_transport"):
         return
     if not isinstance(conn.__dict__.get("_send"), _JoinIgnore):

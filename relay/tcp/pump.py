@@ -27,7 +27,7 @@ from typing import Any, Protocol, cast
 import asyncssh
 
 from quota.core.bucket import Meter
-from quota.core.stream import PauseReason, PauseSet
+from quota.core.stream import PauseReason, pause_bit, reasons_of
 from relay.ssh.backlog import NEVER_FULL, backlog_of
 from relay.ssh.fastsend import FastSender, fast_sender
 from relay.ssh.quicken import quicken
@@ -63,9 +63,9 @@ class Leg:
         "lost",
         "meter",
         "name",
+        "paused_by",
         "peer",
         "pending",
-        "reasons",
         "stream",
     )
 
@@ -79,7 +79,7 @@ class Leg:
         self.name = name
         self.peer = None
         self.meter = None
-        self.reasons = PauseSet()
+        self.paused_by = 0  # the pause reasons, as bits (quota.core.stream.pause_bit)
         self.held = b""
         self.pending: list[bytes] | None = None  # bytes read before the peer was attached
         self.eof_in = False  # EOF read from this leg
@@ -106,15 +106,23 @@ class Leg:
 
     # -- pausing ----------------------------------------------------------------
 
+    @property
+    def reasons(self) -> frozenset[PauseReason]:
+        return reasons_of(self.paused_by)
+
     def pause(self, reason: PauseReason) -> None:
         # Pause the transport even when a reason was already set: uvloop starts reading
         # after connection_made even if pause_reading() was called in it.
-        self.reasons.add(reason)
+        self.paused_by |= pause_bit(reason)
         if self.connected and not self.lost:
             self._pause_transport()
 
     def unpause(self, reason: PauseReason) -> None:
-        if self.reasons.discard(reason) and self.connected and not self.lost:
+        bit = pause_bit(reason)
+        if not self.paused_by & bit:
+            return
+        self.paused_by &= ~bit
+        if not self.paused_by and self.connected and not self.lost:
             self._resume_transport()
 
     # -- the byte path ------------------------------------------------------------
@@ -214,27 +222,27 @@ class Leg:
 class TcpLeg(Leg, asyncio.Protocol):
     """A TCP socket: a public-port client, or a plain target."""
 
-    __slots__ = ("peername", "transport")
+    __slots__ = ("transport",)
+
+    # Accepted from a listener that set SO_KEEPALIVE and TCP_NODELAY (`keep_alive`), which
+    # the socket inherits: asking for it here would keep a socket object per connection.
+    options_from_listener = False
 
     transport: asyncio.Transport | None
 
     def __init__(self, stream: LegStream, name: str) -> None:
         self._init_leg(stream, name)
         self.transport = None
-        self.peername = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.connected = True
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family != socket.AF_UNIX:  # a worker's socket pair: no TCP
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.peername = f"{peer[0]}:{peer[1]}"
+        if not self.options_from_listener:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family != socket.AF_UNIX:  # a worker's pair: no TCP
+                keep_alive(sock)
         self.transport.set_write_buffer_limits(high=self.stream.write_buffer)
-        if self.reasons:
+        if self.paused_by:
             self.transport.pause_reading()
         self.stream.leg_connected(self)
 
@@ -287,7 +295,7 @@ class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
         quicken(chan, _takes_views)
         self.fast = fast_sender(chan.get_connection())
         self.backlog = backlog_of(chan.get_connection(), self.stream.write_buffer)
-        if self.reasons:
+        if self.paused_by:
             chan.pause_reading()
         self.stream.leg_connected(self)
 
@@ -329,6 +337,12 @@ class ChannelLeg(Leg, asyncssh.SSHTCPSession[bytes]):
 
 
 LegFactory = Callable[[], Leg]
+
+
+def keep_alive(sock: Any) -> None:
+    """TCP keepalives and no Nagle delay on `sock` (or on every socket a listener accepts)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _takes_views(chan: Any) -> bool:

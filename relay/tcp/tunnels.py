@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 from typing import Any, cast
 
 import asyncssh
@@ -33,7 +34,7 @@ from relay.hub.shares import Held
 from relay.hub.stream import Stream
 from relay.hub.tunnels import PUBLIC, Tunnel, is_address
 from relay.registry import Agent
-from relay.tcp.pump import ChannelLeg, TcpLeg
+from relay.tcp.pump import ChannelLeg, TcpLeg, keep_alive
 from relay.tcp.stream import TcpPair
 
 log = structlog.get_logger("relay")
@@ -72,6 +73,8 @@ class TcpTunnels:
                     reuse_address=True,
                     backlog=LISTEN_BACKLOG,
                 )
+                for sock in tunnel.server.sockets:
+                    keep_alive(sock)  # inherited by every connection it accepts
                 break
             except OSError as exc:
                 hub.tunnels.remove(tunnel)
@@ -106,12 +109,14 @@ class TcpTunnels:
         )
         return TcpPair(stream, write_buffer=write_buffer or hub.config.write_buffer)
 
-    def take_shares(self, tunnel: Tunnel, peer: str, *scoped: tuple[Share, object]) -> list[Held]:
+    def take_shares(
+        self, tunnel: Tunnel, peer: str, *scoped: tuple[Share, object]
+    ) -> tuple[Held, ...]:
         """Take each share for a new stream of `tunnel`, all or none; a refusal is recorded."""
-        shares, held = self.hub.shares, []
+        shares, held = self.hub.shares, cast(tuple[Held, ...], ())
         try:
             for share, scope in scoped:
-                held.append(shares.take(share, tunnel.agent, scope))
+                held += (shares.take(share, tunnel.agent, scope),)
         except Refused as exc:
             for one in held:
                 shares.release(one)
@@ -141,7 +146,7 @@ class TcpTunnels:
         return up
 
     async def bridge_socket(
-        self, tunnel: Tunnel, peer: str, held: list[Held], sock: Any, orig: tuple[str, int]
+        self, tunnel: Tunnel, peer: str, held: tuple[Held, ...], sock: Any, orig: tuple[str, int]
     ) -> None:
         """A stream from `sock` (another worker's end of a socket pair) to the owner.
 
@@ -199,6 +204,8 @@ class _PublicLeg(TcpLeg):
 
     __slots__ = ("admitted", "pair", "tunnels")
 
+    options_from_listener = True  # the public port's listener set them (TcpTunnels.add_public)
+
     def __init__(self, pair: TcpPair, name: str, tunnels: TcpTunnels) -> None:
         super().__init__(pair, name)
         self.pair = pair
@@ -207,7 +214,8 @@ class _PublicLeg(TcpLeg):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        orig = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
+        # one host string per source, whatever number of connections hold it
+        orig = (sys.intern(str(peer[0])), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
         self.admitted = self.tunnels.hub.gate.connect(self, orig[0], Kind.PUBLIC)
         if not self.admitted:
             cast(asyncio.Transport, transport).abort()  # over the limit: no stream, nothing read

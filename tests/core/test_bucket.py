@@ -121,8 +121,8 @@ def test_low_water_signal() -> None:
     assert bucket.wants_grant()
 
 
-class _CountingSet(set[Meter]):
-    """A bucket's meter set that counts how often it is walked."""
+class _CountingSet(dict[Meter, None]):
+    """A bucket's meters (a dict used as an ordered set) that counts how often it is walked."""
 
     walks = 0
 

@@ -207,7 +207,7 @@ async def test_a_quickened_channel_closes_and_its_waiters_wake(parked_first: boo
             _reader, writer = await conn.open_connection("x", 1)
             await asyncio.wait_for(made.wait(), 10)
             chan = chans[0]
-            assert type(chan._close_event).__name__ == "_LazyClosed"
+            assert type(chan._close_event).__name__ == "LazyClosed"
             waiter = asyncio.ensure_future(chan.wait_closed())
             await asyncio.sleep(0)
             writer.close()

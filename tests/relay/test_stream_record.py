@@ -85,7 +85,7 @@ def test_an_owner_going_inactive_pauses_even_idle_streams() -> None:
         seen = []
         for active in (False, True):
             hub.activity.set_active(AGENT, active)
-            seen.append((stream.state, pair.up.reasons.reasons | pair.down.reasons.reasons))
+            seen.append((stream.state, pair.up.reasons | pair.down.reasons))
         hub.close_all("relay_shutdown")
         return seen
 
