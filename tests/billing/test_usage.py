@@ -97,6 +97,8 @@ async def test_usage_per_agent_and_tunnel_over_a_time_range(
         {"agent_id": web, "bytes": 7 * M, "tunnel_seconds": 0}
     ]
     assert (await api.ok("GET", f"/v1/accounts/{other_acc}/usage", other_token))["bytes"] == 9 * M
+    for params in ({"tunnel_id": "t\x00ssh"}, {"agent_id": nas + "\x00"}):  # matches nothing
+        assert (await api.ok("GET", path, params=params))["tunnels"] == []
     status, _ = await api.call("GET", path, other_token)
     assert status == 404  # another account's usage is not found
     for params in ({"since": "-1"}, {"until": "1e3"}, {"agent": nas}, {"agent_id": "x" * 65}):

@@ -95,6 +95,8 @@ class UsageFilter:
 
 async def usage_between(tx: Tx, f: UsageFilter) -> list[tuple[str, str, int, int, int, int, int]]:
     """(agent, tunnel, bytes, seconds, reports, first_at, last_at) per agent and tunnel."""
+    if "\x00" in (f.agent_id or "") + (f.tunnel_id or ""):
+        return []  # no stored id holds NUL (PostgreSQL's text cannot), so nothing matches
     where, params = ["account_id = ?", "at >= ?", "at < ?"], [f.account_id, f.since, f.until]
     for column, value in (("agent_id", f.agent_id), ("tunnel_id", f.tunnel_id)):
         if value is not None:
