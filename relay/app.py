@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 import structlog
@@ -38,7 +38,25 @@ from relay.ssh.options import front_options, load_host_key
 from relay.startup import check_secrets
 from relay.workers.supervisor import serve_workers
 
+if TYPE_CHECKING:
+    from relay.workers.prefork import Preforked
+
 log = structlog.get_logger("relay")
+
+
+def prefork(config: RelayConfig) -> Preforked | None:
+    """Before the loop starts: fork the workers of `relay.workers` > 1 (None: one process).
+
+    Secrets and the host key are checked and made first, once, as `serve` does,
+    so the children never race to make the key.
+    """
+    from relay.workers.prefork import can_fork, fork_workers
+
+    if config.workers <= 1 or config.source is None or not can_fork():
+        return None
+    check_secrets(config, demo=False)
+    load_host_key(config.host_key)
+    return fork_workers(config, config.source)
 
 
 def _hook(hub: Hub, quota: QuotaAgent) -> None:
@@ -77,10 +95,12 @@ async def serve(
     on_ready: Callable[[Hub], Awaitable[None]] | None = None,
     *,
     demo: bool = False,
+    preforked: Preforked | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; `on_ready` runs once the relay listens. Returns the exit code.
 
-    `demo` is for `quotarelay up` only: it lets the demo tokens pass.
+    `demo` is for `quotarelay up` only: it lets the demo tokens pass. `preforked`:
+    the workers `prefork` forked before the loop began (relay.workers > 1).
     """
     check_secrets(config, demo=demo)
     log.info(  # names only, never values
@@ -88,7 +108,7 @@ async def serve(
     )
     if config.workers > 1:
         load_host_key(config.host_key)  # made once, here, before the workers read it
-        return await serve_workers(config, on_ready)
+        return await serve_workers(config, on_ready, preforked)
     limit = raise_nofile()
     registry = Registry(None if config.billing else config.agents_file)
     host_key = load_host_key(config.host_key)

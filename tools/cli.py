@@ -83,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure(getattr(args, "log_level", "info"), getattr(args, "log_format", "json"))
     try:
+        if prepare := getattr(args, "prefork", None):  # `relay run`: before any loop or thread
+            prepare(args)
         code = run_async(args.func, args)
     except CliError as exc:
         print(f"quotarelay: {exc}", file=sys.stderr)

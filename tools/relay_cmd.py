@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     run = commands.add_parser("run", help="run the relay in the foreground")
     run.add_argument("--config", default="relay.toml", help="relay config (default relay.toml)")
     add_log_options(run)
-    run.set_defaults(func=_run, serves=True)
+    run.set_defaults(func=_run, serves=True, prefork=_prefork)
 
     check = commands.add_parser(
         "check-config", help="report every problem of a relay config, then exit"
@@ -74,15 +74,28 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     add("status", "show the relay's status", _status)
 
 
-async def _run(args: argparse.Namespace) -> int:
+def _prefork(args: argparse.Namespace) -> None:
+    """Before the loop: read the config and fork its workers (`relay.app.prefork`)."""
     try:
-        config = load_config(Path(args.config))
+        args.config_read = load_config(Path(args.config))
+        from relay.app import prefork
+
+        args.preforked = prefork(args.config_read)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def _run(args: argparse.Namespace) -> int:
+    config = getattr(args, "config_read", None)
+    try:
+        if config is None:
+            config = load_config(Path(args.config))
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     from relay.app import serve
 
     try:
-        return int(await serve(config))
+        return int(await serve(config, preforked=getattr(args, "preforked", None)))
     except ConfigError as exc:
         raise CliError(str(exc)) from None
 

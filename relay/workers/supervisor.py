@@ -51,6 +51,7 @@ from relay.workers.door import Door
 from relay.workers.host import WorkerHost
 from relay.workers.link import Link
 from relay.workers.messages import IpcError, Login, Message, Reach, Reached, Ready
+from relay.workers.prefork import ForkedProcess, Preforked, hold_port
 from relay.workers.reach import FdChannel
 from relay.workers.view import RelayView
 
@@ -61,29 +62,13 @@ READY_TIMEOUT_S = 60.0
 STABLE_S = 5.0  # a worker that dies sooner after its start is started again after a backoff
 
 
-def hold_port(config: RelayConfig) -> socket.socket:
-    """Bind (not yet listen) the SSH address: the door listens once every worker is ready."""
-    host, port = config.ssh_listen.host, config.ssh_listen.port
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"relay.ssh_listen: cannot listen on {config.ssh_listen}: {exc.strerror}"
-        ) from None
-    return sock
-
-
 class Worker:
     """One worker slot: its process, its link and its incarnation number."""
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.key = 0
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: asyncio.subprocess.Process | ForkedProcess | None = None
         self.link: Link | None = None
         self.ready = asyncio.Event()
         self.reader: asyncio.Task[None] | None = None
@@ -156,13 +141,20 @@ class Supervisor:
             (s.key, channels[s.key]) for s in self.slots if s.ready.is_set() and s.key in channels
         ]
 
-    def __init__(self, config: RelayConfig, host: WorkerHost, ssh_port: int) -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        host: WorkerHost,
+        ssh_port: int,
+        preforked: Preforked | None = None,
+    ) -> None:
         if config.source is None:
             raise ConfigError("relay.workers: more than one worker needs a config file")
         self.config = config
         self.source: Path = config.source
         self.host = host
         self.ssh_port = ssh_port
+        self.preforked = preforked  # the first workers, forked before the loop began
         self.slots = [Worker(i) for i in range(config.workers)]
         self.stopping = False
         self._keys = itertools.count(1)
@@ -171,10 +163,26 @@ class Supervisor:
         self.door: Door | None = None
 
     async def start(self, slot: Worker) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds_parent, fds_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         slot.key = key = next(self._keys)
         slot.ready = asyncio.Event()
+        forked = self.preforked.take(slot.index) if self.preforked is not None else None
+        if forked is not None:  # the first start of this slot: forked before the loop began
+            parent, fds_parent = forked.link, forked.fds
+            slot.proc = ForkedProcess(forked.pid)
+        else:
+            parent, fds_parent = await self._spawn(slot)
+        channel = FdChannel(fds_parent, lambda m, fd: self.router.on_message(key, m, fd))
+        channel.start()
+        self.router.channels[key] = channel
+        slot.link = await Link.over(parent)
+        slot.reader = asyncio.create_task(self._read(slot), name=f"worker-{slot.index}-link")
+        assert slot.proc is not None
+        log.info("worker_started", worker=slot.index, pid=slot.proc.pid, forked=forked is not None)
+
+    async def _spawn(self, slot: Worker) -> tuple[socket.socket, socket.socket]:
+        """A new `python -m relay.workers.worker` process for `slot`; the supervisor's ends."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds_parent, fds_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         args = ["--config", str(self.source), "--index", str(slot.index)]
         args += ["--ipc-fd", str(child.fileno()), "--fd-channel", str(fds_child.fileno())]
         args += ["--ssh-port", str(self.ssh_port)]
@@ -189,12 +197,7 @@ class Supervisor:
         finally:
             child.close()
             fds_child.close()
-        channel = FdChannel(fds_parent, lambda m, fd: self.router.on_message(key, m, fd))
-        channel.start()
-        self.router.channels[key] = channel
-        slot.link = await Link.over(parent)
-        slot.reader = asyncio.create_task(self._read(slot), name=f"worker-{slot.index}-link")
-        log.info("worker_started", worker=slot.index, pid=slot.proc.pid)
+        return parent, fds_parent
 
     async def _read(self, slot: Worker) -> None:
         link, key = slot.link, slot.key
@@ -282,12 +285,18 @@ def _hook(host: WorkerHost, quota: QuotaAgent) -> None:
 
 
 async def serve_workers(
-    config: RelayConfig, on_ready: Callable[[Any], Awaitable[None]] | None = None
+    config: RelayConfig,
+    on_ready: Callable[[Any], Awaitable[None]] | None = None,
+    preforked: Preforked | None = None,
 ) -> int:
-    """Run the workers until SIGTERM/SIGINT (secrets and the host key are checked by the caller)."""
+    """Run the workers until SIGTERM/SIGINT (secrets and the host key are checked by the caller).
+
+    `preforked`: the first workers, forked with the SSH address held before the
+    loop began (`relay.workers.prefork`); else they are started as new processes.
+    """
     limit = raise_nofile()
     registry = Registry(None if config.billing else config.agents_file)
-    held = hold_port(config)
+    held = hold_port(config) if preforked is None else preforked.held
     ssh_port = held.getsockname()[1]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -295,6 +304,8 @@ async def serve_workers(
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         stack.callback(held.close)
+        if preforked is not None:
+            stack.callback(preforked.close)
         journal, streamlog = await open_books(stack, config)
         host = WorkerHost(config, registry, streamlog)
         quota = None
@@ -308,7 +319,7 @@ async def serve_workers(
                 low_water=config.low_water,
                 hook=lambda q: _hook(host, q),
             )
-        supervisor = Supervisor(config, host, ssh_port)
+        supervisor = Supervisor(config, host, ssh_port, preforked)
         gate = host.gate = Gate(config.gate.admission(limit))
         door = supervisor.door = Door(held, gate, supervisor.ready_workers, host.holds_tunnels)
         offline = config.billing.offline if config.billing else "continue"

@@ -147,6 +147,14 @@ async def test_a_killed_worker_is_restarted_and_the_others_carry_on(
             return len(now) == WORKERS and victim["pid"] not in {w["pid"] for w in now}
 
         await poll(restarted, "the worker started again")
+        # the first workers were forked before the relay's loop began (no command line of
+        # their own); the one started again is a new `python -m relay.workers.worker`
+        assert relay.proc is not None
+        assert not Path(f"/proc/{victim['pid']}").exists()  # reaped, not left a zombie
+        again = [w for w in await _workers(relay) if w["worker"] == victim["worker"]]
+        assert "relay.workers.worker" in _cmdline(again[0]["pid"])
+        others = [w for w in workers if w["worker"] != victim["worker"]]
+        assert others and all(_cmdline(w["pid"]) == _cmdline(relay.proc.pid) for w in others)
         lost = {s["stream_id"] for s in streams if s["worker"] == victim["worker"]}
         kept = [
             (writer, s)
@@ -166,6 +174,14 @@ async def test_a_killed_worker_is_restarted_and_the_others_carry_on(
         await poll(lambda: sum(c.received for c in service.conns) == expect, "the others flow")
     for writer in writers:
         writer.close()
+
+
+def _cmdline(pid: int) -> list[str]:
+    """A process's command line ([] once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except FileNotFoundError:
+        return []
 
 
 def _port_order(ports: list[int]) -> Callable[[dict[str, Any]], int]:
