@@ -6,7 +6,9 @@ It serves agents as a lone relay does, with these differences:
   (`want_size`), reports its use every USAGE_EVERY_MS and before each
   give-back, and gives back on a recall what its streams do not hold.
 - Its stream-log records go to the supervisor, the relay's one writer, as soon
-  as the loop is idle; it runs no admin API, metrics listener or quota agent.
+  as the loop is idle and before each report; it runs no admin API, metrics
+  listener or quota agent. With billing, each report carries the figures of
+  the streams behind its usage, taken with it (relay.workers.figures).
 - A support agent's channel to an endpoint this worker does not hold is asked
   of the others (relay.workers.reach): the bytes cross in a socket pair.
 - It stops on SIGTERM or when the supervisor's socket closes: streams close
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import signal
 import socket
@@ -28,6 +31,7 @@ import asyncssh
 import structlog
 from asyncssh.connection import SSHServerConnection
 
+from quota.agent.sync import NEXT_ROUND_MAX_MS
 from quota.core.bucket import Bucket
 from quota.core.sublease import want_size
 from relay.app import _interim, front_options, load_host_key
@@ -36,6 +40,7 @@ from relay.descriptors import AcceptErrors, descriptor_limit, raise_nofile
 from relay.errors import Refused
 from relay.hub.billing import BillingLink
 from relay.hub.control import Control
+from relay.hub.figures import StreamBook
 from relay.hub.hub import Hub
 from relay.hub.shares import Held
 from relay.registry import Agent, Registry
@@ -51,6 +56,7 @@ from relay.workers.messages import (
     GiveBack,
     Grant,
     LeaseAnswered,
+    LeaseRound,
     Login,
     Message,
     Passed,
@@ -58,6 +64,7 @@ from relay.workers.messages import (
     Ready,
     Recall,
     Records,
+    RoundDone,
     SetActive,
     SetLowWater,
     ShareAnswer,
@@ -76,6 +83,9 @@ USAGE_EVERY_MS = 100
 # its pool, and recalls idle headroom when another worker's streams wait.
 SUBLEASE_FLOOR = 16 * 1024 * 1024
 SUBLEASE_CEILING = 256 * 1024 * 1024
+# A new tunnel's answer waits for the relay's sync round (at most NEXT_ROUND_MAX_MS there),
+# and no longer than this here, whatever the supervisor does.
+ROUND_WAIT_S = NEXT_ROUND_MAX_MS / 1000 + 1
 
 
 class RecordSink:
@@ -84,11 +94,23 @@ class RecordSink:
     def __init__(self, link: Link) -> None:
         self.link = link
         self._batch: list[StreamRecord] = []
+        self._queued = 0
+
+    @property
+    def position(self) -> int:
+        """Records queued so far (the worker's stream book notes where a close record is)."""
+        return self._queued
+
+    @property
+    def durable(self) -> int:
+        """All of them: once sent, the supervisor's book settles a stream, not the worker's."""
+        return self._queued
 
     def record(self, rec: StreamRecord) -> None:
         if not self._batch:
             asyncio.get_running_loop().call_soon(self.flush)
         self._batch.append(rec)
+        self._queued += 1
 
     def flush(self) -> None:
         if self._batch:
@@ -110,6 +132,8 @@ class Feeder:
         self._nudged = False
         self._holders: set[str] = set()  # agents with a tunnel here, as of the last tick
         self._opening: set[str] = set()  # agents opening a tunnel since the last tick
+        self._rounds: dict[int, asyncio.Future[None]] = {}  # LeaseRound asks not answered yet
+        self._round_ids = itertools.count(1)
         self._check = hub.buckets.check_low_water
         hub.buckets.check_low_water = self.check_low_water  # type: ignore[method-assign]
         self._may_expose = hub.check_may_expose
@@ -147,14 +171,43 @@ class Feeder:
         self._opening.add(agent.agent_id)  # not in the tunnel table until the check passed
         self.tick()
 
+    async def lease_round(self) -> None:
+        """A sync round of the relay, begun now and awaited: `Hub.lease_ready` in a worker.
+
+        A report first, so the supervisor's round sees the new tunnel and primes its
+        lease (relay.workers.rounds); the sub-lease arrives before the answer does.
+        """
+        self.report()
+        req = next(self._round_ids)
+        done = self._rounds[req] = asyncio.get_running_loop().create_future()
+        self.link.send(LeaseRound(req=req))
+        try:
+            async with asyncio.timeout(ROUND_WAIT_S):  # the supervisor bounds it; so do we
+                await done
+        except TimeoutError:
+            pass
+        finally:
+            self._rounds.pop(req, None)
+
     def tick(self) -> None:
-        """Report use, then ask for what each bucket below its mark lacks."""
+        """Report use, then ask for what each bucket below its mark lacks.
+
+        An agent with no tunnel, no stream and no want here (it left this worker)
+        asks for nothing, and what it holds goes back to the relay at once: as in one
+        process, whose lease goes back when the agent's last tunnel goes, the relay
+        can return it to billing at its next round, or hand it to another worker.
+        """
         self._nudged = False
         self.report()
         opening, self._opening = self._opening, set()
         self._holders = {t.agent.agent_id for t in self.hub.tunnels.all()} | opening
         for agent_id, bucket in self.hub.buckets.items():
             if bucket.inactive:
+                continue
+            if agent_id not in self._holders and not bucket.meters and not bucket.short:
+                if bucket.remaining:
+                    back = bucket.revoke(bucket.remaining)
+                    self.link.send(GiveBack(agent_id=agent_id, nbytes=back, used_total=bucket.used))
                 continue
             chunk = self.chunks.get(agent_id, self.chunk)
             if bucket.short:  # streams wait on this worker's sub-lease (or on the relay's)
@@ -169,8 +222,14 @@ class Feeder:
                 self.link.send(Want(agent_id=agent_id, nbytes=n, need=bucket.short))
 
     def report(self, seq: int = 0) -> None:
+        """Usage, and the figures of the streams behind it, taken now; records go first."""
+        self.sink.flush()  # a close record reaches the supervisor before the figures it settles
         hub, now = self.hub, self.hub.now_ms()
         admission = hub.gate.admission
+        book, figures = hub.book, None
+        if book is not None:
+            figures = book.snapshot()
+            book.written(figures)  # the link delivers in order, or the supervisor is gone
         self.link.send(
             Usage(
                 used_total={a: b.used for a, b in hub.buckets.items()},
@@ -194,6 +253,8 @@ class Feeder:
                 ssh_refused=dict(hub.refusals),
                 seq=seq,
                 live=_live(hub) if seq else [],
+                run="" if book is None else book.run,
+                figures=[] if figures is None else list(figures.rows),
             )
         )
 
@@ -225,6 +286,10 @@ class Feeder:
             stream = hub.live.get(message.stream_id)
             if stream is not None:
                 stream.operator_pause(message.paused)
+        elif isinstance(message, RoundDone):
+            done = self._rounds.get(message.req)
+            if done is not None and not done.done():
+                done.set_result(None)
         elif isinstance(message, Flush):
             self.sink.flush()
             self.report(message.seq)
@@ -327,9 +392,12 @@ async def run_worker(
     hub.shares = hub.tunnels.shares = shares = RelayWideShares(config.shares, link)
     shares.on_refused = lambda held, exc: share_refused(hub, held, exc)
     hub.serial_tag = f"w{index}."
-    hub.book = None  # stream figures are journaled by a quota agent; a worker runs none
+    if hub.book is not None:  # with billing: its figures ride with each report (Feeder.report)
+        hub.book = StreamBook(hub.stream_id(""), hub.live, cast(StreamLog, sink), hub.now_ms)
     feeder = Feeder(hub, link, sink)
     hub.buckets.on_want = feeder.nudge
+    if config.billing is not None:  # a new tunnel waits for the lease it primes, as in one process
+        hub.lease_round = feeder.lease_round
     reach = RemoteReach(hub, socket.socket(fileno=fd_channel))
     reach.start()
     hub.remote = reach
