@@ -16,14 +16,12 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import asyncssh
 import structlog
 
 from quota.agent.sync import QuotaAgent
-from quota.private_files import create_private, private_folder
 from relay.admin.health import RelayHealth
 from relay.admin.server import AdminServer
 from relay.config import RelayConfig
@@ -31,61 +29,22 @@ from relay.descriptors import LISTEN_BACKLOG, AcceptErrors, raise_nofile
 from relay.errors import ConfigError
 from relay.hub.billing import BillingLink
 from relay.hub.control import Control
-from relay.hub.hub import Hub
+from relay.hub.hub import Hub, interim_loop
 from relay.opening import metrics_server, open_books, open_quota_agent
 from relay.ready import announce
 from relay.registry import Registry
 from relay.ssh.front import AgentServer
+from relay.ssh.options import front_options, load_host_key
 from relay.startup import check_secrets
 from relay.workers.supervisor import serve_workers
 
 log = structlog.get_logger("relay")
 
 
-def load_host_key(path: Path) -> Any:
-    """Read the relay's host key, making a new one on first start."""
-    if not path.exists():
-        try:
-            private_folder(path.parent)
-            create_private(path, asyncssh.generate_private_key("ssh-ed25519").export_private_key())
-        except OSError as exc:
-            raise ConfigError(f"relay.host_key: cannot create {path}: {exc.strerror}") from None
-        log.info("host_key_created", path=str(path))
-    try:
-        return asyncssh.read_private_key(str(path))
-    except (asyncssh.KeyImportError, OSError) as exc:
-        raise ConfigError(f"relay.host_key: cannot read {path}: {exc}") from None
-
-
-def _login_backstop_s(config: RelayConfig) -> float:
-    """asyncssh's own login timeout: a backstop a little after the gate's grace (0: none)."""
-    grace = config.gate.login_grace_ms
-    return (grace + 5_000) / 1000 if grace else 0
-
-
-async def _interim(hub: Hub, every_ms: int) -> None:
-    while True:
-        await asyncio.sleep(every_ms / 1000)
-        hub.interim()
-
-
 def _hook(hub: Hub, quota: QuotaAgent) -> None:
     hub.buckets.on_want = lambda _agent_id: quota.nudge()
     hub.lease_round = quota.next_round
     hub.quota_counters = quota.counters
-
-
-def front_options(config: RelayConfig, host_key: Any) -> dict[str, Any]:
-    """asyncssh's options for the SSH front, listening or on connections passed to a worker."""
-    return {
-        "server_host_keys": [host_key],
-        "keepalive_interval": config.keepalive_ms / 1000,
-        "encryption_algs": list(config.ciphers),
-        "agent_forwarding": False,
-        "x11_forwarding": False,
-        "allow_scp": False,
-        "login_timeout": _login_backstop_s(config),
-    }
 
 
 async def open_front(
@@ -175,7 +134,7 @@ async def serve(
             nofile=limit,
             connection_cap=hub.gate.admission.config.ordinary_cap,
         )
-        interim = asyncio.create_task(_interim(hub, config.interim_ms), name="stream-interim")
+        interim = asyncio.create_task(interim_loop(hub, config.interim_ms), name="stream-interim")
         gate = asyncio.create_task(hub.gate.run(), name="gate")
         syncing = None if quota is None else asyncio.create_task(quota.run(), name="quota-agent")
         try:

@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 from quota.agent.client import BillingClient
 from quota.agent.journal import Journal
 from quota.agent.sync import QuotaAgent, QuotaHost, StreamFigureSource, SyncSettings
-from quota.metrics import MetricsListenError, MetricsServer
+from quota.metrics_server import MetricsListenError, MetricsServer
 from relay.admin.metrics import RelayCollector, relay_registry
 from relay.config import BillingLinkConfig, RelayConfig
 from relay.errors import ConfigError

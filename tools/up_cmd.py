@@ -138,7 +138,7 @@ def prepare(folder: Path, args: argparse.Namespace) -> tuple[Path, Path]:
     relay = folder / "relay.toml"
     text = RELAY_TOML.format(ssh=args.ssh_port, admin=args.admin_port, billing=args.billing_port)
     replace_private(relay, text.encode())
-    from relay.app import load_host_key
+    from relay.ssh.options import load_host_key
 
     public = load_host_key(folder / "relay_host_key").export_public_key().decode().strip()
     replace_private(folder / "known_hosts", f"[127.0.0.1]:{args.ssh_port} {public}\n".encode())

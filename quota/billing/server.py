@@ -26,7 +26,7 @@ from quota.billing.metrics import BillingMetrics
 from quota.billing.notifier import Notifier
 from quota.billing.service import BillingService
 from quota.billing.store import open_store
-from quota.metrics import MetricsListenError, MetricsServer
+from quota.metrics_server import MetricsListenError, MetricsServer
 
 log = structlog.get_logger("quota.billing")
 

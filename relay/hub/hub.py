@@ -244,3 +244,10 @@ class Hub:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def interim_loop(hub: Hub, every_ms: int) -> None:
+    """Write each live stream's interim record every `every_ms` (a task of one process's hub)."""
+    while True:
+        await asyncio.sleep(every_ms / 1000)
+        hub.interim()

@@ -39,7 +39,7 @@ from relay.registry import Agent
 from relay.ssh.backlog import NEVER_FULL, backlog_of
 from relay.ssh.fastsend import FastSender, fast_sender
 from relay.ssh.quicken import quicken
-from relay.tcp.tunnels import PAIR_BUFFER, TcpTunnels
+from relay.tcp.tunnels import TcpTunnels
 from relay.udp.channels import SupportSession
 from relay.udp.relay import UDP_PREFIX, udp_for
 from relay.workers.messages import Message, Reach, Reached, decode, encode
@@ -379,11 +379,20 @@ class RemoteReach:
         await asyncio.get_running_loop().connect_accepted_socket(lambda: channel, sock)
 
 
+# The kernel buffer of each end of a stream's socket pair (SO_SNDBUF, which Linux
+# doubles). At 32 KiB each read on the owner's side took a part of a 32 KiB SSH
+# packet and each full buffer paused the other worker's channel: the relay spent
+# 6.2 CPU-s a GB with two workers against 4.5 at 128 KiB (`bench --only workers`,
+# eight crossing streams; one worker 3.6-4.5). A stalled reader costs at most this
+# in kernel memory each way, beside the `write_buffer` it would cost in one process.
+PAIR_KERNEL = 128 * 1024
+
+
 def _pair() -> tuple[socket.socket, socket.socket]:
-    """A stream's socket pair between workers, its kernel buffers kept to PAIR_BUFFER each way."""
+    """A stream's socket pair between workers, its kernel buffers kept to PAIR_KERNEL each way."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     for end in (ours, theirs):
-        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_BUFFER)
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_KERNEL)
     return ours, theirs
 
 

@@ -31,20 +31,19 @@ import asyncssh
 import structlog
 from asyncssh.connection import SSHServerConnection
 
-from quota.agent.sync import NEXT_ROUND_MAX_MS
 from quota.core.bucket import Bucket
 from quota.core.sublease import want_size
-from relay.app import _interim, front_options, load_host_key
 from relay.config import RelayConfig, load_config
 from relay.descriptors import AcceptErrors, descriptor_limit, raise_nofile
 from relay.errors import Refused
 from relay.hub.billing import BillingLink
 from relay.hub.control import Control
 from relay.hub.figures import StreamBook
-from relay.hub.hub import Hub
+from relay.hub.hub import Hub, interim_loop
 from relay.hub.shares import Held
 from relay.registry import Agent, Registry
 from relay.ssh.front import AgentServer
+from relay.ssh.options import front_options, load_host_key
 from relay.streamlog.record import StreamRecord
 from relay.streamlog.writer import StreamLog
 from relay.workers.door import PassedGate
@@ -83,9 +82,10 @@ USAGE_EVERY_MS = 100
 # its pool, and recalls idle headroom when another worker's streams wait.
 SUBLEASE_FLOOR = 16 * 1024 * 1024
 SUBLEASE_CEILING = 256 * 1024 * 1024
-# A new tunnel's answer waits for the relay's sync round (at most NEXT_ROUND_MAX_MS there),
-# and no longer than this here, whatever the supervisor does.
-ROUND_WAIT_S = NEXT_ROUND_MAX_MS / 1000 + 1
+# A new tunnel's answer waits for the relay's sync round (2 s at most there:
+# quota.agent.sync.NEXT_ROUND_MAX_MS, not imported: it brings aiohttp), and no longer
+# than this here, whatever the supervisor does.
+ROUND_WAIT_S = 3.0
 
 
 class RecordSink:
@@ -412,7 +412,7 @@ async def run_worker(
     tasks = [
         asyncio.create_task(_read(link, feeder, stop), name="worker-link"),
         asyncio.create_task(_ticks(feeder), name="worker-usage"),
-        asyncio.create_task(_interim(hub, config.interim_ms), name="stream-interim"),
+        asyncio.create_task(interim_loop(hub, config.interim_ms), name="stream-interim"),
         asyncio.create_task(hub.gate.run(), name="gate"),
     ]
     log.info("worker_ready", worker=index, pid=os.getpid(), ssh_port=ssh_port)

@@ -25,10 +25,11 @@ from typing import Any
 import pytest
 import uvloop
 
-from relay.app import load_host_key, open_front
+from relay.app import open_front
 from relay.config import load_config
 from relay.hub.hub import Hub
 from relay.registry import Registry
+from relay.ssh.options import load_host_key
 from relay.ssh.slimchan import ENABLED
 from tests.rigs.keys import AgentSpec, make_agent
 from tests.rigs.procs import free_port
