@@ -13,7 +13,9 @@ Invariants:
   `JournalError` naming the step; a failed write is rolled back whole.
 - One long-lived aiosqlite connection in WAL mode, used by one step at a time
   (a transaction never takes in another task's statements); closed on exit
-  even when cancelled.
+  even when cancelled. It is in autocommit mode: a write of several statements
+  is one explicit transaction (`_writing`), a write of one statement commits
+  itself (a pushed lease, which a waiting stream must not wait three trips for).
 - A report may carry the figures of the relay's streams taken at the same
   instant as its usage (`StreamBatch`); they are written in its transaction, so
   after a crash the journal holds, for every stream, the bytes the reports it
@@ -117,6 +119,13 @@ class JournaledStreams:
     settled_ms: int
 
 
+# agent -> applied total as one JSON object: any number of agents in one statement
+_RAISE_APPLIED_ALONE = (
+    "INSERT INTO leases (agent_id, applied_total) SELECT key, value FROM json_each(?) WHERE true "
+    "ON CONFLICT(agent_id) DO UPDATE SET "
+    "applied_total = MAX(applied_total, excluded.applied_total)"
+)
+
 _FIGURE_COLUMNS = tuple(f.name for f in fields(StreamFigures))
 _UPSERT_FIGURES = (
     f"INSERT INTO stream_figures ({', '.join(_FIGURE_COLUMNS)})"
@@ -138,7 +147,9 @@ class Journal:
         pending = None
         try:
             private_database(self.path)
-            pending = aiosqlite.connect(self.path)
+            # autocommit: a transaction is only what `_writing` begins, so one statement
+            # alone (`applied`) commits itself without a second trip for COMMIT
+            pending = aiosqlite.connect(self.path, isolation_level=None)
             self._db = await pending
         except Exception as exc:  # sqlite3 errors never leave this module
             if pending is not None:
@@ -172,7 +183,9 @@ class Journal:
         return self._db
 
     @contextlib.asynccontextmanager
-    async def _reading(self, step: str) -> AsyncIterator[aiosqlite.Connection]:
+    async def _step(self, step: str) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection for one step outside a transaction: reads, or one statement that
+        commits itself (autocommit; SQLite undoes a failed statement whole)."""
         async with self._turn:
             try:
                 yield self.db
@@ -200,7 +213,7 @@ class Journal:
 
     async def next_seq(self) -> int:
         """The number the next report must carry (1 for a new journal)."""
-        async with self._reading("read the next report number") as db:
+        async with self._step("read the next report number") as db:
             row = await (
                 await db.execute("SELECT value FROM meta WHERE key = 'next_seq'")
             ).fetchone()
@@ -264,7 +277,7 @@ class Journal:
 
     async def journaled_streams(self) -> JournaledStreams:
         """The stream figures the reports in this journal counted (read at start)."""
-        async with self._reading("read the stream figures") as db:
+        async with self._step("read the stream figures") as db:
             runs = await (await db.execute("SELECT prefix FROM stream_runs")).fetchall()
             cursor = await db.execute(f"SELECT {', '.join(_FIGURE_COLUMNS)} FROM stream_figures")
             rows = await cursor.fetchall()
@@ -291,7 +304,7 @@ class Journal:
 
     async def pending(self, limit: int = 100) -> list[tuple[int, bytes]]:
         """Reports not acknowledged yet, oldest first, each body as it is sent."""
-        async with self._reading("read the outbox") as db:
+        async with self._step("read the outbox") as db:
             cursor = await db.execute("SELECT seq, body FROM outbox ORDER BY seq LIMIT ?", (limit,))
             rows = await cursor.fetchall()
         # bodies written before reports were stored encoded are TEXT
@@ -300,7 +313,7 @@ class Journal:
         ]
 
     async def pending_count(self) -> int:
-        async with self._reading("count the outbox") as db:
+        async with self._step("count the outbox") as db:
             row = await (await db.execute("SELECT COUNT(*) FROM outbox")).fetchone()
         return int(row[0]) if row else 0
 
@@ -311,9 +324,14 @@ class Journal:
             await self._raise_applied(db, applied)
 
     async def applied(self, applied: Mapping[str, int]) -> None:
-        """Raise the applied lease totals of leases pushed outside any report."""
-        async with self._writing("record pushed leases in the journal") as db:
-            await self._raise_applied(db, applied)
+        """Raise the applied lease totals of leases pushed outside any report.
+
+        A stream waits on this write after a purchase, so it is one statement that
+        commits itself: one trip to the connection's thread, not three
+        (BEGIN, the rows, COMMIT), as durable as a transaction's commit.
+        """
+        async with self._step("record pushed leases in the journal") as db:
+            await db.execute(_RAISE_APPLIED_ALONE, (json.dumps(dict(applied)),))
 
     @staticmethod
     async def _raise_applied(db: aiosqlite.Connection, applied: Mapping[str, int]) -> None:
@@ -334,7 +352,7 @@ class Journal:
             )
 
     async def leases(self) -> dict[str, HeldLease]:
-        async with self._reading("read the lease totals") as db:
+        async with self._step("read the lease totals") as db:
             cursor = await db.execute(
                 "SELECT agent_id, applied_total, used_total, returned_total FROM leases"
             )
@@ -355,7 +373,7 @@ class Journal:
             )
 
     async def load_agents(self) -> list[dict[str, Any]] | None:
-        async with self._reading("read the agent cache") as db:
+        async with self._step("read the agent cache") as db:
             cursor = await db.execute("SELECT body FROM agents_cache WHERE id = 1")
             row = await cursor.fetchone()
         return None if row is None else list(json.loads(row[0]))

@@ -345,6 +345,7 @@ class QuotaAgent:
             if back := self.host.take_back(agent_id, nbytes):
                 self.counters["offline_bytes_reclaimed"] += back
                 log.info("offline_allowance_reclaimed", agent_id=agent_id, bytes=back)
+            self.machine.unreclaimed(agent_id, nbytes - back)
         for update in applied.updates:
             if update.low_water:
                 self.host.set_low_water(update.agent_id, update.low_water)

@@ -73,6 +73,10 @@ class Subscriber:
             self._queue.get_nowait()
         self._queue.put_nowait(None)
 
+    @property
+    def unsent(self) -> int:
+        return 0 if self.dropped else self._queue.qsize() + int(self.sending)
+
     async def next(self) -> wire.PushEvent | None:
         return await self._queue.get()
 
@@ -88,6 +92,11 @@ class PushHub:
     @property
     def connected(self) -> int:
         return len(self._subs)
+
+    @property
+    def unsent(self) -> int:
+        """Events offered to connected relays and not yet written to their sockets."""
+        return sum(sub.unsent for sub in self._subs)
 
     def publish(
         self, event: wire.PushEvent, leases: Mapping[str, list[wire.Lease]] | None = None

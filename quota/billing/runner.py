@@ -19,6 +19,10 @@ Invariants:
   webhook or relay never holds a transaction and a rolled-back operation
   announces nothing. The events are also announced to the other replicas in
   the transaction itself (`Store.announce`), so they too hear of a commit only.
+- An operation that granted a relay leases (a purchase while its streams wait)
+  yields once after publishing, before it answers: the relays' senders, woken
+  by the publish, write their events first, so the push that resumes those
+  streams is on the wire before the HTTP answer, not after it.
 """
 
 from __future__ import annotations
@@ -102,6 +106,8 @@ class Runner:
             except OverLimit as exc:
                 raise LimitExceeded(str(exc)) from None
             self._announcer.committed(op)
+            if op.relay_leases:  # streams wait for them: let the push go out before our answer
+                await asyncio.sleep(0)
             return result
         raise VersionConflict(f"gave up after {RETRIES} conflicting attempts")
 

@@ -174,6 +174,9 @@ class LeaseBook:
         self._flowing_since: dict[str, int] = {}  # agent -> when a first lease reached it
         self._idle_since: dict[str, int] = {}  # agent -> since when it has had no stream
         self._offline_given: Counter[str] = Counter()
+        # agent -> offline bytes the first answer after an outage could neither pay for
+        # nor take back (the bucket had used them): later grants pay them first
+        self.debt: Counter[str] = Counter()
         # agent -> the report asking for it that no answer has reached yet: no second ask
         # meanwhile, or reports queued in an outage would each be granted when it ends
         self._unanswered: dict[str, int] = {}
@@ -262,6 +265,23 @@ class LeaseBook:
         self._unanswered = {a: n for a, n in self._unanswered.items() if n > seq}
         owing, self._offline_given = self._offline_given, Counter()
         return owing
+
+    def unreclaimed(self, agent_id: str, nbytes: int) -> None:
+        """Of the offline bytes an answer took back, `nbytes` were already used: a debt."""
+        if nbytes > 0:
+            self.debt[agent_id] += nbytes
+
+    def pay_debt(self, agent_id: str, grant: int) -> int:
+        """What is left of `grant` once it paid the agent's debt (as much as it covers)."""
+        owed = self.debt.get(agent_id, 0)
+        if not owed:
+            return grant
+        paid = min(grant, owed)
+        if owed == paid:
+            del self.debt[agent_id]
+        else:
+            self.debt[agent_id] = owed - paid
+        return grant - paid
 
     @property
     def owing(self) -> bool:

@@ -26,8 +26,10 @@ Invariants:
   ask for gets what is left of `offline_allowance` at once, at most the
   allowance per outage. The first answer after the outage nets them out: its
   grants first pay those bytes back (`LeaseUpdate.grant` is what is left), and
-  what they do not cover is taken back (`Applied.reclaim`), so the relay then
-  holds what the billing API thinks it holds, and every byte relayed is reported.
+  what they do not cover is taken back (`Applied.reclaim`). What could not be
+  taken back (the streams had used it) is a debt the agent's later grants pay
+  first (`unreclaimed`), answered or pushed. So the relay then holds what the
+  billing API thinks it holds, and every byte relayed is reported.
 No I/O, no clock: `now` (ms) is a parameter; jitter is drawn from `draw`.
 """
 
@@ -349,15 +351,16 @@ class SyncMachine:
             grant = max(0, lease.granted_total - before)
             if grant:
                 self._applied[lease.agent_id] = applied[lease.agent_id] = lease.granted_total
+            left = self.leases.pay_debt(lease.agent_id, grant)
             owed = owing.get(lease.agent_id, 0)
-            paid = min(grant, owed)
+            paid = min(left, owed)
             owing[lease.agent_id] = owed - paid
-            low = self.leases.granted(lease.agent_id, grant - paid, now)
+            low = self.leases.granted(lease.agent_id, left - paid, now)
             want = asked.get(lease.agent_id)
             updates.append(
                 LeaseUpdate(
                     agent_id=lease.agent_id,
-                    grant=grant - paid,
+                    grant=left - paid,
                     active=lease.status == "active",
                     low_water=low,
                     exhausted=None if want is None else grant < want,
@@ -390,6 +393,7 @@ class SyncMachine:
             self._applied[lease.agent_id] = applied[lease.agent_id] = lease.granted_total
             until = self._valid_until.get(lease.agent_id, 0)
             self._valid_until[lease.agent_id] = max(until, lease.valid_until)
+            grant = self.leases.pay_debt(lease.agent_id, grant)
             updates.append(
                 LeaseUpdate(
                     agent_id=lease.agent_id,
@@ -399,6 +403,10 @@ class SyncMachine:
                 )
             )
         return Applied(seq=0, updates=tuple(updates), applied=applied, duplicate=False, reclaim={})
+
+    def unreclaimed(self, agent_id: str, nbytes: int) -> None:
+        """Of an answer's `reclaim`, `nbytes` could not be taken back: later grants pay them."""
+        self.leases.unreclaimed(agent_id, nbytes)
 
     def failed(self, *, seq: int, reason: str, now: int) -> Retry:
         """Report `seq` was not acknowledged: stop the round, retry after a backoff."""

@@ -56,8 +56,11 @@ async def test_a_locked_journal_fails_every_write_with_a_journal_error(tmp_path:
                 await journal.drop({"a": 1})
             with pytest.raises(JournalError, match="cannot cache the agent registry"):
                 await journal.save_agents([])
+            with pytest.raises(JournalError, match="cannot record pushed leases"):
+                await journal.applied({"a": 1})
         await journal.append(1, b"{}", {"a": 1}, {}, 0)  # the lock gone, writes work again
         assert await journal.pending_count() == 1
+        assert (await journal.leases())["a"].applied_total == 0
 
 
 async def test_a_closed_connection_fails_every_read_with_a_journal_error(tmp_path: Path) -> None:
@@ -151,3 +154,26 @@ async def test_a_report_of_many_agents_is_a_few_trips_to_the_journal(tmp_path: P
         held = await journal.leases()
     assert (held["agt-1"].used_total, held["agt-1"].returned_total) == (5, 3)
     assert held["agt-999"].applied_total == 100 and held["agt-999"].remaining == 94
+
+
+async def test_a_pushed_lease_is_one_trip_that_commits_itself(tmp_path: Path) -> None:
+    """Pushed leases of any number of agents: one statement, committed before it returns."""
+    async with Journal(tmp_path / "j.db") as journal:
+        await journal.ack(0, {"a": 500})  # a higher total already held is kept
+        trips: list[str] = []
+        for name in ("execute", "executemany", "executescript", "commit", "rollback"):
+            original = getattr(journal.db, name)
+
+            def counted(*args: Any, _name: str = name, _original: Any = original) -> Any:
+                trips.append(_name)
+                return _original(*args)
+
+            setattr(journal.db, name, counted)
+        await journal.applied({"a": 300, "b": 2**62, **{f"agt-{n}": n for n in range(20_000)}})
+        assert trips == ["execute"]
+        other = sqlite3.connect(tmp_path / "j.db")  # committed: another connection sees it
+        try:
+            rows = dict(other.execute("SELECT agent_id, applied_total FROM leases").fetchall())
+        finally:
+            other.close()
+    assert (rows["a"], rows["b"], rows["agt-19999"], len(rows)) == (500, 2**62, 19_999, 20_002)

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from quota.billing import repo
+from quota.billing.auth import Principal
 from quota.billing.clock import ManualClock
 from quota.billing.errors import ConfigError
 from quota.billing.openapi import document
@@ -478,5 +479,27 @@ async def test_a_package_pushes_its_bytes_to_the_relay_that_waits_for_them(api: 
     await api.ok("POST", f"/v1/agents/{agt}/packages", token, {"package": "1G"})
     assert (await _next(waiting)).leases == []
     assert (await _sync(api, 3))["leases"] == []
+    await waiting.close()
+    await other.close()
+
+
+async def test_a_purchase_for_a_waiting_relay_writes_its_push_before_it_answers(
+    api: Api, server: BillingServer
+) -> None:
+    """The push that resumes a relay's streams is on its socket when the purchase returns."""
+    _, _, agt = await _paying(api, coins=20)
+    await _sync(api, 1, leases=[{"agent_id": agt, "want": 3 * G}])  # 2 GB still wanted
+    waiting, other = await _events_as(api, RELAY), await _events_as(api, RELAY2)
+    hub = server.service.push
+    buy = wire.BuyPackageRequest(package="1G")
+    await server.service.plans.buy_package(Principal(kind="admin"), "buy-1", agt, buy)
+    assert hub.unsent == 0  # both relays' events written, not queued behind the answer
+    assert [lease.granted_total for lease in (await _next(waiting)).leases] == [2 * G]
+    assert (await _next(other)).leases == []
+    await _sync(api, 2, leases=[{"agent_id": agt, "want": 0}])  # nobody waits any more
+    await server.service.plans.buy_package(Principal(kind="admin"), "buy-2", agt, buy)
+    assert hub.unsent == 2  # no lease granted: the events leave in their own time
+    assert (await _next(waiting)).leases == []
+    assert hub.unsent == 0
     await waiting.close()
     await other.close()

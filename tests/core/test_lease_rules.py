@@ -281,8 +281,8 @@ class World:
         lease = _Lease(agent_id="a", granted_total=self.granted, valid_until=self.now + 10**9)
         step = self.m.answered(seq=report.seq, answer=_Answer(report.seq, (lease,)), now=self.now)
         assert isinstance(step, Applied)
-        for nbytes in step.reclaim.values():
-            self.bucket.revoke(nbytes)
+        for agent_id, nbytes in step.reclaim.items():
+            self.m.unreclaimed(agent_id, nbytes - self.bucket.revoke(nbytes))
         for update in step.updates:
             self.flush_owed(self.bucket.grant(update.grant))
         self.m.caught_up()

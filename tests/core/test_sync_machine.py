@@ -227,6 +227,26 @@ def test_the_first_answer_after_an_outage_nets_out_the_offline_bytes() -> None:
     assert isinstance(step, Applied) and step.reclaim == {} and step.updates[0].grant == 0
 
 
+def test_offline_bytes_used_beyond_the_answer_are_paid_from_the_next_grants() -> None:
+    """What a reclaim could not take back (streams used it) is paid first by later grants."""
+    m = machine(offline_policy="continue", offline_allowance=50_000)
+    m.failed(seq=1, reason="down", now=0)
+    assert _offline_flush(m, {"agt_a": 1}) == {"agt_a": 50_000}
+    answer = Answer(seq=1, leases=(Lease(agent_id="agt_a", granted_total=0, valid_until=50),))
+    step = m.answered(seq=1, answer=answer, now=0)
+    assert isinstance(step, Applied) and step.reclaim == {"agt_a": 50_000}
+    m.unreclaimed("agt_a", 30_000)  # the bucket gave back 20,000: 30,000 were relayed
+    m.caught_up()
+    answer = Answer(seq=2, leases=(Lease(agent_id="agt_a", granted_total=20_000, valid_until=50),))
+    step = m.answered(seq=2, answer=answer, now=0)
+    assert isinstance(step, Applied) and [u.grant for u in step.updates] == [0]
+    pushed = m.pushed(leases=[Lease(agent_id="agt_a", granted_total=45_000, valid_until=50)], now=0)
+    assert pushed is not None and [u.grant for u in pushed.updates] == [15_000]
+    answer = Answer(seq=3, leases=(Lease(agent_id="agt_a", granted_total=50_000, valid_until=50),))
+    step = m.answered(seq=3, answer=answer, now=0)
+    assert isinstance(step, Applied) and [u.grant for u in step.updates] == [5_000]
+
+
 def test_pause_policy_grants_nothing_and_leases_go_back_only_online() -> None:
     """ "pause" never grants offline; leases are given back only while billing answers."""
     m = machine(offline_allowance=50_000)
