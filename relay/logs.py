@@ -13,12 +13,26 @@ import structlog
 
 
 class _Stderr:
-    """Whatever sys.stderr is at write time (tests and daemons swap it)."""
+    """Whatever sys.stderr is at write time (tests and daemons swap it).
+
+    A line goes out in one write (print writes its end of line apart), so the lines
+    of a relay's supervisor and workers, which share one stderr, never run together.
+    """
+
+    def __init__(self) -> None:
+        self._part = ""
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        if not text.endswith("\n"):
+            self._part += text
+            return len(text)
+        line, self._part = self._part + text, ""
+        return sys.stderr.write(line)
 
     def flush(self) -> None:
+        if self._part:
+            part, self._part = self._part, ""
+            sys.stderr.write(part)
         sys.stderr.flush()
 
 

@@ -92,12 +92,13 @@ class StreamFigures:
 class StreamBatch:
     """The stream figures one report carries into the journal.
 
-    `run` is the id prefix of this relay process's streams; `settled` are streams
+    `runs` are the id prefixes of the streams it covers (one a relay process, or
+    one a worker process of a relay of workers); `settled` are streams
     the stream log holds closed with the figures the journal has (no longer
     needed), the latest of them journaled closed at `settled_ms`.
     """
 
-    run: str
+    runs: tuple[str, ...]
     rows: tuple[StreamFigures, ...]
     settled: tuple[str, ...] = ()
     settled_ms: int = 0
@@ -260,7 +261,9 @@ class Journal:
 
     @staticmethod
     async def _write_streams(db: aiosqlite.Connection, batch: StreamBatch) -> None:
-        await db.execute("INSERT OR IGNORE INTO stream_runs (prefix) VALUES (?)", (batch.run,))
+        await db.executemany(
+            "INSERT OR IGNORE INTO stream_runs (prefix) VALUES (?)", [(r,) for r in batch.runs]
+        )
         await db.executemany(_UPSERT_FIGURES, [astuple(row) for row in batch.rows])
         await db.executemany(
             "DELETE FROM stream_figures WHERE stream_id = ?", [(s,) for s in batch.settled]

@@ -93,6 +93,11 @@ class SubLeases:
         """Bytes wanted by workers that the pool could not cover yet."""
         return sum(want for want, _ in self._wants.values())
 
+    @property
+    def need(self) -> int:
+        """Of `short`, what streams wait for (the rest is headroom): the relay's own shortfall."""
+        return sum(need for _, need in self._wants.values())
+
     def check(self) -> None:
         """Raise if the conservation invariant does not hold (for tests and simulations)."""
         held = self.pool + self.outstanding_all + self.used + self.lost

@@ -178,11 +178,23 @@ class _Routes:
 
     async def grant(self, request: web.Request) -> web.Response:
         nbytes = _byte_count(await _read_object(request, frozenset({"bytes"})))
-        return web.json_response(self.control.grant(request.match_info["agent_id"], nbytes))
+        agent_id = request.match_info["agent_id"]
+        return web.json_response(await self._carried_out(self.control.grant(agent_id, nbytes)))
 
     async def revoke(self, request: web.Request) -> web.Response:
         nbytes = _byte_count(await _read_object(request, frozenset({"bytes"})))
-        return web.json_response(self.control.revoke(request.match_info["agent_id"], nbytes))
+        agent_id = request.match_info["agent_id"]
+        return web.json_response(await self._carried_out(self.control.revoke(agent_id, nbytes)))
+
+    async def _carried_out(self, view: dict[str, object]) -> dict[str, object]:
+        """An agent's view once a change is carried out: at once in one process; in a relay of
+        workers, once each worker answered a refresh sent after it (a grant is in the bucket
+        of the worker that waits for it, as one process's bucket has it on the answer)."""
+        if self.refresh is None:
+            return view
+        await self.refresh()
+        agent_id = view.get("agent_id")
+        return next((v for v in self.control.agents() if v.get("agent_id") == agent_id), view)
 
     async def state(self, request: web.Request) -> web.Response:
         body = await _read_object(request, frozenset({"active"}))
@@ -191,7 +203,8 @@ class _Routes:
         active = body["active"]
         if not isinstance(active, bool):
             raise _Problem(400, f'"active" must be true or false, got {active!r}')
-        return web.json_response(self.control.set_active(request.match_info["agent_id"], active))
+        view = self.control.set_active(request.match_info["agent_id"], active)
+        return web.json_response(await self._carried_out(view))
 
     async def pause(self, request: web.Request) -> web.Response:
         body = await _read_object(request, frozenset({"paused"}))

@@ -112,7 +112,7 @@ class StreamBook:
             if taken < now and position <= durable
         }
         return StreamBatch(
-            run=self.run,
+            runs=(self.run,),
             rows=tuple(rows),
             settled=tuple(settled),
             settled_ms=max(settled.values(), default=0),

@@ -30,9 +30,12 @@ _NOT_STREAMS = frozenset({"refused"})
 
 
 def run_start_ms(run: str) -> int:
-    """When a run began, from its stream id prefix ("relay-1-1a23574eed2-" -> 0x1a23574eed2)."""
+    """When a run began, from its stream id prefix ("relay-1-1a23574eed2-" -> 0x1a23574eed2).
+
+    A worker's prefix ends in its tag ("relay-1-1a23574eed2-w1."): the time is before it.
+    """
     try:
-        return int(run.rstrip("-").rsplit("-", 1)[1], 16)
+        return int(run.rsplit("-", 2)[-2], 16)
     except (IndexError, ValueError):
         return 0
 

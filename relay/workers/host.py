@@ -10,7 +10,8 @@ Invariants:
   is seen as one.
 - Stream-log records of every worker are written here, by the one writer; the
   streams a worker had open when it died are closed with reason `worker_lost`,
-  with the last figures they were logged with.
+  with the last figures they were logged with. With billing, the figures
+  behind each worker's report are kept for the journal (relay.workers.figures).
 - A worker is known by its incarnation (a number never reused), so a restarted
   worker starts with no sub-lease and its predecessor's leftovers stay written off.
 """
@@ -23,6 +24,7 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -37,6 +39,7 @@ from relay.hub.gate import Gate
 from relay.registry import Agent, Registry
 from relay.streamlog.record import StreamRecord
 from relay.streamlog.writer import StreamLog
+from relay.workers.figures import RelayBook
 from relay.workers.link import Link
 from relay.workers.messages import (
     Agents,
@@ -44,6 +47,7 @@ from relay.workers.messages import (
     GiveBack,
     Grant,
     LeaseAnswered,
+    LeaseRound,
     Message,
     PauseStream,
     Ready,
@@ -56,6 +60,7 @@ from relay.workers.messages import (
     Usage,
     Want,
 )
+from relay.workers.rounds import RoundDesk
 from relay.workers.shares import ShareDesk
 
 log = structlog.get_logger("relay.workers")
@@ -75,6 +80,9 @@ class WorkerHost:
         self.ready: dict[int, Ready] = {}  # incarnation -> its slot and pid
         self.leases: dict[str, SubLeases] = {}
         self.reports: dict[int, Usage] = {}
+        # incarnation -> its live streams as its last Flush answer showed them (a report on
+        # its own cadence, which may come between that answer and the read, carries none)
+        self.views: dict[int, list[dict[str, Any]]] = {}
         self.dead_bytes: Counter[tuple[str, str]] = Counter()
         self.dead_ms: Counter[tuple[str, str]] = Counter()
         self.dead_directions: Counter[tuple[str, str, str]] = Counter()
@@ -88,7 +96,11 @@ class WorkerHost:
         self.quota_counters: dict[str, int] = {}
         self.gate: Gate | None = None  # the relay's gate before login (relay.workers.door)
         self.desk = ShareDesk(config.shares, registry)  # per-agent fair shares, relay-wide
+        self.rounds = RoundDesk(self.links)  # sync rounds a new tunnel waits for
+        self.exhausted: set[str] = set()  # billing gave them less than asked: they cannot pay
         self.on_want: Callable[[str], None] | None = None  # the quota agent's nudge
+        # with billing: the figures behind the reports' usage, journaled with each report
+        self.book = RelayBook(streamlog, _now_ms) if config.billing is not None else None
         self._seq = 0
         self._answered: dict[int, int] = {}  # incarnation -> the last Flush it answered
         self._fresh = asyncio.Event()
@@ -108,6 +120,7 @@ class WorkerHost:
         """A worker is gone: close its logged streams, write off its sub-leases."""
         self.links.pop(key, None)
         self.ready.pop(key, None)
+        self.views.pop(key, None)
         last = self.reports.pop(key, None)
         if last is not None:
             self.dead_bytes.update({(a, t): n for a, t, n in last.tunnel_bytes})
@@ -144,6 +157,10 @@ class WorkerHost:
                     self.live[rec.stream_id] = (key, rec)
         elif isinstance(message, Usage):
             self.reports[key] = message
+            if message.seq:  # answering a Flush: its live streams, kept till the next answer
+                self.views[key] = message.live
+            if self.book is not None:
+                self.book.reported(message.run, message.figures)
             if message.seq:
                 self._answered[key] = message.seq
                 self._fresh.set()
@@ -157,6 +174,8 @@ class WorkerHost:
                 self._recall_idle(key, message.agent_id, leases)
             if leases.short > short and self.on_want is not None:
                 self.on_want(message.agent_id)  # the relay's own lease runs low: ask billing
+        elif isinstance(message, LeaseRound):
+            self.rounds.ask(key, message.req)
         elif isinstance(message, TakeShare):
             link = self.links.get(key)
             answer = self.desk.take(key, message)
@@ -175,6 +194,8 @@ class WorkerHost:
             if owed > leases.revoked - before:
                 self.revoking[agent_id] = owed - (leases.revoked - before)
             self._send(agent_id, served)
+            if message.nbytes and not self.holds_tunnels(agent_id) and self.on_want is not None:
+                self.on_want(agent_id)  # the agent left the relay: its lease goes back now
 
     def _recall_idle(self, asker: int, agent_id: str, leases: SubLeases) -> None:
         """Bytes held by workers where the agent has no tunnel (it moved) go back to the pool.
@@ -253,9 +274,11 @@ class WorkerHost:
         return {
             agent_id: Holding(
                 remaining=leases.added - leases.revoked - leases.used - leases.lost,
-                short=0 if agent_id in self.inactive else leases.short,
+                # what streams wait for, as one process's bucket says (headroom is the workers')
+                short=0 if agent_id in self.inactive else leases.need,
                 streams=streams[agent_id],
                 tunnels=agent_id in served,
+                can_pay=agent_id not in self.inactive and agent_id not in self.exhausted,
             )
             for agent_id, leases in self.leases.items()
         }
@@ -354,9 +377,9 @@ class WorkerHost:
     def streams(self) -> list[dict[str, object]]:
         """Every worker's live streams, as its last fresh report shows them, with its slot."""
         views: list[dict[str, object]] = []
-        for key, report in self.reports.items():
+        for key, live in self.views.items():
             ready = self.ready.get(key)
-            for view in report.live:
+            for view in live:
                 views.append({**view, "worker": None if ready is None else ready.worker})
         return views
 
@@ -365,8 +388,8 @@ class WorkerHost:
 
         The answer is the stream as last reported; the next read shows the change.
         """
-        for key, report in self.reports.items():
-            for view in report.live:
+        for key, live in self.views.items():
+            for view in live:
                 if view.get("stream_id") == stream_id and key in self.links:
                     self.links[key].send(PauseStream(stream_id=stream_id, paused=paused))
                     log.info("stream_operator_pause", stream_id=stream_id, paused=paused)
@@ -374,6 +397,7 @@ class WorkerHost:
         raise UnknownStream(stream_id)
 
     def lease_answered(self, agent_id: str, exhausted: bool) -> None:
+        self.exhausted.add(agent_id) if exhausted else self.exhausted.discard(agent_id)
         self.broadcast(LeaseAnswered(agent_id=agent_id, exhausted=exhausted))
 
     def status(self) -> dict[str, object]:

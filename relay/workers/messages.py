@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from quota.agent.journal import StreamFigures
 from quota.contract import wire
 from relay.errors import RelayError
 from relay.streamlog.record import StreamRecord
@@ -68,6 +69,19 @@ class Usage(Msg, frozen=True, kw_only=True):
     seq: int = 0  # the `Flush` this report answers (0: a report on the worker's own cadence)
     # answering a Flush: each live stream as the admin API shows it (relay.hub.control)
     live: list[dict[str, Any]] = []
+    # with billing: the id prefix of this worker's streams, and the figures of those that
+    # changed since its previous report, taken with `tunnel_bytes` (relay.workers.figures)
+    run: str = ""
+    figures: list[StreamFigures] = []
+
+
+class LeaseRound(Msg, frozen=True, kw_only=True):
+    """A tunnel opened here: run a sync round of the relay now, answer when it ended.
+
+    Sent after a report that shows the tunnel, so the round primes its lease.
+    """
+
+    req: int
 
 
 class Records(Msg, frozen=True, kw_only=True):
@@ -115,6 +129,12 @@ class ShareAnswer(Msg, frozen=True, kw_only=True):
 class Grant(Msg, frozen=True, kw_only=True):
     agent_id: str
     nbytes: int
+
+
+class RoundDone(Msg, frozen=True, kw_only=True):
+    """The sync round a LeaseRound asked for ended; its grants were sent before this."""
+
+    req: int
 
 
 class Recall(Msg, frozen=True, kw_only=True):
@@ -208,6 +228,8 @@ Message = (
     | GiveBack
     | Usage
     | Records
+    | LeaseRound
+    | RoundDone
     | Login
     | TakeShare
     | ReleaseShare

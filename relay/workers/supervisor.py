@@ -282,6 +282,7 @@ class Supervisor:
 def _hook(host: WorkerHost, quota: QuotaAgent) -> None:
     host.quota_counters = quota.counters
     host.on_want = lambda _agent_id: quota.nudge()
+    host.rounds.lease_round = quota.next_round
 
 
 async def serve_workers(
@@ -310,7 +311,6 @@ async def serve_workers(
         host = WorkerHost(config, registry, streamlog)
         quota = None
         if config.billing is not None and journal is not None:
-            # stream figures are not journaled across workers yet
             quota = await open_quota_agent(
                 stack,
                 config.billing,
@@ -318,6 +318,7 @@ async def serve_workers(
                 journal,
                 low_water=config.low_water,
                 hook=lambda q: _hook(host, q),
+                figures=host.book,
             )
         supervisor = Supervisor(config, host, ssh_port, preforked)
         gate = host.gate = Gate(config.gate.admission(limit))
@@ -369,6 +370,7 @@ async def serve_workers(
             door.close()
             await supervisor.stop()
             await asyncio.gather(*watchers, return_exceptions=True)
+            await host.rounds.close()
             for slot in supervisor.slots:
                 host.lost(slot.key)  # none left after a clean stop
                 supervisor.router.lost(slot.key)

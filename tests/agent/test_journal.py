@@ -107,21 +107,21 @@ def _figures(stream_id: str, up: int, *, closed: bool = False) -> StreamFigures:
 async def test_stream_figures_ride_with_their_report_and_settle_away(tmp_path: Path) -> None:
     """Figures are written with the report, the latest wins; settled ones go, the mark stays."""
     async with Journal(tmp_path / "j.db") as journal:
-        first = StreamBatch(run="r-1-", rows=(_figures("r-1-1", 5), _figures("r-1-2", 9)))
+        first = StreamBatch(runs=("r-1-",), rows=(_figures("r-1-1", 5), _figures("r-1-2", 9)))
         await journal.append(1, b"{}", {"a": 16}, {}, 0, streams=first)
         closed = (_figures("r-1-1", 8, closed=True),)
         await journal.append(
-            2, b"{}", {"a": 3}, {}, 0, streams=StreamBatch(run="r-1-", rows=closed)
+            2, b"{}", {"a": 3}, {}, 0, streams=StreamBatch(runs=("r-1-",), rows=closed)
         )
         with locked(tmp_path / "j.db"), pytest.raises(JournalError):
             rows = (_figures("r-1-2", 99),)
             await journal.append(
-                3, b"{}", {"a": 90}, {}, 0, streams=StreamBatch(run="r-1-", rows=rows)
+                3, b"{}", {"a": 90}, {}, 0, streams=StreamBatch(runs=("r-1-",), rows=rows)
             )
         got = await journal.journaled_streams()
         assert got.runs == ("r-1-",) and got.settled_ms == 0
         assert got.rows == {"r-1-1": closed[0], "r-1-2": _figures("r-1-2", 9)}
-        settle = StreamBatch(run="r-1-", rows=(), settled=("r-1-1",), settled_ms=1234)
+        settle = StreamBatch(runs=("r-1-",), rows=(), settled=("r-1-1",), settled_ms=1234)
         await journal.append(3, b"{}", {}, {}, 0, streams=settle)
     async with Journal(tmp_path / "j.db") as journal:
         got = await journal.journaled_streams()

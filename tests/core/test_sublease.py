@@ -33,6 +33,7 @@ def test_short_want_recalls_idle_bytes_of_other_workers() -> None:
     assert leases.want(3, 10) == Served()  # headroom only: nobody is asked to give back
     served = leases.want(2, 10, need=10)
     assert served == Served(recalls=(1,))
+    assert (leases.short, leases.need) == (20, 10)  # of what waits, streams need 10
     back = leases.give_back(1, 60)
     assert [(g.worker, g.nbytes) for g in back.grants] == [(2, 10), (3, 10)]  # streams first
     assert leases.pool == 40

@@ -74,8 +74,9 @@ async def _outbox_empty(relay: Relay) -> bool:
     return bool(acked) and written == acked
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_after_sigkill_each_agents_stream_log_total_equals_its_billed_usage(
-    tmp_path: Path, clients: list[Ssh]
+    tmp_path: Path, clients: list[Ssh], workers: int
 ) -> None:
     """Streams done and streams mid-transfer at a SIGKILL: log total == billed, per agent."""
     billing = await Billing(tmp_path, plan_traffic=200 * MB).start()
@@ -88,6 +89,7 @@ async def test_after_sigkill_each_agents_stream_log_total_equals_its_billed_usag
     # a 60 s interim (the default): without the journal's figures the log keeps ~nothing
     relay = synced_relay(tmp_path, billing, interval="300ms")
     relay.extra["stream_log"] = {"interim": "60s", "flush": "200ms"}
+    relay.extra["relay"]["workers"] = workers  # with 2: the supervisor journals the figures
     await relay.start()
     try:
         await poll(lambda: _known(relay, nas, web, tech), "the agents from the billing API")
@@ -136,8 +138,9 @@ async def test_after_sigkill_each_agents_stream_log_total_equals_its_billed_usag
         await billing.close()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_after_sigkill_unanswered_udp_flows_agree_with_billing_too(
-    tmp_path: Path, procs: list[AgentProc]
+    tmp_path: Path, procs: list[AgentProc], workers: int
 ) -> None:
     """UDP flows never answered (summed per tunnel, not yet written) count after a SIGKILL too."""
     billing = await Billing(tmp_path, plan_traffic=200 * MB).start()
@@ -147,6 +150,7 @@ async def test_after_sigkill_unanswered_udp_flows_agree_with_billing_too(
     relay = synced_relay(tmp_path, billing, interval="300ms")
     relay.extra["stream_log"] = {"interim": "60s", "flush": "200ms"}
     relay.extra["udp"] = {"unanswered_interval": "60s"}
+    relay.extra["relay"]["workers"] = workers
     await relay.start()
     try:
         await poll(lambda: _known(relay, nas), "the agent from the billing API")

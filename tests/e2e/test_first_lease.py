@@ -11,6 +11,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from relay.streamlog.query import list_streams
 from tests.e2e.test_pause_reasons import REASONS, free_port
 from tests.rigs.billing import Billing, synced_relay
@@ -49,14 +51,16 @@ async def _closed(relay: Relay) -> list[dict[str, Any]]:
     return rows
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_a_funded_agents_first_stream_never_pauses(
-    tmp_path: Path, clients: list[Ssh]
+    tmp_path: Path, clients: list[Ssh], workers: int
 ) -> None:
     """The tunnel's reply comes with its lease in; the stream through it logs 0 pauses."""
     billing = await Billing(tmp_path, plan_traffic=100 * MB).start()
     try:
         client, support = await _cast(tmp_path, billing)
         relay = synced_relay(tmp_path, billing, interval="1s", min_want="16M")
+        relay.extra["relay"]["workers"] = workers  # with 2: the worker waits for the round
         await relay.start()
         try:
             await poll(lambda: _knows(relay, client, support), "the relay to learn the agents")

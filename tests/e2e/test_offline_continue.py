@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from relay.streamlog.query import totals
 from tests.e2e.test_sync import Pacer, _setup, _start, _tunnel
 from tests.rigs.billing import Billing, synced_relay
@@ -19,8 +21,9 @@ ALLOWANCE = 500_000
 LEASE = 100_000  # floor and ceiling: every lease the relay holds is this size
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_offline_continue_hands_out_the_allowance_at_once_then_bills_every_byte(
-    tmp_path: Path, clients: list[Ssh]
+    tmp_path: Path, clients: list[Ssh], workers: int
 ) -> None:
     """Billing stopped: 500 KB pass at the offered 400 KB/s at once; restarted: billed exactly."""
     billing = Billing(tmp_path, plan_traffic=10**9)
@@ -34,6 +37,7 @@ async def test_offline_continue_hands_out_the_allowance_at_once_then_bills_every
         min_want=str(LEASE),
         max_want=str(LEASE),
     )
+    relay.extra["relay"]["workers"] = workers  # with 2: the allowance goes out as sub-leases
     await _start(relay, client, support)
     try:
         async with DigestService(half_close=False) as service:

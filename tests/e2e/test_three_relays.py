@@ -69,8 +69,14 @@ class Three:
 
 
 @pytest.fixture
-async def three(tmp_path: Path, billing: Billing) -> AsyncIterator[Three]:
-    """r1 (`idle_return = "5s"`, as in the issue), r2 and r3: `relay-<n>` of the billing API."""
+async def three(
+    tmp_path: Path, billing: Billing, request: pytest.FixtureRequest
+) -> AsyncIterator[Three]:
+    """r1 (`idle_return = "5s"`, as in the issue), r2 and r3: `relay-<n>` of the billing API.
+
+    Each runs the workers an indirect parameter asks for (1 without one).
+    """
+    workers = getattr(request, "param", 1)
     fleet = Three()
     try:
         for n in (1, 2, 3):
@@ -82,6 +88,7 @@ async def three(tmp_path: Path, billing: Billing) -> AsyncIterator[Three]:
             if n == 1:
                 keys["idle_return"] = "5s"
             relay = synced_relay(folder, billing, relay=n, **keys)
+            relay.extra["relay"]["workers"] = workers
             fleet.relays.append(relay)
             await relay.start()
         yield fleet
@@ -180,6 +187,7 @@ async def test_an_admin_read_on_one_relay_takes_no_lease_from_the_relay_the_agen
     assert asked == (set(), {cast.a.agent_id}, {cast.b.agent_id})
 
 
+@pytest.mark.parametrize("three", [1, 2], indirect=True, ids=["workers1", "workers2"])
 async def test_an_agent_that_moves_finds_its_bytes_on_each_new_relay(
     tmp_path: Path, billing: Billing, three: Three, clients: list[Ssh]
 ) -> None:

@@ -36,9 +36,10 @@ def figures(stream_id: str, up: int, down: int = 0, *, closed: bool = False) -> 
 
 
 def test_a_run_starts_when_its_id_prefix_says() -> None:
-    """The run prefix carries its start in hex; a prefix without one starts at 0."""
+    """The run prefix carries its start in hex, before a worker's tag; none: it starts at 0."""
     assert run_start_ms(RUN) == T0
     assert run_start_ms("relay-1-1a2b-") == 0x1A2B
+    assert run_start_ms("relay-1-1a2b-w1.") == 0x1A2B
     assert run_start_ms("odd") == 0
 
 

@@ -24,8 +24,13 @@ def agents(tmp_path: Path) -> dict[str, AgentSpec]:
 
 
 @pytest.fixture
-async def relay(tmp_path: Path, agents: dict[str, AgentSpec]) -> AsyncIterator[Relay]:
-    r = Relay(tmp_path, list(agents.values()), extra={"udp": {"max_datagram": "9000"}})
+async def relay(
+    tmp_path: Path, agents: dict[str, AgentSpec], request: pytest.FixtureRequest
+) -> AsyncIterator[Relay]:
+    """A relay of the workers an indirect parameter asks for (one process without one)."""
+    extra: dict[str, dict[str, object]] = {"udp": {"max_datagram": "9000"}}
+    extra["relay"] = {"workers": getattr(request, "param", 1)}
+    r = Relay(tmp_path, list(agents.values()), extra=extra)
     await r.start()
     yield r
     await r.stop()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
 from relay.streamlog.query import list_streams
 from tests.rigs.agent import AgentProc, start
 from tests.rigs.keys import AgentSpec
@@ -115,6 +117,7 @@ async def test_100_concurrent_flows_are_100_streams_with_their_own_totals(
     assert (await relay.call("agent", "nas-agent"))["used"] == total
 
 
+@pytest.mark.parametrize("relay", [1, 2], indirect=True, ids=["workers1", "workers2"])
 async def test_a_small_grant_drops_the_rest_and_a_grant_resumes_at_once(
     relay: Relay, agents: dict[str, AgentSpec], procs: list[AgentProc]
 ) -> None:
