@@ -171,6 +171,7 @@ class PassedGate(Gate):
         self._tickets: dict[Hashable, int] = {}  # connection -> its ticket
         self._dismiss: dict[int, Callable[[Disconnect], None]] = {}  # ticket -> disconnect
         self.trusted: set[int] = set()  # tickets passed as trusted (their agent holds tunnels)
+        self._tries: dict[int, int] = {}  # ticket -> its failed authentication attempts
 
     def connect(
         self,
@@ -199,7 +200,16 @@ class PassedGate(Gate):
         if ticket is None:
             return super().auth_failed(conn, username)
         self.link.send(Login(ticket=ticket, event="auth_failed", username=username[:64]))
-        return None  # the supervisor's gate counts, logs and decides
+        # the supervisor's gate counts, logs and decides; the last try is also cut here,
+        # at once: its word arrives a message later, time for the peer to try one more key
+        tries = self._tries[ticket] = self._tries.get(ticket, 0) + 1
+        if tries < self.admission.config.max_auth_tries:
+            return None
+        decision = Disconnect(reason=Reason.MAX_AUTH_TRIES)
+        disconnect = self._dismiss.pop(ticket, None)
+        if disconnect is not None:
+            disconnect(decision)
+        return decision
 
     def authenticated(
         self, conn: Hashable, *, holds_tunnels: Callable[[], bool], agent_id: str = ""
@@ -216,6 +226,7 @@ class PassedGate(Gate):
             super().closed(conn)
             return
         self._dismiss.pop(ticket, None)
+        self._tries.pop(ticket, None)
         self._sources.pop(conn, None)
         self.admission.closed(conn)
         self.link.send(Login(ticket=ticket, event="closed"))
