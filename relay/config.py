@@ -94,7 +94,7 @@ class RelayConfig:
     secret_files: tuple[tuple[str, Path], ...] = ()  # (key, file) of each file holding a token
     env_keys: tuple[str, ...] = ()  # the environment variables that set keys (names only)
     env_ignored: tuple[str, ...] = ()  # variables with the prefix that name no key
-    workers: int = 1  # worker processes (relay.workers); 1: the relay is one process
+    workers: int = 1  # worker processes (relay.workers: one per core unless set); 1: one process
 
 
 # `relay.workers = 0` runs one worker per core, at most this many: each

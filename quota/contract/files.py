@@ -52,8 +52,8 @@ class RelaySection(Section, frozen=True, kw_only=True):
     keepalive: Millis = millis("30s")
     ciphers: str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com"
     write_buffer: Bytes = size("256Ki")
-    # worker processes behind the SSH port; 0: one per core (at most 8)
-    workers: Annotated[int, msgspec.Meta(ge=0, le=256, description="0..256")] = 1
+    # worker processes behind the SSH port; 0 (the default): one per core (at most 8)
+    workers: Annotated[int, msgspec.Meta(ge=0, le=256, description="0..256")] = 0
 
 
 class AdminSection(Section, frozen=True, kw_only=True):

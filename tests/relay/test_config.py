@@ -226,14 +226,15 @@ def test_metrics_section_defaults_off_and_is_validated(
             load_config(_write(tmp_path, text))
 
 
-def test_workers_default_to_one_and_zero_means_one_per_core_at_most_eight(
+def test_workers_default_to_one_per_core_at_most_eight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """relay.workers: 1 by default; 0 is one per core, at most 8; beyond 0..256 is refused."""
+    """relay.workers: one per core by default (0), at most 8; 1 is one process; 0..256 only."""
     monkeypatch.delenv("QUOTARELAY_RELAY_WORKERS", raising=False)
     cores = len(os.sched_getaffinity(0))
     zero = "[relay]\nworkers = 0\n"
-    assert load_config(_write(tmp_path, "")).workers == 1
+    assert load_config(_write(tmp_path, "")).workers == min(cores, 8)
+    assert load_config(_write(tmp_path, "[relay]\nworkers = 1\n")).workers == 1
     assert load_config(_write(tmp_path, zero)).workers == min(cores, 8)
     assert load_config(_write(tmp_path, "[relay]\nworkers = 3\n")).workers == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))

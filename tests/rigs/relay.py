@@ -179,7 +179,8 @@ class RelayRig:
     Without `agents` it gets one paying client agent ("owner") and one support
     agent ("tech") of account "bench"; with `agents=[]` it learns them elsewhere
     (from the billing API). Without `sections` it meters (or not) and keeps no JSON
-    lines log. `loop` sets QUOTARELAY_LOOP; None keeps the relay's default.
+    lines log. It runs as one process (`relay.workers = 1`) unless `sections` sets
+    `relay.workers`. `loop` sets QUOTARELAY_LOOP; None keeps the relay's default.
     """
 
     def __init__(
@@ -212,6 +213,10 @@ class RelayRig:
         }
         if roomy:  # an operator who lets one source carry a benchmark's load
             self.sections = {**self.sections, "shares": dict(ROOMY_SHARES)}
+        # one process unless a section says otherwise: the bench's figures are the byte
+        # path's; its `workers` section sets 1 and 2 itself
+        relay = {"workers": 1, **self.sections.get("relay", {})}
+        self.sections = {**self.sections, "relay": relay}
         self.ssh_port = self.admin_port = 0
         self.child: Child | None = None
 
