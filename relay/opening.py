@@ -83,8 +83,12 @@ async def metrics_server(
     hub: Hub,
     quota: QuotaAgent | None,
     before: Callable[[], Awaitable[None]] | None = None,
+    workers: Callable[[], list[int]] | None = None,
 ) -> AsyncIterator[MetricsServer]:
-    """`/metrics` on `metrics.listen`; `before` runs ahead of each scrape's own refresh."""
+    """`/metrics` on `metrics.listen`; `before` runs ahead of each scrape's own refresh.
+
+    `workers`: a relay of workers' pids, whose process figures add to this one's.
+    """
     collector = RelayCollector(hub, quota, config.metrics)
 
     async def refresh() -> None:
@@ -92,7 +96,7 @@ async def metrics_server(
             await before()
         await collector.refresh()
 
-    server = MetricsServer(relay_registry(collector), config.metrics, refresh)
+    server = MetricsServer(relay_registry(collector, workers), config.metrics, refresh)
     try:
         async with server:
             yield server

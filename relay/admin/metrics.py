@@ -21,6 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from quota.agent.sync import QuotaAgent
@@ -181,9 +182,60 @@ class RelayCollector(Collector):
         )
 
 
-def relay_registry(collector: RelayCollector) -> CollectorRegistry:
-    """A private registry with the relay's figures and the process's (open fds, memory, cpu)."""
+def _fixed(pid: int) -> Callable[[], int]:
+    return lambda: pid
+
+
+class ProcessesCollector(Collector):
+    """The `process_*` figures of a relay of workers: summed over the supervisor and workers.
+
+    Memory, CPU seconds and open descriptors add up; `process_max_fds` and
+    `process_start_time_seconds` are the supervisor's (each process has its own
+    limit, checked by the relay against each). A worker that exits between
+    listing and reading is left out of that scrape.
+    """
+
+    SUMMED = frozenset(
+        {
+            "process_cpu_seconds",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+        }
+    )
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        self.pids = pids
+
+    def collect(self) -> Iterator[Metric]:
+        own = {m.name: m for m in ProcessCollector(registry=None).collect()}
+        for pid in self.pids():
+            try:
+                theirs = ProcessCollector(pid=_fixed(pid), registry=None).collect()
+            except OSError:
+                continue
+            for metric in theirs:
+                mine = own.get(metric.name)
+                if mine is None or metric.name not in self.SUMMED:
+                    continue
+                mine.samples = [
+                    a._replace(value=a.value + b.value)
+                    for a, b in zip(mine.samples, metric.samples, strict=False)
+                ]
+        yield from own.values()
+
+
+def relay_registry(
+    collector: RelayCollector, workers: Callable[[], list[int]] | None = None
+) -> CollectorRegistry:
+    """A private registry with the relay's figures and its processes' (open fds, memory, cpu).
+
+    `workers`: the pids of a relay's workers, whose figures are added to this process's.
+    """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    ProcessCollector(registry=registry)
+    if workers is None:
+        ProcessCollector(registry=registry)
+    else:
+        registry.register(ProcessesCollector(workers))
     return registry

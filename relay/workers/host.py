@@ -412,6 +412,10 @@ class WorkerHost:
             "workers": self.workers(),
         }
 
+    def worker_pids(self) -> list[int]:
+        """The pid of each live worker."""
+        return [ready.pid for ready in self.ready.values()]
+
     def workers(self) -> list[dict[str, object]]:
         """Each live worker: its slot, pid, tunnels and logged streams."""
         views: list[dict[str, object]] = []

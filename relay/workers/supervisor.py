@@ -345,7 +345,9 @@ async def serve_workers(
                 )
             )
             metrics = await stack.enter_async_context(
-                metrics_server(config, cast(Hub, RelayView(host)), quota, host.refresh)
+                metrics_server(
+                    config, cast(Hub, RelayView(host)), quota, host.refresh, host.worker_pids
+                )
             )
             announce(
                 config,

@@ -17,6 +17,7 @@ import pytest
 from tests.rigs.agent import AgentProc, start
 from tests.rigs.flood import Flood
 from tests.rigs.keys import AgentSpec, make_agent
+from tests.rigs.metrics import scrape, value
 from tests.rigs.procs import free_port
 from tests.rigs.relay import Relay
 from tests.rigs.services import DigestService, exchange, pattern, sha
@@ -406,3 +407,34 @@ async def test_an_operators_pause_answers_with_the_stream_paused(
         resumed = await relay.call("pause_stream", stream["stream_id"], False)
         assert resumed["state"] != "paused"
         writer.close()
+
+
+def _rss(pid: int) -> int:
+    """A process's resident bytes, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def test_metrics_process_figures_count_every_worker(
+    tmp_path: Path, agents: dict[str, AgentSpec]
+) -> None:
+    """/metrics' process memory and descriptors are the supervisor's plus each worker's."""
+    extra = {"relay": {"workers": WORKERS}, "metrics": {"listen": "127.0.0.1:0"}}
+    relay = Relay(tmp_path, list(agents.values()), extra=extra)
+    await relay.start()
+    try:
+        assert relay.proc is not None
+        pids = [w["pid"] for w in await _workers(relay)]
+        assert len(pids) == WORKERS
+        samples = await scrape(relay.ready["metrics"])
+        rss = value(samples, "process_resident_memory_bytes")
+        fds = value(samples, "process_open_fds")
+        assert rss is not None and fds is not None
+        # each worker holds tens of MB and a dozen descriptors: the supervisor alone is less
+        alone = _rss(relay.proc.pid)
+        assert rss > alone + min(_rss(p) for p in pids) * (WORKERS - 1)
+        assert fds > len(list(Path(f"/proc/{relay.proc.pid}/fd").iterdir())) + WORKERS
+    finally:
+        await relay.stop()
